@@ -1,0 +1,3 @@
+"""streamfuse: a real-time multimodal sensor fusion daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from streamfuse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The daemon: broker, process table, supervisor, systemd notify, metrics."""

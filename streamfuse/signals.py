@@ -1,0 +1,24 @@
+"""Signal handling: handlers only set events; loops poll them with a timeout."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class Signals:
+    """``stop`` is set on SIGTERM/SIGINT, ``reload`` on SIGHUP."""
+
+    def __init__(self, *, reload: bool = False) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        if reload:
+            signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stop.set()
+
+    def _on_reload(self, signum: int, frame: object) -> None:
+        self.reload.set()

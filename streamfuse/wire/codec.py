@@ -1,0 +1,292 @@
+"""Encode and decode bus messages; decoding validates everything.
+
+``encode`` returns the multipart frames ``[topic, header, *payload]`` ready for
+``socket.send_multipart(frames, copy=False)``; arrays are passed as buffers, not
+copied. ``decode`` accepts ``bytes`` or ``zmq.Frame`` parts and raises
+:class:`DecodeError` (with a short ``reason`` that callers count) for anything
+malformed: it never raises anything else on bad input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from streamfuse.wire import topics
+from streamfuse.wire.schema import (
+    ARRAY_DTYPES,
+    SCHEMA_VERSION,
+    AudioHeader,
+    ClassHeader,
+    FrameHeader,
+    Header,
+    HeartbeatHeader,
+    LabelHeader,
+    Message,
+    TextHeader,
+    Window,
+    WindowHeader,
+)
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+MAX_DIM = 1 << 16
+
+_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(Header)
+_version_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+Buffer = bytes | memoryview
+
+
+class DecodeError(ValueError):
+    """A malformed message. ``reason`` is one of REASONS, for counters."""
+
+    REASONS = ("parts", "topic", "header", "version", "kind", "size", "too_large", "text", "field")
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _buf(part: Any) -> Buffer:
+    """The bytes of a part without copying (zmq.Frame -> memoryview)."""
+    if isinstance(part, (bytes, memoryview)):
+        return part
+    buf = getattr(part, "buffer", None)
+    if buf is not None:
+        return buf
+    return memoryview(part)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode(msg: Message) -> list[Buffer]:
+    """Frames of a message. The header is validated by :func:`check` first."""
+    check(msg)
+    return [msg.topic.encode(), _encoder.encode(msg.header), *msg.payload]
+
+
+def encode_header(header: Header) -> bytes:
+    return _encoder.encode(header)
+
+
+def frame_message(source: str, seq: int, t_ns: int, image: np.ndarray | bytes, *,
+                  encoding: str = "raw", shape: tuple[int, ...] | None = None) -> Message:
+    """A video frame message. ``image``: BGR uint8 ``(h, w, 3)`` for raw, JPEG bytes
+    for jpeg (then ``shape`` gives the decoded shape)."""
+    if encoding == "raw":
+        arr = np.ascontiguousarray(image)
+        hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns,
+                          shape=tuple(arr.shape), dtype=str(arr.dtype), encoding="raw")
+        return Message(topics.topic(source, "video"), hdr, (memoryview(arr).cast("B"),))
+    hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns,
+                      shape=tuple(shape or ()), dtype="uint8", encoding=encoding)
+    return Message(topics.topic(source, "video"), hdr, (bytes(image) if not isinstance(image, (bytes, memoryview)) else image,))
+
+
+def audio_message(source: str, seq: int, t_ns: int, block: np.ndarray, samplerate: int) -> Message:
+    """An audio block message; ``block`` is ``(frames, channels)``."""
+    arr = np.ascontiguousarray(block)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    hdr = AudioHeader(source=source, stream="audio", seq=seq, t_ns=t_ns, samplerate=samplerate,
+                      channels=arr.shape[1], frames=arr.shape[0], dtype=str(arr.dtype))
+    return Message(topics.topic(source, "audio"), hdr, (memoryview(arr).cast("B"),))
+
+
+def text_message(source: str, seq: int, t_ns: int, text: str, *, origin: str = "") -> Message:
+    hdr = TextHeader(source=source, stream="text", seq=seq, t_ns=t_ns, origin=origin)
+    return Message(topics.topic(source, "text"), hdr, (text.encode("utf-8"),))
+
+
+def heartbeat_message(source: str, stream: str, seq: int, watermark_ns: int) -> Message:
+    hdr = HeartbeatHeader(source=source, stream=stream, seq=seq, t_ns=watermark_ns)
+    return Message(topics.topic(source, stream), hdr, ())
+
+
+def class_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: str,
+                  score: float, payload_json: bytes) -> Message:
+    hdr = ClassHeader(source=source, stream="class", seq=seq, t_ns=t_end_ns,
+                      label=label, score=score, t_start_ns=t_start_ns)
+    return Message(topics.topic(source, "class"), hdr, (payload_json,))
+
+
+def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: str) -> Message:
+    hdr = LabelHeader(source=source, stream="label", seq=seq, t_ns=t_start_ns, label=label, t_end_ns=t_end_ns)
+    return Message(topics.topic(source, "label"), hdr, ())
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_array(shape: tuple[int, ...], dtype: str, nbytes: int) -> None:
+    if dtype not in ARRAY_DTYPES:
+        raise DecodeError("field", f"unsupported dtype {dtype!r}")
+    if any(d <= 0 or d > MAX_DIM for d in shape):
+        raise DecodeError("field", f"bad shape {shape}")
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    if expected != nbytes:
+        raise DecodeError("size", f"payload is {nbytes} bytes, shape {shape} x {dtype} needs {expected}")
+
+
+def check(msg: Message) -> None:
+    """Validate a message's topic, header and payload sizes (raises DecodeError)."""
+    h = msg.header
+    if h.v != SCHEMA_VERSION:
+        raise DecodeError("version", f"schema version {h.v}, this build reads {SCHEMA_VERSION}")
+    try:
+        source, stream = topics.split(msg.topic)
+    except ValueError as e:
+        raise DecodeError("topic", str(e)) from None
+    if source != h.source or stream != h.stream:
+        raise DecodeError("topic", f"topic {msg.topic!r} does not match header {h.source}/{h.stream}")
+    if h.seq < 0:
+        raise DecodeError("field", f"negative seq {h.seq}")
+    if h.t_ns < 0:
+        raise DecodeError("field", f"negative t_ns {h.t_ns}")
+    p = msg.payload
+    if isinstance(h, FrameHeader):
+        if len(p) != 1:
+            raise DecodeError("parts", f"frame needs 1 payload part, got {len(p)}")
+        if h.encoding == "raw":
+            if len(h.shape) != 3 or h.shape[2] != 3 or h.dtype != "uint8":
+                raise DecodeError("field", f"raw frames are (h, w, 3) uint8, got {h.shape} {h.dtype}")
+            _check_array(h.shape, h.dtype, len(p[0]))
+        elif h.encoding == "jpeg":
+            if len(p[0]) < 4 or bytes(p[0][:2]) != b"\xff\xd8":
+                raise DecodeError("field", "jpeg payload does not start with a JPEG marker")
+        else:
+            raise DecodeError("field", f"unknown frame encoding {h.encoding!r}")
+    elif isinstance(h, AudioHeader):
+        if len(p) != 1:
+            raise DecodeError("parts", f"audio needs 1 payload part, got {len(p)}")
+        if h.samplerate <= 0 or h.samplerate > 1_000_000:
+            raise DecodeError("field", f"bad samplerate {h.samplerate}")
+        _check_array((h.frames, h.channels), h.dtype, len(p[0]))
+    elif isinstance(h, (TextHeader, ClassHeader)):
+        if len(p) != 1:
+            raise DecodeError("parts", f"{msg.kind} needs 1 payload part, got {len(p)}")
+        try:
+            bytes(p[0]).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DecodeError("text", f"payload is not UTF-8 ({e.reason} at byte {e.start})") from None
+    elif isinstance(h, (HeartbeatHeader, LabelHeader)):
+        if p:
+            raise DecodeError("parts", f"{msg.kind} carries no payload, got {len(p)} parts")
+    elif isinstance(h, WindowHeader):
+        raise DecodeError("kind", "window messages do not travel on the bus")
+
+
+def decode(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
+    """Decode and validate ``[topic, header, *payload]`` (bytes or zmq.Frame)."""
+    if len(parts) < 2:
+        raise DecodeError("parts", f"need at least topic and header, got {len(parts)} parts")
+    bufs = [_buf(p) for p in parts]
+    total = sum(len(b) for b in bufs)
+    if total > max_bytes:
+        raise DecodeError("too_large", f"{total} bytes exceeds the limit of {max_bytes}")
+    try:
+        topic = bytes(bufs[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("topic", "topic is not UTF-8") from None
+    header = _decode_header(bufs[1])
+    msg = Message(topic, header, tuple(bufs[2:]))
+    check(msg)
+    return msg
+
+
+def _decode_header(buf: Buffer) -> Header:
+    try:
+        return _header_decoder.decode(buf)
+    except msgspec.ValidationError as e:
+        # Tell an unknown version apart from a malformed header.
+        try:
+            raw = _version_decoder.decode(buf)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raw = {}
+        if isinstance(raw.get("v"), int) and raw["v"] != SCHEMA_VERSION:
+            raise DecodeError("version", f"schema version {raw['v']}, this build reads {SCHEMA_VERSION}") from None
+        if "kind" in str(e) or (raw and raw.get("kind") not in (None, *_kinds())):
+            raise DecodeError("kind", str(e)) from None
+        raise DecodeError("header", str(e)) from None
+    except msgspec.DecodeError as e:
+        raise DecodeError("header", f"not MessagePack: {e}") from None
+
+
+def _kinds() -> tuple[str, ...]:
+    from streamfuse.wire.schema import KINDS
+
+    return KINDS
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def encode_window(w: Window) -> list[Buffer]:
+    """Frames for an aligned window: ``[topic, header, *frames, audio?]``."""
+    parts: list[Buffer] = []
+    shape: tuple[int, ...] = ()
+    for f in w.frames:
+        if isinstance(f, np.ndarray):
+            arr = np.ascontiguousarray(f)
+            shape = tuple(arr.shape)
+            parts.append(memoryview(arr).cast("B"))
+        else:
+            parts.append(f)
+    channels = frames = 0
+    if w.audio is not None:
+        audio = np.ascontiguousarray(w.audio, dtype=np.float32)
+        frames, channels = audio.shape
+        parts.append(memoryview(audio).cast("B"))
+    hdr = WindowHeader(
+        source=w.source, stream="window", seq=w.seq, t_ns=w.t_start_ns, t_end_ns=w.t_end_ns,
+        present=dict(w.present), frame_encoding=w.frame_encoding, frame_shape=shape,
+        frame_t_ns=list(w.frame_t_ns), samplerate=w.samplerate, channels=channels,
+        audio_frames=frames, audio_coverage=float(w.audio_coverage), texts=list(w.texts),
+        text_t_ns=list(w.text_t_ns), close_ns=w.close_ns, emit_ns=w.emit_ns,
+    )
+    return [topics.topic(w.source, "window").encode(), _encoder.encode(hdr), *parts]
+
+
+def decode_window(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Window:
+    """Inverse of :func:`encode_window`; arrays are zero-copy views."""
+    if len(parts) < 2:
+        raise DecodeError("parts", f"need at least topic and header, got {len(parts)} parts")
+    bufs = [_buf(p) for p in parts]
+    if sum(len(b) for b in bufs) > max_bytes:
+        raise DecodeError("too_large", "window exceeds the size limit")
+    h = _decode_header(bufs[1])
+    if not isinstance(h, WindowHeader):
+        raise DecodeError("kind", f"expected a window, got {type(h).__name__}")
+    if h.v != SCHEMA_VERSION:
+        raise DecodeError("version", f"schema version {h.v}")
+    n_frames = len(h.frame_t_ns)
+    has_audio = h.audio_frames > 0
+    if len(bufs) != 2 + n_frames + int(has_audio):
+        raise DecodeError("parts", f"window needs {n_frames} frame parts and {int(has_audio)} audio parts")
+    if len(h.text_t_ns) != len(h.texts):
+        raise DecodeError("field", "texts and text_t_ns differ in length")
+    frames: list[np.ndarray | bytes] = []
+    for b in bufs[2:2 + n_frames]:
+        if h.frame_encoding == "raw":
+            if len(h.frame_shape) != 3:
+                raise DecodeError("field", f"bad frame shape {h.frame_shape}")
+            _check_array(h.frame_shape, "uint8", len(b))
+            frames.append(np.frombuffer(b, dtype=np.uint8).reshape(h.frame_shape))
+        else:
+            frames.append(bytes(b))
+    audio = None
+    if has_audio:
+        _check_array((h.audio_frames, h.channels), "float32", len(bufs[-1]))
+        audio = np.frombuffer(bufs[-1], dtype=np.float32).reshape(h.audio_frames, h.channels)
+    return Window(
+        source=h.source, seq=h.seq, t_start_ns=h.t_ns, t_end_ns=h.t_end_ns, present=dict(h.present),
+        frames=frames, frame_encoding=h.frame_encoding, frame_t_ns=list(h.frame_t_ns), audio=audio,
+        samplerate=h.samplerate, audio_coverage=h.audio_coverage, texts=list(h.texts),
+        text_t_ns=list(h.text_t_ns), close_ns=h.close_ns, emit_ns=h.emit_ns,
+    )

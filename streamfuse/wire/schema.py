@@ -1,0 +1,183 @@
+"""Every message type on the bus, with one shared envelope (DESIGN.md section 3).
+
+A wire message is ``[topic, header, payload...]``: the header is a MessagePack
+map described by one of the ``*Header`` structs below (tagged by ``kind``), the
+payload frames are raw bytes (numpy buffers, JPEG, UTF-8, JSON).
+
+Rules: add fields with defaults, never reuse or retype one; bump
+``SCHEMA_VERSION`` only for a change old readers cannot ignore. Units are in
+the names (``_ns``, ``_ms``, ``_hz``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import msgspec
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# dtypes allowed on the wire for arrays (frames and audio).
+ARRAY_DTYPES = ("uint8", "int16", "int32", "float32", "float64")
+
+
+class Envelope(msgspec.Struct, kw_only=True, frozen=True, tag_field="kind"):
+    """Fields every header carries. ``t_ns``: epoch nanoseconds at capture."""
+
+    v: int = SCHEMA_VERSION
+    source: str
+    stream: str
+    seq: int
+    t_ns: int
+
+
+class FrameHeader(Envelope, tag="frame"):
+    """A camera frame. ``raw``: BGR uint8, ``shape`` = (height, width, 3), payload
+    is the C-contiguous array. ``jpeg``: payload is a JPEG file; ``shape`` is the
+    decoded shape."""
+
+    shape: tuple[int, ...]
+    dtype: str = "uint8"
+    encoding: str = "raw"
+
+
+class AudioHeader(Envelope, tag="audio"):
+    """A block of ``frames`` audio frames; payload is ``(frames, channels)``
+    interleaved samples of ``dtype``. ``t_ns`` is the first sample's ADC time."""
+
+    samplerate: int
+    channels: int
+    frames: int
+    dtype: str = "float32"
+
+
+class TextHeader(Envelope, tag="text"):
+    """A text message; payload is the UTF-8 text. ``t_ns`` is the receive time."""
+
+    origin: str = ""  # "zmq", "stdin", "fifo", "file"
+
+
+class HeartbeatHeader(Envelope, tag="heartbeat"):
+    """Watermark: the stream will publish nothing with ``t_ns`` older than this."""
+
+
+class ClassHeader(Envelope, tag="class"):
+    """A classification; payload is the UTF-8 JSON object of DESIGN.md section 3.
+    ``t_ns`` is the window's end."""
+
+    label: str = ""
+    score: float = 0.0
+    t_start_ns: int = 0
+
+
+class LabelHeader(Envelope, tag="label"):
+    """A ground-truth label for ``[t_ns, t_end_ns)`` (used by the trainer)."""
+
+    label: str
+    t_end_ns: int
+
+
+class WindowHeader(Envelope, tag="window"):
+    """An aligned window (aligner -> worker over PUSH/PULL, not the broker).
+
+    ``t_ns`` is the window start; payload frames are the video frames in order
+    (each raw or JPEG) followed by the audio buffer when audio is present.
+    ``close_ns`` is the source-clock instant the window closed and ``emit_ns``
+    the aligner's clock when it sent it, so a worker can report latency on the
+    source's clock (DESIGN.md section 4).
+    """
+
+    t_end_ns: int
+    present: dict[str, bool]
+    frame_encoding: str = "raw"
+    frame_shape: tuple[int, ...] = ()
+    frame_t_ns: list[int] = []
+    samplerate: int = 0
+    channels: int = 0
+    audio_frames: int = 0
+    audio_coverage: float = 0.0
+    texts: list[str] = []
+    text_t_ns: list[int] = []
+    close_ns: int = 0
+    emit_ns: int = 0
+
+
+Header = Union[FrameHeader, AudioHeader, TextHeader, HeartbeatHeader, ClassHeader, LabelHeader, WindowHeader]
+KINDS = ("frame", "audio", "text", "heartbeat", "class", "label", "window")
+# kinds a stream may carry (heartbeats may travel on any stream)
+STREAM_KINDS = {"video": "frame", "audio": "audio", "text": "text", "class": "class", "label": "label"}
+
+
+@dataclass(frozen=True, eq=False)
+class Message:
+    """One decoded bus message. ``payload`` holds buffers, not copies."""
+
+    topic: str
+    header: Header
+    payload: tuple[bytes | memoryview, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return type(self.header).__struct_config__.tag  # type: ignore[return-value]
+
+    @property
+    def t_ns(self) -> int:
+        return self.header.t_ns
+
+    def array(self) -> np.ndarray:
+        """A zero-copy numpy view of a raw frame ``(h, w, 3)`` or an audio block ``(frames, channels)``."""
+        h = self.header
+        if isinstance(h, FrameHeader) and h.encoding == "raw":
+            return np.frombuffer(self.payload[0], dtype=h.dtype).reshape(h.shape)
+        if isinstance(h, AudioHeader):
+            return np.frombuffer(self.payload[0], dtype=h.dtype).reshape(h.frames, h.channels)
+        raise TypeError(f"{self.kind} message has no array payload")
+
+    def text(self) -> str:
+        return bytes(self.payload[0]).decode("utf-8") if self.payload else ""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (
+            self.topic == other.topic
+            and self.header == other.header
+            and [bytes(p) for p in self.payload] == [bytes(p) for p in other.payload]
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(eq=False)
+class Window:
+    """One source's aligned window ``[t_start_ns, t_end_ns)``.
+
+    frames: the video frames (raw ``(h, w, 3)`` uint8 arrays or JPEG bytes),
+        ``frames_per_window`` of them, or none when video is absent.
+    audio: ``(samples, channels)`` float32, exactly ``window * samplerate``
+        samples, or None when audio is absent; gaps are zeros.
+    texts: the newest text messages in the text context, oldest first.
+    """
+
+    source: str
+    seq: int
+    t_start_ns: int
+    t_end_ns: int
+    present: dict[str, bool]
+    frames: list[np.ndarray | bytes] = field(default_factory=list)
+    frame_encoding: str = "raw"
+    frame_t_ns: list[int] = field(default_factory=list)
+    audio: np.ndarray | None = None
+    samplerate: int = 0
+    audio_coverage: float = 0.0
+    texts: list[str] = field(default_factory=list)
+    text_t_ns: list[int] = field(default_factory=list)
+    close_ns: int = 0
+    emit_ns: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Identity of a window: answered at most once per key."""
+        return (self.source, self.t_start_ns)

@@ -1,0 +1,82 @@
+"""Socket set-up shared by every node: how a producer or consumer joins the bus.
+
+Each process creates its own ``zmq.Context`` and its sockets in the thread that
+uses them; these helpers only apply the options every bus socket needs
+(bounded linger, high-water marks, maximum message size, CurveZMQ client keys
+for non-local endpoints).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import zmq
+
+from streamfuse.config import BusConfig, CurveConfig, ConfigError, ipc_path, is_local_endpoint
+
+LINGER_MS = 500
+
+
+def prepare_endpoint(endpoint: str) -> None:
+    """Create the directory an ``ipc://`` endpoint lives in."""
+    p = ipc_path(endpoint)
+    if p is not None:
+        p.parent.mkdir(parents=True, exist_ok=True)
+
+
+def max_message_bytes(bus: BusConfig) -> int:
+    return int(bus.max_message_mb * 1024 * 1024)
+
+
+def apply_curve_client(sock: zmq.Socket, curve: CurveConfig) -> None:
+    """Make ``sock`` a CurveZMQ client with the configured keys."""
+    import zmq.auth
+
+    if not (curve.client_secret and curve.server_public):
+        raise ConfigError("bus.curve: a remote endpoint needs bus.curve.client_secret and bus.curve.server_public")
+    try:
+        pub, secret = zmq.auth.load_certificate(curve.client_secret)
+        server_pub, _ = zmq.auth.load_certificate(curve.server_public)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"bus.curve: cannot load keys: {e}") from None
+    if secret is None:
+        raise ConfigError(f"bus.curve.client_secret: {curve.client_secret} holds no secret key")
+    sock.curve_publickey = pub
+    sock.curve_secretkey = secret
+    sock.curve_serverkey = server_pub
+
+
+def _connect(sock: zmq.Socket, endpoint: str, bus: BusConfig) -> None:
+    if not is_local_endpoint(endpoint) or (bus.curve.enabled and endpoint.startswith("tcp://")):
+        if not bus.curve.enabled:
+            raise ConfigError(f"bus: {endpoint} is not local; enable [bus.curve] to use it")
+        apply_curve_client(sock, bus.curve)
+    sock.connect(endpoint)
+
+
+def connect_pub(ctx: zmq.Context, bus: BusConfig, *, endpoint: str | None = None, hwm: int | None = None) -> zmq.Socket:
+    """A PUB socket connected to the broker's input."""
+    sock = ctx.socket(zmq.PUB)
+    sock.linger = LINGER_MS
+    sock.sndhwm = hwm or bus.hwm
+    _connect(sock, endpoint or bus.input, bus)
+    return sock
+
+
+def connect_sub(ctx: zmq.Context, bus: BusConfig, prefixes: list[str] | tuple[str, ...] = ("",), *,
+                endpoint: str | None = None, hwm: int | None = None) -> zmq.Socket:
+    """A SUB socket connected to the broker's output, subscribed to ``prefixes``."""
+    sock = ctx.socket(zmq.SUB)
+    sock.linger = 0
+    sock.rcvhwm = hwm or bus.hwm
+    sock.maxmsgsize = max_message_bytes(bus)
+    for p in prefixes:
+        sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+    _connect(sock, endpoint or bus.output, bus)
+    return sock
+
+
+def remove_stale_ipc(endpoint: str) -> None:
+    p = ipc_path(endpoint)
+    if p is not None and p.exists():
+        Path(p).unlink()

@@ -1,0 +1,105 @@
+"""Config: every documented key parses; each kind of bad value names its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamfuse import config
+
+DEFAULT = Path(__file__).resolve().parents[2] / "config" / "streamfuse.toml"
+
+
+def test_documented_default_parses_every_key() -> None:
+    cfg = config.load(DEFAULT, environ={})
+    assert cfg.bus.input == "ipc:///run/streamfuse/in"
+    assert cfg.sources[0].name == "room1"
+    assert cfg.sources[0].video is not None and cfg.sources[0].video.fps == 30.0
+    assert cfg.sources[0].audio is not None and cfg.sources[0].audio.block_ms == 20.0
+    assert cfg.sources[0].text is not None and cfg.sources[0].text.input == "zmq"
+    assert cfg.align.required == ["video", "audio"]
+    assert cfg.fusion.max_batch == 32 and cfg.record.max_size_mb == 1024
+    assert cfg.metrics.listen == "127.0.0.1:9108"
+
+
+def test_documented_default_equals_built_in_defaults_except_sources() -> None:
+    from dataclasses import replace
+
+    cfg = config.load(DEFAULT, environ={})
+    assert replace(cfg, sources=[], path="") == config.parse({}, environ={})
+
+
+def test_missing_sections_take_defaults() -> None:
+    cfg = config.parse({"sources": [{"name": "lab", "text": {}}]}, environ={})
+    assert cfg.sources[0].streams() == ["text"]
+    assert cfg.align.window_ms == 1000
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"bus": {"input": "foo"}}, "bus.input: expected a ZeroMQ endpoint, got 'foo'"),
+        ({"bus": {"hwm": "many"}}, "bus.hwm: expected an integer, got 'many'"),
+        ({"bus": {"colour": 1}}, "bus.colour: unknown key"),
+        ({"nonsense": {}}, "nonsense: unknown key"),
+        ({"align": {"window_ms": -5}}, "align.window_ms: expected a positive number, got -5"),
+        ({"align": {"required": ["smell"]}}, "align.required: unknown stream 'smell'"),
+        ({"align": {"hop_ms": 2000}}, "align.hop_ms: must not exceed align.window_ms"),
+        ({"fusion": {"device": "tpu"}}, "fusion.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        ({"record": {"enabled": "yes"}}, "record.enabled: expected true or false, got 'yes'"),
+        ({"sources": [{"name": "Room 1"}]}, "sources[0].name: expected a name matching [a-z0-9_-]+"),
+        ({"sources": [{"name": "a"}, {"name": "a"}]}, "sources: duplicate source name 'a'"),
+        ({"sources": [{"name": "a", "video": {"encoding": "png"}}]},
+         "sources[0].video.encoding: expected one of 'raw', 'jpeg', got 'png'"),
+        ({"sources": [{"name": "a", "text": {"input": "telepathy"}}]}, "sources[0].text.input:"),
+        ({"sources": [{}]}, "sources[0].name: missing required key"),
+        ({"metrics": {"listen": "nowhere"}}, "metrics.listen: expected HOST:PORT"),
+        ({"bus": {"public": "ipc:///x"}}, "bus.public: expected a tcp:// endpoint"),
+    ],
+)
+def test_bad_values_name_their_key(data: dict, message: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(data, environ={})
+    assert str(e.value).startswith(message)
+
+
+def test_env_overrides_single_keys() -> None:
+    env = {"STREAMFUSE_FUSION_MAX_BATCH": "8", "STREAMFUSE_BUS_INPUT": "ipc:///tmp/x/in",
+           "STREAMFUSE_FUSION_DEVICE": "cpu", "STREAMFUSE_BUS_CURVE_ENABLED": "true"}
+    cfg = config.parse({"fusion": {"max_batch": 64}}, environ=env)
+    assert cfg.fusion.max_batch == 8
+    assert cfg.bus.input == "ipc:///tmp/x/in"
+    assert cfg.fusion.device == "cpu"
+    assert cfg.bus.curve.enabled is True
+
+
+def test_env_override_is_validated() -> None:
+    with pytest.raises(config.ConfigError, match="fusion.max_batch: expected a positive number"):
+        config.parse({}, environ={"STREAMFUSE_FUSION_MAX_BATCH": "0"})
+
+
+def test_bad_toml_names_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[bus\n")
+    with pytest.raises(config.ConfigError, match="invalid TOML"):
+        config.load(p, environ={})
+
+
+@pytest.mark.parametrize("endpoint, local", [
+    ("ipc:///x", True), ("tcp://127.0.0.1:5", True), ("tcp://localhost:5", True), ("tcp://[::1]:5", True),
+    ("tcp://0.0.0.0:5", False), ("tcp://10.1.2.3:5", False), ("tcp://*:5", False),
+])
+def test_local_endpoints(endpoint: str, local: bool) -> None:
+    assert config.is_local_endpoint(endpoint) is local
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[bus]\ninput = "foo"\n')
+    r = subprocess.run([sys.executable, "-m", "streamfuse", "broker", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "streamfuse broker: bus.input: expected a ZeroMQ endpoint, got 'foo'"
