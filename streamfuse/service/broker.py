@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -59,7 +60,7 @@ class Broker:
         self.bus = bus
         self.ctx = ctx or zmq.Context.instance()
         self._control_endpoint = f"inproc://broker-control-{id(self)}"
-        self._auth = None
+        self._auth: Any = None
         self._stopped = threading.Event()
 
     def _bind(self, sock: zmq.Socket, local: str, public: str) -> None:

@@ -83,7 +83,7 @@ def frame_message(source: str, seq: int, t_ns: int, image: np.ndarray | bytes, *
         arr = np.ascontiguousarray(image)
         hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns,
                           shape=tuple(arr.shape), dtype=str(arr.dtype), encoding="raw")
-        return Message(topics.topic(source, "video"), hdr, (memoryview(arr).cast("B"),))
+        return Message(topics.topic(source, "video"), hdr, (arr.data.cast("B"),))
     hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns,
                       shape=tuple(shape or ()), dtype="uint8", encoding=encoding)
     return Message(topics.topic(source, "video"), hdr, (bytes(image) if not isinstance(image, (bytes, memoryview)) else image,))
@@ -96,7 +96,7 @@ def audio_message(source: str, seq: int, t_ns: int, block: np.ndarray, samplerat
         arr = arr.reshape(-1, 1)
     hdr = AudioHeader(source=source, stream="audio", seq=seq, t_ns=t_ns, samplerate=samplerate,
                       channels=arr.shape[1], frames=arr.shape[0], dtype=str(arr.dtype))
-    return Message(topics.topic(source, "audio"), hdr, (memoryview(arr).cast("B"),))
+    return Message(topics.topic(source, "audio"), hdr, (arr.data.cast("B"),))
 
 
 def text_message(source: str, seq: int, t_ns: int, text: str, *, origin: str = "") -> Message:
@@ -235,14 +235,14 @@ def encode_window(w: Window) -> list[Buffer]:
         if isinstance(f, np.ndarray):
             arr = np.ascontiguousarray(f)
             shape = tuple(arr.shape)
-            parts.append(memoryview(arr).cast("B"))
+            parts.append(arr.data.cast("B"))
         else:
             parts.append(f)
     channels = frames = 0
     if w.audio is not None:
         audio = np.ascontiguousarray(w.audio, dtype=np.float32)
         frames, channels = audio.shape
-        parts.append(memoryview(audio).cast("B"))
+        parts.append(audio.data.cast("B"))
     hdr = WindowHeader(
         source=w.source, stream="window", seq=w.seq, t_ns=w.t_start_ns, t_end_ns=w.t_end_ns,
         present=dict(w.present), frame_encoding=w.frame_encoding, frame_shape=shape,

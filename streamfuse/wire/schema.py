@@ -12,7 +12,6 @@ the names (``_ns``, ``_ms``, ``_hz``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import msgspec
 import numpy as np
@@ -33,7 +32,7 @@ class Envelope(msgspec.Struct, kw_only=True, frozen=True, tag_field="kind"):
     t_ns: int
 
 
-class FrameHeader(Envelope, tag="frame"):
+class FrameHeader(Envelope, tag="frame", frozen=True):
     """A camera frame. ``raw``: BGR uint8, ``shape`` = (height, width, 3), payload
     is the C-contiguous array. ``jpeg``: payload is a JPEG file; ``shape`` is the
     decoded shape."""
@@ -43,7 +42,7 @@ class FrameHeader(Envelope, tag="frame"):
     encoding: str = "raw"
 
 
-class AudioHeader(Envelope, tag="audio"):
+class AudioHeader(Envelope, tag="audio", frozen=True):
     """A block of ``frames`` audio frames; payload is ``(frames, channels)``
     interleaved samples of ``dtype``. ``t_ns`` is the first sample's ADC time."""
 
@@ -53,17 +52,17 @@ class AudioHeader(Envelope, tag="audio"):
     dtype: str = "float32"
 
 
-class TextHeader(Envelope, tag="text"):
+class TextHeader(Envelope, tag="text", frozen=True):
     """A text message; payload is the UTF-8 text. ``t_ns`` is the receive time."""
 
     origin: str = ""  # "zmq", "stdin", "fifo", "file"
 
 
-class HeartbeatHeader(Envelope, tag="heartbeat"):
+class HeartbeatHeader(Envelope, tag="heartbeat", frozen=True):
     """Watermark: the stream will publish nothing with ``t_ns`` older than this."""
 
 
-class ClassHeader(Envelope, tag="class"):
+class ClassHeader(Envelope, tag="class", frozen=True):
     """A classification; payload is the UTF-8 JSON object of DESIGN.md section 3.
     ``t_ns`` is the window's end."""
 
@@ -72,14 +71,14 @@ class ClassHeader(Envelope, tag="class"):
     t_start_ns: int = 0
 
 
-class LabelHeader(Envelope, tag="label"):
+class LabelHeader(Envelope, tag="label", frozen=True):
     """A ground-truth label for ``[t_ns, t_end_ns)`` (used by the trainer)."""
 
     label: str
     t_end_ns: int
 
 
-class WindowHeader(Envelope, tag="window"):
+class WindowHeader(Envelope, tag="window", frozen=True):
     """An aligned window (aligner -> worker over PUSH/PULL, not the broker).
 
     ``t_ns`` is the window start; payload frames are the video frames in order
@@ -104,7 +103,7 @@ class WindowHeader(Envelope, tag="window"):
     emit_ns: int = 0
 
 
-Header = Union[FrameHeader, AudioHeader, TextHeader, HeartbeatHeader, ClassHeader, LabelHeader, WindowHeader]
+Header = FrameHeader | AudioHeader | TextHeader | HeartbeatHeader | ClassHeader | LabelHeader | WindowHeader
 KINDS = ("frame", "audio", "text", "heartbeat", "class", "label", "window")
 # kinds a stream may carry (heartbeats may travel on any stream)
 STREAM_KINDS = {"video": "frame", "audio": "audio", "text": "text", "class": "class", "label": "label"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zmq
 
-from streamfuse.config import BusConfig, CurveConfig, ConfigError, ipc_path, is_local_endpoint
+from streamfuse.config import BusConfig, ConfigError, CurveConfig, ipc_path, is_local_endpoint
 
 LINGER_MS = 500
 
