@@ -1,0 +1,418 @@
+"""Read recordings back: for replay, the trainer and ``streamfuse inspect``.
+
+A finished file (with summary and chunk index) is read with the ``mcap``
+package's seeking reader, which decompresses only the chunks that hold the
+requested topics and time range. A file without a summary (its writer was
+killed, or it is still being written) is read linearly; a file that ends in the
+middle of a record yields everything before that point and counts one
+``truncated`` error. Messages of several files are merged in ``t_ns`` order.
+
+Bad content never raises: a record that is not a streamfuse message is counted
+in ``errors`` by reason (``encoding`` for a foreign channel, ``framing``,
+``channel``, ``corrupt``, ``truncated``, or a :class:`codec.DecodeError`
+reason) and skipped. A path that is missing or not MCAP at all raises
+:class:`RecordingError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import io
+import json
+import logging
+import math
+import struct
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import msgspec
+from mcap.data_stream import ReadDataStream
+from mcap.exceptions import McapError
+from mcap.opcode import Opcode
+from mcap.reader import SeekingReader
+from mcap.records import Channel, Chunk, Message, Schema
+from mcap.stream_reader import breakup_chunk
+from mcap.summary import Summary
+from mcap.writer import MCAP0_MAGIC
+
+from streamfuse import clock
+from streamfuse.config import Config
+from streamfuse.record import format as fmt
+from streamfuse.wire import codec
+from streamfuse.wire.schema import Message as WireMessage
+
+log = logging.getLogger("streamfuse.record")
+
+# What a damaged file can raise from inside the mcap package.
+_READ_ERRORS = (McapError, struct.error, ValueError, EOFError, KeyError, MemoryError, OSError)
+_RECORD_HEADER = struct.Struct("<BQ")
+
+Raw = tuple[str, int, list[bytes | memoryview]]
+
+
+class RecordingError(Exception):
+    """A recording that cannot be read at all (missing, not MCAP)."""
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; directories become every ``*.mcap`` directly inside, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(p.glob("*.mcap")))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise RecordingError(f"{p}: no such file or directory")
+    return out
+
+
+def _match(topic: str, prefixes: Sequence[str] | None) -> bool:
+    return prefixes is None or any(topic.startswith(p) for p in prefixes)
+
+
+def _open(path: Path) -> io.BufferedReader:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as e:
+        raise RecordingError(f"{path}: cannot open: {e.strerror or e}") from None
+    if f.read(len(MCAP0_MAGIC)) != MCAP0_MAGIC:
+        f.close()
+        raise RecordingError(f"{path}: not an MCAP file (bad magic)")
+    return f
+
+
+def _summary(f: io.BufferedReader) -> Summary | None:
+    try:
+        f.seek(0)
+        return SeekingReader(f).get_summary()
+    except _READ_ERRORS:
+        return None  # no valid footer: read linearly
+
+
+# ----------------------------------------------------------------------------- linear scan
+
+
+@dataclass
+class _Rec:
+    offset: int
+    opcode: int
+    length: int
+    t_min: float  # earliest log_time inside (inf for records without messages)
+    compressed: int = 0
+    uncompressed: int = 0
+
+
+def _scan(f: io.BufferedReader, size: int) -> tuple[list[_Rec], bool]:
+    """Record headers of the data section, without decompressing anything.
+
+    Returns the records and whether the file ends inside a record.
+    """
+    recs: list[_Rec] = []
+    pos = len(MCAP0_MAGIC)
+    while True:
+        if pos == size:
+            return recs, True  # no footer at all
+        if pos + _RECORD_HEADER.size > size:
+            return recs, True
+        f.seek(pos)
+        opcode, length = _RECORD_HEADER.unpack(f.read(_RECORD_HEADER.size))
+        body = pos + _RECORD_HEADER.size
+        if body + length > size:
+            return recs, True
+        if opcode in (Opcode.FOOTER, Opcode.DATA_END):
+            return recs, False
+        rec = _Rec(pos, opcode, length, math.inf)
+        if opcode == Opcode.CHUNK and length >= 32:
+            start, _end, unc, _crc, n = struct.unpack("<QQQII", f.read(32))
+            rec.t_min, rec.uncompressed, rec.compressed = start, unc, length - 40 - n
+        elif opcode == Opcode.MESSAGE and length >= 14:
+            _ch, _seq, t = struct.unpack("<HIQ", f.read(14))
+            rec.t_min = t
+        recs.append(rec)
+        pos = body + length
+
+
+_Item = tuple[int, int, str, str, bytes | memoryview]  # (t_ns, order, topic, encoding, data)
+
+
+def _linear(f: io.BufferedReader, path: Path, prefixes: Sequence[str] | None, start_ns: int | None,
+            end_ns: int | None, errors: Counter[str]) -> Iterator[_Item]:
+    """Messages of a summary-less file in log_time order (exact: a pre-scan of the
+    chunk start times says when nothing earlier can follow)."""
+    f.seek(0, io.SEEK_END)
+    size = f.tell()
+    recs, truncated = _scan(f, size)
+    if truncated:
+        errors["truncated"] += 1
+        end = recs[-1].offset + _RECORD_HEADER.size + recs[-1].length if recs else len(MCAP0_MAGIC)
+        log.warning("%s: no summary and the file ends mid-record (writer killed?): reading the first %d of %d bytes",
+                    path, end, size)
+    suffix_min = [math.inf] * (len(recs) + 1)
+    for i in range(len(recs) - 1, -1, -1):
+        suffix_min[i] = min(recs[i].t_min, suffix_min[i + 1])
+    schemas: dict[int, Schema] = {}
+    channels: dict[int, Channel] = {}
+    heap: list[_Item] = []
+    order = 0
+
+    def take(r: object) -> None:
+        nonlocal order
+        if isinstance(r, Schema):
+            schemas[r.id] = r
+        elif isinstance(r, Channel):
+            channels[r.id] = r
+        elif isinstance(r, Message):
+            ch = channels.get(r.channel_id)
+            if ch is None:
+                errors["channel"] += 1
+            elif _match(ch.topic, prefixes) and (start_ns is None or r.log_time >= start_ns) \
+                    and (end_ns is None or r.log_time < end_ns):
+                heapq.heappush(heap, (r.log_time, order, ch.topic, ch.message_encoding, r.data))
+                order += 1
+
+    readers: dict[int, Callable[[ReadDataStream, int], object]] = {
+        Opcode.SCHEMA: lambda s, n: Schema.read(s), Opcode.CHANNEL: lambda s, n: Channel.read(s),
+        Opcode.MESSAGE: Message.read}
+    for i, rec in enumerate(recs):
+        while heap and heap[0][0] < suffix_min[i]:
+            yield heapq.heappop(heap)
+        if rec.opcode not in readers and rec.opcode != Opcode.CHUNK:
+            continue
+        f.seek(rec.offset + _RECORD_HEADER.size)
+        try:
+            if rec.opcode == Opcode.CHUNK:
+                for r in breakup_chunk(Chunk.read(ReadDataStream(f))):
+                    take(r)
+            else:
+                take(readers[rec.opcode](ReadDataStream(f), rec.length))
+        except _READ_ERRORS:
+            errors["corrupt"] += 1
+    while heap:
+        yield heapq.heappop(heap)
+
+
+def _iter_file(path: Path, prefixes: Sequence[str] | None, start_ns: int | None, end_ns: int | None,
+               errors: Counter[str]) -> Iterator[_Item]:
+    with _open(path) as f:
+        summary = _summary(f)
+        if summary is None or not summary.chunk_indexes:
+            yield from _linear(f, path, prefixes, start_ns, end_ns, errors)
+            return
+        names = sorted({c.topic for c in summary.channels.values() if _match(c.topic, prefixes)})
+        if not names:
+            return
+        order = 0
+        f.seek(0)
+        try:
+            for _schema, ch, m in SeekingReader(f).iter_messages(
+                    topics=names, starting_at=start_ns, ending_before=end_ns, log_time_order=True):
+                yield (m.log_time, order, ch.topic, ch.message_encoding, m.data)
+                order += 1
+        except _READ_ERRORS as e:
+            errors["corrupt"] += 1
+            log.warning("%s: stopped reading at a damaged record: %s", path, e)
+
+
+def _merged(paths: Iterable[str | Path], prefixes: Sequence[str] | None, start_ns: int | None,
+            end_ns: int | None, errors: Counter[str]) -> Iterator[_Item]:
+    files = expand_paths(paths)
+    for p in files:  # fail on a bad path before yielding anything
+        _open(p).close()
+    its = [_iter_file(p, prefixes, start_ns, end_ns, errors) for p in files]
+    yield from heapq.merge(*its, key=lambda item: item[0])
+
+
+def read_raw(paths: Iterable[str | Path], *, topics: Sequence[str] | None = None, start_ns: int | None = None,
+             end_ns: int | None = None, errors: Counter[str] | None = None) -> Iterator[Raw]:
+    """``(topic, t_ns, parts)`` in ``t_ns`` order; ``parts`` = ``[topic, header,
+    *payload]`` exactly as recorded (bytes-like: the topic is ``bytes``, the rest
+    are zero-copy ``memoryview`` slices). ``topics`` are prefixes; ``start_ns``
+    inclusive, ``end_ns`` exclusive."""
+    errs = errors if errors is not None else Counter()
+    for t_ns, _o, topic, encoding, data in _merged(paths, topics, start_ns, end_ns, errs):
+        if encoding != fmt.MESSAGE_ENCODING:
+            errs["encoding"] += 1
+            continue
+        try:
+            parts = fmt.unframe(data)
+        except fmt.FramingError:
+            errs["framing"] += 1
+            continue
+        yield topic, t_ns, [topic.encode(), *parts]
+
+
+def read_messages(paths: Iterable[str | Path], *, topics: Sequence[str] | None = None,
+                  start_ns: int | None = None, end_ns: int | None = None,
+                  errors: Counter[str] | None = None) -> Iterator[WireMessage]:
+    """Decoded, validated messages of one or more recordings in ``t_ns`` order
+    (payloads are zero-copy views). Undecodable records are counted in
+    ``errors`` by reason and skipped."""
+    errs = errors if errors is not None else Counter()
+    for _topic, _t, parts in read_raw(paths, topics=topics, start_ns=start_ns, end_ns=end_ns, errors=errs):
+        try:
+            yield codec.decode(parts)
+        except codec.DecodeError as e:
+            errs[e.reason] += 1
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+class _Kind(msgspec.Struct):
+    kind: str = ""
+    seq: int = 0
+
+
+_kind_decoder = msgspec.msgpack.Decoder(_Kind)
+
+
+@dataclass
+class TopicStats:
+    topic: str
+    kind: str
+    messages: int = 0
+    bytes: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    seq_gaps: int = 0  # messages missing by sequence number
+    rate_hz: float = 0.0
+
+
+@dataclass
+class FileStats:
+    path: str
+    size_bytes: int = 0
+    complete: bool = True  # has a summary
+    chunks: int = 0
+    compression: str = ""
+    compressed_bytes: int = 0
+    uncompressed_bytes: int = 0
+    compression_ratio: float = 0.0
+    messages: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    duration_s: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    topics: list[TopicStats] = field(default_factory=list)
+
+
+def _chunk_sizes(f: io.BufferedReader, summary: Summary | None) -> tuple[int, int, int, str]:
+    if summary is not None and summary.chunk_indexes:
+        idx = summary.chunk_indexes
+        return len(idx), sum(c.compressed_size for c in idx), sum(c.uncompressed_size for c in idx), \
+            idx[0].compression
+    f.seek(0, io.SEEK_END)
+    recs, _ = _scan(f, f.tell())
+    chunks = [r for r in recs if r.opcode == Opcode.CHUNK]
+    comp = ""
+    if chunks:
+        f.seek(chunks[0].offset + _RECORD_HEADER.size + 28)
+        (n,) = struct.unpack("<I", f.read(4))
+        comp = f.read(n).decode("utf-8", "replace")
+    return len(chunks), sum(r.compressed for r in chunks), sum(r.uncompressed for r in chunks), comp
+
+
+def _metadata(f: io.BufferedReader) -> dict[str, str]:
+    f.seek(0)
+    try:
+        for m in SeekingReader(f).iter_metadata():
+            if m.name == fmt.METADATA_NAME:
+                return {k: v for k, v in m.metadata.items() if k != "config"}
+    except _READ_ERRORS:
+        pass  # a damaged file has no readable metadata; the rest is still reported
+    return {}
+
+
+def inspect_file(path: str | Path) -> FileStats:
+    """Topics, counts, rates, sequence gaps, size and compression of one file."""
+    p = Path(path)
+    st = FileStats(str(p), size_bytes=p.stat().st_size if p.exists() else 0)
+    with _open(p) as f:
+        summary = _summary(f)
+        st.complete = summary is not None
+        st.chunks, st.compressed_bytes, st.uncompressed_bytes, st.compression = _chunk_sizes(f, summary)
+        st.metadata = _metadata(f)
+    st.compression_ratio = round(st.uncompressed_bytes / st.compressed_bytes, 3) if st.compressed_bytes else 0.0
+    errors: Counter[str] = Counter()
+    stats: dict[tuple[str, str], TopicStats] = {}
+    last_seq: dict[tuple[str, str], int] = {}
+    for _t, _o, topic, encoding, data in _iter_file(p, None, None, None, errors):
+        kind = ""
+        seq = None
+        if encoding == fmt.MESSAGE_ENCODING:
+            try:
+                hdr = _kind_decoder.decode(fmt.unframe(data)[0])
+                kind, seq = hdr.kind, hdr.seq
+            except (fmt.FramingError, msgspec.DecodeError, msgspec.ValidationError):
+                errors["header"] += 1
+        else:
+            kind = f"({encoding})"
+        key = (topic, kind)
+        ts = stats.get(key)
+        if ts is None:
+            ts = stats[key] = TopicStats(topic, kind, first_ns=_t)
+        ts.messages += 1
+        ts.bytes += len(data)
+        ts.last_ns = _t
+        if seq is not None:
+            prev = last_seq.get(key)
+            if prev is not None and seq > prev + 1:
+                ts.seq_gaps += seq - prev - 1
+            last_seq[key] = seq
+    for ts in stats.values():
+        span = (ts.last_ns - ts.first_ns) / clock.NS_PER_S
+        ts.rate_hz = round((ts.messages - 1) / span, 3) if span > 0 else 0.0
+    st.topics = sorted(stats.values(), key=lambda s: (s.topic, s.kind))
+    st.messages = sum(s.messages for s in st.topics)
+    if st.topics:
+        st.first_ns = min(s.first_ns for s in st.topics)
+        st.last_ns = max(s.last_ns for s in st.topics)
+        st.duration_s = round((st.last_ns - st.first_ns) / clock.NS_PER_S, 6)
+    st.errors = dict(errors)
+    return st
+
+
+def _fmt_time(t_ns: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t_ns / clock.NS_PER_S, tz=datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _print(st: FileStats) -> None:
+    state = "" if st.complete else "  (no summary: writer did not finish)"
+    print(f"{st.path}: {st.size_bytes / 1e6:.2f} MB, {st.messages} messages, {st.duration_s:.3f} s"
+          f"{' from ' + _fmt_time(st.first_ns) if st.messages else ''}{state}")
+    print(f"  {st.chunks} chunks, {st.compression or 'uncompressed'}, "
+          f"compression ratio {st.compression_ratio:.2f} ({st.uncompressed_bytes / 1e6:.2f} MB raw)")
+    if st.metadata:
+        print("  " + ", ".join(f"{k}={v}" for k, v in sorted(st.metadata.items())))
+    if st.errors:
+        print(f"  unreadable records: {st.errors}")
+    w = max([len(t.topic) for t in st.topics] + [5])
+    print(f"  {'topic':<{w}}  {'kind':<10} {'count':>8} {'rate_hz':>9} {'seq_gaps':>8} {'MB':>9}")
+    for t in st.topics:
+        print(f"  {t.topic:<{w}}  {t.kind:<10} {t.messages:>8} {t.rate_hz:>9.2f} {t.seq_gaps:>8} {t.bytes / 1e6:>9.2f}")
+
+
+def cli(args: argparse.Namespace, cfg: Config) -> int:
+    """``streamfuse inspect FILE... [--json]``."""
+    try:
+        files = expand_paths(args.files)
+        results = [inspect_file(p) for p in files]
+    except RecordingError as e:
+        print(f"streamfuse inspect: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump([asdict(r) for r in results], sys.stdout, indent=2)
+        print()
+    else:
+        for r in results:
+            _print(r)
+    return 0 if all(not r.errors for r in results) else 1

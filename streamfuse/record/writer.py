@@ -1,0 +1,417 @@
+"""Write bus messages to MCAP files; ``streamfuse record`` (DESIGN.md section 6).
+
+:class:`RecordingWriter` writes one MCAP file in the layout of
+:mod:`streamfuse.record.format`. Crash safety: after every finished chunk the
+file is *sealed* with a provisional ``DataEnd`` + ``Footer`` + magic written
+past its logical end (and overwritten by the next chunk), so a writer killed
+with SIGKILL leaves a valid, summary-less MCAP holding every finished chunk;
+only the chunk being filled (and, in the recorder, its queue) is lost.
+:meth:`RecordingWriter.close` writes the summary and index as usual.
+
+The recorder (:func:`cli`) receives on one thread and writes on the main
+thread through a bounded queue: when writing falls behind, messages are
+counted as dropped and the bus is never blocked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import socket
+import struct
+import sys
+import threading
+from collections import Counter, deque
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import zmq
+from mcap.writer import MCAP0_MAGIC, CompressionType, Writer
+
+from streamfuse import __version__, clock, metrics
+from streamfuse.config import Config
+from streamfuse.record import format as fmt
+from streamfuse.signals import Signals
+from streamfuse.wire import codec, topics
+from streamfuse.wire.schema import SCHEMA_VERSION, Message
+from streamfuse.wire.sockets import connect_sub
+
+log = logging.getLogger("streamfuse.record")
+
+_COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}
+
+
+def _seal_bytes() -> bytes:
+    # DataEnd(crc 0) + Footer(no summary) + magic: the smallest valid MCAP ending.
+    body = struct.pack("<BQI", 0x0F, 4, 0)
+    body += struct.pack("<BQQQI", 0x02, 20, 0, 0, 0)
+    return body + MCAP0_MAGIC
+
+
+_SEAL = _seal_bytes()
+
+
+class _SealedFile:
+    """A write-only file at the OS level (no user-space buffer, so a SIGKILL loses
+    nothing already written) that can append a provisional MCAP ending."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.pos = 0
+        self.dirty = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], self.pos + done)
+        self.pos += done
+        self.dirty = True
+        return done
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        """Nothing is buffered in user space."""
+
+    def seal(self) -> None:
+        """Append the provisional ending past the logical end (not counted in ``pos``)."""
+        os.pwrite(self.fd, _SEAL, self.pos)
+        self.dirty = False
+
+    def close(self) -> None:
+        try:
+            os.ftruncate(self.fd, self.pos)
+        finally:
+            os.close(self.fd)
+
+
+def _buf(part: Any) -> bytes | memoryview:
+    if isinstance(part, (bytes, memoryview)):
+        return part
+    buf = getattr(part, "buffer", None)  # zmq.Frame
+    return buf if buf is not None else memoryview(part)
+
+
+def default_metadata(cfg: Config | None = None) -> dict[str, str]:
+    """The metadata record: version, host, schema version and the config."""
+    md = {
+        "streamfuse_version": __version__,
+        "schema_version": str(SCHEMA_VERSION),
+        "host": socket.gethostname(),
+        "message_encoding": fmt.MESSAGE_ENCODING,
+    }
+    if cfg is not None:
+        md["config_path"] = cfg.path
+        md["config"] = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return md
+
+
+class RecordingWriter:
+    """One MCAP file of bus messages; a context manager.
+
+    ``chunk_size`` (bytes, uncompressed) trades compression ratio and write
+    efficiency against what a crash can lose (one chunk). ``compression`` is
+    ``"zstd"`` (default), ``"lz4"`` or ``"none"``.
+    """
+
+    def __init__(self, path: str | Path, *, chunk_size: int = 4 * 1024 * 1024, compression: str = "zstd",
+                 metadata: dict[str, str] | None = None) -> None:
+        if compression not in _COMPRESSION:
+            raise ValueError(f"compression must be one of {sorted(_COMPRESSION)}, got {compression!r}")
+        self.path = Path(path)
+        self._file = _SealedFile(self.path)
+        self._mcap = Writer(self._file, chunk_size=chunk_size, compression=_COMPRESSION[compression])  # type: ignore[arg-type]
+        self._mcap.start(profile=fmt.PROFILE, library=f"streamfuse {__version__}")
+        self._schema_id = self._mcap.register_schema(fmt.SCHEMA_NAME, fmt.SCHEMA_ENCODING, fmt.SCHEMA_TEXT)
+        self._mcap.add_metadata(fmt.METADATA_NAME, {**default_metadata(), **(metadata or {})})
+        self._channels: dict[str, int] = {}
+        self._closed = False
+        self.messages = 0
+        self.data_bytes = 0  # uncompressed message data
+        self.first_t_ns: int | None = None
+        self.last_t_ns: int | None = None
+        self._file.seal()
+
+    @property
+    def bytes_on_disk(self) -> int:
+        return self._file.pos
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _channel(self, topic: str) -> int:
+        ch = self._channels.get(topic)
+        if ch is None:
+            source, _, stream = topic.partition("/")
+            ch = self._mcap.register_channel(topic, fmt.MESSAGE_ENCODING, self._schema_id,
+                                             {"source": source, "stream": stream})
+            self._channels[topic] = ch
+        return ch
+
+    def write(self, parts: Sequence[bytes | memoryview | zmq.Frame], t_ns: int | None = None) -> int:
+        """Record wire parts ``[topic, header, *payload]`` byte for byte.
+
+        ``t_ns`` None: taken from the header. Returns the message data size in
+        bytes (uncompressed). Raises :class:`codec.DecodeError` (``parts``,
+        ``topic``, ``header``) for parts it cannot file, ``OSError`` when the
+        disk refuses the write.
+        """
+        if len(parts) < 2:
+            raise codec.DecodeError("parts", f"need at least topic and header, got {len(parts)} parts")
+        bufs = [_buf(p) for p in parts]
+        try:
+            topic = bytes(bufs[0]).decode("utf-8")
+            topics.split(topic)
+        except (UnicodeDecodeError, ValueError):
+            raise codec.DecodeError("topic", f"bad topic {bytes(bufs[0])[:64]!r}") from None
+        seq = 0
+        if t_ns is None:
+            try:
+                stamp = fmt.read_stamp(bufs[1])
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                raise codec.DecodeError("header", f"no t_ns in header: {e}") from None
+            t_ns, seq = stamp.t_ns, stamp.seq
+        if t_ns < 0:
+            raise codec.DecodeError("field", f"negative t_ns {t_ns}")
+        data = fmt.frame(bufs[1:])
+        self._mcap.add_message(self._channel(topic), log_time=t_ns, data=data, publish_time=t_ns,
+                               sequence=seq & 0xFFFFFFFF)
+        if self._file.dirty:  # a chunk was finished: make the file readable up to it
+            self._file.seal()
+        self.messages += 1
+        self.data_bytes += len(data)
+        self.first_t_ns = t_ns if self.first_t_ns is None else min(self.first_t_ns, t_ns)
+        self.last_t_ns = t_ns if self.last_t_ns is None else max(self.last_t_ns, t_ns)
+        return len(data)
+
+    def write_message(self, msg: Message) -> int:
+        """Record a decoded message (encoded and validated by :func:`codec.encode`)."""
+        return self.write(codec.encode(msg))
+
+    def flush(self) -> None:
+        """Finish the chunk being filled, so a crash loses nothing written so far."""
+        self._mcap.flush()
+        if self._file.dirty:
+            self._file.seal()
+
+    def close(self) -> None:
+        """Write the summary and index and close the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._mcap.finish()
+        finally:
+            self._file.close()
+
+
+# ----------------------------------------------------------------------------- rotation
+
+
+def numbered_path(out: str | Path, index: int, *, stamp: str = "") -> Path:
+    """``rec.mcap`` -> ``rec-0000.mcap``; a directory -> ``DIR/rec-<stamp>-0000.mcap``."""
+    out = Path(out)
+    if out.suffix == ".mcap":
+        return out.with_name(f"{out.stem}-{index:04d}.mcap")
+    return out / f"rec-{stamp}-{index:04d}.mcap" if stamp else out / f"rec-{index:04d}.mcap"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotation:
+    """When to start the next file: at ``max_bytes`` on disk or ``max_duration_ns``."""
+
+    max_bytes: int
+    max_duration_ns: int
+
+    def due(self, bytes_on_disk: int, opened_ns: int, now_ns: int) -> bool:
+        return bytes_on_disk >= self.max_bytes or now_ns - opened_ns >= self.max_duration_ns
+
+
+class _Queue:
+    """Bounded by messages and bytes; ``put`` never blocks (the bus must not wait)."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.items: deque[tuple[list[zmq.Frame], int]] = deque()
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self.bytes = 0
+        self.cond = threading.Condition()
+
+    def put(self, parts: list[zmq.Frame], size: int) -> bool:
+        with self.cond:
+            if len(self.items) >= self.max_items or self.bytes + size > self.max_bytes:
+                return False
+            self.items.append((parts, size))
+            self.bytes += size
+            self.cond.notify()
+            return True
+
+    def get(self, timeout: float) -> list[zmq.Frame] | None:
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+            if not self.items:
+                return None
+            parts, size = self.items.popleft()
+            self.bytes -= size
+            return parts
+
+
+def _receive(ctx: zmq.Context, cfg: Config, prefixes: list[str], q: _Queue, stop: threading.Event,
+             counts: Counter[str], ready: threading.Event) -> None:
+    """Receiver thread: SUB -> queue, zero-copy; counts what did not fit."""
+    sub = connect_sub(ctx, cfg.bus, prefixes)
+    try:
+        ready.set()
+        while not stop.is_set():
+            if not sub.poll(100):
+                continue
+            for _ in range(1000):  # drain a burst before checking stop again
+                try:
+                    parts = sub.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                size = sum(len(p) for p in parts)
+                if not q.put(parts, size):
+                    counts["queue_full"] += 1
+    finally:
+        sub.close(linger=0)
+
+
+class _Recorder:
+    """The writing side: rotation, periodic chunk flushes, metrics."""
+
+    FLUSH_NS = clock.NS_PER_S  # a chunk is finished at least this often (bounds crash loss)
+
+    def __init__(self, cfg: Config, out: str, *, start_ns: int) -> None:
+        self.cfg = cfg
+        self.out = out
+        utc = datetime.datetime.fromtimestamp(start_ns / clock.NS_PER_S, tz=datetime.timezone.utc)
+        self.stamp = f"{utc:%Y%m%dT%H%M%SZ}" if Path(out).suffix != ".mcap" else ""
+        self.rotation = Rotation(int(cfg.record.max_size_mb * 1024 * 1024),
+                                 int(cfg.record.max_duration_s * clock.NS_PER_S))
+        self.index = 0
+        self.writer: RecordingWriter | None = None
+        self.opened_ns = self.flushed_ns = start_ns
+        self.files: list[Path] = []
+        self.messages = self.bytes = 0
+        self.counted = (0, 0)
+        self.dropped: Counter[str] = Counter()
+
+    def _open(self, now_ns: int) -> RecordingWriter:
+        path = numbered_path(self.out, self.index, stamp=self.stamp)
+        self.index += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        w = RecordingWriter(path, chunk_size=self.cfg.record.chunk_kb * 1024,
+                            metadata=default_metadata(self.cfg))
+        self.files.append(path)
+        self.opened_ns = self.flushed_ns = now_ns
+        log.info("recording to %s", path)
+        return w
+
+    def write(self, parts: list[zmq.Frame], now_ns: int) -> None:
+        if self.writer is None:
+            self.writer = self._open(now_ns)
+        before = self.writer.bytes_on_disk
+        try:
+            self.writer.write(parts)
+        except codec.DecodeError as e:
+            self.dropped[e.reason] += 1
+            return
+        self.messages += 1
+        self.bytes += self.writer.bytes_on_disk - before
+
+    def tick(self, now_ns: int) -> None:
+        """Rotate or flush when due; publish metrics."""
+        w = self.writer
+        if w is not None and self.rotation.due(w.bytes_on_disk, self.opened_ns, now_ns):
+            self._close_file()
+        elif w is not None and now_ns - self.flushed_ns >= self.FLUSH_NS:
+            before = w.bytes_on_disk
+            w.flush()
+            self.bytes += w.bytes_on_disk - before
+            self.flushed_ns = now_ns
+        m, b = self.counted
+        if self.messages > m:
+            metrics.recorder_messages.inc(self.messages - m)
+        if self.bytes > b:
+            metrics.recorder_bytes.inc(self.bytes - b)
+        self.counted = (self.messages, self.bytes)
+
+    def _close_file(self) -> None:
+        if self.writer is not None:
+            before = self.writer.bytes_on_disk
+            w, self.writer = self.writer, None
+            w.close()
+            self.bytes += max(0, w.bytes_on_disk - before)
+
+    def close(self) -> None:
+        self._close_file()
+
+
+def cli(args: argparse.Namespace, cfg: Config) -> int:
+    """``streamfuse record --out PATH [--topics PREFIX...] [--duration S]``."""
+    sig = Signals()
+    prefixes = list(args.topics or cfg.record.topics or [""])
+    start_ns = clock.now_ns()
+    deadline = start_ns + int(args.duration * clock.NS_PER_S) if args.duration else None
+    rec = _Recorder(cfg, args.out, start_ns=start_ns)
+    try:
+        rec.writer = rec._open(start_ns)  # fail early on an unwritable path
+    except OSError as e:
+        print(f"streamfuse record: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    q = _Queue(max_items=max(cfg.bus.hwm, 1000) * 4, max_bytes=512 * 1024 * 1024)
+    recv_counts: Counter[str] = Counter()
+    stop_rx = threading.Event()
+    ready = threading.Event()
+    ctx = zmq.Context()
+    rx = threading.Thread(target=_receive, name="record-rx",
+                          args=(ctx, cfg, prefixes, q, stop_rx, recv_counts, ready))
+    rx.start()
+    code = 0
+    try:
+        ready.wait(5)
+        log.info("recording topics %s from %s", prefixes, cfg.bus.output)
+        while not sig.stop.is_set():
+            now = clock.now_ns()
+            if deadline is not None and now >= deadline:
+                break
+            parts = q.get(0.05)
+            if parts is not None:
+                rec.write(parts, now)
+            rec.tick(now)
+            if not rx.is_alive():
+                print("streamfuse record: the receiver stopped", file=sys.stderr)
+                code = 1
+                break
+        stop_rx.set()
+        rx.join(5)
+        while (parts := q.get(0)) is not None:  # what was already received is written
+            rec.write(parts, clock.now_ns())
+        rec.close()
+    except OSError as e:
+        print(f"streamfuse record: cannot write {rec.files[-1] if rec.files else args.out}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        code = 1
+    finally:
+        stop_rx.set()
+        rx.join(5)
+        ctx.destroy(linger=0)
+    for reason, n in {**recv_counts, **rec.dropped}.items():
+        metrics.recorder_dropped.labels(reason).inc(n)
+    dropped = sum(recv_counts.values()) + sum(rec.dropped.values())
+    log.info("recorded %d messages, %.1f MB in %d file(s), dropped %d %s", rec.messages,
+             rec.bytes / 1e6, len(rec.files), dropped, dict(recv_counts + rec.dropped) if dropped else "")
+    return code
