@@ -1,0 +1,380 @@
+"""``streamfuse dataset avdigits``: the reference benchmark as MCAP recordings + labels.
+
+Each ~2 s segment holds one digit (0-9):
+
+- video (``<source>/video``): 128x128 JPEG frames at 10 fps of that handwritten
+  digit on paper, placed, scaled, rotated and lit differently per segment, with
+  blur, hand jitter, sensor noise and, in 15 % of segments, a finger over part
+  of it (:mod:`streamfuse.datasets.images`);
+- audio (``<source>/audio``): 16 kHz mono float32 blocks of 20 ms; the digit is
+  spoken once at a random offset over background sound at an SNR of 3-20 dB
+  (:mod:`streamfuse.datasets.sound`);
+- text (``<source>/text``): in 30 % of segments a chat line mentions the digit
+  ("its 7", "sevn", ...), 12 % of those name the wrong digit; 8 % of segments
+  carry unrelated chatter. Text heartbeats every 100 ms let windows close.
+- 8 % of segments have the camera covered (no frames, only video heartbeats)
+  and another 8 % the microphone muted (no blocks, only audio heartbeats).
+
+Layout (DESIGN.md section 8): ``OUT/{train,val,test}/`` (only ``OUT/test/``
+with ``split="test"``), each with ``*.mcap`` recordings of up to 200 segments
+and one ``labels.csv`` (``source,start,end,label``; ``start``/``end`` are
+absolute epoch ``t_ns`` integers, ``end`` exclusive, labels ``zero``..``nine``),
+plus ``OUT/avdigits.json`` describing what went where.
+
+Splits: 70 / 15 / 15 % of the segments. Speakers (FSDD speaker names, or
+espeak-ng voices) and handwriting images are partitioned between the splits,
+so the test split's speakers and images are never seen in training. Time:
+recordings start on the 2026-01-01T00:00:00Z epoch (train), +1 day (val), +2
+days (test); the same seed gives the same messages and labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streamfuse.config import Config
+from streamfuse.datasets import images as img
+from streamfuse.datasets import sound
+from streamfuse.wire import codec
+from streamfuse.wire.schema import Message
+
+log = logging.getLogger("streamfuse.dataset")
+
+NS_PER_MS = 1_000_000
+EPOCH_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
+DAY_NS = 86_400 * 1_000_000_000
+SEGMENT_NS = 2000 * NS_PER_MS
+TAIL_NS = 1500 * NS_PER_MS  # heartbeats after the last segment so every window can close
+FRAME_PERIOD_NS = 100 * NS_PER_MS  # 10 fps
+BLOCK_NS = 20 * NS_PER_MS
+BLOCK_FRAMES = sound.RATE_HZ * 20 // 1000
+HEARTBEAT_NS = 100 * NS_PER_MS
+FRAME_SIZE = 128
+JPEG_QUALITY = 80
+
+SPLITS = ("train", "val", "test")
+FRACTIONS = (0.70, 0.15, 0.15)
+SOURCES = ("room1", "room2")
+SEGMENTS_PER_FILE = 200
+P_TEXT, P_TEXT_WRONG, P_TYPO, P_CHATTER = 0.30, 0.12, 0.25, 0.08
+P_CAMERA_COVERED, P_MIC_MUTED, P_OCCLUDED = 0.08, 0.08, 0.15
+SNR_DB = (3.0, 20.0)
+LABELS = sound.DIGIT_WORDS
+
+
+@dataclass(frozen=True)
+class Params:
+    """What to build. ``images``: "sklearn" or an MNIST idx path; ``speech``/``noise``: dirs or None."""
+
+    segments: int = 2000
+    seed: int = 0
+    split: str = "all"  # "all" or "test"
+    images: str = "sklearn"
+    speech: str | None = None
+    noise: str | None = None
+    segments_per_file: int = SEGMENTS_PER_FILE
+
+
+@dataclass
+class Segment:
+    """One planned segment; times are absolute epoch ns."""
+
+    index: int
+    digit: int
+    image: int
+    speaker: str
+    t_start_ns: int
+    video: bool = True
+    audio: bool = True
+    occluded: bool = False
+    texts: list[tuple[int, str]] = field(default_factory=list)  # (t_ns, text)
+
+
+@dataclass
+class SplitPlan:
+    name: str
+    base_ns: int
+    segments: list[Segment]
+    speakers: list[str]
+    image_pool: list[int]
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def plan(params: Params, images: img.DigitImages, speakers: list[str]) -> list[SplitPlan]:
+    """Decide every segment's digit, image, speaker, missing streams and chat."""
+    rng = np.random.default_rng([params.seed, 0])
+    n = len(images.labels)
+    if params.split == "test":
+        names, fractions = ["test"], [1.0]
+    else:
+        names, fractions = list(SPLITS), list(FRACTIONS)
+    perm = rng.permutation(n)
+    bounds = np.round(np.cumsum([0.0, *fractions]) * n).astype(int)
+    image_pools = [sorted(perm[bounds[i]:bounds[i + 1]].tolist()) for i in range(len(names))]
+    speaker_groups = sound.split_speakers(speakers, fractions, rng) if len(names) > 1 else [sorted(speakers)]
+    counts = [int(round(f * params.segments)) for f in fractions]
+    counts[0] += params.segments - sum(counts)
+    plans = []
+    for i, name in enumerate(names):
+        split_idx = SPLITS.index(name)
+        base = EPOCH_NS + split_idx * DAY_NS
+        segs = _plan_split(params, split_idx, counts[i], images, image_pools[i], speaker_groups[i])
+        plans.append(SplitPlan(name, base, segs, speaker_groups[i], image_pools[i]))
+    return plans
+
+
+def _plan_split(params: Params, split_idx: int, count: int, images: img.DigitImages,
+                pool: list[int], speakers: list[str]) -> list[Segment]:
+    rng = np.random.default_rng([params.seed, 1, split_idx])
+    # Balanced classes: each digit equally often (up to one), in random order.
+    digits = rng.permutation(np.resize(np.arange(10), count))
+    by_digit = {d: [i for i in pool if images.labels[i] == d] for d in range(10)}
+    missing = [d for d, ids in by_digit.items() if not ids]
+    if missing and count:
+        raise ValueError(f"no image of digit {missing[0]} in this split's share of {images.origin}")
+    order = {d: rng.permutation(ids).tolist() for d, ids in by_digit.items()}
+    used = dict.fromkeys(range(10), 0)
+    segs = []
+    for k, d in enumerate(digits.tolist()):
+        ids = order[d]
+        image = ids[used[d] % len(ids)]  # cycle only when a split has fewer images than segments
+        used[d] += 1
+        segs.append(Segment(index=k, digit=d, image=int(image),
+                            speaker=speakers[int(rng.integers(len(speakers)))], t_start_ns=0))
+    for s in segs:
+        srng = _segment_rng(params.seed, split_idx, s.index, "plan")
+        r = srng.random()
+        s.video = not (r < P_CAMERA_COVERED)
+        s.audio = not (P_CAMERA_COVERED <= r < P_CAMERA_COVERED + P_MIC_MUTED)
+        s.occluded = bool(srng.random() < P_OCCLUDED)
+        if srng.random() < P_TEXT:
+            s.texts.append((_text_time(srng), chat_line(s.digit, srng)))
+        if srng.random() < P_CHATTER:
+            s.texts.append((_text_time(srng), str(srng.choice(CHATTER))))
+    return segs
+
+
+def _segment_rng(seed: int, split_idx: int, index: int, purpose: str) -> np.random.Generator:
+    # One generator per segment and purpose: a segment does not depend on its neighbours.
+    return np.random.default_rng([seed, 2 + split_idx, index, sum(map(ord, purpose))])
+
+
+def _text_time(rng: np.random.Generator) -> int:
+    """Offset into the segment (ns); the caller adds the segment start."""
+    return int(rng.uniform(0.1, 1.9) * 1e9)
+
+
+TEMPLATES = ("{w}", "{n}", "its {w}", "it's a {w}", "{w}!", "i see a {n}", "that's {w}", "{W}", "number {n}",
+             "looks like {w} to me", "{w}?", "ok {w}")
+CHATTER = ("hello", "can you hear me", "lol", "brb", "one sec", "ok", "nice", "what was that",
+           "hang on", "the light is bad here", "yes", "no")
+
+
+def chat_line(digit: int, rng: np.random.Generator) -> str:
+    """A chat message about ``digit``: sometimes wrong, sometimes with a typo."""
+    if rng.random() < P_TEXT_WRONG:
+        digit = int((digit + rng.integers(1, 10)) % 10)
+    word = LABELS[digit]
+    if rng.random() < P_TYPO:
+        word = typo(word, rng)
+    t = str(rng.choice(TEMPLATES))
+    return t.format(w=word, W=word.upper(), n=digit)
+
+
+def typo(word: str, rng: np.random.Generator) -> str:
+    """Drop, double, swap or replace one letter."""
+    i = int(rng.integers(len(word)))
+    op = int(rng.integers(4))
+    if op == 0 and len(word) > 2:
+        return word[:i] + word[i + 1:]
+    if op == 1:
+        return word[:i] + word[i] + word[i:]
+    if op == 2 and i < len(word) - 1:
+        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    return word[:i] + "qwertyuiopasdfghjklzxcvbnm"[int(rng.integers(26))] + word[i + 1:]
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@dataclass
+class Media:
+    images: img.DigitImages
+    speech: sound.SpeechBank
+    noise: sound.NoiseBank
+
+
+def segment_events(seg: Segment, t0: int, media: Media, *, seed: int, split_idx: int
+                   ) -> list[tuple[int, int, str, object]]:
+    """``(t_ns, rank, stream, data)`` for one segment starting at ``t0``.
+
+    ``data`` is JPEG bytes (video), a float32 block (audio), a str (text) or
+    None (a heartbeat on ``stream``). ``rank`` orders equal times.
+    """
+    ev: list[tuple[int, int, str, object]] = []
+    rng = _segment_rng(seed, split_idx, seg.index, "media")
+    n_frames = SEGMENT_NS // FRAME_PERIOD_NS
+    if seg.video:
+        scene = img.render_scene(media.images.ink[seg.image], rng, size=FRAME_SIZE, occlude=seg.occluded)
+        for j in range(n_frames):
+            jitter = int(rng.integers(0, 4 * NS_PER_MS))  # cameras deliver a little late, never early
+            frame = img.camera_frame(scene, rng)
+            ev.append((t0 + j * FRAME_PERIOD_NS + jitter, 0, "video", img.encode_jpeg(frame, JPEG_QUALITY)))
+    else:
+        ev += [(t0 + j * FRAME_PERIOD_NS, 0, "video", None) for j in range(n_frames)]
+    n_samples = sound.RATE_HZ * SEGMENT_NS // 1_000_000_000
+    if seg.audio:
+        speech = media.speech.utterance(seg.speaker, seg.digit, rng)[: int(1.5 * sound.RATE_HZ)]
+        lo, hi = int(0.25 * sound.RATE_HZ), int(1.75 * sound.RATE_HZ) - len(speech)
+        offset = int(rng.integers(lo, max(lo + 1, hi)))
+        bg = media.noise.background(n_samples, rng)
+        pcm = sound.mix(speech, bg, offset=offset, snr_db=float(rng.uniform(*SNR_DB)),
+                        level=float(rng.uniform(0.03, 0.25)))
+        for j in range(n_samples // BLOCK_FRAMES):
+            ev.append((t0 + j * BLOCK_NS, 1, "audio", pcm[j * BLOCK_FRAMES:(j + 1) * BLOCK_FRAMES].reshape(-1, 1)))
+    else:
+        ev += [(t0 + j * HEARTBEAT_NS, 1, "audio", None) for j in range(SEGMENT_NS // HEARTBEAT_NS)]
+    for dt, text in seg.texts:
+        ev.append((t0 + dt, 2, "text", text))
+    ev += [(t0 + j * HEARTBEAT_NS, 3, "text", None) for j in range(SEGMENT_NS // HEARTBEAT_NS)]
+    ev.sort(key=lambda e: (e[0], e[1]))
+    return ev
+
+
+class _Publisher:
+    """Turns events into wire messages with per-topic sequence numbers."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.seq: dict[str, int] = {}
+
+    def message(self, t_ns: int, stream: str, data: object) -> Message:
+        seq = self.seq.get(stream, 0)
+        self.seq[stream] = seq + 1
+        if data is None:
+            return codec.heartbeat_message(self.source, stream, seq, t_ns)
+        if stream == "video":
+            assert isinstance(data, bytes)
+            return codec.frame_message(self.source, seq, t_ns, data, encoding="jpeg",
+                                       shape=(FRAME_SIZE, FRAME_SIZE, 3))
+        if stream == "audio":
+            assert isinstance(data, np.ndarray)
+            return codec.audio_message(self.source, seq, t_ns, data, sound.RATE_HZ)
+        return codec.text_message(self.source, seq, t_ns, str(data), origin="zmq")
+
+
+def recording_messages(segs: list[Segment], source: str, t0: int, media: Media, *, seed: int,
+                       split_idx: int) -> Iterator[Message]:
+    """Every message of one recording, in ``t_ns`` order; sets each segment's start."""
+    pub = _Publisher(source)
+    for k, seg in enumerate(segs):
+        seg.t_start_ns = t0 + k * SEGMENT_NS
+        for t, _rank, stream, data in segment_events(seg, seg.t_start_ns, media, seed=seed, split_idx=split_idx):
+            yield pub.message(t, stream, data)
+    end = t0 + len(segs) * SEGMENT_NS
+    for j in range(TAIL_NS // HEARTBEAT_NS + 1):
+        for stream in ("video", "audio", "text"):
+            yield pub.message(end + j * HEARTBEAT_NS, stream, None)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def build(out: Path, params: Params) -> dict:
+    """Build the dataset under ``out``; returns the summary also written to ``avdigits.json``.
+
+    Raises ``ValueError`` for unusable inputs or an ``out`` that already holds recordings.
+    """
+    from streamfuse.record.writer import RecordingWriter
+
+    images = img.load_images(params.images)
+    media = Media(images, sound.SpeechBank(params.speech), sound.NoiseBank(params.noise))
+    plans = plan(params, images, media.speech.speakers)
+    for p in plans:
+        d = out / p.name
+        if d.exists() and (any(d.glob("*.mcap")) or (d / "labels.csv").exists()):
+            raise ValueError(f"{d} already holds a dataset; choose an empty --out")
+    summary: dict = {"dataset": "avdigits", "params": asdict(params), "labels": list(LABELS),
+                     "images": images.origin, "speech": media.speech.origin, "noise": media.noise.origin,
+                     "label_times": "absolute epoch t_ns, end exclusive", "splits": {}}
+    for p in plans:
+        split_idx = SPLITS.index(p.name)
+        d = out / p.name
+        d.mkdir(parents=True, exist_ok=True)
+        files = []
+        rows: list[tuple[str, int, int, str]] = []
+        per_file = max(1, params.segments_per_file)
+        n_files = (len(p.segments) + per_file - 1) // per_file
+        for k in range(n_files):
+            segs = p.segments[k * per_file:(k + 1) * per_file]
+            source = SOURCES[k % len(SOURCES)]
+            # Files follow each other in time with a gap, so sources and splits never overlap.
+            t0 = p.base_ns + k * (per_file * SEGMENT_NS + 10 * SEGMENT_NS)
+            path = d / f"{p.name}-{k:03d}-{source}.mcap"
+            meta = {"dataset": "avdigits", "split": p.name, "seed": str(params.seed), "source": source}
+            with RecordingWriter(path, metadata=meta) as w:
+                for msg in recording_messages(segs, source, t0, media, seed=params.seed, split_idx=split_idx):
+                    w.write_message(msg)
+            rows += [(source, s.t_start_ns, s.t_start_ns + SEGMENT_NS, LABELS[s.digit]) for s in segs]
+            files.append(path.name)
+            log.info("%s: %d segments (%d/%d files of %s)", path, len(segs), k + 1, n_files, p.name)
+        write_labels(d / "labels.csv", rows)
+        summary["splits"][p.name] = _split_summary(p, files)
+    (out / "avdigits.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def write_labels(path: Path, rows: list[tuple[str, int, int, str]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["source", "start", "end", "label"])
+        w.writerows(rows)
+
+
+def _split_summary(p: SplitPlan, files: list[str]) -> dict:
+    segs = p.segments
+    return {
+        "files": files,
+        "segments": len(segs),
+        "classes": {LABELS[d]: sum(s.digit == d for s in segs) for d in range(10)},
+        "speakers": p.speakers,
+        "images": sorted({s.image for s in segs}),
+        "camera_covered": sum(not s.video for s in segs),
+        "mic_muted": sum(not s.audio for s in segs),
+        "occluded": sum(s.occluded for s in segs),
+        "with_text": sum(bool(s.texts) for s in segs),
+        "t_start_ns": min((s.t_start_ns for s in segs), default=0),
+        "t_end_ns": max((s.t_start_ns + SEGMENT_NS for s in segs), default=0),
+    }
+
+
+def cli(args: argparse.Namespace, cfg: Config) -> int:
+    """``streamfuse dataset avdigits --out DIR ...`` (exit 2 on unusable inputs)."""
+    from streamfuse.cli import UsageError
+
+    if args.segments < 1:
+        raise UsageError("--segments: must be at least 1")
+    params = Params(segments=args.segments, seed=args.seed, split=args.split, images=args.images,
+                    speech=args.speech, noise=args.noise)
+    try:
+        summary = build(Path(args.out), params)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except RuntimeError as e:
+        print(f"streamfuse dataset: {e}", file=sys.stderr)
+        return 1
+    for name, s in summary["splits"].items():
+        print(f"{args.out}/{name}: {s['segments']} segments in {len(s['files'])} recordings, "
+              f"speakers {', '.join(s['speakers'])}, {len(s['images'])} images")
+    return 0

@@ -1,0 +1,258 @@
+"""Spoken digits and background sound for ``avdigits`` (16 kHz mono float32).
+
+Speech comes from a directory of wavs named like the Free Spoken Digit Dataset
+(``{digit}_{speaker}_{n}.wav``, any sample rate, resampled to 16 kHz) or, with no
+directory, from espeak-ng voices (accent + voice variant = one "speaker"; each
+utterance uses one of a few speeds and pitches, synthesised once and cached).
+Speakers are what the splits keep apart. Background sound comes from a directory
+of wavs (looped and cut at random points) or is generated (coloured noise, mains
+hum, babble-like modulated noise, beeps).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import subprocess
+import wave
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+RATE_HZ = 16000
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+FSDD_RE = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
+
+# espeak-ng "speakers": accent + voice variant (all ship with espeak-ng-data).
+ESPEAK_VOICES = (
+    "en-us+m1", "en-us+f2", "en+m3", "en+f3", "en-gb-scotland+m2", "en-029+f4",
+    "en-gb-x-rp+m4", "en-gb-x-gbclan+f1", "en-gb-x-gbcwmd+m7", "en-us+klatt2",
+    "en+Andy", "en-us+anika",
+)
+ESPEAK_SPEEDS = (130, 165, 200)  # words per minute
+ESPEAK_PITCHES = (30, 50, 70)
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """Mono float32 samples in [-1, 1] and the sample rate of a PCM wav (8/16/32-bit)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            raw = w.readframes(w.getnframes())
+    except (OSError, wave.Error, EOFError) as e:
+        raise ValueError(f"{path}: cannot read wav: {e}") from None
+    return _pcm_to_float(raw, ch, width), rate
+
+
+def _pcm_to_float(raw: bytes, channels: int, width: int) -> np.ndarray:
+    if width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+    elif width == 2:
+        x = np.frombuffer(raw[: len(raw) // 2 * 2], "<i2").astype(np.float32) / 32768
+    elif width == 4:
+        x = np.frombuffer(raw[: len(raw) // 4 * 4], "<i4").astype(np.float32) / 2**31
+    else:
+        raise ValueError(f"unsupported sample width {width}")
+    if channels > 1:
+        x = x[: len(x) // channels * channels].reshape(-1, channels).mean(axis=1)
+    return x.astype(np.float32)
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int = RATE_HZ) -> np.ndarray:
+    """Polyphase resampling by the exact rational ratio (e.g. 8000 -> 16000, 22050 -> 16000)."""
+    if rate_in == rate_out:
+        return x.astype(np.float32)
+    f = Fraction(rate_out, rate_in)
+    return resample_poly(x, f.numerator, f.denominator).astype(np.float32)
+
+
+def trim_silence(x: np.ndarray, *, threshold: float = 0.02) -> np.ndarray:
+    """Cut leading/trailing samples below ``threshold`` x peak (espeak pads with silence)."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x
+    loud = np.flatnonzero(np.abs(x) > threshold * peak)
+    lo, hi = max(0, loud[0] - 160), min(len(x), loud[-1] + 160)
+    return x[lo:hi]
+
+
+class SpeechBank:
+    """Utterances of each digit by named speakers, at 16 kHz.
+
+    ``speakers``: sorted speaker names. :meth:`utterance` picks one of a
+    speaker's takes of a digit with ``rng`` and returns float32 samples.
+    """
+
+    def __init__(self, speech_dir: str | None) -> None:
+        self.origin = speech_dir or "espeak-ng"
+        self._files: dict[tuple[str, int], list[Path]] = {}
+        self._cache: dict[object, np.ndarray] = {}
+        if speech_dir is None:
+            self.speakers = sorted(ESPEAK_VOICES)
+            return
+        root = Path(speech_dir)
+        if not root.is_dir():
+            raise ValueError(f"{root}: not a directory of FSDD-style wavs")
+        for p in sorted(root.glob("*.wav")):
+            m = FSDD_RE.match(p.name)
+            if m:
+                self._files.setdefault((m.group(2), int(m.group(1))), []).append(p)
+        names = {s for s, _ in self._files}
+        # A speaker is usable only with takes of every digit.
+        self.speakers = sorted(s for s in names if all((s, d) in self._files for d in range(10)))
+        if not self.speakers:
+            raise ValueError(f"{root}: no speaker with wavs of every digit named {{digit}}_{{speaker}}_{{n}}.wav")
+
+    def utterance(self, speaker: str, digit: int, rng: np.random.Generator) -> np.ndarray:
+        if not self._files:
+            speed = int(rng.choice(ESPEAK_SPEEDS))
+            pitch = int(rng.choice(ESPEAK_PITCHES))
+            key: object = (speaker, digit, speed, pitch)
+            if key not in self._cache:
+                self._cache[key] = trim_silence(espeak(DIGIT_WORDS[digit], speaker, speed=speed, pitch=pitch))
+            x = self._cache[key]
+            # A few percent of tempo/pitch change on top of the discrete settings.
+            return stretch(x, float(rng.uniform(0.92, 1.08)))
+        files = self._files[(speaker, digit)]
+        path = files[int(rng.integers(len(files)))]
+        if path not in self._cache:
+            x, rate = read_wav(path)
+            self._cache[path] = trim_silence(resample(x, rate))
+        return self._cache[path]
+
+
+def espeak(text: str, voice: str, *, speed: int, pitch: int) -> np.ndarray:
+    """Synthesise ``text`` with espeak-ng and return 16 kHz float32 samples."""
+    try:
+        out = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+                             capture_output=True, check=True, timeout=30).stdout
+    except FileNotFoundError:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng), or pass --speech DIR") from None
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"espeak-ng failed for voice {voice!r}: {e.stderr.decode(errors='replace').strip()}") from None
+    # --stdout writes a streaming wav header with a bogus length: read what is there.
+    with wave.open(io.BytesIO(out), "rb") as w:
+        rate, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        raw = w.readframes(1 << 30)
+    return resample(_pcm_to_float(raw, ch, width), rate)
+
+
+def stretch(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``x`` ``factor`` times faster (tempo and pitch together), by interpolation."""
+    n = max(2, int(round(len(x) / factor)))
+    return np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
+
+
+class NoiseBank:
+    """Background sound: clips from a directory of wavs, or generated noise."""
+
+    def __init__(self, noise_dir: str | None) -> None:
+        self.origin = noise_dir or "generated"
+        self.clips: list[np.ndarray] = []
+        if noise_dir is None:
+            return
+        root = Path(noise_dir)
+        if not root.is_dir():
+            raise ValueError(f"{root}: not a directory of wavs")
+        for p in sorted(root.glob("*.wav")):
+            x, rate = read_wav(p)
+            x = resample(x, rate)
+            if len(x) >= RATE_HZ // 10 and float(np.std(x)) > 1e-4:
+                self.clips.append(x / (float(np.sqrt(np.mean(x**2))) + 1e-9))
+        if not self.clips:
+            raise ValueError(f"{root}: no usable wav files")
+
+    def background(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` samples of unit-RMS background sound."""
+        if self.clips and rng.random() < 0.85:
+            x = self._from_clips(n, rng)
+            # Real rooms also have a noise floor under the events.
+            x = x + 0.15 * generated_noise(n, rng, kind="white")
+        else:
+            x = generated_noise(n, rng)
+        return (x / (float(np.sqrt(np.mean(x**2))) + 1e-9)).astype(np.float32)
+
+    def _from_clips(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Clips laid end to end with random gaps from a random start (short clips repeat)."""
+        out = np.zeros(n, np.float32)
+        pos = -int(rng.integers(0, RATE_HZ))
+        while pos < n:
+            clip = self.clips[int(rng.integers(len(self.clips)))] * float(rng.uniform(0.5, 1.5))
+            lo, hi = max(pos, 0), min(pos + len(clip), n)
+            if hi > lo:
+                out[lo:hi] += clip[lo - pos:hi - pos]
+            pos += len(clip) + int(rng.integers(0, RATE_HZ // 2))
+        return out
+
+
+def generated_noise(n: int, rng: np.random.Generator, *, kind: str | None = None) -> np.ndarray:
+    """Unit-RMS noise of one ``kind``: white, pink, brown, hum, babble or beeps."""
+    kind = kind or str(rng.choice(["white", "pink", "brown", "hum", "babble", "beeps"]))
+    t = np.arange(n, dtype=np.float32) / RATE_HZ
+    if kind in ("white", "pink", "brown"):
+        spec = np.fft.rfft(rng.standard_normal(n))
+        f = np.fft.rfftfreq(n, 1 / RATE_HZ)
+        f[0] = f[1] if n > 1 else 1.0
+        spec *= {"white": 1.0, "pink": 1 / np.sqrt(f), "brown": 1 / f}[kind]
+        x = np.fft.irfft(spec, n)
+    elif kind == "hum":
+        base = float(rng.choice([50.0, 60.0]))
+        x = 0.1 * rng.standard_normal(n)
+        for k in (1, 2, 3, 5):
+            x = x + rng.uniform(0.2, 1.0) * np.sin(2 * math.pi * base * k * t + rng.uniform(0, 6.3))
+    elif kind == "babble":
+        # Band-limited noise with a slow syllable-rate envelope: like distant chatter.
+        spec = np.fft.rfft(rng.standard_normal(n))
+        f = np.fft.rfftfreq(n, 1 / RATE_HZ)
+        spec *= np.exp(-((f - 600) / 500) ** 2)
+        env = 0.5 + 0.5 * np.sin(2 * math.pi * rng.uniform(3, 6) * t + rng.uniform(0, 6.3))
+        x = np.fft.irfft(spec, n) * env
+    elif kind == "beeps":
+        x = 0.05 * rng.standard_normal(n)
+        for _ in range(int(rng.integers(1, 4))):
+            start = int(rng.integers(0, max(1, n - RATE_HZ // 5)))
+            length = int(rng.integers(RATE_HZ // 20, RATE_HZ // 5))
+            seg = slice(start, min(n, start + length))
+            x[seg] += np.sin(2 * math.pi * rng.uniform(400, 3000) * t[seg])
+    else:
+        raise ValueError(f"unknown noise kind {kind!r}")
+    x = np.asarray(x, np.float64)
+    return (x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32)
+
+
+def mix(speech: np.ndarray, background: np.ndarray, *, offset: int, snr_db: float, level: float) -> np.ndarray:
+    """``speech`` placed at sample ``offset`` over unit-RMS ``background`` at ``snr_db``.
+
+    The SNR compares the speech's RMS over its own duration with the
+    background's RMS; ``level`` is the speech RMS in the result (mic gain).
+    """
+    out = background * (level / (10 ** (snr_db / 20)))
+    s = speech / (float(np.sqrt(np.mean(speech**2))) + 1e-9) * level
+    end = min(len(out), offset + len(s))
+    out[offset:end] += s[: end - offset]
+    peak = float(np.max(np.abs(out)))
+    if peak > 0.99:  # a real ADC would clip; scale instead so the digit stays intelligible
+        out *= 0.99 / peak
+    # A 16-bit ADC's resolution (as sound cards deliver float32); also compresses far better.
+    return (np.round(out * 32768) / 32768).astype(np.float32)
+
+
+def split_speakers(speakers: Sequence[str], fractions: Sequence[float], rng: np.random.Generator) -> list[list[str]]:
+    """Partition speakers into len(fractions) non-empty disjoint groups (needs enough speakers)."""
+    order = [speakers[i] for i in rng.permutation(len(speakers))]
+    k = len(fractions)
+    if len(order) < k:
+        raise ValueError(f"need at least {k} speakers to split, have {len(order)}")
+    counts = [max(1, int(round(f * len(order)))) for f in fractions]
+    while sum(counts) > len(order):
+        counts[counts.index(max(counts))] -= 1
+    counts[0] += len(order) - sum(counts)
+    groups, pos = [], 0
+    for c in counts:
+        groups.append(sorted(order[pos:pos + c]))
+        pos += c
+    return groups

@@ -1,0 +1,203 @@
+"""Ground-truth labels: the CSV format, its validation, and which label a window gets.
+
+CSV (DESIGN.md section 8): a header line ``source,start,end,label`` then one
+row per labelled span ``[start, end)``. Times are either
+
+- absolute epoch nanoseconds, written as integers (what ``streamfuse dataset``
+  writes); any integer of 10^15 or more is read this way, or
+- seconds (integer or decimal) from the first message of that source in the
+  recordings given (for one recording per source: the recording's first message).
+
+A file uses one of the two forms throughout. Rows of one source must be sorted
+by ``start`` and must not overlap (rows of different sources may interleave).
+Every problem is a :class:`LabelError` naming the file and line:
+``labels.csv:17: overlaps line 16 (room1 ...)``.
+
+Window labels (the boundary rule): a window ``[t0, t1)`` takes the label whose
+spans cover most of it, and only when that label covers **more than half** of
+the window; otherwise (a window on a boundary between two labels split 50/50,
+or mostly unlabelled) it gets no label and is left out of training and
+evaluation. Ties cannot pass the rule, so the outcome never depends on order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+NS_PER_S = 1_000_000_000
+ABSOLUTE_MIN = 10**15  # integers at least this large are epoch ns (1970-01-12 onwards)
+HEADER = ["source", "start", "end", "label"]
+# A label may end a little after the source's last message: its last audio block
+# or frame covers time after its own t_ns.
+RANGE_SLACK_NS = 1 * NS_PER_S
+
+
+class LabelError(ValueError):
+    """A bad label file or row; ``str()`` names ``file:line``."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """One labelled interval ``[start_ns, end_ns)`` of a source (absolute epoch ns)."""
+
+    source: str
+    start_ns: int
+    end_ns: int
+    label: str
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class _Row:
+    source: str
+    start: Decimal
+    end: Decimal
+    label: str
+    line: int
+    absolute: bool
+
+
+def parse_rows(text: str, name: str = "labels.csv") -> list[_Row]:
+    """Syntax, order and overlap checks; times still in the file's unit."""
+    rows: list[_Row] = []
+    reader = csv.reader(io.StringIO(text))
+    header_seen = False
+    form: bool | None = None  # True: absolute ns
+    last: dict[str, _Row] = {}
+    for fields in reader:
+        line = reader.line_num
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        fields = [f.strip() for f in fields]
+        if not header_seen:
+            if [f.lower() for f in fields] != HEADER:
+                raise LabelError(f"{name}:{line}: expected the header 'source,start,end,label', got {','.join(fields)!r}")
+            header_seen = True
+            continue
+        if len(fields) != 4:
+            raise LabelError(f"{name}:{line}: expected 4 fields (source,start,end,label), got {len(fields)}")
+        source, s_start, s_end, label = fields
+        if not source:
+            raise LabelError(f"{name}:{line}: empty source")
+        if not label:
+            raise LabelError(f"{name}:{line}: empty label")
+        start, end = _number(s_start, name, line, "start"), _number(s_end, name, line, "end")
+        absolute = _is_absolute(s_start, start) and _is_absolute(s_end, end)
+        if form is None:
+            form = absolute
+        elif absolute != form:
+            raise LabelError(f"{name}:{line}: mixes absolute t_ns and seconds (line {rows[0].line} uses "
+                             f"{'t_ns' if form else 'seconds'})")
+        if start < 0:
+            raise LabelError(f"{name}:{line}: out of range: negative start {s_start}")
+        if end <= start:
+            raise LabelError(f"{name}:{line}: end {s_end} is not after start {s_start}")
+        row = _Row(source, start, end, label, line, absolute)
+        prev = last.get(source)
+        if prev is not None:
+            if start < prev.start:
+                raise LabelError(f"{name}:{line}: unsorted: {source} starts at {s_start}, before line "
+                                 f"{prev.line} ({prev.start}); sort rows by start within each source")
+            if start < prev.end:
+                raise LabelError(f"{name}:{line}: overlaps line {prev.line} ({source} [{prev.start}, "
+                                 f"{prev.end}) and [{s_start}, {s_end}))")
+        last[source] = row
+        rows.append(row)
+    if not header_seen:
+        raise LabelError(f"{name}:1: empty label file (expected the header 'source,start,end,label')")
+    return rows
+
+
+def _number(s: str, name: str, line: int, what: str) -> Decimal:
+    try:
+        v = Decimal(s)
+    except InvalidOperation:
+        raise LabelError(f"{name}:{line}: {what} {s!r} is not a number") from None
+    if not v.is_finite():
+        raise LabelError(f"{name}:{line}: {what} {s!r} is not a finite number")
+    return v
+
+
+def _is_absolute(s: str, v: Decimal) -> bool:
+    return s.lstrip("+-").isdigit() and v >= ABSOLUTE_MIN
+
+
+def resolve(rows: Iterable[_Row], ranges: Mapping[str, tuple[int, int]], name: str = "labels.csv") -> list[Span]:
+    """Absolute spans, checked against the recordings' ``{source: (first_t_ns, last_t_ns)}``.
+
+    A row naming a source with no messages, or lying outside that source's
+    time range (plus :data:`RANGE_SLACK_NS` at the end), is an error.
+    """
+    spans = []
+    known = ", ".join(sorted(ranges)) or "none"
+    for r in rows:
+        if r.source not in ranges:
+            raise LabelError(f"{name}:{r.line}: unknown source {r.source!r} (the recordings have {known})")
+        first, last = ranges[r.source]
+        if r.absolute:
+            start, end = int(r.start), int(r.end)
+        else:
+            start = first + int((r.start * NS_PER_S).to_integral_value())
+            end = first + int((r.end * NS_PER_S).to_integral_value())
+        if start < first or end > last + RANGE_SLACK_NS:
+            raise LabelError(f"{name}:{r.line}: out of range: [{start}, {end}) ns is outside {r.source}'s "
+                             f"recordings [{first}, {last}] ns")
+        spans.append(Span(r.source, start, end, r.label, r.line))
+    return spans
+
+
+def read_labels(path: str | Path, ranges: Mapping[str, tuple[int, int]]) -> list[Span]:
+    """Read and fully validate a label CSV (raises :class:`LabelError`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise LabelError(f"{p}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise LabelError(f"{p}: not UTF-8") from None
+    return resolve(parse_rows(text, p.name), ranges, p.name)
+
+
+class Labeller:
+    """Answers which label a window gets (the majority rule of the module docstring)."""
+
+    def __init__(self, spans: Iterable[Span]) -> None:
+        self._by_source: dict[str, list[Span]] = {}
+        for s in spans:
+            self._by_source.setdefault(s.source, []).append(s)
+        self._starts: dict[str, list[int]] = {}
+        for src, lst in self._by_source.items():
+            lst.sort(key=lambda s: s.start_ns)
+            self._starts[src] = [s.start_ns for s in lst]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({s.label for lst in self._by_source.values() for s in lst})
+
+    def coverage(self, source: str, t0: int, t1: int) -> dict[str, int]:
+        """Nanoseconds of ``[t0, t1)`` covered by each label."""
+        lst = self._by_source.get(source, [])
+        out: dict[str, int] = {}
+        # Spans are sorted and disjoint: only those starting before t1 and ending after t0 overlap.
+        i = max(0, bisect.bisect_right(self._starts.get(source, []), t0) - 1)
+        while i < len(lst) and lst[i].start_ns < t1:
+            s = lst[i]
+            overlap = min(t1, s.end_ns) - max(t0, s.start_ns)
+            if overlap > 0:
+                out[s.label] = out.get(s.label, 0) + overlap
+            i += 1
+        return out
+
+    def label(self, source: str, t0: int, t1: int) -> str | None:
+        """The label covering more than half of ``[t0, t1)``, else None."""
+        cov = self.coverage(source, t0, t1)
+        if not cov:
+            return None
+        best = max(cov, key=lambda k: cov[k])
+        return best if 2 * cov[best] > (t1 - t0) else None
