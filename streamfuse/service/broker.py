@@ -11,12 +11,14 @@ accept only the public keys in ``bus.curve.authorized``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 
+from streamfuse import clock
 from streamfuse.config import BusConfig, Config, ConfigError, is_local_endpoint
 from streamfuse.wire.sockets import max_message_bytes, prepare_endpoint, remove_stale_ipc
 
@@ -34,7 +36,8 @@ def check_security(bus: BusConfig) -> None:
             )
 
 
-def _apply_curve_server(sock: zmq.Socket, bus: BusConfig) -> None:
+def load_server_keys(bus: BusConfig) -> tuple[bytes, bytes]:
+    """The broker's CurveZMQ (public, secret) key pair, or a ConfigError naming the key."""
     import zmq.auth
 
     try:
@@ -43,9 +46,79 @@ def _apply_curve_server(sock: zmq.Socket, bus: BusConfig) -> None:
         raise ConfigError(f"bus.curve.server_secret: cannot load key: {e}") from None
     if secret is None:
         raise ConfigError(f"bus.curve.server_secret: {bus.curve.server_secret} holds no secret key")
-    sock.curve_secretkey = secret
-    sock.curve_publickey = pub
+    return pub, secret
+
+
+def _apply_curve_server(sock: zmq.Socket, keys: tuple[bytes, bytes]) -> None:
+    sock.curve_publickey, sock.curve_secretkey = keys
     sock.curve_server = True
+
+
+SUBSCRIPTION_MAX_BYTES = 64 * 1024
+_REJECT_EVENTS = {
+    # a client without keys speaks the NULL mechanism: libzmq reports no detail
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no CurveZMQ key: handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "CurveZMQ protocol error",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "key not authorised",
+}
+REJECT_LOG_EVERY_S = 10.0
+
+
+class _RejectionLog:
+    """Log clients the CurveZMQ endpoints turn away (no key, unknown key).
+
+    libzmq reports failed handshakes only as socket-monitor events; this thread
+    reads them and logs one line per endpoint and reason, then at most one
+    summary line every ``REJECT_LOG_EVERY_S`` so a scanner cannot flood the log.
+    """
+
+    def __init__(self, ctx: zmq.Context, socks: dict[str, zmq.Socket], tag: int) -> None:
+        self._stop = threading.Event()
+        self._eps: dict[str, str] = {}
+        for name, sock in socks.items():
+            ep = f"inproc://broker-monitor-{tag}-{name}"
+            sock.monitor(ep, sum(_REJECT_EVENTS))  # set up in the thread that owns sock
+            self._eps[name] = ep
+        self._ctx = ctx
+        self._thread = threading.Thread(target=self._run, name="broker-auth-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        socks = {}
+        poller = zmq.Poller()
+        for name, ep in self._eps.items():
+            s = self._ctx.socket(zmq.PAIR)
+            s.linger = 0
+            s.connect(ep)
+            socks[s] = name
+            poller.register(s, zmq.POLLIN)
+        counts: dict[tuple[str, str], int] = {}
+        last: dict[tuple[str, str], int] = {}
+        try:
+            while not self._stop.is_set():
+                for s, _ in poller.poll(200):
+                    ev = recv_monitor_message(s)
+                    reason = _REJECT_EVENTS.get(ev["event"])
+                    if reason is None:
+                        continue
+                    key = (socks[s], reason)
+                    counts[key] = counts.get(key, 0) + 1
+                    now = clock.monotonic_ns()
+                    if key not in last or now - last[key] >= REJECT_LOG_EVERY_S * 1e9:
+                        last[key] = now
+                        endpoint = ev.get("endpoint", b"")
+                        endpoint = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+                        log.warning("bus %s %s: rejected a client (%s); %d rejected so far",
+                                    socks[s], endpoint, reason, counts[key])
+        finally:
+            for s in socks:
+                s.close(linger=0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
 
 
 class Broker:
@@ -58,25 +131,42 @@ class Broker:
     def __init__(self, bus: BusConfig, ctx: zmq.Context | None = None) -> None:
         check_security(bus)
         self.bus = bus
+        self._keys = (b"", b"")
+        if bus.curve.enabled and any(e.startswith("tcp://") for e in
+                                     (bus.input, bus.output, bus.public, bus.public_output)):
+            # Check the keys here, in the caller's thread, so a bad path is a
+            # config error (exit 2) and not a dead proxy thread.
+            self._keys = load_server_keys(bus)
+            if not bus.curve.authorized or not os.path.isdir(bus.curve.authorized):
+                raise ConfigError(f"bus.curve.authorized: expected a directory of allowed client "
+                                  f"public keys, got {bus.curve.authorized!r}")
         self.ctx = ctx or zmq.Context.instance()
         self._control_endpoint = f"inproc://broker-control-{id(self)}"
         self._auth: Any = None
         self._stopped = threading.Event()
 
     def _bind(self, sock: zmq.Socket, local: str, public: str) -> None:
-        prepare_endpoint(local)
-        remove_stale_ipc(local)
-        sock.bind(local)
-        if public:
-            # libzmq snapshots security options per bind: the local endpoint stays
-            # plain, the public one becomes a CurveZMQ server.
-            if self.bus.curve.enabled:
-                _apply_curve_server(sock, self.bus)
-            sock.bind(public)
+        # libzmq snapshots security options per bind: endpoints bound before the
+        # CurveZMQ options are set stay plain. With [bus.curve] enabled every
+        # tcp:// endpoint is a CurveZMQ server (matching wire.sockets, whose
+        # clients use keys for every tcp:// endpoint then); ipc:// stays plain.
+        curve = self.bus.curve.enabled
+        plain = [e for e in (local, public) if e and not (curve and e.startswith("tcp://"))]
+        secure = [e for e in (local, public) if e and e not in plain]
+        for ep in plain:
+            prepare_endpoint(ep)
+            remove_stale_ipc(ep)
+            sock.bind(ep)
+        if secure:
+            _apply_curve_server(sock, self._keys)
+            for ep in secure:
+                sock.bind(ep)
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         bus = self.bus
-        if bus.curve.enabled and (bus.public or bus.public_output):
+        curve_eps = [e for e in (bus.input, bus.output, bus.public, bus.public_output)
+                     if bus.curve.enabled and e.startswith("tcp://")]
+        if curve_eps:
             self._start_auth()
         xsub = self.ctx.socket(zmq.XSUB)
         xpub = self.ctx.socket(zmq.XPUB)
@@ -86,18 +176,25 @@ class Broker:
         xsub.rcvhwm = bus.hwm * 10
         xpub.sndhwm = bus.hwm * 10
         xsub.maxmsgsize = max_message_bytes(bus)
+        xpub.maxmsgsize = SUBSCRIPTION_MAX_BYTES  # it reads only subscriptions from its peers
+        monitor: _RejectionLog | None = None
         try:
             self._bind(xsub, bus.input, bus.public)
             self._bind(xpub, bus.output, bus.public_output)
             control.bind(self._control_endpoint)
-            log.info("bus up: input %s output %s%s", bus.input, bus.output,
-                     f" public {bus.public}" if bus.public else "")
+            if curve_eps:
+                monitor = _RejectionLog(self.ctx, {"input": xsub, "output": xpub}, id(self))
+            log.info("bus up: input %s output %s%s%s", bus.input, bus.output,
+                     f" public {bus.public}" if bus.public else "",
+                     f" public_output {bus.public_output}" if bus.public_output else "")
             if on_ready is not None:
                 on_ready()
             zmq.proxy_steerable(xsub, xpub, None, control)
         except zmq.ContextTerminated:
             pass
         finally:
+            if monitor is not None:
+                monitor.stop()
             for s in (xsub, xpub, control):
                 s.close(linger=0)
             if self._auth is not None:
@@ -107,8 +204,6 @@ class Broker:
     def _start_auth(self) -> None:
         from zmq.auth.thread import ThreadAuthenticator
 
-        if not self.bus.curve.authorized:
-            raise ConfigError("bus.curve.authorized: a directory of allowed client public keys is required")
         auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("streamfuse.auth"))
         auth.start()
         auth.configure_curve(domain="*", location=self.bus.curve.authorized)
@@ -121,9 +216,12 @@ class Broker:
         try:
             sock.connect(self._control_endpoint)
             sock.send(b"TERMINATE")
+            # Keep the sender open until the proxy has returned: an inproc PAIR
+            # whose peer closes before the first read loses the message, and a
+            # stop() right after start-up would then never stop the proxy.
+            self._stopped.wait(5)
         finally:
             sock.close()
-        self._stopped.wait(5)
 
 
 def main(cfg: Config, *, stop: threading.Event) -> int:

@@ -1,0 +1,100 @@
+"""CurveZMQ on the bus: keys from `streamfuse keys generate`, a real broker process,
+real TCP clients with the right key, no key and an unknown key."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import stat
+from pathlib import Path
+
+import zmq
+import zmq.auth
+
+from streamfuse.wire import codec
+from tests.helpers.proc import ipc_ready, run_streamfuse, stop, streamfuse, wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keys(root: Path) -> dict[str, Path]:
+    for name in ("server", "client", "intruder"):
+        r = run_streamfuse(["keys", "generate", str(root / "keys"), "--name", name])
+        assert r.returncode == 0, r.stderr
+    keys = root / "keys"
+    assert stat.S_IMODE((keys / "client.key_secret").stat().st_mode) == 0o600
+    (root / "authorized").mkdir()
+    shutil.copy(keys / "client.key", root / "authorized" / "client.key")
+    return {"dir": keys, "authorized": root / "authorized"}
+
+
+def _client(ctx: zmq.Context, endpoint: str, keys: Path, name: str | None) -> zmq.Socket:
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    if name is not None:
+        cpub, csec = zmq.auth.load_certificate(keys / f"{name}.key_secret")
+        spub, _ = zmq.auth.load_certificate(keys / "server.key")
+        pub.curve_publickey, pub.curve_secretkey, pub.curve_serverkey = cpub, csec, spub
+    pub.connect(endpoint)
+    return pub
+
+
+def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:
+    assert run_streamfuse(["keys", "generate", str(tmp_path), "--name", "a"]).returncode == 0
+    r = run_streamfuse(["keys", "generate", str(tmp_path), "--name", "a"])
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_curve_accepts_the_authorised_key_only(bus_env, tmp_path: Path) -> None:
+    k = _keys(tmp_path)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    bus_env.write(f'[bus]\npublic = "{endpoint}"\n[bus.curve]\nenabled = true\n'
+                  f'server_secret = "{k["dir"]}/server.key_secret"\nauthorized = "{k["authorized"]}"\n')
+    log = tmp_path / "broker.log"
+    with open(log, "w") as err:
+        proc = streamfuse(["broker", "--config", str(bus_env.path)], stderr=err)
+    try:
+        wait_for(lambda: ipc_ready(bus_env.cfg.bus.output), timeout=15, what="broker")
+        with zmq.Context() as ctx:
+            sub = ctx.socket(zmq.SUB)
+            sub.linger = 0
+            sub.subscribe(b"")
+            sub.connect(bus_env.cfg.bus.output)
+            good = _client(ctx, endpoint, k["dir"], "client")
+            nokey = _client(ctx, endpoint, k["dir"], None)
+            wrong = _client(ctx, endpoint, k["dir"], "intruder")
+            try:
+                received: list[str] = []
+                seq = [0]
+
+                def send_all_and_read() -> bool:
+                    seq[0] += 1
+                    for src, s in (("good", good), ("nokey", nokey), ("wrong", wrong)):
+                        s.send_multipart(codec.encode(codec.text_message(src, seq[0], seq[0], "x")))
+                    while sub.poll(20):
+                        received.append(codec.decode(sub.recv_multipart()).header.source)
+                    text = log.read_text()
+                    return ("good" in received and "no CurveZMQ key" in text
+                            and "key not authorised" in text)
+
+                wait_for(send_all_and_read, timeout=20, what="the good client through, both others rejected")
+                # Both bad clients kept publishing all along: not one message got through.
+                assert set(received) == {"good"}
+            finally:
+                for s in (sub, good, nokey, wrong):
+                    s.close()
+    finally:
+        assert stop(proc) == 0
+
+
+def test_run_refuses_non_loopback_tcp_without_keys(bus_env) -> None:
+    bus_env.write('[bus]\npublic = "tcp://0.0.0.0:45612"\n')
+    r = run_streamfuse(["run", "--config", str(bus_env.path)], timeout=30)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("streamfuse run: bus.public: tcp://0.0.0.0:45612 is reachable")
+    assert "Traceback" not in r.stderr
