@@ -103,6 +103,7 @@ class _Rec:
     opcode: int
     length: int
     t_min: float  # earliest log_time inside (inf for records without messages)
+    t_max: float = -math.inf
     compressed: int = 0
     uncompressed: int = 0
 
@@ -128,11 +129,11 @@ def _scan(f: io.BufferedReader, size: int) -> tuple[list[_Rec], bool]:
             return recs, False
         rec = _Rec(pos, opcode, length, math.inf)
         if opcode == Opcode.CHUNK and length >= 32:
-            start, _end, unc, _crc, n = struct.unpack("<QQQII", f.read(32))
-            rec.t_min, rec.uncompressed, rec.compressed = start, unc, length - 40 - n
+            start, end, unc, _crc, n = struct.unpack("<QQQII", f.read(32))
+            rec.t_min, rec.t_max, rec.uncompressed, rec.compressed = start, end, unc, length - 40 - n
         elif opcode == Opcode.MESSAGE and length >= 14:
             _ch, _seq, t = struct.unpack("<HIQ", f.read(14))
-            rec.t_min = t
+            rec.t_min = rec.t_max = t
         recs.append(rec)
         pos = body + length
 
@@ -258,6 +259,26 @@ def read_messages(paths: Iterable[str | Path], *, topics: Sequence[str] | None =
             yield codec.decode(parts)
         except codec.DecodeError as e:
             errs[e.reason] += 1
+
+
+def check_file(path: str | Path) -> None:
+    """Raise :class:`RecordingError` unless ``path`` opens as an MCAP file."""
+    _open(Path(path)).close()
+
+
+def file_time_range(path: str | Path) -> tuple[int, int] | None:
+    """``(first, last)`` message ``t_ns`` of a file (None when it holds none),
+    from its summary, else from its chunk headers (nothing is decompressed)."""
+    with _open(Path(path)) as f:
+        summary = _summary(f)
+        stats = summary.statistics if summary is not None else None
+        if stats is not None:
+            return (stats.message_start_time, stats.message_end_time) if stats.message_count else None
+        f.seek(0, io.SEEK_END)
+        recs, _ = _scan(f, f.tell())
+    lo = min((r.t_min for r in recs), default=math.inf)
+    hi = max((r.t_max for r in recs), default=-math.inf)
+    return (int(lo), int(hi)) if lo <= hi else None
 
 
 # ----------------------------------------------------------------------------- inspect

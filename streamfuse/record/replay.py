@@ -1,0 +1,328 @@
+"""``streamfuse replay``: publish recordings onto the bus (DESIGN.md section 6).
+
+Messages go to ``bus.input`` byte for byte, merged across files in ``t_ns``
+order. Pacing: ``--rate R`` publishes message ``i`` at
+``wall_start + (t_i - t_first) / R``; ``--max`` publishes as fast as the bus
+takes it.
+
+The socket is an **XPUB**, not a PUB: it talks to the broker's XSUB exactly
+like a PUB, but (1) it receives the subscriptions the broker forwards, so
+replay starts only once the connection is up and (normally) a subscriber is
+listening -- the PUB slow-joiner problem that would silently lose the first
+messages -- and (2) it supports ``XPUB_NODROP``: at the high-water mark a send
+fails with EAGAIN instead of dropping, and replay waits and retries. Nothing
+is ever dropped at the replay's socket.
+
+Limits (ZeroMQ PUB/SUB semantics): backpressure reaches the broker, not the
+subscribers. The broker's XPUB queues up to ``10 x bus.hwm`` messages per
+subscriber and then drops for that subscriber, so that one slow consumer cannot
+stall live capture. A subscriber slower than ``--max`` for longer than its
+queues (its own ``rcvhwm`` + the broker's) loses messages; consumers that must
+see everything at full speed read the files directly
+(:func:`streamfuse.record.reader.read_messages`), or replay with ``--rate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from streamfuse import clock
+from streamfuse.config import Config
+from streamfuse.record import reader
+from streamfuse.wire import codec
+from streamfuse.wire.sockets import LINGER_MS, _connect
+
+log = logging.getLogger("streamfuse.replay")
+
+# Header fields holding absolute epoch times, shifted by --restamp.
+TIME_FIELDS = ("t_ns", "t_start_ns", "t_end_ns", "close_ns", "emit_ns")
+TIME_LIST_FIELDS = ("frame_t_ns", "text_t_ns")
+CONNECT_TIMEOUT_NS = 10 * clock.NS_PER_S
+SUBSCRIBER_WAIT_NS = 2 * clock.NS_PER_S
+
+Parts = list[bytes | memoryview]
+
+
+def restamp_header(header: bytes | memoryview, shift_ns: int) -> bytes:
+    """Re-encode a MessagePack header with every absolute time shifted by
+    ``shift_ns`` (zeros, meaning "unset", stay zero); other fields are kept."""
+    h = msgspec.msgpack.decode(header)
+    if not isinstance(h, dict):
+        raise codec.DecodeError("header", "header is not a map")
+    for k in TIME_FIELDS:
+        if isinstance(h.get(k), int) and h[k] > 0:
+            h[k] += shift_ns
+    for k in TIME_LIST_FIELDS:
+        if isinstance(h.get(k), list):
+            h[k] = [t + shift_ns if isinstance(t, int) and t > 0 else t for t in h[k]]
+    return msgspec.msgpack.encode(h)
+
+
+@dataclass
+class Plan:
+    """What to replay. Offsets are seconds from the first message of all files."""
+
+    paths: list[Path]
+    rate: float | None = 1.0  # None = --max
+    loop: bool = False
+    start_s: float | None = None
+    end_s: float | None = None
+    topics: Sequence[str] | None = None
+    restamp: bool = False
+
+
+@dataclass
+class Stats:
+    messages: int = 0
+    bytes: int = 0
+    loops: int = 0
+    first_t_ns: int = 0
+    last_t_ns: int = 0
+    wall_ns: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def speed(self) -> float:
+        """Recorded time covered / wall time taken (x real time)."""
+        span = self.last_t_ns - self.first_t_ns
+        return span / self.wall_ns if self.wall_ns > 0 else 0.0
+
+
+def time_range(paths: Sequence[Path]) -> tuple[int, int] | None:
+    """First and last ``t_ns`` over all files (from the summaries when present)."""
+    lo: int | None = None
+    hi: int | None = None
+    for p in paths:
+        r = reader.file_time_range(p)
+        if r is None:
+            continue
+        lo = r[0] if lo is None else min(lo, r[0])
+        hi = r[1] if hi is None else max(hi, r[1])
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def _prefetch(it: Iterator[reader.Raw], out: deque[reader.Raw | None], cond: threading.Condition,
+              done: threading.Event, max_items: int, failure: list[BaseException]) -> None:
+    """Reader thread: decompress ahead of the sender (bounded), so pacing is not
+    disturbed by chunk reads and reading overlaps sending."""
+    try:
+        for item in it:
+            with cond:
+                while len(out) >= max_items and not done.is_set():
+                    cond.wait(0.1)
+                if done.is_set():
+                    return
+                out.append(item)
+                cond.notify_all()
+    except BaseException as e:  # handed to the sender, which raises it
+        failure.append(e)
+    finally:
+        with cond:
+            out.append(None)
+            cond.notify_all()
+
+
+def _prefetched(it: Iterator[reader.Raw], max_items: int = 256) -> Iterator[reader.Raw]:
+    q: deque[reader.Raw | None] = deque()
+    cond = threading.Condition()
+    done = threading.Event()
+    failure: list[BaseException] = []
+    t = threading.Thread(target=_prefetch, name="replay-read", args=(it, q, cond, done, max_items, failure))
+    t.start()
+    try:
+        while True:
+            with cond:
+                while not q:
+                    cond.wait(0.1)
+                item = q.popleft()
+                cond.notify_all()
+            if item is None:
+                break
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        done.set()  # the sender stopped early or finished: let the reader go
+        with cond:
+            cond.notify_all()
+        t.join(5)
+
+
+def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
+        now_ns: Callable[[], int] = clock.now_ns, sleep_until: Callable[[int], None] = clock.sleep_until_ns,
+        progress: Callable[[Stats, int], None] | None = None) -> Stats:
+    """Replay ``plan`` through ``send(parts) -> bool`` (False = stopped).
+
+    Pacing uses ``now_ns``/``sleep_until`` so tests can drive it with a fake clock.
+    """
+    stats = Stats()
+    rng = time_range(plan.paths)
+    if rng is None:
+        return stats
+    t0, t_last = rng
+    start_ns = t0 + round(plan.start_s * clock.NS_PER_S) if plan.start_s is not None else None
+    end_ns = t0 + round(plan.end_s * clock.NS_PER_S) if plan.end_s is not None else None
+    first = start_ns if start_ns is not None else t0
+    span = (min(end_ns, t_last + 1) if end_ns is not None else t_last + 1) - first
+    wall0 = now_ns()
+    loop_shift = 0  # recorded-time offset of the current loop
+    while not stop.is_set():
+        n_loop = 0
+        restamp = wall0 - first + loop_shift if plan.restamp else 0
+        items = reader.read_raw(plan.paths, topics=plan.topics, start_ns=start_ns, end_ns=end_ns,
+                                errors=stats.errors)
+        for _topic, t_ns, parts in _prefetched(items):
+            try:
+                codec.decode(parts)
+            except codec.DecodeError as e:
+                stats.errors[e.reason] += 1
+                continue
+            if plan.rate is not None:
+                sleep_until(wall0 + round((t_ns - first + loop_shift) / plan.rate))
+            if restamp:
+                parts[1] = restamp_header(parts[1], restamp)
+            if not send(parts):
+                break
+            if not stats.messages:
+                stats.first_t_ns = t_ns + loop_shift
+            stats.last_t_ns = t_ns + loop_shift
+            stats.messages += 1
+            n_loop += 1
+            stats.bytes += sum(len(p) for p in parts)
+            if progress is not None:
+                progress(stats, span)
+        stats.loops += 1
+        if not plan.loop or n_loop == 0:
+            break
+        # The next pass follows the last message after one mean gap.
+        loop_shift += span + max(clock.NS_PER_MS, span // max(n_loop, 1))
+    stats.wall_ns = now_ns() - wall0
+    return stats
+
+
+# ----------------------------------------------------------------------------- the node
+
+
+def _wait_connected(sock: zmq.Socket, endpoint: str, stop: threading.Event) -> bool:
+    """Wait for the connection to the broker (socket monitor), then briefly for a
+    subscription: the broker's XSUB forwards its subscribers' subscriptions to a
+    new publisher as soon as it attaches, so one arriving means messages from
+    now on are delivered."""
+    mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED)
+    try:
+        deadline = clock.monotonic_ns() + CONNECT_TIMEOUT_NS
+        connected = False
+        while not connected and not stop.is_set():
+            if clock.monotonic_ns() > deadline:
+                return False
+            if mon.poll(100):
+                ev = recv_monitor_message(mon)
+                connected = ev["event"] in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_CONNECTED)
+    finally:
+        sock.disable_monitor()
+        mon.close(linger=0)
+    deadline = clock.monotonic_ns() + SUBSCRIBER_WAIT_NS
+    while not stop.is_set() and clock.monotonic_ns() < deadline:
+        if sock.poll(50, zmq.POLLIN):
+            sub = sock.recv()
+            if sub[:1] == b"\x01":
+                return True
+    log.warning("no subscriber on %s after %.0f s: publishing anyway", endpoint, SUBSCRIBER_WAIT_NS / 1e9)
+    return True
+
+
+def _sender(sock: zmq.Socket, stop: threading.Event) -> Callable[[Parts], bool]:
+    def send(parts: Parts) -> bool:
+        while True:
+            try:
+                sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                # XPUB_NODROP: the queue to the broker is full -- wait, never drop.
+                if stop.is_set():
+                    return False
+                events = sock.poll(100, zmq.POLLOUT | zmq.POLLIN)
+                if events & zmq.POLLIN:
+                    sock.recv(zmq.NOBLOCK)  # a (un)subscription: nothing to do
+    return send
+
+
+def _progress_printer() -> Callable[[Stats, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    last = [0]
+
+    def show(st: Stats, span: int) -> None:
+        now = clock.monotonic_ns()
+        if now - last[0] < 250 * clock.NS_PER_MS:
+            return
+        last[0] = now
+        done = (st.last_t_ns - st.first_t_ns) / clock.NS_PER_S
+        print(f"\rreplay {done:8.1f} / {span / clock.NS_PER_S:.1f} s  {st.messages} messages  "
+              f"loop {st.loops + 1}", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cli(args: argparse.Namespace, cfg: Config) -> int:
+    """``streamfuse replay FILE... [--rate R | --max] [--loop] [--start S] [--end S]
+    [--topics PREFIX...] [--restamp]``."""
+    from streamfuse.signals import Signals
+
+    if not args.max and args.rate <= 0:
+        print("streamfuse replay: --rate must be > 0", file=sys.stderr)
+        return 2
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        print("streamfuse replay: --end must be after --start", file=sys.stderr)
+        return 2
+    sig = Signals()
+    try:
+        paths = reader.expand_paths(args.files)
+        for p in paths:
+            reader.check_file(p)
+    except reader.RecordingError as e:
+        print(f"streamfuse replay: {e}", file=sys.stderr)
+        return 1
+    plan = Plan(paths, rate=None if args.max else args.rate, loop=args.loop, start_s=args.start,
+                end_s=args.end, topics=args.topics, restamp=args.restamp)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.XPUB)
+    sock.linger = LINGER_MS
+    sock.sndhwm = cfg.bus.hwm
+    sock.setsockopt(zmq.XPUB_NODROP, 1)
+    try:
+        _connect(sock, cfg.bus.input, cfg.bus)
+        if not _wait_connected(sock, cfg.bus.input, sig.stop):
+            print(f"streamfuse replay: cannot reach the bus at {cfg.bus.input} (is the broker running?)",
+                  file=sys.stderr)
+            return 1
+        progress = _progress_printer()
+        try:
+            stats = run(plan, _sender(sock, sig.stop), stop=sig.stop, progress=progress)
+        except reader.RecordingError as e:
+            print(f"streamfuse replay: {e}", file=sys.stderr)
+            return 1
+        if progress is not None:
+            print(file=sys.stderr)
+        skipped = sum(stats.errors.values())
+        log.info("replayed %d messages (%.1f MB, %d pass(es)) in %.2f s: %.1fx real time%s",
+                 stats.messages, stats.bytes / 1e6, stats.loops, stats.wall_ns / 1e9, stats.speed,
+                 f"; skipped {skipped} undecodable {dict(stats.errors)}" if skipped else "")
+        # Let queued messages reach the broker before closing (bounded by linger).
+        sock.close(linger=max(LINGER_MS, 5000))
+        return 0
+    finally:
+        if not sock.closed:
+            sock.close(linger=0)
+        ctx.term()

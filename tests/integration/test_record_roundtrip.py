@@ -1,0 +1,213 @@
+"""Recorder and replay as real processes around a real broker, on real MCAP files."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from mcap.reader import make_reader
+
+from streamfuse.config import BusConfig
+from streamfuse.record import reader
+from streamfuse.record.format import MESSAGE_ENCODING, unframe
+from streamfuse.wire import codec
+from streamfuse.wire.schema import Message
+from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
+
+T0 = 1_700_000_000_000_000_000
+
+
+class Probe:
+    """A publisher on the broker's input that sees the subscriptions the broker
+    forwards (XPUB), so a test knows a subscriber is listening before it publishes."""
+
+    def __init__(self, ctx: zmq.Context, bus: BusConfig) -> None:
+        self.sock = ctx.socket(zmq.XPUB)
+        self.sock.linger = 2000
+        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.sndhwm = 100_000
+        self.sock.connect(bus.input)
+        self.seen: Counter[bytes] = Counter()
+
+    def wait_subscribers(self, prefix: bytes, n: int = 1, timeout: float = 15) -> None:
+        def enough() -> bool:
+            while self.sock.poll(20):
+                m = self.sock.recv()
+                if m[:1] == b"\x01":
+                    self.seen[m[1:]] += 1
+            return self.seen[prefix] >= n
+
+        wait_for(enough, timeout=timeout, what=f"{n} subscriber(s) to {prefix!r}")
+
+    def publish(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            while True:
+                try:
+                    self.sock.send_multipart(codec.encode(m), copy=False, flags=zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    self.sock.poll(100, zmq.POLLOUT)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def synthetic(n: int, *, source: str = "room1", period_ns: int = 10_000_000, t0: int = T0,
+              shape: tuple[int, int] = (48, 64)) -> list[Message]:
+    """Video, audio and text messages with distinct content, interleaved in time."""
+    msgs: list[Message] = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        t = t0 + i * period_ns
+        msgs.append(codec.frame_message(source, i, t, rng.integers(0, 255, (*shape, 3), dtype=np.uint8)))
+        msgs.append(codec.audio_message(source, i, t - 3_000_000, rng.standard_normal((320, 1)).astype(np.float32),
+                                        16000))
+        if i % 5 == 0:
+            msgs.append(codec.text_message(source, i // 5, t + 1_000_000, f"message {i} é"))
+    return msgs
+
+
+def raw_records(path: Path | list[Path]) -> list[tuple[str, int, list[bytes]]]:
+    paths = path if isinstance(path, list) else [path]
+    return [(t, ts, [bytes(p) for p in parts]) for t, ts, parts in reader.read_raw(paths)]
+
+
+def count_raw(paths: list[Path]) -> int:
+    try:
+        return sum(1 for _ in reader.read_raw(paths))
+    except reader.RecordingError:
+        return 0
+
+
+def start_recorder(bus_env, out: Path, *extra: str):
+    return streamfuse(["record", "--out", str(out), "--config", str(bus_env.path), *extra])
+
+
+@pytest.mark.slow
+def test_record_replay_record_is_byte_identical(broker, tmp_path: Path) -> None:
+    """synthetic capture -> record -> replay --max -> record again: same bytes, same t_ns."""
+    msgs = synthetic(300)
+    with zmq.Context() as ctx:
+        probe = Probe(ctx, broker.cfg.bus)
+        rec1 = start_recorder(broker, tmp_path / "a.mcap", "--topics", "room1/")
+        try:
+            probe.wait_subscribers(b"room1/")
+            probe.publish(msgs)
+            first = tmp_path / "a-0000.mcap"
+            wait_for(lambda: count_raw([first]) >= len(msgs), timeout=20, what="recorder 1 to write everything")
+        finally:
+            assert stop(rec1) == 0
+        rec2 = start_recorder(broker, tmp_path / "b.mcap")
+        try:
+            probe.wait_subscribers(b"")
+            r = run_streamfuse(["replay", str(first), "--max", "--config", str(broker.path)], timeout=60)
+            assert r.returncode == 0, r.stderr
+            second = tmp_path / "b-0000.mcap"
+            wait_for(lambda: count_raw([second]) >= len(msgs), timeout=20, what="recorder 2 to write everything")
+        finally:
+            assert stop(rec2) == 0
+        probe.close()
+    a, b = raw_records(first), raw_records(second)
+    assert len(a) == len(msgs)
+    assert a == b
+    # ... and they are the messages that were published, in t_ns order.
+    want = sorted(msgs, key=lambda m: m.t_ns)
+    assert [codec.decode(parts) for _t, _ts, parts in a] == want
+    assert [ts for _t, ts, _p in a] == [m.t_ns for m in want]
+    # A finished file has a summary and index (the recorder was stopped with SIGTERM).
+    with open(first, "rb") as f:
+        summary = make_reader(f).get_summary()
+    assert summary is not None and summary.chunk_indexes
+
+
+def test_independent_reader_lists_topics_and_counts(tmp_path: Path) -> None:
+    """The mcap package's own reader (no streamfuse code) sees the channels and counts."""
+    from streamfuse.record.writer import RecordingWriter
+
+    msgs = synthetic(50, source="cam2")
+    path = tmp_path / "x.mcap"
+    with RecordingWriter(path, chunk_size=32 * 1024) as w:
+        for m in msgs:
+            w.write_message(m)
+    counts: Counter[str] = Counter()
+    with open(path, "rb") as f:
+        r = make_reader(f)
+        summary = r.get_summary()
+        assert summary is not None and summary.statistics is not None
+        by_id = {c.id: c.topic for c in summary.channels.values()}
+        stat_counts = {by_id[k]: v for k, v in summary.statistics.channel_message_counts.items()}
+        for _schema, channel, message in r.iter_messages():
+            assert channel.message_encoding == MESSAGE_ENCODING
+            assert message.log_time == message.publish_time
+            counts[channel.topic] += 1
+            parts = unframe(message.data)
+            assert codec.decode([channel.topic.encode(), *parts]).t_ns == message.log_time
+    want = Counter(m.topic for m in msgs)
+    assert counts == want == stat_counts
+    assert set(want) == {"cam2/video", "cam2/audio", "cam2/text"}
+
+
+@pytest.mark.slow
+def test_sigkill_loses_at_most_the_last_chunk(broker, tmp_path: Path) -> None:
+    """SIGKILL mid-run: the stock mcap reader opens the file; it holds a time-ordered
+    prefix of what was sent, short of at most one chunk."""
+    chunk_kb = 64
+    broker.write(f"[record]\nchunk_kb = {chunk_kb}\n")
+    msgs = synthetic(400)  # ~9.5 KB video + 1.3 KB audio per step: ~66 chunks
+    per_chunk = chunk_kb * 1024 // 1300 + 1  # an upper bound on messages in one chunk
+    with zmq.Context() as ctx:
+        probe = Probe(ctx, broker.cfg.bus)
+        rec = start_recorder(broker, tmp_path / "k.mcap")
+        path = tmp_path / "k-0000.mcap"
+        try:
+            probe.wait_subscribers(b"")
+            probe.publish(msgs)
+            wait_for(lambda: count_raw([path]) >= len(msgs) - per_chunk, timeout=20,
+                     what="the recorder to write all but the last chunk")
+        finally:
+            rec.send_signal(signal.SIGKILL)
+            rec.wait(10)
+            probe.close()
+    assert rec.returncode == -signal.SIGKILL
+    with open(path, "rb") as f:  # the stock reader, no streamfuse code
+        got = [(c.topic, m.log_time, m.data) for _s, c, m in make_reader(f).iter_messages(log_time_order=False)]
+    assert len(got) >= len(msgs) - per_chunk
+    sent = {(m.topic, m.t_ns): m for m in msgs}
+    for topic, t, data in got:  # every message there is complete and exact
+        assert codec.decode([topic.encode(), *unframe(data)]) == sent[(topic, t)]
+    errors: Counter[str] = Counter()
+    ours = list(reader.read_messages([path], errors=errors))
+    assert len(ours) == len(got) and not errors
+    assert [m.t_ns for m in ours] == sorted(m.t_ns for m in ours)
+
+
+def test_record_unwritable_path_and_full_disk_are_clear_errors(broker, tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("not a directory")
+    r = run_streamfuse(["record", "--out", str(tmp_path / "file.txt" / "x.mcap"), "--duration", "1",
+                        "--config", str(broker.path)], timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert "streamfuse record: cannot write" in r.stderr and "Traceback" not in r.stderr
+    # A full disk: the first file is a link to /dev/full (every write fails with ENOSPC).
+    (tmp_path / "full-0000.mcap").symlink_to("/dev/full")
+    r = run_streamfuse(["record", "--out", str(tmp_path / "full.mcap"), "--duration", "1",
+                        "--config", str(broker.path)], timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert "No space left on device" in r.stderr and "Traceback" not in r.stderr
+    # The bus is unaffected.
+    from streamfuse.wire.sockets import connect_sub
+
+    with zmq.Context() as ctx:
+        probe = Probe(ctx, broker.cfg.bus)
+        sub = connect_sub(ctx, broker.cfg.bus, ["room1/"])
+        try:
+            probe.wait_subscribers(b"room1/")
+            probe.publish(synthetic(1))
+            assert sub.poll(5000)
+        finally:
+            sub.close()
+            probe.close()
