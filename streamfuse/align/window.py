@@ -1,0 +1,449 @@
+"""The aligner core: cut each source's streams into windows (DESIGN.md section 4).
+
+Pure: no sockets, no clocks, no globals. The node (or the trainer) calls
+``push(msg, recv_ns)`` for every message and ``pop_ready(now_ns)`` on arrival
+and on a timer; both times come from the caller.
+
+Rules, per source (each source is aligned on its own):
+
+- Windows are ``[k * hop, k * hop + window)`` on the epoch clock; ``seq = k``.
+- The source's clock: ``now_src = newest t_ns + (now_ns - recv_ns of that newest)``.
+- A stream's *watermark* is the newest ``t_ns`` it has sent (data or heartbeat;
+  the end of the block for audio). A stream is *dead* once its watermark is
+  ``dead_after_ms`` behind ``now_src``; a stream never seen is dead once the
+  source has been up that long.
+- Window ``k`` closes when every *holding* stream has a watermark ``>= end``,
+  or when ``now_src >= end + max_lateness``. Holding: a required stream
+  (``align.required``) that is not dead, seen or not yet; an optional stream
+  that has been seen and is not dead. With no holding stream only the lateness
+  bound closes windows.
+- Contents depend only on the messages, never on when the window closed, so
+  the same messages make the same windows live, in a replay and in training:
+  video, the frame nearest each of the ``n = frames_per_window`` instants
+  ``start + (i + 0.5) * window / n`` among the frames in the window (ties go to
+  the earlier frame; a frame repeats when there are fewer; none: absent);
+  audio, the ``window * samplerate`` samples of the window on the absolute
+  sample grid (gaps are zeros, ``audio_coverage`` the fraction present);
+  text, the newest ``max_text_messages`` with ``t_ns`` in
+  ``[end - text_context, end)``, oldest first.
+- A window in which no stream is present is not emitted.
+- Late data (``t_ns`` before the end of a closed window) is counted per stream;
+  it is still used by the open windows it falls in, else dropped.
+- Timestamps more than ``window + max_lateness`` ahead of ``now_src`` ("future")
+  or behind it ("past") are counted and dropped, so one bad clock neither grows
+  the buffers nor closes everyone's windows early. When a source's whole
+  timeline moves (a looped replay, a restarted host clock), nothing it sends is
+  accepted any more; once the rejected messages have followed one consistent
+  timeline for ``dead_after_ms``, the source is flushed and restarts on it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from streamfuse.align.buffers import (
+    NS_PER_S,
+    AudioBuffer,
+    FrameLattice,
+    TextBuffer,
+    VideoBuffer,
+    audio_array,
+    sample_index,
+    sample_time_ns,
+)
+from streamfuse.config import AlignConfig
+from streamfuse.wire.schema import (
+    AudioHeader,
+    FrameHeader,
+    HeartbeatHeader,
+    Message,
+    TextHeader,
+    Window,
+)
+
+NS_PER_MS = 1_000_000
+STREAMS = ("video", "audio", "text")
+_HEADER_OF = {"video": FrameHeader, "audio": AudioHeader, "text": TextHeader}
+_NEG_INF = -(1 << 126)
+
+
+@dataclass
+class AlignStats:
+    """Counters the node turns into metrics (plain integers on the hot path).
+
+    Keys: ``windows[source]``; ``absent``, ``late``, ``restarts``
+    ``[(source, stream)]``; ``rejected[(source, stream, reason)]`` with reason
+    in ``future``, ``past``, ``samplerate``, ``channels``, ``dtype``, ``kind``,
+    ``duplicate``, ``format_change``; ``coverage_sum`` / ``coverage_n`` per source
+    (mean audio coverage of windows with audio); ``resyncs[source]``.
+    """
+
+    windows: Counter[str] = field(default_factory=Counter)
+    absent: Counter[tuple[str, str]] = field(default_factory=Counter)
+    late: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rejected: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    restarts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    resyncs: Counter[str] = field(default_factory=Counter)
+    coverage_sum: Counter[str] = field(default_factory=Counter)
+    coverage_n: Counter[str] = field(default_factory=Counter)
+    _bytes: Callable[[], int] = field(default=lambda: 0, repr=False)
+
+    def buffered_bytes(self) -> int:
+        """Bytes the buffers hold now (frame payloads, audio samples, text)."""
+        return self._bytes()
+
+
+class _Stream:
+    __slots__ = ("wm", "seen", "last_seq")
+
+    def __init__(self) -> None:
+        self.wm = _NEG_INF  # watermark, epoch ns
+        self.seen = False
+        self.last_seq = -1
+
+
+class _Source:
+    """One source's state: its clock, streams, buffers and next window."""
+
+    def __init__(self, name: str, al: Aligner) -> None:
+        self.name = name
+        self.streams = {s: _Stream() for s in STREAMS}
+        self.video = VideoBuffer(al._lattice)
+        self.audio = AudioBuffer()
+        self.text = TextBuffer(window_ns=al.window_ns, hop_ns=al.hop_ns,
+                               context_ns=al.text_context_ns, max_messages=al.cfg.max_text_messages)
+        self.first_t: int | None = None
+        self.newest_t = _NEG_INF
+        self.newest_recv = 0
+        self.next_k: int | None = None  # first window not closed yet
+        self.closed_end: int | None = None  # end of the last closed window
+        self.run_first: int | None = None  # a timeline the rejected messages follow
+        self.run_last = 0
+        self.dirty = True  # something changed since the last close check
+        self.next_check = _NEG_INF  # source-clock instant the close rule may change by itself
+
+    def now_src(self, now_ns: int) -> int:
+        return self.newest_t + max(0, now_ns - self.newest_recv)
+
+    def nbytes(self) -> int:
+        return self.video.nbytes + self.audio.nbytes + self.text.nbytes
+
+
+class Aligner:
+    """Aligns many sources at once; see the module docstring for the rules.
+
+    ``sources``: align only these source names (None: every source seen).
+    ``samplerates``: expected audio rate per source; blocks at another rate are
+    rejected. A source not listed takes the rate of its first block.
+    """
+
+    def __init__(self, cfg: AlignConfig, *, sources: Iterable[str] | None = None,
+                 samplerates: dict[str, int] | None = None) -> None:
+        self.cfg = cfg
+        self.window_ns = cfg.window_ms * NS_PER_MS
+        self.hop_ns = cfg.hop_ms * NS_PER_MS
+        self.lateness_ns = cfg.max_lateness_ms * NS_PER_MS
+        self.text_context_ns = cfg.text_context_ms * NS_PER_MS
+        self.dead_ns = cfg.dead_after_ms * NS_PER_MS
+        self.horizon_ns = self.window_ns + self.lateness_ns
+        self.required = frozenset(cfg.required)
+        self.only = frozenset(sources) if sources is not None else None
+        self.samplerates = dict(samplerates or {})
+        self._lattice = FrameLattice(self.window_ns, self.hop_ns, cfg.frames_per_window)
+        self._sources: dict[str, _Source] = {}
+        self._pending: list[Window] = []
+        self.stats = AlignStats(_bytes=self.buffered_bytes)
+
+    # ------------------------------------------------------------------ input
+
+    def push(self, msg: Message, recv_ns: int) -> None:
+        """Take one message; ``recv_ns`` is the local clock when it arrived."""
+        h = msg.header
+        stream = h.stream
+        if stream not in _HEADER_OF or (self.only is not None and h.source not in self.only):
+            return
+        src = self._sources.get(h.source)
+        if src is None:
+            src = self._sources[h.source] = _Source(h.source, self)
+        self._push(src, msg, recv_ns)
+
+    def _push(self, src: _Source, msg: Message, recv_ns: int) -> None:
+        h = msg.header
+        stream, t = h.stream, h.t_ns
+        heartbeat = isinstance(h, HeartbeatHeader)
+        if not heartbeat and not isinstance(h, _HEADER_OF[stream]):
+            self.stats.rejected[(src.name, stream, "kind")] += 1
+            return
+        if src.first_t is not None:
+            now_src = src.now_src(recv_ns)
+            if t > now_src + self.horizon_ns:
+                return self._reject(src, msg, recv_ns, "future")
+            if t < now_src - self.horizon_ns:
+                return self._reject(src, msg, recv_ns, "past")
+        st = src.streams[stream]
+        if heartbeat:
+            st.wm = max(st.wm, t)
+            return self._accepted(src, t, recv_ns)
+        if h.seq <= st.last_seq:
+            self.stats.restarts[(src.name, stream)] += 1  # a capture restarted its counter
+        st.last_seq = h.seq
+        if isinstance(h, FrameHeader):
+            keep, wm = self._push_frame(src, msg, t)
+        elif isinstance(h, AudioHeader):
+            keep, wm = self._push_audio(src, msg, t)
+        else:
+            keep, wm = self._push_text(src, msg, t)
+        if keep is None:
+            return  # rejected and counted
+        if not keep:
+            return self._reject(src, msg, recv_ns, None)
+        st.seen = True
+        st.wm = max(st.wm, wm)
+        if src.closed_end is None:
+            k = (t - self.window_ns) // self.hop_ns + 1  # first window this data is in
+            if src.next_k is None or k < src.next_k:
+                src.next_k = k
+        self._accepted(src, t, recv_ns)
+
+    def _late(self, src: _Source, stream: str, t: int) -> bool:
+        if src.closed_end is not None and t < src.closed_end:
+            self.stats.late[(src.name, stream)] += 1
+            return True
+        return False
+
+    def _next_start(self, src: _Source) -> int:
+        assert src.next_k is not None
+        return src.next_k * self.hop_ns
+
+    def _push_frame(self, src: _Source, msg: Message, t: int) -> tuple[bool | None, int]:
+        if self._late(src, "video", t) and t < self._next_start(src):
+            return False, t
+        reason, dropped = src.video.push(t, msg)
+        if dropped:
+            self.stats.rejected[(src.name, "video", "format_change")] += dropped
+        if reason:
+            self.stats.rejected[(src.name, "video", reason)] += 1
+            return None, t
+        return True, t
+
+    def _push_audio(self, src: _Source, msg: Message, t: int) -> tuple[bool | None, int]:
+        h = msg.header
+        assert isinstance(h, AudioHeader)
+        buf = src.audio
+        expected = self.samplerates.get(src.name, 0)
+        st = src.streams["audio"]
+        if buf.samplerate == 0 or (not len(buf) and st.wm + self.dead_ns < t and not expected):
+            # The first block (or the first after a silence) sets the format.
+            buf.set_format(expected or h.samplerate, h.channels)
+        if h.samplerate != buf.samplerate:
+            self.stats.rejected[(src.name, "audio", "samplerate")] += 1
+            return None, t
+        if h.channels != buf.channels:
+            if len(buf):
+                self.stats.rejected[(src.name, "audio", "channels")] += 1
+                return None, t
+            buf.set_format(buf.samplerate, h.channels)
+        block = audio_array(msg)
+        if block is None:
+            self.stats.rejected[(src.name, "audio", "dtype")] += 1
+            return None, t
+        sr = buf.samplerate
+        a = buf.place(t, h.frames)
+        end = a + h.frames
+        wm = -(-end * NS_PER_S // sr)  # the block's end, rounded up
+        if src.closed_end is not None and a < sample_index(src.closed_end, sr):
+            self.stats.late[(src.name, "audio")] += 1
+            if end <= sample_index(self._next_start(src), sr):
+                return False, wm
+        if buf.push(a, block):
+            self.stats.rejected[(src.name, "audio", "duplicate")] += 1
+            return None, wm
+        return True, wm
+
+    def _push_text(self, src: _Source, msg: Message, t: int) -> tuple[bool | None, int]:
+        if self._late(src, "text", t):
+            assert src.next_k is not None
+            if t < src.next_k * self.hop_ns + self.window_ns - self.text_context_ns:
+                return False, t
+        src.text.push(t, msg.text())
+        return True, t
+
+    def _accepted(self, src: _Source, t: int, recv_ns: int) -> None:
+        if src.first_t is None:
+            src.first_t = t
+        if t > src.newest_t:
+            src.newest_t, src.newest_recv = t, recv_ns
+        src.run_first = None
+        src.dirty = True
+
+    def _reject(self, src: _Source, msg: Message, recv_ns: int, reason: str | None) -> None:
+        """Count a message no open window can use; restart the source when its
+        timeline has moved (see the module docstring)."""
+        t = msg.header.t_ns
+        if reason is not None:
+            self.stats.rejected[(src.name, msg.header.stream, reason)] += 1
+        if src.run_first is None or not (src.run_last - self.horizon_ns <= t <= src.run_last + self.horizon_ns):
+            src.run_first = src.run_last = t
+        else:
+            src.run_last = max(src.run_last, t)
+        if src.run_last - src.run_first >= self.dead_ns:
+            self.stats.resyncs[src.name] += 1
+            self._pending.extend(self._close(src, None))
+            fresh = self._sources[src.name] = _Source(src.name, self)
+            self._push(fresh, msg, recv_ns)
+
+    # ------------------------------------------------------------------ output
+
+    def pop_ready(self, now_ns: int) -> list[Window]:
+        """Windows that close by ``now_ns`` (the local clock), per source in time order."""
+        out = self._pending
+        self._pending = []
+        for src in self._sources.values():
+            if src.next_k is None:
+                continue
+            now_src = src.now_src(now_ns)
+            if src.dirty or now_src >= src.next_check:
+                out.extend(self._close(src, now_src))
+        return out
+
+    def flush(self) -> list[Window]:
+        """Close every open window that holds data (the end of a recording)."""
+        out = self._pending
+        self._pending = []
+        for src in self._sources.values():
+            out.extend(self._close(src, None))
+        return out
+
+    def buffered_bytes(self) -> int:
+        return sum(s.nbytes() for s in self._sources.values())
+
+    def _close_bound(self, src: _Source, now_src: int) -> int:
+        """The latest window end that may close now; also sets ``src.next_check``."""
+        bound = now_src - self.lateness_ns
+        hold = None
+        changes = []  # source-clock instants at which a stream stops holding
+        for name, st in src.streams.items():
+            if st.seen:
+                if now_src - st.wm > self.dead_ns:
+                    continue
+                changes.append(st.wm + self.dead_ns + 1)
+                wm = st.wm
+            elif name in self.required and src.first_t is not None and now_src - src.first_t <= self.dead_ns:
+                changes.append(src.first_t + self.dead_ns + 1)
+                wm = _NEG_INF
+            else:
+                continue
+            hold = wm if hold is None else min(hold, wm)
+        if hold is not None and hold > bound:
+            bound = hold
+        assert src.next_k is not None
+        next_end = (max(src.next_k, (bound - self.window_ns) // self.hop_ns + 1) * self.hop_ns
+                    + self.window_ns)
+        src.next_check = min([next_end + self.lateness_ns, *changes])
+        src.dirty = False
+        return bound
+
+    def _first_data_k(self, src: _Source) -> int | None:
+        """The first window that may hold buffered data (never too late)."""
+        ts = []
+        v = src.video.first_t()
+        if v is not None:
+            ts.append(v)
+        a = src.audio.first_index()
+        if a is not None:
+            ts.append(sample_time_ns(a - 1, src.audio.samplerate))
+        x = src.text.first_t()
+        if x is not None:
+            ts.append(x)
+        if not ts:
+            return None
+        return (min(ts) - self.window_ns) // self.hop_ns + 1
+
+    def _last_data_k(self, src: _Source) -> int | None:
+        """The last window that may hold buffered data (never too early)."""
+        ks = []
+        v = src.video.last_t()
+        if v is not None:
+            ks.append(v // self.hop_ns)
+        e = src.audio.end_index()
+        if e is not None:
+            ks.append(sample_time_ns(e + 1, src.audio.samplerate) // self.hop_ns)
+        x = src.text.last_t()
+        if x is not None:
+            ks.append((x + self.text_context_ns - self.window_ns) // self.hop_ns)
+        return max(ks) if ks else None
+
+    def _close(self, src: _Source, now_src: int | None) -> list[Window]:
+        """Close the windows of ``src`` that may close at ``now_src`` (None: all)."""
+        if src.next_k is None:
+            return []
+        if now_src is None:
+            last = self._last_data_k(src)
+            if last is None:
+                return []
+            k_max = last
+            close_ns = max(src.newest_t, last * self.hop_ns + self.window_ns)
+        else:
+            k_max = (self._close_bound(src, now_src) - self.window_ns) // self.hop_ns
+            close_ns = now_src
+        out: list[Window] = []
+        while src.next_k <= k_max:
+            first = self._first_data_k(src)
+            if first is None:
+                self._advance(src, k_max + 1)
+                break
+            if first > src.next_k:  # skip empty windows without building them
+                self._advance(src, min(first, k_max + 1))
+                continue
+            w = self._build(src, src.next_k, close_ns)
+            self._advance(src, src.next_k + 1)
+            if w is not None:
+                out.append(w)
+        return out
+
+    def _advance(self, src: _Source, k: int) -> None:
+        """Mark windows before ``k`` closed and forget what only they needed."""
+        src.next_k = k
+        start = k * self.hop_ns
+        src.closed_end = start - self.hop_ns + self.window_ns
+        src.video.prune(start)
+        if src.audio.samplerate:
+            src.audio.prune(sample_index(start, src.audio.samplerate))
+        src.text.prune(start + self.window_ns)
+
+    def _build(self, src: _Source, k: int, close_ns: int) -> Window | None:
+        start = k * self.hop_ns
+        end = start + self.window_ns
+        cfg = self.cfg
+        frames, frame_t = src.video.select(start, self.window_ns, cfg.frames_per_window)
+        audio = None
+        coverage = 0.0
+        sr = src.audio.samplerate
+        if len(src.audio):
+            s0 = sample_index(start, sr)
+            n = sample_index(end, sr) - s0
+            samples, covered = src.audio.assemble(s0, n)
+            if covered:
+                audio = samples
+                coverage = covered / n
+        texts, text_t = src.text.select(end)
+        present = {"video": bool(frames), "audio": audio is not None, "text": bool(texts)}
+        if not (frames or texts or audio is not None):
+            return None
+        name = src.name
+        stats = self.stats
+        stats.windows[name] += 1
+        for s, st in src.streams.items():
+            if st.seen and not present[s]:
+                stats.absent[(name, s)] += 1
+        if audio is not None:
+            stats.coverage_sum[name] += coverage  # type: ignore[assignment]
+            stats.coverage_n[name] += 1
+        return Window(
+            source=name, seq=k, t_start_ns=start, t_end_ns=end, present=present,
+            frames=frames, frame_encoding=src.video.format[0] if frames and src.video.format else "raw",
+            frame_t_ns=frame_t, audio=audio, samplerate=sr if audio is not None else 0,
+            audio_coverage=coverage, texts=texts, text_t_ns=text_t, close_ns=close_ns,
+        )
