@@ -1,0 +1,248 @@
+"""Recording format, writer, reader and replay core on real MCAP files (no sockets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+
+import mcap.records
+import msgspec
+import numpy as np
+import pytest
+from mcap.reader import make_reader
+from mcap.writer import Writer
+
+from streamfuse.record import format as fmt
+from streamfuse.record import reader, replay
+from streamfuse.record.writer import RecordingWriter, Rotation, numbered_path
+from streamfuse.wire import codec
+from streamfuse.wire.schema import Message
+
+T0 = 1_700_000_000_000_000_000
+MS = 1_000_000
+
+
+def sample(n: int, source: str = "room1", t0: int = T0, step_ms: int = 10) -> list[Message]:
+    out: list[Message] = []
+    for i in range(n):
+        t = t0 + i * step_ms * MS
+        out.append(codec.frame_message(source, i, t, np.full((24, 32, 3), i % 256, np.uint8)))
+        out.append(codec.audio_message(source, i, t - 4 * MS, np.full((160, 1), i, np.float32), 16000))
+        if i % 4 == 0:
+            out.append(codec.text_message(source, i // 4, t + MS, f"t{i}"))
+    return out
+
+
+def write(path: Path, msgs: list[Message], chunk_size: int = 16 * 1024, close: bool = True) -> RecordingWriter:
+    w = RecordingWriter(path, chunk_size=chunk_size)
+    for m in msgs:
+        w.write_message(m)
+    if close:
+        w.close()
+    return w
+
+
+def by_time(msgs: list[Message]) -> list[Message]:
+    return sorted(msgs, key=lambda m: m.t_ns)  # stable: ties keep write order
+
+
+def test_framing_round_trip_and_errors() -> None:
+    parts = [b"\x81\xa1v\x01", b"", b"x" * 1000]
+    data = fmt.frame(parts)
+    assert [bytes(p) for p in fmt.unframe(data)] == parts
+    with pytest.raises(fmt.FramingError):
+        fmt.unframe(data[:-1])
+    with pytest.raises(fmt.FramingError):
+        fmt.unframe(b"")
+    with pytest.raises(fmt.FramingError):
+        fmt.unframe(data + b"\x01\x00")
+
+
+def test_write_then_read_in_time_order(tmp_path: Path) -> None:
+    msgs = sample(100)
+    write(tmp_path / "a.mcap", msgs)
+    errors: Counter[str] = Counter()
+    got = list(reader.read_messages([tmp_path / "a.mcap"], errors=errors))
+    assert got == by_time(msgs) and not errors
+    # raw parts are the exact wire bytes
+    raw = list(reader.read_raw([tmp_path / "a.mcap"]))
+    enc = {(m.topic, m.t_ns): [bytes(p) for p in codec.encode(m)] for m in msgs}
+    assert all([bytes(p) for p in parts] == enc[(topic, t)] for topic, t, parts in raw)
+
+
+def test_files_and_directories_merge_in_time_order(tmp_path: Path) -> None:
+    a, b = sample(60, "cam1"), sample(60, "cam2", t0=T0 + 3 * MS)
+    d = tmp_path / "d"
+    d.mkdir()
+    write(d / "b.mcap", b)
+    write(d / "a.mcap", a)
+    (d / "notes.txt").write_text("ignored")
+    assert reader.expand_paths([d]) == [d / "a.mcap", d / "b.mcap"]
+    got = list(reader.read_messages([d]))
+    assert [m.t_ns for m in got] == sorted(m.t_ns for m in a + b)
+    assert Counter(m.topic for m in got) == Counter(m.topic for m in a + b)
+    with pytest.raises(reader.RecordingError, match="no such file"):
+        reader.expand_paths([tmp_path / "missing.mcap"])
+
+
+def test_topic_and_time_filters_read_only_needed_chunks(tmp_path: Path, monkeypatch) -> None:
+    msgs = sample(400)
+    write(tmp_path / "a.mcap", msgs, chunk_size=8 * 1024)
+    reads = Counter()
+    orig = mcap.records.Chunk.read
+
+    def counting_read(stream):  # type: ignore[no-untyped-def]
+        reads["chunks"] += 1
+        return orig(stream)
+
+    monkeypatch.setattr(mcap.records.Chunk, "read", staticmethod(counting_read))
+    total = len(list(reader.read_messages([tmp_path / "a.mcap"])))
+    all_chunks = reads["chunks"]
+    reads.clear()
+    start, end = T0 + 1000 * MS, T0 + 1500 * MS
+    got = list(reader.read_messages([tmp_path / "a.mcap"], topics=["room1/vid"], start_ns=start, end_ns=end))
+    want = [m for m in by_time(msgs) if m.topic == "room1/video" and start <= m.t_ns < end]
+    assert got == want and len(got) == 50
+    assert total == len(msgs)
+    assert reads["chunks"] < all_chunks / 4  # only the chunks covering the window
+
+
+def test_killed_writer_leaves_a_file_the_stock_reader_opens(tmp_path: Path) -> None:
+    msgs = sample(300)
+    w = write(tmp_path / "k.mcap", msgs, close=False)
+    os.close(w._file.fd)  # the process dies: no summary, the unfinished chunk is lost
+    with open(tmp_path / "k.mcap", "rb") as f:
+        stock = list(make_reader(f).iter_messages())
+    assert 0 < len(stock) < len(msgs)
+    errors: Counter[str] = Counter()
+    got = list(reader.read_messages([tmp_path / "k.mcap"], errors=errors))
+    assert not errors
+    assert got == by_time(msgs[:len(got)]) and len(got) == len(stock)
+    assert len(msgs) - len(got) <= 16 * 1024 // 100  # at most one chunk's worth
+
+
+def test_truncated_file_yields_the_readable_prefix(tmp_path: Path) -> None:
+    msgs = sample(300)
+    write(tmp_path / "a.mcap", msgs)
+    data = (tmp_path / "a.mcap").read_bytes()
+    (tmp_path / "t.mcap").write_bytes(data[: len(data) // 2])
+    errors: Counter[str] = Counter()
+    got = list(reader.read_messages([tmp_path / "t.mcap"], errors=errors))
+    assert errors == {"truncated": 1}
+    assert 0 < len(got) < len(msgs)
+    assert got == by_time(msgs[: len(got)])  # the chunks before the cut, whole
+    st = reader.inspect_file(tmp_path / "t.mcap")
+    assert not st.complete and st.errors == {"truncated": 1}
+
+
+def test_not_mcap_is_a_clear_error(tmp_path: Path) -> None:
+    p = tmp_path / "x.mcap"
+    p.write_bytes(b"RIFF....WAVEfmt " + bytes(100))
+    with pytest.raises(reader.RecordingError, match="not an MCAP file"):
+        list(reader.read_messages([p]))
+    p.write_bytes(b"")
+    with pytest.raises(reader.RecordingError, match="not an MCAP file"):
+        list(reader.read_raw([p]))
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_foreign_mcap_counts_what_is_not_ours(tmp_path: Path, chunked: bool) -> None:
+    """An MCAP from another program (JSON channel), holding also a few streamfuse records."""
+    p = tmp_path / "foreign.mcap"
+    ours = sample(5)
+    with open(p, "wb") as f:
+        w = Writer(f, use_chunking=chunked)
+        w.start(profile="", library="someone-else")
+        js = w.register_schema("pose", "jsonschema", b'{"type": "object"}')
+        cj = w.register_channel("/pose", "json", js)
+        sf = w.register_schema(fmt.SCHEMA_NAME, fmt.SCHEMA_ENCODING, fmt.SCHEMA_TEXT)
+        chans: dict[str, int] = {}
+        for i, m in enumerate(ours):
+            w.add_message(cj, T0 + i, json.dumps({"x": i}).encode(), T0 + i)
+            ch = chans.setdefault(m.topic, w.register_channel(m.topic, fmt.MESSAGE_ENCODING, sf))
+            w.add_message(ch, m.t_ns, fmt.frame(codec.encode(m)[1:]), m.t_ns)
+        bad = w.register_channel("room1/video", fmt.MESSAGE_ENCODING, sf)
+        w.add_message(bad, T0, b"\x01\x00", T0)  # broken framing
+        w.add_message(bad, T0, fmt.frame([b"\xc1", b""]), T0)  # not MessagePack
+        w.finish()
+    errors: Counter[str] = Counter()
+    got = list(reader.read_messages([p], errors=errors))
+    assert got == by_time(ours)
+    assert errors == {"encoding": len(ours), "framing": 1, "header": 1}
+
+
+def test_rotation_and_numbering() -> None:
+    r = Rotation(max_bytes=1000, max_duration_ns=10)
+    assert not r.due(999, 0, 9) and r.due(1000, 0, 9) and r.due(0, 0, 10)
+    assert numbered_path("/x/rec.mcap", 3) == Path("/x/rec-0003.mcap")
+    assert numbered_path("/x/dir", 0, stamp="S") == Path("/x/dir/rec-S-0000.mcap")
+
+
+def test_writer_rejects_what_it_cannot_file(tmp_path: Path) -> None:
+    with RecordingWriter(tmp_path / "a.mcap") as w:
+        for parts, reason in [([b"room1/video"], "parts"), ([b"\xff", b"\x80"], "topic"),
+                              ([b"Room 1/x", b"\x80"], "topic"), ([b"room1/text", b"\xc1"], "header")]:
+            with pytest.raises(codec.DecodeError) as e:
+                w.write(parts)
+            assert e.value.reason == reason
+        assert w.write([b"room1/text", b"\x80"], t_ns=5) > 0  # explicit time: filed as is
+
+
+def test_restamp_header_shifts_absolute_times_only() -> None:
+    m = codec.class_message("room1", 3, T0, T0 + 1000, "seven", 0.9, b"{}")
+    h = codec.encode(m)[1]
+    out = msgspec.msgpack.decode(replay.restamp_header(h, 5))
+    assert out["t_ns"] == T0 + 1005 and out["t_start_ns"] == T0 + 5
+    assert out["seq"] == 3 and out["label"] == "seven" and out["kind"] == "class"
+    assert list(out) == list(msgspec.msgpack.decode(h))  # same fields, same order
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 10**18
+
+    def now(self) -> int:
+        return self.t
+
+    def sleep_until(self, deadline: int) -> None:
+        self.t = max(self.t, deadline)
+
+
+def test_replay_paces_filters_loops_and_restamps(tmp_path: Path) -> None:
+    msgs = sample(100)  # 1 s of recording
+    write(tmp_path / "a.mcap", msgs)
+    clk = FakeClock()
+    sent: list[tuple[int, list[bytes]]] = []
+
+    def send(parts: list) -> bool:
+        sent.append((clk.now(), [bytes(p) for p in parts]))
+        return True
+
+    plan = replay.Plan([tmp_path / "a.mcap"], rate=2.0, start_s=0.2, end_s=0.6, topics=["room1/video"])
+    st = replay.run(plan, send, stop=threading.Event(), now_ns=clk.now, sleep_until=clk.sleep_until)
+    first = min(m.t_ns for m in msgs)
+    want = [m for m in by_time(msgs) if m.topic == "room1/video" and first + 200 * MS <= m.t_ns < first + 600 * MS]
+    assert st.messages == len(want) == 40
+    assert [p for _w, p in sent] == [[bytes(x) for x in codec.encode(m)] for m in want]  # byte for byte
+    wall0 = 10**18
+    assert [w - wall0 for w, _p in sent] == [(m.t_ns - first - 200 * MS) // 2 for m in want]
+    # --loop --restamp --max: times keep increasing across passes, start at "now".
+    sent.clear()
+    stop = threading.Event()
+
+    def send_until(parts: list) -> bool:
+        sent.append((clk.now(), [bytes(p) for p in parts]))
+        if len(sent) == 2 * len(msgs) + 3:
+            stop.set()
+        return True
+
+    plan = replay.Plan([tmp_path / "a.mcap"], rate=None, loop=True, restamp=True)
+    now0 = clk.now()
+    st = replay.run(plan, send_until, stop=stop, now_ns=clk.now, sleep_until=clk.sleep_until)
+    assert st.loops == 3
+    times = [codec.decode([p[0], *p[1:]]).t_ns for _w, p in sent]
+    assert times[0] == now0 and times == sorted(times)
+    assert len(set(times)) > len(msgs)
