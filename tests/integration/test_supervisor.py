@@ -1,0 +1,106 @@
+"""The supervisor's mechanics with real processes: stop order, restarts with backoff,
+giving up, SIGHUP forwarding, one instance per runtime directory.
+
+The children are stand-ins (tests/helpers/standin.py) run by the real
+Supervisor, so these tests do not depend on the capture, aligner or worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.helpers.proc import run_streamfuse, stop, wait_for
+from tests.integration.supervised import ALIGNER, CAPTURE, RECORDER, WORKER, StandinDaemon
+
+PIPELINE = [
+    {"name": "capture-room1-text", "role": "feeder", "phase": CAPTURE},
+    {"name": "aligner", "role": "echo", "phase": ALIGNER, "essential": True},
+    {"name": "worker-0", "role": "worker", "phase": WORKER, "essential": True, "hup": True},
+    {"name": "recorder", "role": "sleeper", "phase": RECORDER},
+]
+
+
+def _all_started(d: StandinDaemon, names: list[str]) -> bool:
+    return all(d.pids(n) for n in names)
+
+
+def test_sigterm_stops_in_order_and_exits_0(bus_env) -> None:
+    d = StandinDaemon(bus_env, PIPELINE)
+    try:
+        wait_for(lambda: _all_started(d, [c["name"] for c in PIPELINE]), timeout=20, what="children")
+        wait_for(lambda: "ready:" in d.log(), timeout=10, what="ready")
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+        assert time.monotonic() - t0 < 10  # the issue's bound
+        stops = [n for n, w, _ in d.lines() if w == "stop"]
+        assert stops == ["capture-room1-text", "aligner", "worker-0", "recorder"], stops
+    finally:
+        stop(d.proc)
+
+
+def test_killed_child_is_restarted_quickly_and_others_keep_running(bus_env) -> None:
+    d = StandinDaemon(bus_env, PIPELINE)
+    try:
+        wait_for(lambda: _all_started(d, [c["name"] for c in PIPELINE]), timeout=20, what="children")
+        (old,) = d.pids("capture-room1-text")
+        aligner = d.pids("aligner")
+        t0 = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: len(d.pids("capture-room1-text")) == 2, timeout=5, what="restart")
+        assert time.monotonic() - t0 < 2.0
+        assert d.pids("aligner") == aligner  # nobody else was touched
+        assert "capture-room1-text died (killed by SIGKILL); restarting" in d.log()
+    finally:
+        assert stop(d.proc, timeout=15) == 0
+
+
+def test_crashing_child_backs_off_then_is_given_up(bus_env) -> None:
+    children = [*PIPELINE[:3], {"name": "recorder", "role": "crasher", "phase": RECORDER}]
+    d = StandinDaemon(bus_env, children, policy={"base_s": 0.1, "max_crashes": 4, "window_s": 60})
+    try:
+        wait_for(lambda: "giving up on it" in d.log(), timeout=20, what="give up")
+        starts = [t for t in d.pids("recorder")]
+        assert len(starts) == 4
+        assert "recorder crashed 4 times within 60 s (last: exit code 1); giving up on it" in d.log()
+        delays = [float(x) for x in __import__("re").findall(r"recorder died .*restarting in ([0-9.]+) s", d.log())]
+        assert delays == [0.1, 0.2, 0.4]  # exponential backoff
+        assert d.proc.poll() is None  # a non-essential child: the daemon keeps running
+    finally:
+        assert stop(d.proc, timeout=15) == 0
+
+
+def test_giving_up_on_an_essential_child_exits_1(bus_env) -> None:
+    children = [PIPELINE[0], {"name": "aligner", "role": "crasher", "phase": ALIGNER, "essential": True}]
+    d = StandinDaemon(bus_env, children, policy={"base_s": 0.05, "max_crashes": 3})
+    try:
+        assert d.proc.wait(30) == 1
+        assert "the pipeline cannot run without aligner" in d.log()
+        assert d.pids("capture-room1-text", "stop")  # the rest was stopped cleanly
+    finally:
+        stop(d.proc)
+
+
+def test_sighup_reaches_workers_only(bus_env) -> None:
+    d = StandinDaemon(bus_env, PIPELINE)
+    try:
+        wait_for(lambda: _all_started(d, [c["name"] for c in PIPELINE]), timeout=20, what="children")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.pids("worker-0", "hup"), timeout=10, what="worker reload")
+        assert not d.pids("aligner", "hup") and not d.pids("capture-room1-text", "hup")
+        assert d.proc.poll() is None
+    finally:
+        assert stop(d.proc, timeout=15) == 0
+
+
+def test_second_instance_on_the_same_runtime_dir_refuses(bus_env) -> None:
+    d = StandinDaemon(bus_env, PIPELINE[1:3])
+    try:
+        wait_for(lambda: "ready:" in d.log(), timeout=20, what="first instance ready")
+        r = run_streamfuse(["run", "--config", str(bus_env.path)], timeout=30)
+        assert r.returncode == 1
+        assert f"already uses {bus_env.run_dir}" in r.stderr
+        assert d.proc.poll() is None  # the first one is untouched, bus included
+    finally:
+        assert stop(d.proc, timeout=15) == 0

@@ -1,0 +1,43 @@
+"""The supervisor's pure rules: restart backoff, giving up, pipeline stalls (fake clock)."""
+
+from __future__ import annotations
+
+from streamfuse.service.health import Liveness, RestartPolicy
+
+S = 1_000_000_000
+
+
+def test_backoff_doubles_then_gives_up_within_the_window() -> None:
+    p = RestartPolicy(base_s=0.25, max_s=1.0, max_crashes=5, window_s=60)
+    assert [p.on_crash(i * S) for i in range(4)] == [0.25, 0.5, 1.0, 1.0]
+    assert p.on_crash(4 * S) is None
+
+
+def test_old_crashes_are_forgotten() -> None:
+    p = RestartPolicy(base_s=0.25, max_crashes=3, window_s=10)
+    assert p.on_crash(0) == 0.25
+    assert p.on_crash(1 * S) == 0.5
+    assert p.on_crash(100 * S) == 0.25  # the first two fell out of the window
+
+
+def test_stall_needs_inputs_without_outputs() -> None:
+    live = Liveness(stall_s=5, quiet_s=2)
+    assert live.stalled(0) is None  # nothing flows: nothing to judge
+    for t in range(0, 10):
+        live.on_input(t * S)
+        if t < 3:
+            live.on_output(t * S)
+    assert live.stalled(7 * S) is None  # 4 s since the last classification
+    assert "no classification for 6.5 s" in (live.stalled(int(8.5 * S)) or "")
+    assert live.stalled(int(8.5 * S), expect_output=False) is None  # a model-less worker
+
+
+def test_inputs_resuming_after_a_quiet_spell_get_a_fresh_grace() -> None:
+    live = Liveness(stall_s=5, quiet_s=2)
+    live.on_input(0)
+    live.on_output(0)
+    live.on_input(100 * S)  # inputs resume long after the last classification
+    assert live.stalled(101 * S) is None
+    for t in range(101, 107):
+        live.on_input(t * S)
+    assert live.stalled(106 * S) is not None
