@@ -38,7 +38,7 @@ class RestartPolicy:
         return min(self.base_s * 2 ** (n - 1), self.max_s)
 
     def describe(self) -> str:
-        return f"{len(self.crashes)} crashes within {self.window_s:g} s"
+        return f"{len(self.crashes)} times within {self.window_s:g} s"
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Liveness:
         """A reason when inputs flow but classifications do not; else None."""
         if not expect_output or not self.inputs_flowing(now_ns):
             return None
-        since = self.flowing_since_ns or now_ns
+        since = now_ns if self.flowing_since_ns is None else self.flowing_since_ns
         if self.last_output_ns is not None:
             since = max(since, self.last_output_ns)
         if now_ns - since > self.stall_s * NS:
