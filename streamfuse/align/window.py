@@ -184,9 +184,10 @@ class Aligner:
                 return self._reject(src, msg, recv_ns, "past")
         st = src.streams[stream]
         if heartbeat:
+            st.seen = True
             st.wm = max(st.wm, t)
             return self._accepted(src, t, recv_ns)
-        if h.seq <= st.last_seq:
+        if h.seq < st.last_seq:
             self.stats.restarts[(src.name, stream)] += 1  # a capture restarted its counter
         st.last_seq = h.seq
         if isinstance(h, FrameHeader):
