@@ -237,20 +237,25 @@ def _check_dir(d: Path) -> None:
 
 def _parse_safetensors(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
     """Validate the safetensors layout by hand; returns ``{name: {dtype, shape, data_offsets}}``."""
-    if _looks_pickled(data[:4]):
-        raise PickledContentError(f"{path}: holds pickled data (a torch.save/pickle file), not safetensors; "
-                                  "re-export the weights with safetensors")
     if len(data) < 8:
         raise CorruptWeightsError(f"{path}: truncated ({len(data)} bytes, no header)")
     (n,) = struct.unpack("<Q", data[:8])
+    header: Any = None
+    if n <= _MAX_HEADER and 8 + n <= len(data):
+        try:
+            header = json.loads(data[8:8 + n].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if header is None and _looks_pickled(data[:4]):
+        # Only now: a valid safetensors header length may well start with 0x80.
+        raise PickledContentError(f"{path}: holds pickled data (a torch.save/pickle file), not safetensors; "
+                                  "re-export the weights with safetensors")
     if n > _MAX_HEADER:
         raise CorruptWeightsError(f"{path}: header length {n} is implausible (corrupt file)")
     if 8 + n > len(data):
         raise CorruptWeightsError(f"{path}: truncated (header needs {8 + n} bytes, file has {len(data)})")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CorruptWeightsError(f"{path}: safetensors header is not valid JSON (corrupt, or not a safetensors file)") from None
+    if header is None:
+        raise CorruptWeightsError(f"{path}: safetensors header is not valid JSON (corrupt, or not a safetensors file)")
     if not isinstance(header, dict):
         raise CorruptWeightsError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)

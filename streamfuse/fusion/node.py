@@ -1,0 +1,387 @@
+"""``streamfuse fuse``: the fusion worker (DESIGN.md section 5).
+
+A short loop: PULL windows from the aligner (``align.output``), queue them in
+the pure :class:`~streamfuse.fusion.batcher.Batcher`, and for each due batch run
+:func:`classify` (collate on CPU, features and model on the device, under
+``torch.inference_mode()`` and autocast on CUDA), then PUBlish one
+classification per window to ``bus.input`` on ``<source>/class``.
+
+Entry points: :func:`cli` (``streamfuse fuse``) and :func:`main`
+``(cfg, *, pull=None, pub=None, stop=None, reload=None)`` (tests inject sockets
+and events; injected sockets are not closed here).
+
+Latency (``latency_ms`` in each classification, all in milliseconds, on the
+source's clock as DESIGN.md section 4 defines it):
+
+- ``align``: ``close_ns - t_end_ns`` — from the window's end until the aligner
+  closed it (waiting for watermarks or the lateness bound);
+- ``queue``: from the aligner sending the window (``emit_ns``) until its batch
+  started preprocessing: transport plus batching delay;
+- ``infer``: preprocessing + model + post-processing of the window's batch,
+  until just before publication;
+- ``total`` = ``align + queue + infer`` = ``(close_ns - t_end_ns) + (now - emit_ns)``.
+  ``queue`` is clamped at 0 when the aligner's clock runs ahead of this host's.
+
+Model life cycle: the artifact at ``fusion.model`` is loaded at start; when it
+is missing or invalid the worker says so once (with the path), publishes
+nothing (windows received meanwhile are counted as dropped with reason
+``no_model``), and keeps checking. Every ``fusion.reload_poll_s`` seconds the
+files' size/mtime/inode are compared; a change, or SIGHUP, loads and validates the
+new artifact beside the serving one and swaps between batches. A bad artifact
+is logged and counted (``model_reloads{outcome="failed"}``) and the old model
+keeps serving. Loading happens in this thread between batches: windows that
+arrive meanwhile wait in the socket, so none is lost or answered twice.
+
+SIGTERM/SIGINT: stop reading new work, answer every window already received
+(queued here or waiting in this socket's buffer), then exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zmq
+
+from streamfuse import clock, metrics
+from streamfuse.config import Config
+from streamfuse.fusion.artifact import (
+    MANIFEST,
+    WEIGHTS,
+    ArtifactError,
+    ArtifactMissing,
+    LoadedModel,
+    load_artifact,
+)
+from streamfuse.fusion.batcher import Batcher, Pending
+from streamfuse.fusion.features import MODALITIES, collate, to_device
+from streamfuse.wire import codec
+from streamfuse.wire.schema import Window
+from streamfuse.wire.sockets import connect_pub, max_message_bytes
+
+log = logging.getLogger("streamfuse.fuse")
+NODE = "fuse"
+IDLE_POLL_MS = 100
+
+
+class WorkerError(RuntimeError):
+    """A runtime failure that stops the worker (exit 1, one line)."""
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a missing CUDA device is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WorkerError(f"fusion.device is {spec!r} but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise WorkerError(f"fusion.device is {spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev
+
+
+def thread_count(configured: int) -> int:
+    """torch CPU threads: ``fusion.threads``, or ``min(4, cores)`` when 0."""
+    return configured if configured > 0 else max(1, min(4, os.cpu_count() or 1))
+
+
+def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
+    if device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- the work
+
+
+@dataclass
+class Result:
+    """One classification ready to publish."""
+
+    window: Window
+    label: str
+    score: float
+    payload: bytes
+    latency_ms: dict[str, float]
+
+
+def predict(loaded: LoadedModel, windows: Sequence[Window], device: torch.device) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Calibrated probabilities ``(B, n_classes)`` float32, the used mask ``(B, 3)``
+    bool, and the problems found while collating."""
+    raw = collate(windows, loaded.prep)
+    feats = to_device(raw, loaded.prep, device)
+    with torch.inference_mode(), _autocast(device):
+        probs = loaded.model.predict_proba(feats)
+    # .cpu() is the one synchronisation per batch (publishing needs the numbers).
+    return probs.float().cpu().numpy(), raw.mask.numpy(), raw.problems
+
+
+def results(loaded: LoadedModel, batch: Sequence[Pending], probs: np.ndarray, mask: np.ndarray, *,
+            start_ns: int, done_ns: int) -> list[Result]:
+    """Classification payloads (DESIGN.md section 3) for a batch whose inference
+    started at ``start_ns`` and finished at ``done_ns`` (epoch ns, this host)."""
+    classes = loaded.classes
+    infer_ms = clock.ns_to_ms(done_ns - start_ns)
+    out: list[Result] = []
+    best = probs.argmax(axis=1)
+    for row, p in enumerate(batch):
+        w = p.window
+        align_ms = clock.ns_to_ms(w.close_ns - w.t_end_ns) if w.close_ns else 0.0
+        queue_ms = max(0.0, clock.ns_to_ms(start_ns - (w.emit_ns or p.arrived_ns)))
+        latency = {"align": round(align_ms, 3), "queue": round(queue_ms, 3), "infer": round(infer_ms, 3),
+                   "total": round(align_ms + queue_ms + infer_ms, 3)}
+        label = classes[int(best[row])]
+        body = {
+            "source": w.source, "t_start_ns": w.t_start_ns, "t_end_ns": w.t_end_ns, "label": label,
+            "scores": {c: round(float(v), 6) for c, v in zip(classes, probs[row], strict=True)},
+            "present": {m: bool(mask[row, j]) for j, m in enumerate(MODALITIES)},
+            "model": loaded.model_id, "latency_ms": latency,
+        }
+        out.append(Result(w, label, float(probs[row, best[row]]),
+                          json.dumps(body, separators=(",", ":")).encode(), latency))
+    return out
+
+
+def _signature(directory: Path) -> tuple[tuple[int, int, int], ...] | None:
+    """What changes when either artifact file is rewritten (None while one is missing)."""
+    sig = []
+    for name in (WEIGHTS, MANIFEST):
+        try:
+            st = (directory / name).stat()
+        except OSError:
+            return None
+        sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(sig)
+
+
+class Worker:
+    """The worker's state between loop turns: the serving model, counters, publisher."""
+
+    def __init__(self, cfg: Config, device: torch.device, pub: zmq.Socket) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.pub = pub
+        self.model_dir = Path(cfg.fusion.model)
+        self.loaded: LoadedModel | None = None
+        self.seen_signature: tuple[tuple[int, int, int], ...] | None = None
+        self.seq: dict[str, int] = {}
+        self.answered = 0
+        self.dropped_no_model = 0
+        self._said_missing = False
+        self._latency = {part: metrics.window_latency.labels(part=part)
+                         for part in ("align", "queue", "infer", "total")}
+        self._dropped_no_model = metrics.dropped.labels(node=NODE, topic="window", reason="no_model")
+
+    # -- model ---------------------------------------------------------------------------
+
+    def load(self, *, reason: str) -> bool:
+        """Try (re)loading the artifact; returns True when a new model now serves."""
+        self.seen_signature = _signature(self.model_dir)
+        t0 = clock.perf_ns()
+        try:
+            new = load_artifact(self.model_dir, align=self.cfg.align, device=self.device)
+            _warm_up(new, self.device)
+        except ArtifactMissing as e:
+            if self.loaded is None and not self._said_missing:
+                log.warning("no model loaded: %s; publishing nothing until a valid artifact "
+                            "(%s + %s) appears there (checked every %.1f s and on SIGHUP)",
+                            e, WEIGHTS, MANIFEST, self.cfg.fusion.reload_poll_s)
+                self._said_missing = True
+            elif self.loaded is not None:
+                log.error("model reload (%s) failed, still serving %s: %s", reason, self.loaded.model_id, e)
+                metrics.model_reloads.labels(outcome="failed").inc()
+            return False
+        except ArtifactError as e:
+            metrics.model_reloads.labels(outcome="failed").inc()
+            serving = f"still serving {self.loaded.model_id}" if self.loaded else "no model loaded"
+            log.error("model load (%s) failed, %s: %s", reason, serving, e)
+            return False
+        seconds = (clock.perf_ns() - t0) / 1e9
+        if self.loaded is not None and new.model_id == self.loaded.model_id:
+            metrics.model_reloads.labels(outcome="unchanged").inc()
+            log.info("model %s unchanged (%s)", new.model_id, reason)
+            return False
+        for w in new.warnings:
+            log.warning("model %s: %s", new.model_id, w)
+        old, self.loaded = self.loaded, new
+        if old is not None:
+            metrics.model_info.labels(model_id=old.model_id).set(0)
+        metrics.model_info.labels(model_id=new.model_id).set(1)
+        metrics.model_load_seconds.set(seconds)
+        metrics.model_reloads.labels(outcome="ok").inc()
+        log.info("serving model %s from %s (%s fusion of %s; %d classes; %s; loaded in %.0f ms)%s",
+                 new.model_id, self.model_dir, new.manifest["fusion"], "+".join(new.model.modalities),
+                 len(new.classes), self.device, seconds * 1e3,
+                 f", replacing {old.model_id}" if old else "")
+        return True
+
+    def maybe_reload(self) -> None:
+        """Reload when the files on disk changed since the last attempt."""
+        sig = _signature(self.model_dir)
+        if sig != self.seen_signature and (sig is not None or self.loaded is None):
+            self.load(reason="artifact changed on disk")
+
+    # -- windows -------------------------------------------------------------------------
+
+    def handle(self, batch: list[Pending]) -> None:
+        """Classify and publish one batch (or count it dropped when no model serves)."""
+        if not batch:
+            return
+        loaded = self.loaded
+        if loaded is None:
+            self.dropped_no_model += len(batch)
+            self._dropped_no_model.inc(len(batch))
+            return
+        start = clock.now_ns()
+        t0 = clock.perf_ns()
+        probs, mask, problems = predict(loaded, [p.window for p in batch], self.device)
+        metrics.inference_ms.observe((clock.perf_ns() - t0) / 1e6)
+        for why in problems:
+            log.debug("window stream dropped: %s", why)
+            metrics.dropped.labels(node=NODE, topic="window", reason="undecodable").inc()
+        metrics.batch_size.observe(len(batch))
+        for r in results(loaded, batch, probs, mask, start_ns=start, done_ns=clock.now_ns()):
+            src = r.window.source
+            seq = self.seq.get(src, 0)
+            self.seq[src] = seq + 1
+            msg = codec.class_message(src, seq, r.window.t_start_ns, r.window.t_end_ns, r.label, r.score, r.payload)
+            self.pub.send_multipart(codec.encode(msg))
+            for part, v in r.latency_ms.items():
+                self._latency[part].observe(v)
+            metrics.classifications.labels(source=src).inc()
+            self.answered += 1
+
+
+def _warm_up(loaded: LoadedModel, device: torch.device) -> None:
+    """One forward on a synthetic window with every modality present, so the first
+    real batch does not pay for lazy initialisation (allocator, kernels)."""
+    prep = loaded.prep
+    w = Window(source="warmup", seq=0, t_start_ns=0, t_end_ns=1,
+               present={"video": True, "audio": True, "text": True},
+               frames=[np.zeros((prep.image_size, prep.image_size, 3), np.uint8)] * prep.frames_per_window,
+               audio=np.zeros((prep.window_samples, 1), np.float32), samplerate=prep.sample_rate,
+               texts=["warm up"])
+    probs, _, _ = predict(loaded, [w], device)
+    if not np.isfinite(probs).all():
+        raise ArtifactError(f"{loaded.path}: the model produces non-finite scores")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _pull_socket(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
+    sock = ctx.socket(zmq.PULL)
+    sock.linger = 0
+    # Few windows wait here: PUSH then hands the rest to other workers.
+    sock.rcvhwm = max(16, 2 * cfg.fusion.max_batch)
+    sock.maxmsgsize = max_message_bytes(cfg.bus)
+    sock.connect(cfg.align.output)
+    return sock
+
+
+def _receive(pull: zmq.Socket, batcher: Batcher, limit: int, worker: Worker) -> int:
+    """Read up to ``limit`` windows without blocking; returns how many parts were read."""
+    n = 0
+    while n < limit:
+        try:
+            parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            break
+        n += 1
+        now = clock.now_ns()
+        try:
+            w = codec.decode_window(parts, max_bytes=max_message_bytes(worker.cfg.bus))
+        except codec.DecodeError as e:
+            metrics.dropped.labels(node=NODE, topic="window", reason=e.reason).inc()
+            log.debug("dropped a malformed window: %s", e)
+            continue
+        metrics.messages_in.labels(node=NODE, topic="window").inc()
+        if not batcher.push(w, now):
+            metrics.dropped.labels(node=NODE, topic="window", reason="duplicate").inc()
+    return n
+
+
+def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None = None,
+         stop: threading.Event | None = None, reload: threading.Event | None = None) -> int:
+    """Run the worker until ``stop`` is set; returns the exit code (0 after draining)."""
+    stop = stop or threading.Event()
+    reload = reload or threading.Event()
+    torch.set_num_threads(thread_count(cfg.fusion.threads))
+    device = resolve_device(cfg.fusion.device)
+    ctx = zmq.Context() if (pull is None or pub is None) else None
+    own_pull, own_pub = pull is None, pub is None
+    pull = pull if pull is not None else _pull_socket(ctx, cfg)  # type: ignore[arg-type]
+    pub = pub if pub is not None else connect_pub(ctx, cfg.bus)  # type: ignore[arg-type]
+    worker = Worker(cfg, device, pub)
+    batcher = Batcher(cfg.fusion.max_batch, clock.ms_to_ns(cfg.fusion.max_delay_ms))
+    poll_ns = round(cfg.fusion.reload_poll_s * clock.NS_PER_S)
+    log.info("fusion worker up: windows from %s, classifications to %s, device %s, %d threads, "
+             "batches of up to %d or %.1f ms", cfg.align.output, cfg.bus.input, device,
+             torch.get_num_threads(), cfg.fusion.max_batch, cfg.fusion.max_delay_ms)
+    worker.load(reason="start")
+    next_check = clock.now_ns() + poll_ns
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    try:
+        while not stop.is_set():
+            now = clock.now_ns()
+            deadline = batcher.next_deadline()
+            wait_ms = IDLE_POLL_MS if deadline is None else max(0, min(IDLE_POLL_MS, (deadline - now) // 1_000_000))
+            if batcher.room and poller.poll(wait_ms):
+                _receive(pull, batcher, batcher.room, worker)
+            worker.handle(batcher.pop_batch(clock.now_ns()))
+            if reload.is_set():
+                reload.clear()
+                worker.load(reason="SIGHUP")
+            elif clock.now_ns() >= next_check:
+                worker.maybe_reload()
+                next_check = clock.now_ns() + poll_ns
+        # Drain: everything already received (queued here or in the socket) is answered.
+        budget = 4 * max(16, 2 * cfg.fusion.max_batch)
+        while True:
+            if budget > 0 and batcher.room:
+                budget -= _receive(pull, batcher, min(batcher.room, budget), worker)
+            if not len(batcher):
+                break
+            worker.handle(batcher.drain())
+        log.info("fusion worker stopped: %d classifications published, %d windows dropped without a model",
+                 worker.answered, worker.dropped_no_model)
+        return 0
+    finally:
+        if own_pull:
+            pull.close(linger=0)
+        if own_pub:
+            pub.close(linger=500)  # bounded: the last classifications get out, a dead broker can't hang us
+        if ctx is not None:
+            ctx.term()
+
+
+def cli(args: argparse.Namespace, cfg: Config) -> int:
+    """``streamfuse fuse [--config F]``."""
+    from streamfuse.signals import Signals
+
+    signals = Signals(reload=True)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and cfg.metrics.listen:
+        try:
+            metrics.serve(cfg.metrics.listen)
+        except OSError as e:
+            log.warning("metrics not served on %s: %s", cfg.metrics.listen, e)
+    try:
+        return main(cfg, stop=signals.stop, reload=signals.reload)
+    except WorkerError as e:
+        log.error("%s", e)
+        return 1
