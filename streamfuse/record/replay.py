@@ -175,11 +175,10 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
     end_ns = t0 + round(plan.end_s * clock.NS_PER_S) if plan.end_s is not None else None
     first = start_ns if start_ns is not None else t0
     span = (min(end_ns, t_last + 1) if end_ns is not None else t_last + 1) - first
-    wall0 = now_ns()
+    wall0: int | None = None  # the wall instant `first` maps to: set once data is ready
     loop_shift = 0  # recorded-time offset of the current loop
     while not stop.is_set():
         n_loop = 0
-        restamp = wall0 - first + loop_shift if plan.restamp else 0
         items = reader.read_raw(plan.paths, topics=plan.topics, start_ns=start_ns, end_ns=end_ns,
                                 errors=stats.errors)
         for _topic, t_ns, parts in _prefetched(items):
@@ -188,10 +187,12 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
             except codec.DecodeError as e:
                 stats.errors[e.reason] += 1
                 continue
+            if wall0 is None:
+                wall0 = now_ns()  # after the first chunk is read, so it does not delay the start
             if plan.rate is not None:
                 sleep_until(wall0 + round((t_ns - first + loop_shift) / plan.rate))
-            if restamp:
-                parts[1] = restamp_header(parts[1], restamp)
+            if plan.restamp:
+                parts[1] = restamp_header(parts[1], wall0 - first + loop_shift)
             if not send(parts):
                 break
             if not stats.messages:
@@ -207,7 +208,7 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
             break
         # The next pass follows the last message after one mean gap.
         loop_shift += span + max(clock.NS_PER_MS, span // max(n_loop, 1))
-    stats.wall_ns = now_ns() - wall0
+    stats.wall_ns = now_ns() - wall0 if wall0 is not None else 0
     return stats
 
 
@@ -294,6 +295,9 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     except reader.RecordingError as e:
         print(f"streamfuse replay: {e}", file=sys.stderr)
         return 1
+    if not args.max:
+        # A waking sender must not wait for the reader thread's GIL time slice (5 ms by default).
+        sys.setswitchinterval(0.0005)
     plan = Plan(paths, rate=None if args.max else args.rate, loop=args.loop, start_s=args.start,
                 end_s=args.end, topics=args.topics, restamp=args.restamp)
     ctx = zmq.Context()

@@ -1,0 +1,176 @@
+"""``streamfuse replay`` as a real process into a real broker: pacing, --max
+without loss, filters, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from streamfuse import clock
+from streamfuse.record.writer import RecordingWriter
+from streamfuse.wire import codec
+from streamfuse.wire.schema import Message
+from streamfuse.wire.sockets import connect_sub
+from tests.helpers.proc import run_streamfuse, stop, streamfuse
+from tests.integration.test_record_roundtrip import Probe, synthetic
+
+T0 = 1_700_000_000_000_000_000
+MS = 1_000_000
+
+
+def irregular(duration_s: float = 3.0) -> list[Message]:
+    """30 fps video, 50 Hz audio and text at irregular instants, like a live capture."""
+    rng = np.random.default_rng(1)
+    msgs: list[Message] = []
+    end = T0 + int(duration_s * 1e9)
+    t, i = T0, 0
+    while t < end:
+        msgs.append(codec.frame_message("room1", i, t + int(rng.integers(0, 2 * MS)),
+                                        np.full((48, 64, 3), i % 256, np.uint8)))
+        t += 33_333_333
+        i += 1
+    for j, t in enumerate(range(T0, end, 20 * MS)):
+        msgs.append(codec.audio_message("room1", j, t, np.zeros((320, 1), np.float32), 16000))
+    for k, t in enumerate(sorted(rng.integers(T0, end, 12))):
+        msgs.append(codec.text_message("room1", k, int(t), f"word {k}"))
+    return sorted(msgs, key=lambda m: m.t_ns)
+
+
+def record(path: Path, msgs: list[Message], chunk_size: int = 4 * 1024 * 1024) -> Path:
+    with RecordingWriter(path, chunk_size=chunk_size) as w:
+        for m in msgs:
+            w.write_message(m)
+    return path
+
+
+def receive_replay(bus_env, args: list[str], n: int, *, sub_hwm: int | None = None,
+                   per_message_s: float = 0.0) -> list[tuple[int, list[bytes]]]:
+    """Run ``streamfuse replay ARGS`` and receive up to ``n`` messages with their arrival time."""
+    got: list[tuple[int, list[bytes]]] = []
+    with zmq.Context() as ctx:
+        sub = connect_sub(ctx, bus_env.cfg.bus, ["room1/"], hwm=sub_hwm)
+        probe = Probe(ctx, bus_env.cfg.bus)
+        try:
+            probe.wait_subscribers(b"room1/")  # the broker has our subscription
+            proc = streamfuse(["replay", *args, "--config", str(bus_env.path)], stderr=subprocess.PIPE, text=True)
+            try:
+                while len(got) < n and sub.poll(5000):
+                    parts = sub.recv_multipart()
+                    got.append((clock.now_ns(), parts))
+                    if per_message_s:
+                        busy_until = clock.perf_ns() + int(per_message_s * 1e9)
+                        while clock.perf_ns() < busy_until:
+                            pass
+                proc.wait(30)
+                assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            finally:
+                stop(proc)
+                if proc.stderr:
+                    proc.stderr.close()
+        finally:
+            sub.close()
+            probe.close()
+    return got
+
+
+def scheduler_jitter_p99_ms(n: int = 100) -> float:
+    """p99 of how late a plain 5 ms sleep wakes up, measured now."""
+    late = []
+    for _ in range(n):
+        t = clock.perf_ns()
+        clock.sleep_s(0.005)
+        late.append(clock.perf_ns() - t - 5 * MS)
+    return float(np.percentile(late, 99)) / 1e6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate", [1.0, 4.0])
+def test_replay_reproduces_recorded_timing(broker, tmp_path: Path, rate: float) -> None:
+    msgs = irregular(3.0)
+    path = record(tmp_path / "r.mcap", msgs)
+    got = receive_replay(broker, [str(path), "--rate", str(rate)], len(msgs))
+    assert [p for _t, p in got] == [[bytes(x) for x in codec.encode(m)] for m in msgs]
+    arrival = np.array([t for t, _p in got], dtype=np.int64)
+    recorded = np.array([m.t_ns for m in msgs], dtype=np.int64)
+    ideal = (recorded - recorded[0]) / rate
+    err = (arrival - arrival[0]) - ideal
+    err -= np.median(err)  # a constant delivery latency is not a timing error
+    p99_ms = float(np.percentile(np.abs(err), 99)) / 1e6
+    took, want = arrival[-1] - arrival[0], ideal[-1]
+    jitter_ms = scheduler_jitter_p99_ms()
+    print(f"rate {rate}: p99 timing error {p99_ms:.2f} ms (bare sleep p99 overshoot {jitter_ms:.2f} ms), "
+          f"took {took / 1e9:.3f} s for {want / 1e9:.3f} s")
+    if rate == 1.0:
+        # 5 ms (the issue's bound) beyond what this machine's scheduler alone adds right
+        # now: on a quiet machine that is ~0.1 ms; when other jobs load both cores it is not.
+        assert p99_ms <= 5.0 + jitter_ms
+    else:
+        assert abs(took - want) <= 0.05 * want
+
+
+@pytest.mark.slow
+def test_replay_max_into_a_slow_subscriber_loses_nothing(broker, tmp_path: Path) -> None:
+    """--max outruns a subscriber that spends 0.3 ms per message; the broker's queue
+    absorbs the difference (a recording far larger than the queues would not fit:
+    see the module docstring of streamfuse.record.replay)."""
+    msgs = synthetic(1500)  # 3,300 messages
+    path = record(tmp_path / "m.mcap", msgs)
+    got = receive_replay(broker, [str(path), "--max"], len(msgs), per_message_s=0.0003)
+    want = sorted(msgs, key=lambda m: m.t_ns)
+    assert len(got) == len(msgs)
+    assert [p for _t, p in got] == [[bytes(x) for x in codec.encode(m)] for m in want]
+
+
+def test_replay_filters_offsets_and_restamp(broker, tmp_path: Path) -> None:
+    msgs = irregular(1.0)
+    path = record(tmp_path / "f.mcap", msgs)
+    before = clock.now_ns()
+    want = [m for m in msgs if m.topic == "room1/video" and T0 + 200 * MS <= m.t_ns < T0 + 700 * MS]
+    got = receive_replay(broker, [str(path), "--max", "--topics", "room1/vid", "--start", "0.2", "--end", "0.7",
+                                  "--restamp"], len(want))
+    dec = [codec.decode(p) for _t, p in got]
+    assert [m.header.seq for m in dec] == [m.header.seq for m in want]
+    assert all(bytes(a.payload[0]) == bytes(b.payload[0]) for a, b in zip(dec, want, strict=True))
+    shift = dec[0].t_ns - want[0].t_ns
+    assert dec[0].t_ns >= before and [m.t_ns - shift for m in dec] == [m.t_ns for m in want]
+
+
+def test_replay_bad_input(broker, tmp_path: Path) -> None:
+    (tmp_path / "x.mcap").write_text("hello")
+    r = run_streamfuse(["replay", str(tmp_path / "x.mcap"), "--config", str(broker.path)])
+    assert r.returncode == 1 and "not an MCAP file" in r.stderr and "Traceback" not in r.stderr
+    r = run_streamfuse(["replay", str(tmp_path / "missing.mcap"), "--config", str(broker.path)])
+    assert r.returncode == 1 and "no such file" in r.stderr
+    r = run_streamfuse(["replay", str(tmp_path / "x.mcap"), "--rate", "0", "--config", str(broker.path)])
+    assert r.returncode == 2
+    # A truncated recording: what precedes the damage is replayed, with a warning.
+    msgs = irregular(1.0)
+    data = record(tmp_path / "t.mcap", msgs, chunk_size=16 * 1024).read_bytes()
+    (tmp_path / "t.mcap").write_bytes(data[: len(data) * 2 // 3])
+    got = receive_replay(broker, [str(tmp_path / "t.mcap"), "--max"], len(msgs))
+    assert 0 < len(got) < len(msgs)
+    r = run_streamfuse(["inspect", str(tmp_path / "t.mcap")])
+    assert r.returncode == 1 and "truncated" in r.stdout + r.stderr
+
+
+def test_inspect_reports_topics_counts_and_gaps(tmp_path: Path) -> None:
+    import json
+
+    msgs = [m for m in irregular(2.0) if not (m.topic == "room1/audio" and m.header.seq in (10, 11, 12))]
+    path = record(tmp_path / "i.mcap", msgs)
+    r = run_streamfuse(["inspect", "--json", str(path)])
+    assert r.returncode == 0, r.stderr
+    (st,) = json.loads(r.stdout)
+    topics = {t["topic"]: t for t in st["topics"]}
+    assert {k: v["messages"] for k, v in topics.items()} == {
+        "room1/audio": 97, "room1/text": 12, "room1/video": 61}
+    assert topics["room1/audio"]["seq_gaps"] == 3 and topics["room1/video"]["seq_gaps"] == 0
+    assert abs(topics["room1/video"]["rate_hz"] - 30) < 1
+    assert st["complete"] and st["compression"] == "zstd" and st["compression_ratio"] > 1
+    assert 1.9 < st["duration_s"] < 2.1
+    text = run_streamfuse(["inspect", str(path)])
+    assert text.returncode == 0 and "room1/audio" in text.stdout and "compression ratio" in text.stdout
