@@ -329,8 +329,9 @@ class Supervisor:
                 return f"{c.spec.name} is stopped"
         if not self.broker_thread.is_alive():
             return "broker is down"
-        model_loaded = self._model != "none"
-        return self.liveness.stalled(now_mono, expect_output=model_loaded and bool(self.cfg.sources))
+        # a worker without a model publishes nothing: then only processes are judged
+        model_loaded = self._model not in ("none", "?", "unknown")
+        return self.liveness.stalled(now_mono, expect_output=model_loaded)
 
     def _status_line(self, problem: str | None) -> str:
         up = sum(c.running for c in self.children.values())
@@ -362,11 +363,22 @@ class Supervisor:
                 self.liveness.on_input(now)
 
     def _monitor_topics(self) -> list[str]:
+        """What the supervisor reads from the bus to see the pipeline work.
+
+        Per configured source: its classifications and its smallest input
+        stream (audio or text; video only when it is the only one; audio and
+        text when its streams are captured elsewhere). With no configured
+        source (inputs from replay or remote hosts) everything, since topic
+        prefixes cannot select ``*/class``: name the sources to spare that.
+        """
+        if not self.cfg.sources:
+            return [""]
         topics = []
         for s in self.cfg.sources:
             topics.append(f"{s.name}/class")
-            # small streams show that inputs flow; video only when it is the only one
             small = [st for st in ("audio", "text") if getattr(s, st) is not None]
+            if not s.streams():
+                small = ["audio", "text"]
             topics += [f"{s.name}/{st}" for st in (small or s.streams())]
         return topics
 
