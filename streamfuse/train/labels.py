@@ -167,14 +167,20 @@ def read_labels(path: str | Path, ranges: Mapping[str, tuple[int, int]]) -> list
 class Labeller:
     """Answers which label a window gets (the majority rule of the module docstring)."""
 
-    def __init__(self, spans: Iterable[Span]) -> None:
+    def __init__(self, spans: Iterable[Span] = ()) -> None:
         self._by_source: dict[str, list[Span]] = {}
+        self._starts: dict[str, list[int]] = {}
+        self.add(spans)
+
+    def add(self, spans: Iterable[Span]) -> None:
+        """Add spans (e.g. label messages as they are read)."""
+        touched = set()
         for s in spans:
             self._by_source.setdefault(s.source, []).append(s)
-        self._starts: dict[str, list[int]] = {}
-        for src, lst in self._by_source.items():
-            lst.sort(key=lambda s: s.start_ns)
-            self._starts[src] = [s.start_ns for s in lst]
+            touched.add(s.source)
+        for src in touched:
+            self._by_source[src].sort(key=lambda s: s.start_ns)
+            self._starts[src] = [s.start_ns for s in self._by_source[src]]
 
     @property
     def classes(self) -> list[str]:

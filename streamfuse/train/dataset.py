@@ -1,0 +1,279 @@
+"""Recordings + labels -> labelled, featurised windows (the trainer's and eval's input).
+
+Windows come from :func:`streamfuse.align.offline.windows_from_messages` with
+the config's ``[align]`` parameters: the same code and parameters as the live
+aligner, so the trainer sees exactly the windows the daemon would (DESIGN.md
+section 4). Each window is labelled by :class:`streamfuse.train.labels.Labeller`
+(a label must cover more than half of the window; other windows are counted as
+``unlabelled`` and left out), then featurised once with the fusion package's
+``collate`` + ``to_device`` on the CPU and kept in memory as one
+:class:`~streamfuse.fusion.features.Features`.
+
+Labels come from, in this order: the ``labels`` file given; else every
+``labels.csv`` directly inside the directories given as recordings (the
+``streamfuse dataset`` layout); else label messages (``<source>/label``)
+inside the recordings. A CSV is checked for syntax, order and overlaps before
+anything is read, and against the recordings' sources and time ranges after.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamfuse.config import AlignConfig
+from streamfuse.fusion.features import MODALITIES, Features, Preprocessing, collate, to_device
+from streamfuse.train import labels as lab
+from streamfuse.wire.schema import LabelHeader, Message, Window
+
+log = logging.getLogger("streamfuse.train")
+
+CAPTURE_STREAMS = ("video", "audio", "text")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+FEATURISE_CHUNK = 256  # windows collated at a time (bounds the memory of raw windows)
+
+
+class DataError(ValueError):
+    """Recordings or labels that cannot make a data set (one clear line)."""
+
+
+@dataclass
+class WindowSet:
+    """Featurised, labelled windows.
+
+    features: CPU :class:`Features` of N windows; y: ``(N,)`` int64 class
+    indices into ``classes``; keys: ``(source, t_start_ns)`` per window;
+    summary: counts for the artifact manifest and reports.
+    """
+
+    features: Features
+    y: torch.Tensor
+    keys: list[tuple[str, int]]
+    classes: list[str]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def class_order(names: Iterable[str]) -> list[str]:
+    """Number words (zero..nine) or integers in numeric order, anything else alphabetically."""
+    names = sorted(set(names))
+    if names and all(n in NUMBER_WORDS for n in names):
+        return sorted(names, key=NUMBER_WORDS.index)
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return names
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def concat_features(parts: Sequence[Features]) -> Features:
+    """Rows of several :class:`Features` in order (token offsets shifted)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    offsets, shift = [], 0
+    for p in parts:
+        offsets.append(p.offsets + shift)
+        shift += int(p.tokens.numel())
+    return Features(frames=torch.cat([p.frames for p in parts]), logmel=torch.cat([p.logmel for p in parts]),
+                    tokens=torch.cat([p.tokens for p in parts]), offsets=torch.cat(offsets),
+                    mask=torch.cat([p.mask for p in parts]))
+
+
+def select_features(f: Features, rows: torch.Tensor) -> Features:
+    """The sub-batch ``rows`` (1-D int64, any order) of ``f``; works on any device."""
+    rows = rows.to(f.mask.device)
+    ends = torch.cat([f.offsets[1:], torch.tensor([f.tokens.numel()], device=f.offsets.device)])
+    starts, stops = f.offsets[rows], ends[rows]
+    lengths = stops - starts
+    if int(lengths.sum()) > 0:
+        # Gather every selected row's token range in one indexing operation.
+        new_offsets = torch.cumsum(lengths, 0) - lengths
+        pos = torch.arange(int(lengths.sum()), device=f.tokens.device)
+        owner = torch.repeat_interleave(torch.arange(len(rows), device=pos.device), lengths)
+        tokens = f.tokens[starts[owner] + pos - new_offsets[owner]]
+    else:
+        new_offsets = torch.zeros(len(rows), dtype=torch.int64, device=f.offsets.device)
+        tokens = f.tokens[:0]
+    return Features(frames=f.frames[rows], logmel=f.logmel[rows], tokens=tokens, offsets=new_offsets,
+                    mask=f.mask[rows])
+
+
+def empty_features(prep: Preprocessing) -> Features:
+    return to_device(collate([], prep), prep, "cpu")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def find_label_files(recordings: Sequence[str | Path]) -> list[Path]:
+    """``labels.csv`` of every directory among ``recordings``."""
+    return [Path(p) / "labels.csv" for p in recordings if Path(p).is_dir() and (Path(p) / "labels.csv").exists()]
+
+
+class _Tap:
+    """Passes capture messages on to the aligner; notes each source's time range
+    and collects label messages on the way."""
+
+    def __init__(self, messages: Iterable[Message]) -> None:
+        self._it = messages
+        self.ranges: dict[str, tuple[int, int]] = {}
+        self.label_spans: list[lab.Span] = []
+        self.counts: Counter[str] = Counter()
+
+    def __iter__(self) -> Iterator[Message]:
+        for m in self._it:
+            h = m.header
+            if isinstance(h, LabelHeader):
+                self.label_spans.append(lab.Span(h.source, h.t_ns, h.t_end_ns, h.label))
+                continue
+            if h.stream not in CAPTURE_STREAMS:
+                continue
+            first, last = self.ranges.get(h.source, (h.t_ns, h.t_ns))
+            self.ranges[h.source] = (min(first, h.t_ns), max(last, h.t_ns))
+            self.counts[m.kind] += 1
+            yield m
+
+
+class _LazyLabeller:
+    """Labels windows as they stream out of the aligner.
+
+    CSV rows in seconds are resolved per source once that source's first
+    message has passed (its windows only come after it); label messages are
+    added as they are read (a span overlapping a window starts before the
+    window's end, so it is read before the window closes).
+    """
+
+    def __init__(self, rows: list[Any] | None, tap: _Tap) -> None:
+        self.rows = rows
+        self.tap = tap
+        self.labeller = lab.Labeller()
+        self._resolved: set[str] = set()
+        self._n_msg_spans = 0
+
+    def label(self, w: Window) -> str | None:
+        if self.rows is None:
+            self.labeller.add(self.tap.label_spans[self._n_msg_spans:])
+            self._n_msg_spans = len(self.tap.label_spans)
+        elif w.source not in self._resolved:
+            self._resolved.add(w.source)
+            first = self.tap.ranges.get(w.source, (w.t_start_ns, w.t_start_ns))[0]
+            mine = [r for r in self.rows if r.source == w.source]
+            # Only the start is known now; the whole range is checked once everything is read.
+            self.labeller.add(lab.resolve(mine, {w.source: (first, 1 << 62)}))
+        return self.labeller.label(w.source, w.t_start_ns, w.t_end_ns)
+
+
+def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Preprocessing, *,
+                 labels: str | Path | None = None, classes: Sequence[str] | None = None,
+                 progress: Any = None) -> WindowSet:
+    """Read, align, label and featurise (see the module docstring).
+
+    ``classes``: the class list to index into (a model's); windows whose label
+    is not in it are counted as ``unknown_label`` and left out. None: the
+    classes found in the labels, in :func:`class_order`.
+    ``progress``: called with the number of windows seen so far, now and then.
+    Raises :class:`DataError` / :class:`streamfuse.train.labels.LabelError`.
+    """
+    from streamfuse.align.offline import windows_from_messages
+    from streamfuse.record.reader import RecordingError, expand_paths, read_messages
+
+    try:
+        files = expand_paths(recordings)
+    except RecordingError as e:
+        raise DataError(str(e)) from None
+    if not files:
+        raise DataError(f"no *.mcap recordings in {', '.join(map(str, recordings))}")
+    label_files = [Path(labels)] if labels else find_label_files(recordings)
+    rows: list[Any] | None = None
+    if label_files:
+        rows = []
+        for lf in label_files:
+            try:
+                text = lf.read_text(encoding="utf-8")
+            except OSError as e:
+                raise DataError(f"{lf}: cannot read: {e.strerror or e}") from None
+            except UnicodeDecodeError:
+                raise DataError(f"{lf}: not UTF-8") from None
+            rows += lab.parse_rows(text, lf.name if len(label_files) == 1 else str(lf))
+    if rows is not None and classes is None:
+        classes = class_order(r.label for r in rows)
+
+    errors: Counter[str] = Counter()
+    tap = _Tap(read_messages(files, errors=errors))
+    labeller = _LazyLabeller(rows, tap)
+    chunks: list[Features] = []
+    ys: list[str] = []
+    keys: list[tuple[str, int]] = []
+    pending: list[Window] = []
+    stats: Counter[str] = Counter()
+    problems: Counter[str] = Counter()
+
+    def flush() -> None:
+        if pending:
+            raw = collate(pending, prep)
+            for p in raw.problems:
+                problems[p.split(": ")[1] if ": " in p else p] += 1
+            chunks.append(to_device(raw, prep, "cpu"))
+            pending.clear()
+
+    for w in windows_from_messages(tap, align):
+        stats["windows"] += 1
+        name = labeller.label(w)
+        if name is None:
+            stats["unlabelled"] += 1
+            continue
+        if classes is not None and name not in classes:
+            stats["unknown_label"] += 1
+            continue
+        pending.append(w)
+        ys.append(name)
+        keys.append((w.source, w.t_start_ns))
+        if len(pending) >= FEATURISE_CHUNK:
+            flush()
+            if progress is not None:
+                progress(stats["windows"])
+    flush()
+
+    if rows is not None:  # now every source's full time range is known
+        spans = lab.resolve(rows, tap.ranges, label_files[0].name if len(label_files) == 1 else "labels")
+    else:
+        spans = tap.label_spans
+        if not spans:
+            raise DataError(f"no labels: pass --labels, put labels.csv beside the recordings, or record "
+                            f"<source>/label messages ({', '.join(map(str, recordings))})")
+        if classes is None:
+            classes = class_order(s.label for s in spans)
+            stats["unknown_label"] = 0
+    assert classes is not None
+    if not ys:
+        raise DataError(f"no labelled windows in {', '.join(map(str, recordings))} "
+                        f"({stats['windows']} windows, {stats['unlabelled']} unlabelled)")
+    index = {c: i for i, c in enumerate(classes)}
+    y = torch.tensor([index[n] for n in ys], dtype=torch.int64)
+    features = concat_features(chunks)
+    mask = features.mask
+    summary = {
+        "recordings": [str(f) for f in files],
+        "label_files": [str(f) for f in label_files] or ["<label messages>"],
+        "sources": sorted(tap.ranges),
+        "messages": dict(tap.counts),
+        "reader_errors": dict(errors),
+        "windows": stats["windows"],
+        "labelled": len(ys),
+        "unlabelled": stats["unlabelled"],
+        "unknown_label": stats["unknown_label"],
+        "label_spans": len(spans),
+        "per_class": {c: int((y == i).sum()) for i, c in enumerate(classes)},
+        "present": {m: int(mask[:, j].sum()) for j, m in enumerate(MODALITIES)},
+        "feature_problems": dict(problems),
+    }
+    return WindowSet(features, y, keys, list(classes), summary)

@@ -1,0 +1,433 @@
+"""``streamfuse train``: recordings + labels -> a model artifact (DESIGN.md sections 7, 8).
+
+Data: windows from the offline aligner with the config's ``[align]``
+parameters, labelled and featurised once (:mod:`streamfuse.train.dataset`),
+kept in memory. Validation: ``--val-recordings``; else, when a ``--recordings``
+path is a dataset root (``DIR/train`` exists), ``DIR/train`` trains and
+``DIR/val`` validates; else 15 % of the windows, taken in whole 30 s blocks of
+time (overlapping windows never straddle the split), are held out.
+
+Training: AdamW, a one-cycle learning-rate schedule, cross-entropy with class
+weights (inverse frequency) and light label smoothing, augmentation in feature
+space (per-sample affine jitter and erasing of frames, time shift and
+SpecAugment masks of the log-mel), modality dropout (presence-mask columns
+cleared at random: one modality dropped, or only one kept), early stopping on
+validation (accuracy, then loss), the best epoch's weights kept. A temperature
+is then fitted on the validation logits (LBFGS on the NLL) and saved with the
+weights, so the artifact's probabilities are calibrated. Deterministic for a
+``--seed`` on one device and thread count.
+
+Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) it trains with
+DistributedDataParallel (gloo on CPU, nccl on CUDA): every rank featurises the
+data, a DistributedSampler splits each epoch, the global batch stays
+``--batch-size``; rank 0 validates, decides early stopping for all, fits the
+temperature and writes the artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from streamfuse import clock
+from streamfuse.config import AlignConfig, Config
+from streamfuse.fusion.features import MODALITIES, Features, Preprocessing
+from streamfuse.fusion.model import FusionModel, ModelConfig
+from streamfuse.train import metrics
+from streamfuse.train.dataset import DataError, WindowSet, select_features
+from streamfuse.train.labels import LabelError
+
+log = logging.getLogger("streamfuse.train")
+
+VAL_FRACTION = 0.15
+VAL_BLOCK_NS = 30 * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Hyper-parameters (all stored in the manifest's training summary)."""
+
+    fusion: str = "attention"
+    modalities: tuple[str, ...] = MODALITIES
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.05
+    patience: int = 8
+    seed: int = 0
+    augment: bool = True
+    p_drop_one: float = 0.3  # per window: drop one present modality (when two or more are present)...
+    p_keep_one: float = 0.2  # ...or keep only one
+    image_size: int = 32
+    embed_dim: int = 64
+    dropout: float = 0.1
+
+
+@dataclass
+class Dist:
+    """Distributed context (world 1 = plain single-process training)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def modality_dropout(mask: torch.Tensor, gen: torch.Generator, *, p_drop_one: float, p_keep_one: float,
+                     columns: torch.Tensor) -> torch.Tensor:
+    """A copy of ``mask`` ``(B, 3)`` with present modalities cleared at random.
+
+    Per row, among the model's ``columns`` that are present: with
+    ``p_drop_one`` one is cleared (if two or more are present), with
+    ``p_keep_one`` all but one are cleared. A row never loses its last modality.
+    """
+    mask = mask.clone()
+    b = mask.shape[0]
+    sub = mask[:, columns]
+    n_present = sub.sum(dim=1)
+    u = torch.rand(b, generator=gen)
+    # A random present modality per row: argmax of random scores among present ones.
+    scores = torch.rand(b, len(columns), generator=gen).to(mask.device).masked_fill(~sub, -1.0)
+    pick = scores.argmax(dim=1)
+    one_hot = F.one_hot(pick, len(columns)).bool()
+    u = u.to(mask.device)
+    multi = n_present >= 2
+    drop = multi & (u < p_drop_one)
+    keep = multi & (u >= p_drop_one) & (u < p_drop_one + p_keep_one)
+    sub = torch.where(drop.unsqueeze(1), sub & ~one_hot, sub)
+    sub = torch.where(keep.unsqueeze(1), sub & one_hot, sub)
+    mask[:, columns] = sub
+    return mask
+
+
+def augment(f: Features, gen: torch.Generator) -> Features:
+    """Random feature-space augmentation of a training batch (see module docstring)."""
+    b = f.batch_size
+    dev = f.frames.device
+    frames = f.frames
+    if frames.numel():
+        t, _c, h, w = frames.shape[1:]
+        angle = (torch.rand(b, generator=gen) - 0.5) * (2 * math.radians(12))
+        scale = 0.85 + 0.3 * torch.rand(b, generator=gen)
+        shift = (torch.rand(b, 2, generator=gen) - 0.5) * 0.3
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        theta = theta.to(dev, frames.dtype).repeat_interleave(t, dim=0)  # same motion for all T frames
+        flat = frames.flatten(0, 1)
+        grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+        flat = F.grid_sample(flat, grid, padding_mode="border", align_corners=False)
+        frames = flat.view_as(frames)
+        # Erase a random box in 25 % of windows (fingers, glare).
+        erase = torch.rand(b, generator=gen) < 0.25
+        if bool(erase.any()):
+            y0 = (torch.rand(b, generator=gen) * h * 0.7).long()
+            x0 = (torch.rand(b, generator=gen) * w * 0.7).long()
+            ys = torch.arange(h).view(1, h, 1)
+            xs = torch.arange(w).view(1, 1, w)
+            box = (ys >= y0.view(b, 1, 1)) & (ys < (y0 + h // 3).view(b, 1, 1)) & \
+                  (xs >= x0.view(b, 1, 1)) & (xs < (x0 + w // 3).view(b, 1, 1)) & erase.view(b, 1, 1)
+            frames = frames.masked_fill(box.to(dev).view(b, 1, 1, h, w), 0.0)
+        frames = frames + 0.1 * torch.randn(frames.shape, generator=gen).to(dev, frames.dtype)
+    logmel = f.logmel
+    if logmel.numel():
+        n_mels, n_t = logmel.shape[2], logmel.shape[3]
+        shift_t = torch.randint(-n_t // 4, n_t // 4 + 1, (b,), generator=gen)
+        idx = (torch.arange(n_t).view(1, n_t) - shift_t.view(b, 1)) % n_t
+        logmel = torch.gather(logmel, 3, idx.to(dev).view(b, 1, 1, n_t).expand_as(logmel))
+        f0 = torch.randint(0, n_mels, (b,), generator=gen)
+        fw = torch.randint(0, max(1, n_mels // 8), (b,), generator=gen)
+        t0 = torch.randint(0, n_t, (b,), generator=gen)
+        tw = torch.randint(0, max(1, n_t // 8), (b,), generator=gen)
+        mels = torch.arange(n_mels).view(1, n_mels, 1)
+        times = torch.arange(n_t).view(1, 1, n_t)
+        cut = ((mels >= f0.view(b, 1, 1)) & (mels < (f0 + fw).view(b, 1, 1))) | \
+              ((times >= t0.view(b, 1, 1)) & (times < (t0 + tw).view(b, 1, 1)))
+        logmel = logmel.masked_fill(cut.to(dev).unsqueeze(1), 0.0)
+    return replace(f, frames=frames, logmel=logmel)
+
+
+def class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``(C,)`` with mean 1 over the classes present, clipped to [0.2, 5]."""
+    counts = torch.bincount(y, minlength=n_classes).double()
+    w = (counts.sum() / (n_classes * counts.clamp(min=1))).clamp(0.2, 5.0)
+    return torch.where(counts > 0, w, torch.zeros_like(w)).float()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def predict_logits(model: FusionModel, f: Features, *, batch: int = 512, mask: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Uncalibrated logits ``(N, C)`` in eval mode, in batches; ``mask`` overrides presence."""
+    was = model.training
+    model.eval()
+    out = []
+    n = f.batch_size
+    for i in range(0, n, batch):
+        rows = torch.arange(i, min(n, i + batch))
+        part = select_features(f, rows)
+        if mask is not None:
+            part = part.with_mask(mask[rows.to(mask.device)])
+        out.append(model(part).float())
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0, len(model.cfg.classes))
+
+
+def holdout_split(keys: list[tuple[str, int]], fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train/validation row indices, holding out whole ``VAL_BLOCK_NS`` blocks of each source."""
+    blocks = sorted({(s, t // VAL_BLOCK_NS) for s, t in keys})
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(blocks), generator=gen).tolist()
+    n_val = max(1, round(fraction * len(blocks))) if len(blocks) > 1 else 0
+    val_blocks = {blocks[i] for i in order[:n_val]}
+    is_val = torch.tensor([(s, t // VAL_BLOCK_NS) in val_blocks for s, t in keys])
+    return (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
+
+
+def _progress(dist: Dist, quiet: bool, text: str, *, end: bool = False) -> None:
+    if quiet or not dist.main:
+        return
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + text.ljust(100) + ("\n" if end else ""))
+    elif end:
+        sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: TrainOptions, *,
+          dist: Dist | None = None, quiet: bool = False) -> tuple[FusionModel, dict[str, Any]]:
+    """Train a :class:`FusionModel`; returns it (best epoch, temperature set) and its metrics.
+
+    Under DDP every rank calls this; only rank 0's returned metrics are complete.
+    """
+    dist = dist or Dist()
+    dev = dist.device
+    torch.manual_seed(opts.seed)
+    classes = train_set.classes
+    cfg = ModelConfig.for_preprocessing(classes, prep, fusion=opts.fusion, modalities=opts.modalities,
+                                        embed_dim=opts.embed_dim, dropout=opts.dropout)
+    model = FusionModel(cfg).to(dev)
+    net: torch.nn.Module = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Encoders are skipped for absent modalities, so some parameters may go unused in a step.
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+    feats = train_set.features.to(dev)
+    y = train_set.y.to(dev)
+    val_feats, val_y = val_set.features.to(dev), val_set.y.to(dev)
+    weights = class_weights(train_set.y, len(classes)).to(dev)
+    n = len(train_set)
+    per_rank_batch = max(1, opts.batch_size // dist.world)
+    from torch.utils.data import DistributedSampler
+
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(n), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=opts.seed,  # type: ignore[arg-type]
+        drop_last=False)
+    steps = max(1, math.ceil(len(sampler) / per_rank_batch))
+    opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr, total_steps=opts.epochs * steps,
+                                                pct_start=0.25)
+    gen = torch.Generator().manual_seed(opts.seed * 1000 + dist.rank)
+    columns = model.mask_columns.cpu()
+    best: tuple[float, float] = (-1.0, float("inf"))
+    best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
+    best_epoch, bad_epochs, history = 0, 0, []
+    t_start = clock.monotonic_ns()
+    for epoch in range(opts.epochs):
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(iter(sampler)), dtype=torch.int64)
+        net.train()
+        total, count = 0.0, 0
+        for step in range(steps):
+            rows = order[step * per_rank_batch:(step + 1) * per_rank_batch]
+            if rows.numel() == 0:
+                rows = order[:1]
+            batch = select_features(feats, rows)
+            if opts.augment:
+                batch = augment(batch, gen)
+            batch = batch.with_mask(modality_dropout(batch.mask.cpu(), gen, p_drop_one=opts.p_drop_one,
+                                                     p_keep_one=opts.p_keep_one, columns=columns))
+            logits = net(batch)
+            loss = F.cross_entropy(logits.float(), y[rows.to(dev)], weight=weights,
+                                   label_smoothing=opts.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * rows.numel()
+            count += rows.numel()
+            _progress(dist, quiet, f"epoch {epoch + 1}/{opts.epochs} step {step + 1}/{steps} "
+                                   f"loss {total / count:.4f}")
+        stop = torch.zeros(2)
+        if dist.main:
+            val_logits = predict_logits(model, val_feats)
+            val_acc = metrics.accuracy(val_logits.argmax(1), val_y)
+            val_loss = metrics.nll(val_logits, val_y)
+            elapsed = (clock.monotonic_ns() - t_start) / 1e9
+            history.append({"epoch": epoch + 1, "loss": total / max(1, count), "val_accuracy": val_acc,
+                            "val_loss": val_loss, "lr": sched.get_last_lr()[0], "elapsed_s": elapsed})
+            improved = (val_acc, -val_loss) > (best[0], -best[1])
+            if improved:
+                best, best_epoch, bad_epochs = (val_acc, val_loss), epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+            _progress(dist, quiet, f"epoch {epoch + 1}/{opts.epochs} loss {total / max(1, count):.4f} "
+                                   f"val_acc {val_acc:.4f} val_loss {val_loss:.4f} {elapsed:.0f}s"
+                                   f"{' *' if improved else ''}", end=True)
+            stop[0] = float(bad_epochs >= opts.patience)
+        if dist.world > 1:
+            import torch.distributed as tdist
+
+            tdist.broadcast(stop, src=0)
+        if bool(stop[0]):
+            break
+    train_s = (clock.monotonic_ns() - t_start) / 1e9
+    model.load_state_dict(best_state)
+    result: dict[str, Any] = {"epochs_run": len(history) or opts.epochs, "best_epoch": best_epoch,
+                              "train_seconds": round(train_s, 2), "history": history}
+    if dist.main:
+        logits = predict_logits(model, val_feats)
+        probs_raw = torch.softmax(logits, 1)
+        t = metrics.fit_temperature(logits, val_y)
+        model.set_temperature(t)
+        probs = torch.softmax(logits / t, 1)
+        s = metrics.summary(probs.cpu(), val_y.cpu(), classes)
+        result.update({"temperature": t, "val_accuracy": s["accuracy"], "val_macro_f1": s["macro_f1"],
+                       "val_ece": s["ece"], "val_ece_uncalibrated": metrics.ece(probs_raw.cpu(), val_y.cpu()),
+                       "val_nll": metrics.nll(logits / t, val_y), "val_windows": len(val_set)})
+    return model, result
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def _pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from streamfuse.cli import UsageError
+
+        raise UsageError(f"--device {name}: CUDA is not available here")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def _init_dist(device_name: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _pick_device(device_name, local_rank)
+    if world <= 1:
+        return Dist(0, 1, dev)
+    import torch.distributed as tdist
+
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if dev.type == "cpu":
+        # Ranks on one host share its cores; oversubscription slows everyone down.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return Dist(tdist.get_rank(), world, dev)
+
+
+def resolve_inputs(args: argparse.Namespace) -> tuple[list[str], str | None, list[str] | None, str | None]:
+    """(train paths, train labels, val paths or None, val labels) from the arguments."""
+    train_paths: list[str] = []
+    val_paths: list[str] = list(args.val_recordings or [])
+    for p in args.recordings:
+        root = Path(p)
+        if root.is_dir() and (root / "train").is_dir():
+            train_paths.append(str(root / "train"))
+            if not args.val_recordings and (root / "val").is_dir():
+                val_paths.append(str(root / "val"))
+        else:
+            train_paths.append(p)
+    return train_paths, args.labels, (val_paths or None), args.val_labels
+
+
+def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
+    from streamfuse.fusion.artifact import save_artifact
+    from streamfuse.train.dataset import load_windows
+
+    dist = _init_dist(args.device)
+    try:
+        align: AlignConfig = cfg.align
+        prep = Preprocessing.from_align(align, image_size=opts.image_size)
+        train_paths, train_labels, val_paths, val_labels = resolve_inputs(args)
+        t0 = clock.monotonic_ns()
+        train_set = load_windows(train_paths, align, prep, labels=train_labels)
+        if val_paths:
+            val_set = load_windows(val_paths, align, prep, labels=val_labels, classes=train_set.classes)
+        else:
+            tr, va = holdout_split(train_set.keys, VAL_FRACTION, opts.seed)
+            val_set = _subset(train_set, va)
+            train_set = _subset(train_set, tr)
+        data_s = (clock.monotonic_ns() - t0) / 1e9
+        if dist.main:
+            log.info("data: %d training and %d validation windows (%s) in %.1fs", len(train_set), len(val_set),
+                     ", ".join(f"{k} {v}" for k, v in train_set.summary["per_class"].items()), data_s)
+        if len(val_set) == 0:
+            raise DataError("no validation windows: pass --val-recordings or more data")
+        model, result = train(train_set, val_set, prep, opts, dist=dist, quiet=args.quiet)
+        if dist.main:
+            training = {"options": {**asdict(opts), "modalities": list(opts.modalities)},
+                        "train": train_set.summary, "val": val_set.summary, "data_seconds": round(data_s, 2),
+                        "world_size": dist.world, "device": str(dist.device),
+                        **{k: v for k, v in result.items() if not k.startswith("val_") and k != "temperature"}}
+            mets = {k: v for k, v in result.items() if k.startswith("val_") or k == "temperature"}
+            model_id = save_artifact(args.out, model, prep, align=align, extra={"training": training, "metrics": mets})
+            print(f"{args.out}: model {model_id}: val accuracy {result['val_accuracy']:.4f}, "
+                  f"ECE {result['val_ece']:.4f} (T={result['temperature']:.2f}), best epoch "
+                  f"{result['best_epoch']}/{result['epochs_run']}, {result['train_seconds']:.0f}s training + "
+                  f"{data_s:.0f}s data")
+    finally:
+        if dist.world > 1:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+            tdist.destroy_process_group()
+    return 0
+
+
+def _subset(ws: WindowSet, rows: torch.Tensor) -> WindowSet:
+    summary = dict(ws.summary, labelled=int(rows.numel()), holdout="30 s blocks")
+    return WindowSet(select_features(ws.features, rows), ws.y[rows], [ws.keys[i] for i in rows.tolist()],
+                     ws.classes, summary)
+
+
+def cli(args: argparse.Namespace, cfg: Config) -> int:
+    """``streamfuse train`` (exit 2 on bad labels or data, 1 on other failures)."""
+    from streamfuse.cli import UsageError
+
+    if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
+        raise UsageError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    opts = TrainOptions(fusion=args.fusion, modalities=tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES)),
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return run(args, cfg, opts)
+    except (DataError, LabelError) as e:
+        raise UsageError(str(e)) from None
