@@ -1,0 +1,60 @@
+"""One synthetic source for bench/scale.py: VGA raw frames at 15 fps, 20 ms audio blocks
+at 16 kHz, text heartbeats at 10 Hz, stamped with the current time, paced in real time.
+
+    python bench/feed_source.py CONFIG SOURCE SECONDS
+
+Prints one JSON line at the end: messages sent and how late the pacing fell behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from streamfuse import clock
+from streamfuse.config import load
+from streamfuse.wire import codec
+from streamfuse.wire.sockets import connect_pub
+
+
+def main() -> int:
+    cfg_path, source, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    cfg = load(cfg_path)
+    ctx = zmq.Context()
+    pub = connect_pub(ctx, cfg.bus, hwm=10_000)
+    frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    block = (0.1 * np.sin(np.arange(320) / 5)).astype(np.float32).reshape(320, 1)
+    seq = {"video": 0, "audio": 0, "text": 0}
+    time.sleep(0.5)  # let the connection come up (slow joiner); data before it would be lost
+    start = clock.now_ns()
+    t = start
+    end = start + int(seconds * 1e9)
+    worst_lag_ms = 0.0
+    tick = 0  # 20 ms ticks; video every 66.7 ms: frame k at k * 1e9 / 15
+    next_frame = start
+    while t < end:
+        clock.sleep_until_ns(t)
+        worst_lag_ms = max(worst_lag_ms, (clock.now_ns() - t) / 1e6)
+        pub.send_multipart(codec.encode(codec.audio_message(source, seq["audio"], t, block, 16000)), copy=False)
+        seq["audio"] += 1
+        while next_frame <= t:
+            pub.send_multipart(codec.encode(codec.frame_message(source, seq["video"], next_frame, frame)), copy=False)
+            seq["video"] += 1
+            next_frame = start + seq["video"] * 1_000_000_000 // 15
+        if tick % 5 == 0:
+            pub.send_multipart(codec.encode(codec.heartbeat_message(source, "text", seq["text"], t)))
+            seq["text"] += 1
+        tick += 1
+        t += 20_000_000
+    pub.close(linger=2000)
+    ctx.term()
+    print(json.dumps({"source": source, "sent": seq, "worst_lag_ms": worst_lag_ms}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""How many sources one daemon sustains: VGA 15 fps raw video + audio + text each.
+
+    .venv/bin/python bench/scale.py [--steps 1 2 3 4] [--seconds 15] [--json F]
+
+For N = each step: a fresh ``streamfuse run`` with N named sources (captured
+"elsewhere": synthetic publishers, bench/feed_source.py, one process each,
+stamping frames with the current time), one worker with the demo model.
+A step passes with no loss (no window missing between a source's first and
+last classification, no sequence gap or drop counted by the daemon) and p99
+``latency_ms.total`` < 100 ms. Stops at the first failing step. Reference in
+the same run: the bare-proxy hop (bench/daemon_common.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import zmq
+from daemon_common import (
+    Collected,
+    collect,
+    demo,
+    free_port,
+    metric_sum,
+    prepare,
+    proxy_hop_latency,
+    scrape,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+def step(n: int, seconds: float, model: Path) -> dict:
+    from streamfuse.config import load
+    from streamfuse.signals import Signals
+
+    run_dir = Path(tempfile.mkdtemp(prefix="streamfuse-scale-"))
+    port = free_port()
+    try:
+        cfg_path = demo.write_config(run_dir, model, metrics=f"127.0.0.1:{port}")
+        with open(cfg_path, "a") as f:
+            for i in range(n):
+                f.write(f'\n[[sources]]\nname = "s{i}"\n')
+        cfg = load(cfg_path, environ={})
+        daemon = demo.Daemon(cfg_path, run_dir)
+        rows = Collected()
+        try:
+            daemon.wait_ready(120, Signals())
+            with zmq.Context() as ctx:
+                sub = ctx.socket(zmq.SUB)
+                sub.linger = 0
+                for i in range(n):
+                    sub.subscribe(f"s{i}/class".encode())
+                sub.connect(cfg.bus.output)
+                feeders = [subprocess.Popen([sys.executable, str(HERE / "feed_source.py"), str(cfg_path), f"s{i}",
+                                             str(seconds)], stdout=subprocess.PIPE, text=True) for i in range(n)]
+                while any(f.poll() is None for f in feeders):
+                    collect(sub, rows, 0.5)
+                collect(sub, rows, 2.5)
+                sub.close()
+            fed = [json.loads(f.stdout.read().strip().splitlines()[-1]) for f in feeders]
+            text = scrape(port)
+        finally:
+            daemon.stop()
+        lat = rows.latency()
+        answered, missing, twice = rows.lost_windows(cfg.align.hop_ms * 1_000_000)
+        expected = n * int(seconds * 1000 / cfg.align.hop_ms)
+        gaps = metric_sum(text, "streamfuse_seq_gap_messages_total")
+        dropped = metric_sum(text, "streamfuse_messages_dropped_total")
+        p99 = lat.get("total", {}).get("p99", float("inf"))
+        ok = answered > 0 and missing == 0 and gaps == 0 and dropped == 0 and p99 < 100 and answered >= 0.9 * expected
+        return {"sources": n, "ok": ok, "classifications": answered, "expected_about": expected,
+                "missing": missing, "twice": twice, "seq_gaps": gaps, "dropped": dropped, "latency_ms": lat,
+                "feeder_worst_lag_ms": max(f["worst_lag_ms"] for f in fed)}
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--cache", default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    _, mdir = prepare(demo.SMALL.segments, demo.SMALL.epochs, args.cache)
+    proxy = proxy_hop_latency(n=1000)
+    results = []
+    for n in args.steps:
+        r = step(n, args.seconds, mdir)
+        results.append(r)
+        t = r["latency_ms"].get("total", {})
+        print(f"scale: {n} source(s): {'OK' if r['ok'] else 'FAIL'}  {r['classifications']}/{r['expected_about']} "
+              f"windows, missing {r['missing']}, seq gaps {r['seq_gaps']:.0f}, dropped {r['dropped']:.0f}, "
+              f"total p50 {t.get('p50', float('nan')):.1f} p99 {t.get('p99', float('nan')):.1f} ms, "
+              f"feeder lag {r['feeder_worst_lag_ms']:.0f} ms", flush=True)
+        if not r["ok"]:
+            break
+    best = max([r["sources"] for r in results if r["ok"]], default=0)
+    print(f"scale: sustained {best} source(s) of VGA 15 fps + audio + text "
+          f"(reference: bare proxy hop p50 {proxy['p50']:.3f} ms p99 {proxy['p99']:.3f} ms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"steps": results, "sustained": best, "proxy_hop_ms": proxy}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""examples/subscriber.py and examples/node/subscriber.js against a running daemon."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tests.helpers.proc import wait_for
+from tests.integration.daemon_fixtures import Daemon, Feeder
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_DIR = ROOT / "examples" / "node"
+LINE = re.compile(r"^room1 (zero|one|two) [01]\.\d\d \[[a-z+]*\] \d+\.\d ms$")
+
+
+def _node_ready() -> str | None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node and npm are needed"
+    if not (NODE_DIR / "node_modules" / "zeromq").exists():
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_DIR,
+                           capture_output=True, text=True, timeout=240)
+        if r.returncode != 0:
+            return f"npm install failed: {r.stderr.strip()[-300:]}"
+    return None
+
+
+@pytest.mark.slow
+def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
+    problem = _node_ready()
+    if problem:
+        pytest.fail(problem)  # node and npm are part of the set-up (scripts/setup.sh)
+    daemon = Daemon(bus_env)
+    subs: list[subprocess.Popen] = []
+    try:
+        daemon.wait_ready()
+        out = bus_env.cfg.bus.output
+        subs = [
+            subprocess.Popen([sys.executable, str(ROOT / "examples" / "subscriber.py"), "--endpoint", out,
+                              "--source", "room1", "--count", "3", "--timeout", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            subprocess.Popen(["node", str(NODE_DIR / "subscriber.js"), out, "room1", "3"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        ]
+        with zmq.Context() as ctx:
+            feeder = Feeder(ctx, bus_env.cfg.bus)
+            try:
+                def done() -> bool:
+                    feeder.step()
+                    daemon._poll_ready()
+                    return all(p.poll() is not None for p in subs)
+
+                wait_for(done, timeout=90, interval=0.01, what="both subscribers to get 3 classifications")
+            finally:
+                feeder.close()
+        for p in subs:
+            stdout, stderr = p.communicate(timeout=10)
+            assert p.returncode == 0, stderr
+            lines = stdout.splitlines()
+            assert len(lines) == 3 and all(LINE.match(ln) for ln in lines), stdout
+    finally:
+        for p in subs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        assert daemon.close() == 0
