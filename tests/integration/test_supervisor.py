@@ -104,3 +104,10 @@ def test_second_instance_on_the_same_runtime_dir_refuses(bus_env) -> None:
         assert d.proc.poll() is None  # the first one is untouched, bus included
     finally:
         assert stop(d.proc, timeout=15) == 0
+
+
+def test_invalid_config_exits_2_with_one_line_naming_the_key(bus_env) -> None:
+    bus_env.path.write_text(bus_env.path.read_text().replace("[fusion]\n", "[fusion]\nworkers = 0\n"))
+    r = run_streamfuse(["run", "--config", str(bus_env.path)], timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["streamfuse run: fusion.workers: expected a positive number, got 0"]
