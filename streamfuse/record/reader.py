@@ -25,17 +25,17 @@ import math
 import struct
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import msgspec
+import zstandard
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
 from mcap.opcode import Opcode
 from mcap.reader import SeekingReader
-from mcap.records import Channel, Chunk, Message, Schema
-from mcap.stream_reader import breakup_chunk
+from mcap.records import Channel
 from mcap.summary import Summary
 from mcap.writer import MCAP0_MAGIC
 
@@ -94,11 +94,13 @@ def _summary(f: io.BufferedReader) -> Summary | None:
         return None  # no valid footer: read linearly
 
 
-# ----------------------------------------------------------------------------- linear scan
+# ----------------------------------------------------------------------------- file access
 
 
 @dataclass
 class _Rec:
+    """A top-level record: a chunk, or a schema/channel/message outside chunks."""
+
     offset: int
     opcode: int
     length: int
@@ -116,10 +118,8 @@ def _scan(f: io.BufferedReader, size: int) -> tuple[list[_Rec], bool]:
     recs: list[_Rec] = []
     pos = len(MCAP0_MAGIC)
     while True:
-        if pos == size:
-            return recs, True  # no footer at all
         if pos + _RECORD_HEADER.size > size:
-            return recs, True
+            return recs, True  # no footer: the writer did not finish
         f.seek(pos)
         opcode, length = _RECORD_HEADER.unpack(f.read(_RECORD_HEADER.size))
         body = pos + _RECORD_HEADER.size
@@ -138,60 +138,91 @@ def _scan(f: io.BufferedReader, size: int) -> tuple[list[_Rec], bool]:
         pos = body + length
 
 
+def _from_index(summary: Summary, wanted: set[int], start_ns: int | None, end_ns: int | None) -> list[_Rec]:
+    """The chunks that may hold a wanted channel in the time range (from the summary)."""
+    recs = []
+    for ci in sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset):
+        if start_ns is not None and ci.message_end_time < start_ns:
+            continue
+        if end_ns is not None and ci.message_start_time >= end_ns:
+            continue
+        if ci.message_index_offsets and not wanted.intersection(ci.message_index_offsets):
+            continue
+        recs.append(_Rec(ci.chunk_start_offset, Opcode.CHUNK, ci.chunk_length - _RECORD_HEADER.size,
+                         ci.message_start_time, ci.message_end_time))
+    return recs
+
+
+_CHUNK_HEAD = struct.Struct("<QQQII")
+_MSG_HEAD = struct.Struct("<HIQQ")  # channel, sequence, log_time, publish_time
+
+
+def _decompress(compression: str, data: bytes, size: int) -> bytes:
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    if compression == "lz4":
+        import lz4.frame  # optional, as in the mcap package
+
+        return lz4.frame.decompress(data)
+    if compression == "":
+        return data
+    raise McapError(f"unsupported chunk compression {compression!r}")
+
+
+def _records_in(f: io.BufferedReader, rec: _Rec) -> Iterator[tuple[int, memoryview]]:
+    """``(opcode, body)`` of the records in a chunk (or the record itself): the
+    chunk is read and decompressed once, bodies are views into it."""
+    f.seek(rec.offset + _RECORD_HEADER.size)
+    if rec.opcode != Opcode.CHUNK:
+        yield rec.opcode, memoryview(f.read(rec.length))
+        return
+    _start, _end, size, _crc, n = _CHUNK_HEAD.unpack(f.read(_CHUNK_HEAD.size))
+    compression = f.read(n).decode("utf-8")
+    (n_data,) = struct.unpack("<Q", f.read(8))
+    view = memoryview(_decompress(compression, f.read(n_data), size))
+    pos, end = 0, len(view)
+    while pos + _RECORD_HEADER.size <= end:
+        opcode, length = _RECORD_HEADER.unpack_from(view, pos)
+        pos += _RECORD_HEADER.size
+        if pos + length > end:
+            raise McapError("record overruns its chunk")
+        yield opcode, view[pos:pos + length]
+        pos += length
+
+
 _Item = tuple[int, int, str, str, bytes | memoryview]  # (t_ns, order, topic, encoding, data)
 
 
-def _linear(f: io.BufferedReader, path: Path, prefixes: Sequence[str] | None, start_ns: int | None,
-            end_ns: int | None, errors: Counter[str]) -> Iterator[_Item]:
-    """Messages of a summary-less file in log_time order (exact: a pre-scan of the
-    chunk start times says when nothing earlier can follow)."""
-    f.seek(0, io.SEEK_END)
-    size = f.tell()
-    recs, truncated = _scan(f, size)
-    if truncated:
-        errors["truncated"] += 1
-        end = recs[-1].offset + _RECORD_HEADER.size + recs[-1].length if recs else len(MCAP0_MAGIC)
-        log.warning("%s: no summary and the file ends mid-record (writer killed?): reading the first %d of %d bytes",
-                    path, end, size)
+def _ordered(f: io.BufferedReader, recs: list[_Rec], channels: dict[int, Channel],
+             prefixes: Sequence[str] | None, start_ns: int | None, end_ns: int | None,
+             errors: Counter[str]) -> Iterator[_Item]:
+    """Messages of ``recs`` (in file order) in log_time order. Exact and bounded:
+    a message is released once no later record can start before it."""
     suffix_min = [math.inf] * (len(recs) + 1)
     for i in range(len(recs) - 1, -1, -1):
         suffix_min[i] = min(recs[i].t_min, suffix_min[i + 1])
-    schemas: dict[int, Schema] = {}
-    channels: dict[int, Channel] = {}
     heap: list[_Item] = []
     order = 0
-
-    def take(r: object) -> None:
-        nonlocal order
-        if isinstance(r, Schema):
-            schemas[r.id] = r
-        elif isinstance(r, Channel):
-            channels[r.id] = r
-        elif isinstance(r, Message):
-            ch = channels.get(r.channel_id)
-            if ch is None:
-                errors["channel"] += 1
-            elif _match(ch.topic, prefixes) and (start_ns is None or r.log_time >= start_ns) \
-                    and (end_ns is None or r.log_time < end_ns):
-                heapq.heappush(heap, (r.log_time, order, ch.topic, ch.message_encoding, r.data))
-                order += 1
-
-    readers: dict[int, Callable[[ReadDataStream, int], object]] = {
-        Opcode.SCHEMA: lambda s, n: Schema.read(s), Opcode.CHANNEL: lambda s, n: Channel.read(s),
-        Opcode.MESSAGE: Message.read}
     for i, rec in enumerate(recs):
         while heap and heap[0][0] < suffix_min[i]:
             yield heapq.heappop(heap)
-        if rec.opcode not in readers and rec.opcode != Opcode.CHUNK:
+        if rec.opcode not in (Opcode.CHUNK, Opcode.CHANNEL, Opcode.MESSAGE):
             continue
-        f.seek(rec.offset + _RECORD_HEADER.size)
         try:
-            if rec.opcode == Opcode.CHUNK:
-                for r in breakup_chunk(Chunk.read(ReadDataStream(f))):
-                    take(r)
-            else:
-                take(readers[rec.opcode](ReadDataStream(f), rec.length))
-        except _READ_ERRORS:
+            for opcode, body in _records_in(f, rec):
+                if opcode == Opcode.MESSAGE:
+                    ch_id, _seq, t, _pub = _MSG_HEAD.unpack_from(body)
+                    ch = channels.get(ch_id)
+                    if ch is None:
+                        errors["channel"] += 1
+                    elif (start_ns is None or t >= start_ns) and (end_ns is None or t < end_ns) \
+                            and _match(ch.topic, prefixes):
+                        heapq.heappush(heap, (t, order, ch.topic, ch.message_encoding, body[_MSG_HEAD.size:]))
+                        order += 1
+                elif opcode == Opcode.CHANNEL:
+                    c = Channel.read(ReadDataStream(io.BytesIO(body)))
+                    channels.setdefault(c.id, c)
+        except (*_READ_ERRORS, zstandard.ZstdError):
             errors["corrupt"] += 1
     while heap:
         yield heapq.heappop(heap)
@@ -199,24 +230,27 @@ def _linear(f: io.BufferedReader, path: Path, prefixes: Sequence[str] | None, st
 
 def _iter_file(path: Path, prefixes: Sequence[str] | None, start_ns: int | None, end_ns: int | None,
                errors: Counter[str]) -> Iterator[_Item]:
+    """Messages of one file in log_time order. With a summary only the chunks that
+    can hold wanted messages are read; without one, the file is read linearly."""
     with _open(path) as f:
         summary = _summary(f)
-        if summary is None or not summary.chunk_indexes:
-            yield from _linear(f, path, prefixes, start_ns, end_ns, errors)
+        if summary is not None and summary.chunk_indexes:
+            channels = dict(summary.channels)
+            wanted = {i for i, c in channels.items() if _match(c.topic, prefixes)}
+            if wanted:
+                yield from _ordered(f, _from_index(summary, wanted, start_ns, end_ns), channels, prefixes,
+                                    start_ns, end_ns, errors)
             return
-        names = sorted({c.topic for c in summary.channels.values() if _match(c.topic, prefixes)})
-        if not names:
-            return
-        order = 0
-        f.seek(0)
-        try:
-            for _schema, ch, m in SeekingReader(f).iter_messages(
-                    topics=names, starting_at=start_ns, ending_before=end_ns, log_time_order=True):
-                yield (m.log_time, order, ch.topic, ch.message_encoding, m.data)
-                order += 1
-        except _READ_ERRORS as e:
-            errors["corrupt"] += 1
-            log.warning("%s: stopped reading at a damaged record: %s", path, e)
+        f.seek(0, io.SEEK_END)
+        size = f.tell()
+        recs, truncated = _scan(f, size)
+        if truncated and (not recs or recs[-1].offset + _RECORD_HEADER.size + recs[-1].length < size):
+            end = recs[-1].offset + _RECORD_HEADER.size + recs[-1].length if recs else len(MCAP0_MAGIC)
+            errors["truncated"] += 1
+            log.warning("%s: no summary and the file ends mid-record (writer killed?): reading the first "
+                        "%d of %d bytes", path, end, size)
+        # Channels live inside chunks here, so every chunk is read.
+        yield from _ordered(f, recs, {}, prefixes, start_ns, end_ns, errors)
 
 
 def _merged(paths: Iterable[str | Path], prefixes: Sequence[str] | None, start_ns: int | None,

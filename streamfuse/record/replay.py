@@ -133,7 +133,7 @@ def _prefetch(it: Iterator[reader.Raw], out: deque[reader.Raw | None], cond: thr
             cond.notify_all()
 
 
-def _prefetched(it: Iterator[reader.Raw], max_items: int = 256) -> Iterator[reader.Raw]:
+def _prefetched(it: Iterator[reader.Raw], max_items: int = 64) -> Iterator[reader.Raw]:
     q: deque[reader.Raw | None] = deque()
     cond = threading.Condition()
     done = threading.Event()

@@ -8,7 +8,6 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-import mcap.records
 import msgspec
 import numpy as np
 import pytest
@@ -91,14 +90,14 @@ def test_files_and_directories_merge_in_time_order(tmp_path: Path) -> None:
 def test_topic_and_time_filters_read_only_needed_chunks(tmp_path: Path, monkeypatch) -> None:
     msgs = sample(400)
     write(tmp_path / "a.mcap", msgs, chunk_size=8 * 1024)
-    reads = Counter()
-    orig = mcap.records.Chunk.read
+    reads: Counter[str] = Counter()
+    orig = reader._records_in
 
-    def counting_read(stream):  # type: ignore[no-untyped-def]
+    def counting(f, rec):  # type: ignore[no-untyped-def]
         reads["chunks"] += 1
-        return orig(stream)
+        return orig(f, rec)
 
-    monkeypatch.setattr(mcap.records.Chunk, "read", staticmethod(counting_read))
+    monkeypatch.setattr(reader, "_records_in", counting)
     total = len(list(reader.read_messages([tmp_path / "a.mcap"])))
     all_chunks = reads["chunks"]
     reads.clear()
