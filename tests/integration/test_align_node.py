@@ -1,0 +1,165 @@
+"""`streamfuse align` as a real process: messages published into a real broker,
+windows received on a PULL socket, compared with the offline aligner's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+
+from streamfuse import clock
+from streamfuse.align.offline import windows_from_messages
+from streamfuse.wire import codec
+from streamfuse.wire.schema import Message, Window
+from streamfuse.wire.sockets import connect_pub
+from tests.helpers.proc import ipc_ready, stop, streamfuse, wait_for
+
+MS = 1_000_000
+CONFIG = """
+[align]
+window_ms = 1000
+hop_ms = 500
+max_lateness_ms = 250
+frames_per_window = 4
+text_context_ms = 1000
+required = ["video", "audio"]
+[[sources]]
+name = "r1"
+  [sources.video]
+  device = "0"
+  [sources.audio]
+  samplerate = 16000
+  [sources.text]
+  input = "zmq"
+[[sources]]
+name = "r2"
+  [sources.text]
+  input = "zmq"
+[[sources]]
+name = "warm"
+  [sources.text]
+  input = "zmq"
+"""
+
+
+def content(w: Window) -> tuple:
+    audio = None if w.audio is None else np.asarray(w.audio).tobytes()
+    frames = [f.tobytes() if isinstance(f, np.ndarray) else bytes(f) for f in w.frames]
+    return (w.source, w.seq, w.t_start_ns, tuple(sorted(w.present.items())), tuple(w.frame_t_ns),
+            tuple(frames), w.frame_encoding, audio, w.samplerate, round(w.audio_coverage, 9),
+            tuple(w.texts), tuple(w.text_t_ns))
+
+
+def recording(t0: int, seconds: int) -> list[Message]:
+    """r1: raw video 30 fps, 20 ms audio blocks (with a lost block), text; r2: JPEG video and text."""
+    msgs: list[Message] = []
+    for i in range(seconds * 30):
+        img = np.full((24, 32, 3), i % 256, np.uint8)
+        msgs.append(codec.frame_message("r1", i, t0 + i * 33_333_333, img))
+        jpg = b"\xff\xd8\xff\xe0" + i.to_bytes(4, "big")  # never decoded by the aligner
+        msgs.append(codec.frame_message("r2", i, t0 + 7 * MS + i * 33_333_333, jpg, encoding="jpeg",
+                                        shape=(24, 32, 3)))
+    for i in range(seconds * 50):
+        if i != 17:
+            block = (np.arange(320, dtype=np.float32) + 320 * i).reshape(-1, 1) / 1e5
+            msgs.append(codec.audio_message("r1", i, t0 + i * 20 * MS, block, 16000))
+    for i in range(seconds * 10):
+        for src in ("r1", "r2"):
+            msgs.append(codec.heartbeat_message(src, "text", i, t0 + i * 100 * MS))
+    for i, (src, at) in enumerate([("r1", 300), ("r1", 310), ("r2", 1700), ("r1", 2400)]):
+        msgs.append(codec.text_message(src, i, t0 + at * MS, f"{src} says {i}"))
+    msgs.sort(key=lambda m: m.t_ns)
+    return msgs
+
+
+class Rig:
+    def __init__(self, cfg) -> None:
+        self.ctx = zmq.Context()
+        self.pub = connect_pub(self.ctx, cfg.bus)
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.linger = 0
+        self.pull.connect(cfg.align.output)
+        self.got: list[Window] = []
+
+    def receive(self, timeout_ms: int = 0) -> int:
+        n = 0
+        while self.pull.poll(timeout_ms if n == 0 else 0):
+            self.got.append(codec.decode_window(self.pull.recv_multipart(copy=False)))
+            n += 1
+        return n
+
+    def warm_up(self) -> None:
+        """Publish on source 'warm' until a window of it comes back: the aligner's
+        subscriptions have then reached the broker (they propagate asynchronously)."""
+        seq = [0]
+
+        def warm() -> bool:
+            now = clock.now_ns()
+            self.pub.send_multipart(codec.encode(codec.text_message("warm", seq[0], now, "w")))
+            seq[0] += 1
+            self.receive(20)
+            return any(w.source == "warm" for w in self.got)
+
+        wait_for(warm, timeout=20, what="the first window from the aligner")
+        self.got.clear()
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+        self.pull.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def aligner(broker):
+    broker.write(CONFIG)
+    proc = streamfuse(["align", "--config", str(broker.path)])
+    rig = None
+    try:
+        wait_for(lambda: ipc_ready(broker.cfg.align.output), timeout=15, what="aligner's PUSH socket")
+        rig = Rig(broker.cfg)
+        rig.warm_up()
+        yield broker, proc, rig
+    finally:
+        if rig is not None:
+            rig.close()
+        assert stop(proc) == 0
+
+
+@pytest.mark.slow
+def test_windows_through_broker_equal_the_offline_windows(aligner) -> None:
+    env, proc, rig = aligner
+    hop = 500 * MS
+    t0 = (clock.now_ns() - 10_000 * MS) // hop * hop + 120 * MS  # a past timeline, sent at once
+    msgs = recording(t0, 3)
+    for m in msgs:
+        rig.pub.send_multipart(codec.encode(m), copy=False)
+    # Garbage on the way: undecodable, far-future and wrong-rate messages are dropped, not fatal.
+    rig.pub.send_multipart([b"r1/video", b"\x93not a header", b""])
+    rig.pub.send_multipart(codec.encode(codec.frame_message("r1", 999, t0 + 3600 * 10**9,
+                                                            np.zeros((24, 32, 3), np.uint8))))
+    rig.pub.send_multipart(codec.encode(codec.audio_message("r1", 999, t0 + 2990 * MS,
+                                                            np.zeros((960, 1), np.float32), 48000)))
+    want = [content(w) for w in windows_from_messages(msgs, env.cfg.align, sources=["r1", "r2"])]
+    rig.got = []
+
+    def mine() -> list[Window]:
+        rig.receive(50)
+        rig.got = [w for w in rig.got if w.source != "warm"]  # the warm-up's text lingers
+        return rig.got
+
+    wait_for(lambda: len(mine()) >= len(want), timeout=20, what=f"{len(want)} windows")
+    rig.receive(300)
+    got = [content(w) for w in mine()]
+    assert len(got) == len(want)
+    for src in ("r1", "r2"):  # in time order per source; sources interleave as they close
+        assert [c for c in got if c[0] == src] == [c for c in want if c[0] == src]
+    r1 = [w for w in rig.got if w.source == "r1"]
+    assert all(w.frames[0].shape == (24, 32, 3) for w in r1 if w.present["video"])
+    assert any(w.texts == ["r1 says 0", "r1 says 1"] for w in r1)
+    gap = [w for w in r1 if w.t_start_ns <= t0 + 17 * 20 * MS < w.t_end_ns]
+    assert gap and all(w.audio_coverage < 1.0 for w in gap)
+    r2 = [w for w in rig.got if w.source == "r2"]
+    assert r2 and all(w.frame_encoding == "jpeg" for w in r2 if w.present["video"])
+    for w in rig.got:  # latency fields: closed on the source clock, sent on this host's
+        assert w.close_ns >= w.t_end_ns and w.emit_ns > 0
+    assert proc.poll() is None
