@@ -144,6 +144,8 @@ def _tail(p: argparse.ArgumentParser) -> None:
 def _send(p: argparse.ArgumentParser) -> None:
     p.add_argument("text")
     p.add_argument("--source", required=True)
+    p.add_argument("--timeout", type=float, default=3.0, metavar="S",
+                   help="wait this long for the text capture's answer (default 3)")
     _config_arg(p)
 
 

@@ -1,1 +1,32 @@
-"""streamfuse.capture"""
+"""Capture processes: one per stream, publishing to ``bus.input`` (DESIGN.md section 1).
+
+``streamfuse capture video|audio|text --source NAME`` runs :func:`cli`, which
+picks the source's stream config and starts the matching node:
+:mod:`~streamfuse.capture.camera`, :mod:`~streamfuse.capture.microphone` or
+:mod:`~streamfuse.capture.text`. SIGTERM/SIGINT stop it (exit 0). Nothing here
+imports torch, so an edge host needs only the light dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from streamfuse.config import Config, ConfigError
+from streamfuse.signals import Signals
+
+MODULES = {"video": "streamfuse.capture.camera", "audio": "streamfuse.capture.microphone",
+           "text": "streamfuse.capture.text"}
+
+
+def cli(args: argparse.Namespace, cfg: Config) -> int:
+    """``streamfuse capture STREAM --source NAME``: run until SIGTERM/SIGINT."""
+    src = cfg.source(args.source)
+    stream_cfg = getattr(src, args.stream)
+    if stream_cfg is None:
+        have = ", ".join(src.streams()) or "none"
+        raise ConfigError(f"sources.{args.stream}: source {src.name!r} has no [sources.{args.stream}] "
+                          f"table (it has: {have})")
+    signals = Signals()
+    module = importlib.import_module(MODULES[args.stream])
+    return int(module.main(src.name, stream_cfg, cfg.bus, signals.stop))

@@ -1,0 +1,274 @@
+"""``streamfuse capture video``: frames from OpenCV onto the bus.
+
+The device is a camera index (``"0"``), a video file (paced at its own frame
+rate, optionally looped) or a URL (http MJPEG, rtsp, udp). Each frame's ``t_ns``
+is its grab time. When the source fails or ends, the capture retries with
+exponential backoff up to ``reconnect_max_s`` and publishes heartbeats on
+``<source>/video`` meanwhile, so windows keep closing.
+
+Pure parts (source kind, pacing schedule, resize decision) are functions and
+small classes; :class:`VideoCapture` is the thin loop around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import zmq
+
+from streamfuse import clock, readiness
+from streamfuse.capture.publish import Backoff, Heartbeats, StreamPublisher
+from streamfuse.config import BusConfig, VideoConfig
+from streamfuse.wire import codec
+from streamfuse.wire.sockets import connect_pub
+
+log = logging.getLogger("streamfuse.capture.video")
+
+HEARTBEAT_NS = 100 * clock.NS_PER_MS
+URL_PREFIXES = ("http://", "https://", "rtsp://", "rtsps://", "udp://", "tcp://", "rtmp://")
+# Network reads block inside FFmpeg: bound them so SIGTERM is seen within ~1 s.
+OPEN_TIMEOUT_MS = 2000
+READ_TIMEOUT_MS = 1000
+# A paced file that falls this far behind its schedule restarts the schedule
+# instead of bursting frames to catch up.
+MAX_BEHIND_NS = 500 * clock.NS_PER_MS
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+@dataclass(frozen=True)
+class Device:
+    """What ``video.device`` names. ``kind``: ``index``, ``url`` or ``file``."""
+
+    kind: str
+    target: int | str
+
+
+def parse_device(device: str) -> Device:
+    """``"0"`` -> camera 0; ``"http://..."`` -> URL; anything else is a file path."""
+    d = device.strip()
+    if d.isdigit():
+        return Device("index", int(d))
+    if d.lower().startswith(URL_PREFIXES):
+        return Device("url", d)
+    return Device("file", d)
+
+
+class Pacer:
+    """Deadlines for playing a file at ``fps``: frame ``i`` is due at ``start + i / fps``.
+
+    Pure: :meth:`deadline_ns` takes ``now_ns``; when the caller has fallen more
+    than ``MAX_BEHIND_NS`` behind (a stall, a slow decode) the schedule restarts
+    at now instead of bursting frames out to catch up.
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.period_ns = round(clock.NS_PER_S / fps)
+        self.start_ns: int | None = None
+        self.index = 0
+
+    def deadline_ns(self, now_ns: int) -> int:
+        """When the next frame is due (then call :meth:`advance`)."""
+        if self.start_ns is None:
+            self.start_ns, self.index = now_ns, 0
+        due = self.start_ns + self.index * self.period_ns
+        if now_ns - due > MAX_BEHIND_NS:
+            self.start_ns, self.index = now_ns, 0
+            due = now_ns
+        return due
+
+    def advance(self) -> None:
+        self.index += 1
+
+    def restart(self) -> None:
+        self.start_ns = None
+
+
+def file_fps(reported: float, configured: float) -> float:
+    """The file's own frame rate, or the configured one when the container has none."""
+    if reported and np.isfinite(reported) and 0 < reported <= 1000:
+        return float(reported)
+    return configured
+
+
+def fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` as ``(height, width, 3)`` BGR uint8 (resized only if it differs)."""
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.shape[0] != height or image.shape[1] != width:
+        interp = cv2.INTER_AREA if image.shape[1] > width else cv2.INTER_LINEAR
+        image = cv2.resize(image, (width, height), interpolation=interp)
+    return image
+
+
+# ----------------------------------------------------------------------------- the node
+
+
+def quiet_opencv() -> None:
+    """Keep FFmpeg's and OpenCV's per-attempt chatter off stderr: we log one line per event.
+
+    FFmpeg reads ``OPENCV_FFMPEG_LOGLEVEL`` when its backend first starts, so this
+    runs before the first ``cv2.VideoCapture``. An explicit setting wins.
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def open_source(dev: Device, cfg: VideoConfig) -> cv2.VideoCapture | None:
+    """Open the device; None when it cannot be opened now."""
+    if dev.kind == "file" and not os.path.exists(str(dev.target)):
+        return None
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+    if dev.kind == "index":
+        cap = cv2.VideoCapture(int(dev.target), cv2.CAP_ANY, params)
+    else:
+        cap = cv2.VideoCapture(str(dev.target), cv2.CAP_FFMPEG, params)
+    if not cap.isOpened():
+        cap.release()
+        return None
+    if dev.kind == "index":
+        # Ask the camera for the configured mode; whatever it delivers is resized anyway.
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+    return cap
+
+
+class VideoCapture:
+    """Grab, stamp, encode and publish frames until ``stop`` is set."""
+
+    def __init__(self, source: str, cfg: VideoConfig, bus: BusConfig) -> None:
+        self.source = source
+        self.cfg = cfg
+        self.bus = bus
+        self.device = parse_device(cfg.device)
+        self.backoff = Backoff(cfg.reconnect_max_s)
+        self.pub: StreamPublisher | None = None
+        quiet_opencv()
+
+    def run(self, stop: threading.Event, *, ctx: zmq.Context | None = None) -> int:
+        own = ctx is None
+        ctx = ctx or zmq.Context()
+        sock = connect_pub(ctx, self.bus)
+        try:
+            self.pub = StreamPublisher(sock, self.source, "video")
+            self._loop(stop, self.pub)
+        finally:
+            sock.close(linger=500)
+            if own:
+                ctx.term()
+        log.info("video %s stopped: %s", self.source, self.pub.counts.line())
+        return 0
+
+    def _loop(self, stop: threading.Event, pub: StreamPublisher) -> None:
+        cfg, dev = self.cfg, self.device
+        log.info("video %s: starting on %s %s (%dx%d, %s)", self.source, dev.kind, dev.target,
+                 cfg.width, cfg.height, cfg.encoding)
+        hb = Heartbeats(HEARTBEAT_NS)
+        cap: cv2.VideoCapture | None = None
+        pacer: Pacer | None = None
+        retry_at_ns = 0
+        attempts = 0
+        played: tuple[float, int] | None = None  # (mtime, size) of a file played to its end
+        try:
+            while not stop.is_set():
+                if cap is None:
+                    now = clock.now_ns()
+                    if now >= retry_at_ns and played is not None and _file_signature(dev) == played:
+                        # A file that played to its end without `loop` stays finished until it changes.
+                        retry_at_ns = now + round(cfg.reconnect_max_s * clock.NS_PER_S)
+                    elif now >= retry_at_ns:
+                        if attempts:
+                            pub.reconnected()
+                        attempts += 1
+                        cap = open_source(dev, cfg)
+                        if cap is None:
+                            delay = self.backoff.next_delay_s()
+                            retry_at_ns = clock.now_ns() + round(delay * clock.NS_PER_S)
+                            log.warning("video %s: cannot open %s, retrying in %.1f s", self.source,
+                                        dev.target, delay)
+                            continue
+                        played = None
+                        pacer = Pacer(file_fps(cap.get(cv2.CAP_PROP_FPS), cfg.fps)) if dev.kind == "file" else None
+                        log.info("video %s: %s %s", self.source, "reopened" if attempts > 1 else "opened",
+                                 dev.target)
+                        if attempts == 1:
+                            readiness.report("ready")
+                        continue
+                    if hb.due(now):
+                        pub.heartbeat(now)
+                        hb.sent(now)
+                    stop.wait(max(0.0, min(hb.wait_s(clock.now_ns()),
+                                           (retry_at_ns - now) / clock.NS_PER_S, 0.1)))
+                    continue
+                if pacer is not None:
+                    due = pacer.deadline_ns(clock.now_ns())
+                    wait_s = (due - clock.now_ns()) / clock.NS_PER_S
+                    if wait_s > 0 and stop.wait(wait_s):
+                        break
+                    pacer.advance()
+                ok = cap.grab()
+                t_ns = clock.now_ns()
+                image = cap.retrieve()[1] if ok else None
+                if image is not None:
+                    self.backoff.reset()
+                    pub.grabbed()
+                    self._publish(pub, image, t_ns)
+                    hb.sent(t_ns)
+                    continue
+                cap.release()
+                cap = None
+                if dev.kind == "file" and cfg.loop:
+                    cap = open_source(dev, cfg)
+                    if cap is not None:
+                        pacer = Pacer(file_fps(cap.get(cv2.CAP_PROP_FPS), cfg.fps))
+                        continue
+                if dev.kind == "file" and not cfg.loop:
+                    played = _file_signature(dev)
+                    log.info("video %s: file %s ended; heartbeats only until it changes",
+                             self.source, dev.target)
+                else:
+                    log.warning("video %s: source %s failed; reconnecting", self.source, dev.target)
+                retry_at_ns = clock.now_ns()  # first retry at once, then back off
+        finally:
+            if cap is not None:
+                cap.release()
+
+    def _publish(self, pub: StreamPublisher, image: np.ndarray, t_ns: int) -> None:
+        cfg = self.cfg
+        try:
+            frame = fit(image, cfg.width, cfg.height)
+        except cv2.error:
+            pub.drop("convert")
+            return
+        if cfg.encoding == "jpeg":
+            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, min(cfg.jpeg_quality, 100)])
+            if not ok:
+                pub.drop("encode")
+                return
+            data = buf.tobytes()
+            pub.send(lambda seq: codec.frame_message(self.source, seq, t_ns, data, encoding="jpeg",
+                                                     shape=frame.shape))
+        else:
+            pub.send(lambda seq: codec.frame_message(self.source, seq, t_ns, frame))
+
+
+def _file_signature(dev: Device) -> tuple[float, int] | None:
+    try:
+        st = os.stat(str(dev.target))
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
+
+
+def main(source: str, cfg: VideoConfig, bus: BusConfig, stop: threading.Event) -> int:
+    return VideoCapture(source, cfg, bus).run(stop)
