@@ -29,6 +29,10 @@ class Notifier:
         self._sock: socket.socket | None = None
         if addr:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block: a reader that stops reading (its queue holds ~10
+            # datagrams) must not freeze the supervisor's loop.
+            self._sock.setblocking(False)
+        self._failing = False
         self.watchdog_usec = _watchdog_usec(env)
 
     @property
@@ -47,12 +51,16 @@ class Notifier:
         msg = "\n".join(f"{k}={_one_line(str(v))}" for k, v in fields.items()).encode()
         try:
             self._sock.sendto(msg, self._addr)
-            return True
         except OSError as e:
-            # systemd gone or the socket full: the service keeps running; the
-            # watchdog (if any) is what notices.
-            log.warning("notify %s failed: %s", ",".join(fields), e)
+            # systemd gone or its queue full: the service keeps running (the
+            # watchdog, if any, is what notices). One line per failing spell.
+            if not self._failing:
+                log.warning("notify %s failed: %s (further failures not logged until one succeeds)",
+                            ",".join(fields), e)
+            self._failing = True
             return False
+        self._failing = False
+        return True
 
     def ready(self, status: str = "") -> bool:
         return self.send(READY=1, **({"STATUS": status} if status else {}))

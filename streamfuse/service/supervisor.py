@@ -93,17 +93,25 @@ def take_lock(run_dir: Path) -> IO[str]:
     return f
 
 
+def _load_prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux/glibc: orphans are then systemd's KillMode to clean
+
+
+_PRCTL = _load_prctl()  # resolved here: the child between fork and exec must not load libraries
+
+
 def _set_child_attrs() -> None:  # pragma: no cover - runs in the child between fork and exec
     # Own process group: a Ctrl-C in a terminal reaches only the supervisor, which
     # then stops the children in order. Parent-death signal: a SIGKILLed
     # supervisor leaves no orphans.
     os.setpgid(0, 0)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux/glibc: orphans are then systemd's KillMode=control-group to clean
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def proc_state(pid: int) -> str:
@@ -183,7 +191,7 @@ class Supervisor:
                                           preexec_fn=_set_child_attrs, close_fds=True)
         except OSError as e:
             log.error("%s: cannot start %s: %s", child.spec.name, child.spec.argv[0], e)
-            self._on_exit(child, -1)
+            self._on_exit(child, 127)
             return
         child.started_ns = clock.monotonic_ns()
         child.restart_at_ns = None
@@ -299,13 +307,16 @@ class Supervisor:
         models = []
         for w in workers:
             rep = readiness.read(w.status_file)
-            if rep and rep.get("state") in ("model", "no-model"):
-                models.append(str(rep.get("model_id") or "none"))
+            if rep and rep.get("state") == "model":
+                models.append(str(rep.get("model_id") or "?"))
                 continue
             if by_pid is None:
                 by_pid = service_metrics.model_ids_by_pid(self.metrics_dir)
-            if w.pid in by_pid:
+            if w.pid in by_pid:  # the model gauge: a model loaded since any "no-model" report
                 models.append(by_pid[w.pid] or "?")
+                continue
+            if rep and rep.get("state") == "no-model":
+                models.append("none")
                 continue
             no_artifact = not (Path(self.cfg.fusion.model) / "manifest.json").exists()
             if no_artifact and w.running and clock.monotonic_ns() - w.started_ns > 2 * NS:
@@ -468,8 +479,11 @@ class Supervisor:
                              sum(c.running for c in self.children.values()), self._model)
                     self.notifier.ready(self._status_line(None))
             problem = self._pipeline_ok(now)
-            if wd is not None and self.ready_sent and now >= self._next_ping_ns:
-                if problem is None:
+            if wd is not None and now >= self._next_ping_ns:
+                # Before READY the pings say "still starting" (systemd arms the watchdog
+                # at start; loading torch and a model may outlast WatchdogSec).
+                starting = not self.ready_sent and not any(c.gave_up for c in self.children.values())
+                if problem is None or starting:
                     self.notifier.watchdog()
                     self._next_ping_ns = now + int(wd * NS)
             if now >= self._next_status_ns:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,12 @@ from tests.integration.daemon_fixtures import Daemon, Feeder
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "examples" / "node"
 LINE = re.compile(r"^room1 (zero|one|two) [01]\.\d\d \[[a-z+]*\] \d+\.\d ms$")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _node_ready() -> str | None:
@@ -35,7 +43,8 @@ def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
     problem = _node_ready()
     if problem:
         pytest.fail(problem)  # node and npm are part of the set-up (scripts/setup.sh)
-    daemon = Daemon(bus_env)
+    port = _free_port()
+    daemon = Daemon(bus_env, f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
     subs: list[subprocess.Popen] = []
     try:
         daemon.wait_ready()
@@ -63,6 +72,14 @@ def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
             assert p.returncode == 0, stderr
             lines = stdout.splitlines()
             assert len(lines) == 3 and all(LINE.match(ln) for ln in lines), stdout
+        # The supervisor serves every process's metrics, summed (multiprocess mode).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert re.search(r'^streamfuse_child_up\{child="worker-0",pid="\d+"\} 1\.0$', text, re.M), text[:3000]
+        assert re.search(r'^streamfuse_model_info\{model_id="[0-9a-f]+",pid="\d+"\} 1\.0$', text, re.M)
+        classified = re.search(r'^streamfuse_classifications_total\{source="room1"\} (\S+)$', text, re.M)
+        assert classified and float(classified.group(1)) >= 3
+        assert re.search(r'^streamfuse_window_latency_ms_bucket\{le="\+Inf",part="total"\} [1-9]', text, re.M)
     finally:
         for p in subs:
             if p.poll() is None:
