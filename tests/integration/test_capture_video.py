@@ -1,0 +1,147 @@
+"""Video capture: a real MJPEG-over-HTTP camera and real video files through OpenCV."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from streamfuse.wire import codec
+from streamfuse.wire.schema import Message
+from streamfuse.wire.sockets import connect_sub
+from tests.helpers import media
+from tests.helpers.mjpeg import MjpegCamera
+from tests.helpers.proc import stop, streamfuse, wait_for
+
+
+class Frames:
+    """Collects ``room1/video`` messages from the broker's output."""
+
+    def __init__(self, ctx: zmq.Context, env) -> None:
+        self.sock = connect_sub(ctx, env.cfg.bus, ["room1/video"])
+        self.messages: list[Message] = []
+
+    def pump(self) -> list[Message]:
+        while self.sock.poll(20):
+            self.messages.append(codec.decode(self.sock.recv_multipart()))
+        return self.messages
+
+    def frames(self) -> list[Message]:
+        return [m for m in self.pump() if m.kind == "frame"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def image(m: Message) -> np.ndarray:
+    if m.header.encoding == "jpeg":
+        return cv2.imdecode(np.frombuffer(bytes(m.payload[0]), np.uint8), cv2.IMREAD_COLOR)
+    return m.array()
+
+
+def counters(frames: list[Message]) -> list[int | None]:
+    return [media.read_counter(image(m)) for m in frames]
+
+
+def _capture(env, video_cfg: str) -> subprocess.Popen:
+    env.write(f'[[sources]]\nname = "room1"\n[sources.video]\n{video_cfg}\n')
+    return streamfuse(["capture", "video", "--source", "room1", "--config", str(env.path)],
+                      stderr=subprocess.PIPE, text=True)
+
+
+def _assert_in_order(frames: list[Message], shape: tuple[int, int, int]) -> list[int]:
+    assert all(tuple(m.header.shape) == shape for m in frames)
+    t = [m.t_ns for m in frames]
+    assert t == sorted(t) and len(set(t)) == len(t), "t_ns must increase"
+    seq = [m.header.seq for m in frames]
+    assert seq == sorted(seq) and len(set(seq)) == len(seq)
+    c = counters(frames)
+    assert None not in c, c
+    assert c == sorted(c) and len(set(c)) == len(c), f"frames reordered or repeated: {c}"
+    return c  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+def test_mjpeg_camera_frames_in_order_and_reconnect_after_outage(broker) -> None:
+    with MjpegCamera(fps=30, width=320, height=240) as cam, zmq.Context() as ctx:
+        bus = Frames(ctx, broker)
+        # The camera is 320x240; the capture resizes to the configured 160x120.
+        proc = _capture(broker, f'device = "{cam.url}"\nwidth = 160\nheight = 120\nreconnect_max_s = 0.5\n')
+        try:
+            wait_for(lambda: len(bus.frames()) >= 20, timeout=20, what="20 frames")
+            before = _assert_in_order(bus.frames(), (120, 160, 3))
+
+            cam.stop()
+            down_ns = time.time_ns()
+            # Heartbeats keep the stream's watermark moving while the camera is down (2 s).
+            wait_for(lambda: any(m.kind == "heartbeat" and m.t_ns > down_ns + 2_000_000_000
+                                 for m in bus.pump()), timeout=10, what="2 s of heartbeats")
+            n_down = len(bus.frames())
+            cam.start()
+            wait_for(lambda: len(bus.frames()) >= n_down + 15, timeout=20, what="frames after the restart")
+            frames = bus.frames()
+            all_counters = _assert_in_order(frames, (120, 160, 3))
+            after = all_counters[n_down:]
+            assert after[0] > before[-1] + 30, "the counters must show the 2 s outage"
+            hb = [m for m in bus.messages if m.kind == "heartbeat"]
+            assert len(hb) >= 10
+            # frames and heartbeats share the topic's seq: no gaps means nothing was lost on the bus
+            first = bus.messages[0].header.seq
+            assert [m.header.seq for m in bus.messages] == list(range(first, first + len(bus.messages)))
+        finally:
+            bus.close()
+            t0 = time.monotonic()
+            rc = stop(proc)
+            stopped_s = time.monotonic() - t0
+    log = proc.stderr.read()
+    assert rc == 0 and stopped_s < 2.0, (rc, stopped_s, log)
+    assert "reopened" in log
+    reconnects = int(log.split("reconnects=")[1].split()[0])
+    assert reconnects >= 1, log
+
+
+def test_video_file_is_paced_at_its_own_rate_in_order(broker, tmp_path: Path) -> None:
+    video = media.make_video(tmp_path / "clip.avi", n_frames=30, fps=30, width=160, height=120)
+    with zmq.Context() as ctx:
+        bus = Frames(ctx, broker)
+        proc = _capture(broker, f'device = "{video}"\nwidth = 160\nheight = 120\nencoding = "jpeg"\n'
+                                'jpeg_quality = 80\n')
+        try:
+            wait_for(lambda: any(media.read_counter(image(m)) == 29 for m in bus.frames()),
+                     timeout=20, what="the file's last frame")
+            # After the end: heartbeats only (the file does not loop).
+            wait_for(lambda: bus.pump()[-1].kind == "heartbeat", timeout=10, what="heartbeats after the end")
+            frames = bus.frames()
+            c = _assert_in_order(frames, (120, 160, 3))
+            assert all(m.header.encoding == "jpeg" for m in frames)
+            # PUB/SUB may lose the first frames while the subscription propagates, never later ones.
+            assert c == list(range(c[0], 30)) and c[0] < 10, c
+            span_s = (frames[-1].t_ns - frames[0].t_ns) / 1e9
+            assert span_s >= 0.8 * (len(frames) - 1) / 30, f"not paced at 30 fps: {span_s:.3f} s"
+        finally:
+            bus.close()
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(5)
+    assert rc == 0
+    assert "grabbed=30 published=30" in proc.stderr.read()
+
+
+def test_video_file_loops(broker, tmp_path: Path) -> None:
+    video = media.make_video(tmp_path / "short.avi", n_frames=8, fps=60, width=64, height=48)
+    with zmq.Context() as ctx:
+        bus = Frames(ctx, broker)
+        proc = _capture(broker, f'device = "{video}"\nwidth = 64\nheight = 48\nloop = true\n')
+        try:
+            wait_for(lambda: len(bus.frames()) >= 24, timeout=20, what="three loops")
+            c = counters(bus.frames())
+            start = c.index(0)
+            assert c[start:start + 16] == list(range(8)) * 2, c
+        finally:
+            bus.close()
+            assert stop(proc) == 0
