@@ -1,12 +1,11 @@
 """Write bus messages to MCAP files; ``streamfuse record`` (DESIGN.md section 6).
 
 :class:`RecordingWriter` writes one MCAP file in the layout of
-:mod:`streamfuse.record.format`. Crash safety: after every finished chunk the
-file is *sealed* with a provisional ``DataEnd`` + ``Footer`` + magic written
-past its logical end (and overwritten by the next chunk), so a writer killed
-with SIGKILL leaves a valid, summary-less MCAP holding every finished chunk;
-only the chunk being filled (and, in the recorder, its queue) is lost.
-:meth:`RecordingWriter.close` writes the summary and index as usual.
+:mod:`streamfuse.record.format` through :class:`~streamfuse.record.mcapfile.McapFile`,
+which keeps the file valid after every finished chunk: a writer killed with
+SIGKILL leaves a summary-less MCAP that any reader opens, holding everything
+but the chunk being filled (and, in the recorder, its queue).
+:meth:`RecordingWriter.close` writes the summary and index.
 
 The recorder (:func:`cli`) receives on one thread and writes on the main
 thread through a bounded queue: when writing falls behind, messages are
@@ -20,7 +19,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 import socket
 import struct
 import sys
@@ -33,11 +31,11 @@ from typing import Any
 
 import msgspec
 import zmq
-from mcap.writer import MCAP0_MAGIC, CompressionType, Writer
 
 from streamfuse import __version__, clock, metrics
 from streamfuse.config import Config
 from streamfuse.record import format as fmt
+from streamfuse.record.mcapfile import McapFile
 from streamfuse.signals import Signals
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import SCHEMA_VERSION, Message
@@ -45,53 +43,8 @@ from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.record")
 
-_COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}
-
-
-def _seal_bytes() -> bytes:
-    # DataEnd(crc 0) + Footer(no summary) + magic: the smallest valid MCAP ending.
-    body = struct.pack("<BQI", 0x0F, 4, 0)
-    body += struct.pack("<BQQQI", 0x02, 20, 0, 0, 0)
-    return body + MCAP0_MAGIC
-
-
-_SEAL = _seal_bytes()
-
-
-class _SealedFile:
-    """A write-only file at the OS level (no user-space buffer, so a SIGKILL loses
-    nothing already written) that can append a provisional MCAP ending."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.pos = 0
-        self.dirty = False
-
-    def write(self, data: bytes | memoryview) -> int:
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], self.pos + done)
-        self.pos += done
-        self.dirty = True
-        return done
-
-    def tell(self) -> int:
-        return self.pos
-
-    def flush(self) -> None:
-        """Nothing is buffered in user space."""
-
-    def seal(self) -> None:
-        """Append the provisional ending past the logical end (not counted in ``pos``)."""
-        os.pwrite(self.fd, _SEAL, self.pos)
-        self.dirty = False
-
-    def close(self) -> None:
-        try:
-            os.ftruncate(self.fd, self.pos)
-        finally:
-            os.close(self.fd)
+_LEN = struct.Struct("<I")
+QUEUE_BYTES = 512 * 1024 * 1024  # the recorder's backlog limit: beyond it messages are dropped
 
 
 def _buf(part: Any) -> bytes | memoryview:
@@ -120,18 +73,18 @@ class RecordingWriter:
 
     ``chunk_size`` (bytes, uncompressed) trades compression ratio and write
     efficiency against what a crash can lose (one chunk). ``compression`` is
-    ``"zstd"`` (default), ``"lz4"`` or ``"none"``.
+    ``"zstd"`` (default, ``zstd_level`` 3) or ``"none"``. Immutable parts
+    (``bytes``, received ``zmq.Frame`` buffers) are kept by reference until their
+    chunk is written; writable buffers (numpy arrays) are copied at once, so the
+    caller may reuse them.
     """
 
     def __init__(self, path: str | Path, *, chunk_size: int = 4 * 1024 * 1024, compression: str = "zstd",
-                 metadata: dict[str, str] | None = None) -> None:
-        if compression not in _COMPRESSION:
-            raise ValueError(f"compression must be one of {sorted(_COMPRESSION)}, got {compression!r}")
+                 metadata: dict[str, str] | None = None, zstd_level: int = 3) -> None:
         self.path = Path(path)
-        self._file = _SealedFile(self.path)
-        self._mcap = Writer(self._file, chunk_size=chunk_size, compression=_COMPRESSION[compression])  # type: ignore[arg-type]
-        self._mcap.start(profile=fmt.PROFILE, library=f"streamfuse {__version__}")
-        self._schema_id = self._mcap.register_schema(fmt.SCHEMA_NAME, fmt.SCHEMA_ENCODING, fmt.SCHEMA_TEXT)
+        self._mcap = McapFile(self.path, chunk_size=chunk_size, compression=compression, level=zstd_level,
+                              profile=fmt.PROFILE, library=f"streamfuse {__version__}")
+        self._schema_id = self._mcap.add_schema(fmt.SCHEMA_NAME, fmt.SCHEMA_ENCODING, fmt.SCHEMA_TEXT)
         self._mcap.add_metadata(fmt.METADATA_NAME, {**default_metadata(), **(metadata or {})})
         self._channels: dict[str, int] = {}
         self._closed = False
@@ -139,11 +92,10 @@ class RecordingWriter:
         self.data_bytes = 0  # uncompressed message data
         self.first_t_ns: int | None = None
         self.last_t_ns: int | None = None
-        self._file.seal()
 
     @property
     def bytes_on_disk(self) -> int:
-        return self._file.pos
+        return self._mcap.bytes_on_disk
 
     def __enter__(self) -> RecordingWriter:
         return self
@@ -155,8 +107,8 @@ class RecordingWriter:
         ch = self._channels.get(topic)
         if ch is None:
             source, _, stream = topic.partition("/")
-            ch = self._mcap.register_channel(topic, fmt.MESSAGE_ENCODING, self._schema_id,
-                                             {"source": source, "stream": stream})
+            ch = self._mcap.add_channel(topic, fmt.MESSAGE_ENCODING, self._schema_id,
+                                        {"source": source, "stream": stream})
             self._channels[topic] = ch
         return ch
 
@@ -164,9 +116,9 @@ class RecordingWriter:
         """Record wire parts ``[topic, header, *payload]`` byte for byte.
 
         ``t_ns`` None: taken from the header. Returns the message data size in
-        bytes (uncompressed). Raises :class:`codec.DecodeError` (``parts``,
-        ``topic``, ``header``) for parts it cannot file, ``OSError`` when the
-        disk refuses the write.
+        bytes (uncompressed, framing included). Raises :class:`codec.DecodeError`
+        (``parts``, ``topic``, ``header``, ``field``) for parts it cannot file,
+        ``OSError`` when the disk refuses a write.
         """
         if len(parts) < 2:
             raise codec.DecodeError("parts", f"need at least topic and header, got {len(parts)} parts")
@@ -185,36 +137,50 @@ class RecordingWriter:
             t_ns, seq = stamp.t_ns, stamp.seq
         if t_ns < 0:
             raise codec.DecodeError("field", f"negative t_ns {t_ns}")
-        data = fmt.frame(bufs[1:])
-        self._mcap.add_message(self._channel(topic), log_time=t_ns, data=data, publish_time=t_ns,
-                               sequence=seq & 0xFFFFFFFF)
-        if self._file.dirty:  # a chunk was finished: make the file readable up to it
-            self._file.seal()
+        pieces: list[bytes | memoryview] = []
+        for b in bufs[1:]:
+            view = memoryview(b)
+            if view.nbytes > fmt.MAX_PART:
+                raise codec.DecodeError("too_large", f"part of {view.nbytes} bytes")
+            pieces.append(_LEN.pack(view.nbytes))
+            pieces.append(b if isinstance(b, bytes) or view.readonly else bytes(view))
+        n = self._mcap.add_message(self._channel(topic), t_ns, pieces, sequence=seq)
         self.messages += 1
-        self.data_bytes += len(data)
+        self.data_bytes += n
         self.first_t_ns = t_ns if self.first_t_ns is None else min(self.first_t_ns, t_ns)
         self.last_t_ns = t_ns if self.last_t_ns is None else max(self.last_t_ns, t_ns)
-        return len(data)
+        return n
 
     def write_message(self, msg: Message) -> int:
         """Record a decoded message (encoded and validated by :func:`codec.encode`)."""
         return self.write(codec.encode(msg))
 
+    @property
+    def zstd_level(self) -> int:
+        return self._mcap.level
+
+    @zstd_level.setter
+    def zstd_level(self, level: int) -> None:
+        """Takes effect from the next chunk."""
+        self._mcap.level = level
+
     def flush(self) -> None:
         """Finish the chunk being filled, so a crash loses nothing written so far."""
         self._mcap.flush()
-        if self._file.dirty:
-            self._file.seal()
 
     def close(self) -> None:
         """Write the summary and index and close the file (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self._mcap.finish()
-        finally:
-            self._file.close()
+        self._mcap.finish()
+
+    def abandon(self) -> None:
+        """Close after a failed write, without a summary: the file stays readable
+        up to its last finished chunk."""
+        if not self._closed:
+            self._closed = True
+            self._mcap.abandon()
 
 
 # ----------------------------------------------------------------------------- rotation
@@ -237,6 +203,39 @@ class Rotation:
 
     def due(self, bytes_on_disk: int, opened_ns: int, now_ns: int) -> bool:
         return bytes_on_disk >= self.max_bytes or now_ns - opened_ns >= self.max_duration_ns
+
+
+@dataclasses.dataclass
+class LevelPolicy:
+    """Compression that gives way under load: when the write queue holds more than
+    ``high`` bytes the zstd level steps down (3 -> 1 -> -1 -> -5: faster, larger
+    files) so the recorder keeps up instead of dropping; after ``calm_ns`` with
+    the queue under ``low`` it steps back up."""
+
+    high: int
+    low: int
+    levels: tuple[int, ...] = (3, 1, -1, -5)
+    calm_ns: int = 5 * clock.NS_PER_S
+    step: int = 0
+    calm_since: int | None = None
+
+    @property
+    def level(self) -> int:
+        return self.levels[self.step]
+
+    def update(self, queued_bytes: int, now_ns: int) -> int:
+        if queued_bytes > self.high and self.step < len(self.levels) - 1:
+            self.step += 1
+            self.calm_since = None
+        elif queued_bytes < self.low and self.step > 0:
+            if self.calm_since is None:
+                self.calm_since = now_ns
+            elif now_ns - self.calm_since >= self.calm_ns:
+                self.step -= 1
+                self.calm_since = now_ns
+        elif queued_bytes >= self.low:
+            self.calm_since = None
+        return self.level
 
 
 class _Queue:
@@ -308,13 +307,14 @@ class _Recorder:
         self.messages = self.bytes = 0
         self.counted = (0, 0)
         self.dropped: Counter[str] = Counter()
+        self.policy = LevelPolicy(high=QUEUE_BYTES // 8, low=QUEUE_BYTES // 64)
 
     def _open(self, now_ns: int) -> RecordingWriter:
         path = numbered_path(self.out, self.index, stamp=self.stamp)
         self.index += 1
         path.parent.mkdir(parents=True, exist_ok=True)
         w = RecordingWriter(path, chunk_size=self.cfg.record.chunk_kb * 1024,
-                            metadata=default_metadata(self.cfg))
+                            metadata=default_metadata(self.cfg), zstd_level=self.policy.level)
         self.files.append(path)
         self.opened_ns = self.flushed_ns = now_ns
         log.info("recording to %s", path)
@@ -332,9 +332,14 @@ class _Recorder:
         self.messages += 1
         self.bytes += self.writer.bytes_on_disk - before
 
-    def tick(self, now_ns: int) -> None:
-        """Rotate or flush when due; publish metrics."""
+    def tick(self, now_ns: int, queued_bytes: int = 0) -> None:
+        """Rotate or flush when due, adapt compression to the backlog; publish metrics."""
         w = self.writer
+        level = self.policy.level
+        if self.policy.update(queued_bytes, now_ns) != level:
+            log.info("write backlog %.0f MB: zstd level %d -> %d", queued_bytes / 1e6, level, self.policy.level)
+            if w is not None:
+                w.zstd_level = self.policy.level
         if w is not None and self.rotation.due(w.bytes_on_disk, self.opened_ns, now_ns):
             self._close_file()
         elif w is not None and now_ns - self.flushed_ns >= self.FLUSH_NS:
@@ -372,7 +377,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     except OSError as e:
         print(f"streamfuse record: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
-    q = _Queue(max_items=max(cfg.bus.hwm, 1000) * 4, max_bytes=512 * 1024 * 1024)
+    q = _Queue(max_items=max(cfg.bus.hwm, 1000) * 4, max_bytes=QUEUE_BYTES)
     recv_counts: Counter[str] = Counter()
     stop_rx = threading.Event()
     ready = threading.Event()
@@ -391,7 +396,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
             parts = q.get(0.05)
             if parts is not None:
                 rec.write(parts, now)
-            rec.tick(now)
+            rec.tick(now, q.bytes)
             if not rx.is_alive():
                 print("streamfuse record: the receiver stopped", file=sys.stderr)
                 code = 1
@@ -404,6 +409,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     except OSError as e:
         print(f"streamfuse record: cannot write {rec.files[-1] if rec.files else args.out}: "
               f"{e.strerror or e}", file=sys.stderr)
+        if rec.writer is not None:
+            rec.writer.abandon()  # readable up to its last finished chunk
         code = 1
     finally:
         stop_rx.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ from mcap.writer import Writer
 
 from streamfuse.record import format as fmt
 from streamfuse.record import reader, replay
-from streamfuse.record.writer import RecordingWriter, Rotation, numbered_path
+from streamfuse.record.writer import LevelPolicy, RecordingWriter, Rotation, numbered_path
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 
@@ -112,7 +111,7 @@ def test_topic_and_time_filters_read_only_needed_chunks(tmp_path: Path, monkeypa
 def test_killed_writer_leaves_a_file_the_stock_reader_opens(tmp_path: Path) -> None:
     msgs = sample(300)
     w = write(tmp_path / "k.mcap", msgs, close=False)
-    os.close(w._file.fd)  # the process dies: no summary, the unfinished chunk is lost
+    w.abandon()  # as if the process died: no summary, the unfinished chunk is lost
     with open(tmp_path / "k.mcap", "rb") as f:
         stock = list(make_reader(f).iter_messages())
     assert 0 < len(stock) < len(msgs)
@@ -171,6 +170,30 @@ def test_foreign_mcap_counts_what_is_not_ours(tmp_path: Path, chunked: bool) -> 
     got = list(reader.read_messages([p], errors=errors))
     assert got == by_time(ours)
     assert errors == {"encoding": len(ours), "framing": 1, "header": 1}
+
+
+def test_stock_reader_validates_crcs_and_caller_may_reuse_buffers(tmp_path: Path) -> None:
+    frame = np.zeros((24, 32, 3), np.uint8)
+    msgs = []
+    with RecordingWriter(tmp_path / "a.mcap", chunk_size=8 * 1024) as w:
+        for i in range(50):
+            frame[:] = i  # one buffer, reused for every frame like a capture loop
+            m = codec.frame_message("room1", i, T0 + i * MS, frame)
+            w.write_message(m)
+            msgs.append(codec.frame_message("room1", i, T0 + i * MS, frame.copy()))
+    with open(tmp_path / "a.mcap", "rb") as f:
+        got = [m.data for _s, _c, m in make_reader(f, validate_crcs=True).iter_messages()]
+    assert len(got) == 50
+    assert list(reader.read_messages([tmp_path / "a.mcap"])) == msgs
+
+
+def test_compression_level_gives_way_under_backlog() -> None:
+    p = LevelPolicy(high=100, low=10, calm_ns=50)
+    assert p.update(50, 0) == 3
+    assert p.update(101, 1) == 1 and p.update(101, 2) == -1 and p.update(500, 3) == -5 and p.update(500, 4) == -5
+    assert p.update(5, 10) == -5 and p.update(5, 59) == -5  # calm, but not for long enough
+    assert p.update(5, 60) == -1
+    assert p.update(20, 70) == -1 and p.update(5, 80) == -1 and p.update(5, 130) == 1
 
 
 def test_rotation_and_numbering() -> None:

@@ -1,0 +1,248 @@
+"""A chunked MCAP file writer built for throughput and crash safety.
+
+Records are serialized by the ``mcap`` package's record classes; this module
+only assembles them. Why not ``mcap.writer.Writer``: it copies each message
+into a ``BytesIO`` and again out of it, compresses with a fixed zstd level
+and buffers the file in user space, so a SIGKILL can lose finished chunks.
+Here a chunk is a list of buffers joined once, compressed once (zstd frame
+with its content size, like the stock writer), written with ``pwrite`` and
+then *sealed*: a provisional ``DataEnd`` + ``Footer`` + magic is written past
+the logical end and overwritten by the next chunk, so at any instant the file
+on disk is a valid, summary-less MCAP holding every finished chunk.
+:meth:`McapFile.finish` writes the summary (schemas, channels, statistics,
+chunk and metadata indexes, summary offsets) like the stock writer.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import zstandard
+from mcap.data_stream import RecordBuilder
+from mcap.opcode import Opcode
+from mcap.records import (
+    Channel,
+    Chunk,
+    ChunkIndex,
+    DataEnd,
+    Footer,
+    Header,
+    MessageIndex,
+    Metadata,
+    MetadataIndex,
+    Schema,
+    Statistics,
+    SummaryOffset,
+)
+from mcap.writer import MCAP0_MAGIC
+
+Buffer = bytes | memoryview
+
+_MSG_HEAD = struct.Struct("<BQHIQQ")  # opcode, length, channel, sequence, log_time, publish_time
+_MSG_FIXED = 2 + 4 + 8 + 8
+
+
+def _record(rec: object) -> bytes:
+    b = RecordBuilder()
+    rec.write(b)  # type: ignore[attr-defined]
+    return b.end()
+
+
+_SEAL = _record(DataEnd(0)) + _record(Footer(0, 0, 0)) + MCAP0_MAGIC
+
+
+class _File:
+    """Unbuffered positional writes: what ``write`` returned is in the kernel, so
+    a SIGKILL loses nothing already written."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.pos = 0
+
+    def write(self, *bufs: Buffer) -> int:
+        start = self.pos
+        for b in bufs:
+            view = memoryview(b).cast("B")
+            done = 0
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], self.pos + done)
+            self.pos += done
+        return start
+
+    def seal(self) -> None:
+        os.pwrite(self.fd, _SEAL, self.pos)
+
+    def close(self) -> None:
+        try:
+            os.ftruncate(self.fd, self.pos)
+        finally:
+            os.close(self.fd)
+
+
+class McapFile:
+    """Write one MCAP file: schemas, channels, messages (chunked), metadata.
+
+    ``chunk_size``: uncompressed bytes per chunk. ``compression``: ``"zstd"``
+    (``level`` as in zstd) or ``"none"``.
+    """
+
+    def __init__(self, path: str | Path, *, chunk_size: int, compression: str = "zstd", level: int = 3,
+                 profile: str = "", library: str = "") -> None:
+        if compression not in ("zstd", "none"):
+            raise ValueError(f"compression must be 'zstd' or 'none', got {compression!r}")
+        self._f = _File(Path(path))
+        self._chunk_size = chunk_size
+        self._compression = "" if compression == "none" else compression
+        self._level = level
+        self._zstd = zstandard.ZstdCompressor(level=level, write_content_size=True) if self._compression else None
+        self._schemas: dict[int, Schema] = {}
+        self._channels: dict[int, Channel] = {}
+        self._chunk_indexes: list[ChunkIndex] = []
+        self._metadata_indexes: list[MetadataIndex] = []
+        self._counts: dict[int, int] = defaultdict(int)
+        self._n = 0
+        self._t_min = self._t_max = 0
+        self._reset_chunk()
+        self._f.write(MCAP0_MAGIC, _record(Header(profile, library)))
+        self._f.seal()
+
+    def _reset_chunk(self) -> None:
+        self._parts: list[Buffer] = []
+        self._size = 0
+        self._c_n = 0
+        self._c_min = self._c_max = 0
+        self._index: dict[int, list[tuple[int, int]]] = {}
+
+    @property
+    def bytes_on_disk(self) -> int:
+        return self._f.pos
+
+    @property
+    def level(self) -> int:
+        return self._level
+
+    @level.setter
+    def level(self, level: int) -> None:
+        """The zstd level of the next chunks (lower is faster and larger)."""
+        if self._zstd is not None and level != self._level:
+            self._zstd = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        self._level = level
+
+    def add_schema(self, name: str, encoding: str, data: bytes) -> int:
+        sid = len(self._schemas) + 1
+        self._schemas[sid] = s = Schema(id=sid, data=data, encoding=encoding, name=name)
+        self._f.write(_record(s))  # outside chunks: a reader meets it before any use
+        self._f.seal()
+        return sid
+
+    def add_channel(self, topic: str, message_encoding: str, schema_id: int, metadata: dict[str, str]) -> int:
+        cid = len(self._channels) + 1
+        self._channels[cid] = c = Channel(id=cid, topic=topic, message_encoding=message_encoding,
+                                          schema_id=schema_id, metadata=metadata)
+        self._f.write(_record(c))
+        self._f.seal()
+        return cid
+
+    def add_metadata(self, name: str, data: dict[str, str]) -> None:
+        rec = _record(Metadata(name=name, metadata=data))
+        offset = self._f.write(rec)
+        self._metadata_indexes.append(MetadataIndex(offset=offset, length=len(rec), name=name))
+        self._f.seal()
+
+    def add_message(self, channel_id: int, log_time: int, pieces: Sequence[Buffer], *, sequence: int = 0,
+                    publish_time: int | None = None) -> int:
+        """Add a message whose data is the concatenation of ``pieces`` (not copied
+        until the chunk is finished). Returns the data size. Finishing a chunk
+        writes it: the caller must not change the buffers before that."""
+        n = sum(memoryview(p).nbytes for p in pieces)
+        head = _MSG_HEAD.pack(Opcode.MESSAGE, _MSG_FIXED + n, channel_id, sequence & 0xFFFFFFFF, log_time,
+                              log_time if publish_time is None else publish_time)
+        self._index.setdefault(channel_id, []).append((log_time, self._size))
+        self._parts.append(head)
+        self._parts.extend(pieces)
+        self._size += len(head) + n
+        if self._c_n == 0:
+            self._c_min = self._c_max = log_time
+        else:
+            self._c_min, self._c_max = min(self._c_min, log_time), max(self._c_max, log_time)
+        self._c_n += 1
+        self._counts[channel_id] += 1
+        if self._n == 0:
+            self._t_min = self._t_max = log_time
+        else:
+            self._t_min, self._t_max = min(self._t_min, log_time), max(self._t_max, log_time)
+        self._n += 1
+        if self._size >= self._chunk_size:
+            self.flush()
+        return n
+
+    def flush(self) -> None:
+        """Finish the chunk being filled (if any) and seal the file."""
+        if not self._c_n:
+            return
+        data = b"".join(self._parts)
+        compressed = self._zstd.compress(data) if self._zstd is not None else data
+        chunk = _record(Chunk(compression=self._compression, data=compressed, message_start_time=self._c_min,
+                              message_end_time=self._c_max, uncompressed_crc=zlib.crc32(data),
+                              uncompressed_size=len(data)))
+        indexes: list[bytes] = []
+        offsets: dict[int, int] = {}
+        pos = self._f.pos + len(chunk)
+        for cid, entries in self._index.items():
+            rec = _record(MessageIndex(channel_id=cid, records=entries))
+            offsets[cid] = pos
+            pos += len(rec)
+            indexes.append(rec)
+        start = self._f.write(chunk, *indexes)
+        self._chunk_indexes.append(ChunkIndex(
+            message_start_time=self._c_min, message_end_time=self._c_max, chunk_start_offset=start,
+            chunk_length=len(chunk), message_index_offsets=offsets,
+            message_index_length=sum(len(r) for r in indexes), compression=self._compression,
+            compressed_size=len(compressed), uncompressed_size=len(data)))
+        self._f.seal()
+        self._reset_chunk()
+
+    def finish(self) -> None:
+        """Write the last chunk, the summary and the footer; close the file."""
+        try:
+            self.flush()
+            self._f.write(_record(DataEnd(0)))
+            summary_start = self._f.pos
+            groups: list[tuple[int, list[bytes]]] = [
+                (Opcode.SCHEMA, [_record(s) for s in self._schemas.values()]),
+                (Opcode.CHANNEL, [_record(c) for c in self._channels.values()]),
+                (Opcode.STATISTICS, [_record(Statistics(
+                    attachment_count=0, channel_count=len(self._channels),
+                    channel_message_counts=dict(self._counts), chunk_count=len(self._chunk_indexes),
+                    message_count=self._n, message_end_time=self._t_max, message_start_time=self._t_min,
+                    metadata_count=len(self._metadata_indexes), schema_count=len(self._schemas)))]),
+                (Opcode.CHUNK_INDEX, [_record(c) for c in self._chunk_indexes]),
+                (Opcode.METADATA_INDEX, [_record(m) for m in self._metadata_indexes]),
+            ]
+            body: list[bytes] = []
+            offsets: list[bytes] = []
+            pos = summary_start
+            for opcode, recs in groups:
+                if not recs:
+                    continue
+                length = sum(len(r) for r in recs)
+                offsets.append(_record(SummaryOffset(group_opcode=opcode, group_start=pos, group_length=length)))
+                body.extend(recs)
+                pos += length
+            summary = b"".join(body + offsets)
+            offset_start = pos
+            crc = zlib.crc32(summary)
+            crc = zlib.crc32(struct.pack("<BQQQ", Opcode.FOOTER, 20, summary_start, offset_start), crc)
+            self._f.write(summary, _record(Footer(summary_start, offset_start, crc)), MCAP0_MAGIC)
+        finally:
+            self._f.close()
+
+    def abandon(self) -> None:
+        """Close without a summary, keeping the seal: the file stays readable up to
+        its last finished chunk (used when a write failed, e.g. a full disk)."""
+        os.close(self._f.fd)
