@@ -119,6 +119,7 @@ class AudioCapture:
         self.queue: queue.SimpleQueue[Block] = queue.SimpleQueue()
         self._overflows = metrics.overflows.labels(source)
         self.pub: StreamPublisher | None = None
+        self.reanchors = 0
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         # PortAudio's thread: copy and hand over, nothing else.
@@ -162,7 +163,8 @@ class AudioCapture:
             sock.close(linger=500)
             if own:
                 ctx.term()
-        log.info("audio %s stopped: %s", self.source, pub.counts.line())
+        log.info("audio %s stopped: %s timestamp_reanchors=%d", self.source, pub.counts.line(),
+                 self.reanchors)
         return 0
 
     def _pump(self, stop: threading.Event, pub: StreamPublisher) -> bool:
@@ -185,7 +187,12 @@ class AudioCapture:
                 pub.counts.overflows += 1
                 self._overflows.inc()
             measured = clock.adc_time_to_epoch_ns(block.adc_s, block.current_s, block.now_ns)
+            before = bclock.reanchors
             t_ns = bclock.stamp(measured, len(block.data), block.overflow)
+            if bclock.reanchors != before:
+                self.reanchors += 1
+                log.info("audio %s: timestamps re-anchored (%s)", self.source,
+                         "overflow" if block.overflow else "clock jump")
             pub.grabbed()
             pub.send(lambda seq, t=t_ns, d=block.data: codec.audio_message(
                 self.source, seq, t, d, self.cfg.samplerate))
