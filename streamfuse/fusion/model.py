@@ -29,8 +29,11 @@ Absent modalities contribute nothing:
   nothing present gets a zero fused vector, so the head's bias decides.
 - ``concat``: an absent modality's slot holds a *learned* "absent" embedding (not
   an encoder output of zeros), and the head also sees the presence flags.
-Encoders run only on the rows where their modality is present, so padding never
-reaches BatchNorm statistics either.
+Encoders run only on the rows where their modality is present (padding costs
+no compute). The CNNs use GroupNorm, not BatchNorm: it normalises each sample on
+its own, so a window's scores never depend on what else is in its batch, and the
+small, uneven per-modality batches that modality dropout makes cannot skew
+running statistics (with BatchNorm, tiny synthetic problems trained unstably).
 
 Shapes: B windows, T frames, H = W image size, M modalities in the model, D = embed_dim.
 """
@@ -122,11 +125,11 @@ class ModelConfig:
 
 
 def _conv_stack(channels: tuple[int, ...]) -> nn.Sequential:
-    """3x3 conv + BatchNorm + ReLU + 2x2 max-pool per width; input has 1 channel."""
+    """3x3 conv + GroupNorm + ReLU + 2x2 max-pool per width; input has 1 channel."""
     layers: list[nn.Module] = []
     c_in = 1
     for c in channels:
-        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.GroupNorm(min(4, c), c), nn.ReLU(inplace=True),
                    nn.MaxPool2d(2, ceil_mode=True)]
         c_in = c
     return nn.Sequential(*layers)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from streamfuse.config import AlignConfig
@@ -76,3 +77,12 @@ def make_window(rng: np.random.Generator, *, source: str = "room1", index: int =
                   samplerate=samplerate if audio else 0, audio_coverage=1.0 if audio else 0.0,
                   texts=texts, text_t_ns=[t0] * len(texts), close_ns=t0 + window_ns + 1_000_000,
                   emit_ns=emit_ns)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Import into a test module: one torch thread (on 2 shared cores, two made tests ~10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
