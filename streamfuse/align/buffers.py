@@ -78,9 +78,8 @@ class VideoBuffer:
 
     def push(self, t_ns: int, msg: Message) -> tuple[str | None, int]:
         """Buffer a frame. Returns ``(reject_reason or None, frames dropped by a format change)``."""
-        h = msg.header
-        assert isinstance(h, FrameHeader)
-        fmt = (h.encoding, tuple(h.shape))
+        h: FrameHeader = msg.header  # type: ignore[assignment]
+        fmt = (h.encoding, h.shape)
         dropped = 0
         if fmt != self.format:
             dropped = len(self.ts)
@@ -164,14 +163,16 @@ def _frame(msg: Message) -> np.ndarray | bytes:
 _SCALE = {"int16": 1.0 / 32768.0, "int32": 1.0 / 2147483648.0}
 
 
+_F32 = np.dtype(np.float32)
+
+
 def audio_array(msg: Message) -> np.ndarray | None:
-    """A block as ``(frames, channels)`` float32 (a view when it already is float32);
-    None for a sample type the aligner does not convert."""
-    h = msg.header
-    assert isinstance(h, AudioHeader)
-    raw = np.frombuffer(msg.payload[0], dtype=h.dtype).reshape(h.frames, h.channels)
+    """A block's interleaved samples, flat ``(frames * channels,)`` float32 (a view
+    when it already is float32); None for a sample type the aligner does not convert."""
+    h: AudioHeader = msg.header  # type: ignore[assignment]
     if h.dtype == "float32":
-        return raw
+        return np.frombuffer(msg.payload[0], dtype=_F32)
+    raw = np.frombuffer(msg.payload[0], dtype=h.dtype)
     if h.dtype == "float64":
         return raw.astype(np.float32)
     scale = _SCALE.get(h.dtype)
@@ -181,32 +182,47 @@ def audio_array(msg: Message) -> np.ndarray | None:
 
 
 class AudioBuffer:
-    """Audio blocks of one stream on the absolute sample grid.
+    """Audio of one stream on the absolute sample grid, in a ring of ``capacity`` samples.
 
     A block whose start is within ``snap`` samples of where the previous block
     ended is placed right after it: ADC timestamps jitter by a fraction of a
     millisecond, and taking them literally would leave one-sample holes and
     overlaps (clicks). Further apart, the timestamp wins: a real gap stays a gap
-    (zeros), a real overlap is cut, the earlier-starting block keeping its samples.
+    (zeros), and where blocks overlap a sample comes from the first block that
+    brought it (in stream order, the earlier one).
+
+    The ring holds samples ``[lo, lo + capacity)``; ``lo`` follows the next open
+    window's start (:meth:`prune`). A block reaching past the ring's end pushes
+    ``lo`` forward (counted in ``overflowed``): the aligner sizes the ring so
+    this happens only when windows are not being collected.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity_s: float) -> None:
+        self.capacity_s = capacity_s
         self.samplerate = 0
         self.channels = 0
-        self.starts: list[int] = []
-        self.blocks: list[np.ndarray] = []
-        self.max_len = 0
-        self.max_end: int | None = None  # end of the buffered blocks
-        self.last_a: int | None = None  # untrimmed start of the newest appended block
+        self.capacity = 0
+        self.data = np.zeros((0, 0), np.float32)
+        self.flat = self.data.reshape(-1)
+        self.mask = np.zeros(0, bool)
+        self.lo = 0  # lowest sample index the ring holds
+        self.hi: int | None = None  # end of the newest sample written (None: nothing held)
         self.expect: int | None = None  # where the next block of this stream should start
+        self.overflowed = 0  # samples pushed out of the ring before their windows closed
         self.nbytes = 0
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return 0 if self.hi is None or self.hi <= self.lo else 1
 
     def set_format(self, samplerate: int, channels: int) -> None:
+        """(Re)start the ring for this format; what it held is forgotten."""
         self.samplerate, self.channels = samplerate, channels
-        self.expect = self.max_end = self.last_a = None
+        self.capacity = max(1, round(self.capacity_s * samplerate))
+        self.data = np.zeros((self.capacity, channels), np.float32)
+        self.flat = self.data.reshape(-1)  # the same memory, interleaved
+        self.mask = np.zeros(self.capacity, bool)
+        self.hi = self.expect = None
+        self.nbytes = self.data.nbytes + self.mask.nbytes
 
     def place(self, t_ns: int, frames: int) -> int:
         """The start sample of a block of ``frames`` stamped ``t_ns``; call once per block, in stream order."""
@@ -217,81 +233,95 @@ class AudioBuffer:
         self.expect = a + frames
         return a
 
-    def push(self, a: int, block: np.ndarray) -> str | None:
-        """Buffer ``block`` ``(frames, channels)`` float32 starting at sample ``a``;
-        returns "duplicate" when every sample of it is already buffered."""
-        end = a + len(block)
-        if self.starts and self.last_a is not None and self.max_end is not None and a >= self.last_a:
-            # In stream order every buffered block started at or before ``a``,
-            # so [a, max_end) is covered already: keep only the new samples.
-            if end <= self.max_end:
+    def push(self, a: int, samples: np.ndarray) -> str | None:
+        """Write interleaved float32 ``samples`` (``frames * channels``) starting at
+        sample ``a``; returns "duplicate" when every sample was there already."""
+        ch = self.channels
+        n = len(samples) // ch
+        end = a + n
+        hi, lo, cap = self.hi, self.lo, self.capacity
+        if hi is not None and a >= hi and end <= lo + cap:
+            i = a % cap
+            if i + n <= cap:  # the usual case: the next block, no wrap
+                self.flat[i * ch:(i + n) * ch] = samples
+                self.mask[i:i + n] = True
+                self.hi = end
+                return None
+        block = samples.reshape(n, ch)
+        if self.hi is None:
+            self.lo = max(self.lo, a)
+        if a < self.lo:
+            block = block[self.lo - a:]
+            a = self.lo
+            if a >= end:
                 return "duplicate"
-            self.last_a = a
-            if a < self.max_end:
-                # Copy the tail so the cut part does not keep the message alive.
-                block = block[self.max_end - a:].copy()
-                a = self.max_end
-            self.starts.append(a)
-            self.blocks.append(block)
-        elif not self.starts:
-            self.last_a = a
-            self.starts.append(a)
-            self.blocks.append(block)
-        else:
-            i = bisect_right(self.starts, a)
-            self.starts.insert(i, a)
-            self.blocks.insert(i, block)
-        self.max_end = end if self.max_end is None else max(self.max_end, end)
-        self.max_len = max(self.max_len, len(block))
-        self.nbytes += block.nbytes
+        if end > self.lo + self.capacity:
+            self.overflowed += end - self.capacity - self.lo
+            self.prune(end - self.capacity)
+        cap = self.capacity
+        i = a % cap
+        if self.hi is not None and a < self.hi:
+            # Overlap with what is there: only the samples not written yet.
+            fresh = ~self._read(self.mask, i, len(block))
+            if not fresh.any():
+                return "duplicate"
+            block = np.where(fresh[:, None], block, self._read(self.data, i, len(block)))
+        self._write(self.data, i, block)
+        self._write(self.mask, i, True, len(block))
+        self.hi = end if self.hi is None else max(self.hi, end)
         return None
 
+    def _write(self, ring: np.ndarray, i: int, values: np.ndarray | bool, n: int | None = None) -> None:
+        n = len(values) if n is None else n  # type: ignore[arg-type]
+        first = min(n, self.capacity - i)
+        if isinstance(values, np.ndarray):
+            ring[i:i + first] = values[:first]
+            if first < n:
+                ring[:n - first] = values[first:]
+        else:
+            ring[i:i + first] = values
+            if first < n:
+                ring[:n - first] = values
+
+    def _read(self, ring: np.ndarray, i: int, n: int) -> np.ndarray:
+        first = min(n, self.capacity - i)
+        if first == n:
+            return ring[i:i + n]
+        return np.concatenate((ring[i:], ring[:n - first]))
+
     def assemble(self, s0: int, n: int) -> tuple[np.ndarray, int]:
-        """Samples ``[s0, s0 + n)`` as ``(n, channels)`` float32 (zeros where no
-        block was) and how many of them came from blocks."""
+        """Samples ``[s0, s0 + n)`` as a new ``(n, channels)`` float32 array (zeros
+        where no block was) and how many of them came from blocks."""
         out = np.zeros((n, self.channels), dtype=np.float32)
-        starts, blocks = self.starts, self.blocks
-        end = s0 + n
-        i = bisect_left(starts, s0 - self.max_len + 1)
-        filled = s0
-        covered = 0
-        # Blocks come in start order, so [a, filled) is always written already:
-        # writing from max(a, filled) keeps the earliest block's samples.
-        while i < len(starts) and starts[i] < end:
-            a = starts[i]
-            b = blocks[i]
-            w0 = max(a, filled)
-            w1 = min(a + len(b), end)
-            if w1 > w0:
-                out[w0 - s0:w1 - s0] = b[w0 - a:w1 - a]
-                covered += w1 - w0
-                filled = w1
-            i += 1
-        return out, covered
+        if self.hi is None:
+            return out, 0
+        a, b = max(s0, self.lo), min(s0 + n, self.hi, self.lo + self.capacity)
+        if b <= a:
+            return out, 0
+        i = a % self.capacity
+        out[a - s0:b - s0] = self._read(self.data, i, b - a)  # unwritten samples are zeros
+        return out, int(np.count_nonzero(self._read(self.mask, i, b - a)))
 
     def first_index(self) -> int | None:
-        return self.starts[0] if self.starts else None
+        """A lower bound of the first sample held (None: nothing held)."""
+        return self.lo if len(self) else None
 
     def end_index(self) -> int | None:
-        return self.max_end if self.starts else None
+        return self.hi if len(self) else None
 
     def prune(self, s0: int) -> None:
-        """Forget blocks that end at or before sample ``s0``."""
-        k = bisect_left(self.starts, s0)
-        if not k:
+        """Forget samples before ``s0``, clearing their ring cells for reuse."""
+        if s0 <= self.lo or self.hi is None:
+            self.lo = max(self.lo, s0)
             return
-        keep_s: list[int] = []
-        keep_b: list[np.ndarray] = []
-        for a, b in zip(self.starts[:k], self.blocks[:k], strict=True):
-            if a + len(b) > s0:
-                keep_s.append(a)
-                keep_b.append(b)
-            else:
-                self.nbytes -= b.nbytes
-        self.starts[:k] = keep_s
-        self.blocks[:k] = keep_b
-        if not self.starts:
-            self.max_len = 0
+        n = min(s0 - self.lo, self.capacity)
+        i = self.lo % self.capacity
+        self._write(self.data, i, np.zeros((n, self.channels), np.float32))
+        self._write(self.mask, i, False, n)
+        self.lo = s0
+        if self.hi <= s0:
+            self.hi = None
+            self.lo = s0
 
 
 # ----------------------------------------------------------------------------- text

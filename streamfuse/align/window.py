@@ -39,6 +39,8 @@ Rules, per source (each source is aligned on its own):
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,6 +69,7 @@ NS_PER_MS = 1_000_000
 STREAMS = ("video", "audio", "text")
 _HEADER_OF = {"video": FrameHeader, "audio": AudioHeader, "text": TextHeader}
 _NEG_INF = -(1 << 126)
+_POS_INF = 1 << 126
 
 
 @dataclass
@@ -111,18 +114,20 @@ class _Source:
         self.name = name
         self.streams = {s: _Stream() for s in STREAMS}
         self.video = VideoBuffer(al._lattice)
-        self.audio = AudioBuffer()
+        self.audio = AudioBuffer(al.audio_ring_s)
         self.text = TextBuffer(window_ns=al.window_ns, hop_ns=al.hop_ns,
                                context_ns=al.text_context_ns, max_messages=al.cfg.max_text_messages)
         self.first_t: int | None = None
         self.newest_t = _NEG_INF
         self.newest_recv = 0
         self.next_k: int | None = None  # first window not closed yet
+        self.next_end: int | None = None  # its end
         self.closed_end: int | None = None  # end of the last closed window
         self.run_first: int | None = None  # a timeline the rejected messages follow
         self.run_last = 0
-        self.dirty = True  # something changed since the last close check
+        self.dirty = False  # queued for a close check at the next pop_ready
         self.next_check = _NEG_INF  # source-clock instant the close rule may change by itself
+        self.timer_local = _POS_INF  # local-clock instant of its pending timer
 
     def now_src(self, now_ns: int) -> int:
         return self.newest_t + max(0, now_ns - self.newest_recv)
@@ -148,12 +153,17 @@ class Aligner:
         self.text_context_ns = cfg.text_context_ms * NS_PER_MS
         self.dead_ns = cfg.dead_after_ms * NS_PER_MS
         self.horizon_ns = self.window_ns + self.lateness_ns
+        # Audio from the next open window's start to the farthest accepted future block.
+        self.audio_ring_s = (2 * self.horizon_ns + self.window_ns + self.hop_ns) / NS_PER_S
         self.required = frozenset(cfg.required)
         self.only = frozenset(sources) if sources is not None else None
         self.samplerates = dict(samplerates or {})
         self._lattice = FrameLattice(self.window_ns, self.hop_ns, cfg.frames_per_window)
         self._sources: dict[str, _Source] = {}
         self._pending: list[Window] = []
+        self._dirty: list[_Source] = []  # sources whose watermarks crossed their next window's end
+        self._timers: list[tuple[int, int, _Source]] = []  # (local deadline, tie, source) heap
+        self._tie = itertools.count()
         self.stats = AlignStats(_bytes=self.buffered_bytes)
 
     # ------------------------------------------------------------------ input
@@ -172,12 +182,13 @@ class Aligner:
     def _push(self, src: _Source, msg: Message, recv_ns: int) -> None:
         h = msg.header
         stream, t = h.stream, h.t_ns
-        heartbeat = isinstance(h, HeartbeatHeader)
-        if not heartbeat and not isinstance(h, _HEADER_OF[stream]):
+        kind = type(h)
+        heartbeat = kind is HeartbeatHeader
+        if not heartbeat and kind is not _HEADER_OF[stream]:
             self.stats.rejected[(src.name, stream, "kind")] += 1
             return
         if src.first_t is not None:
-            now_src = src.now_src(recv_ns)
+            now_src = src.newest_t + (recv_ns - src.newest_recv if recv_ns > src.newest_recv else 0)
             if t > now_src + self.horizon_ns:
                 return self._reject(src, msg, recv_ns, "future")
             if t < now_src - self.horizon_ns:
@@ -185,14 +196,15 @@ class Aligner:
         st = src.streams[stream]
         if heartbeat:
             st.seen = True
-            st.wm = max(st.wm, t)
-            return self._accepted(src, t, recv_ns)
+            if t > st.wm:
+                st.wm = t
+            return self._accepted(src, st, t, recv_ns)
         if h.seq < st.last_seq:
             self.stats.restarts[(src.name, stream)] += 1  # a capture restarted its counter
         st.last_seq = h.seq
-        if isinstance(h, FrameHeader):
+        if kind is FrameHeader:
             keep, wm = self._push_frame(src, msg, t)
-        elif isinstance(h, AudioHeader):
+        elif kind is AudioHeader:
             keep, wm = self._push_audio(src, msg, t)
         else:
             keep, wm = self._push_text(src, msg, t)
@@ -201,12 +213,15 @@ class Aligner:
         if not keep:
             return self._reject(src, msg, recv_ns, None)
         st.seen = True
-        st.wm = max(st.wm, wm)
+        if wm > st.wm:
+            st.wm = wm
         if src.closed_end is None:
             k = (t - self.window_ns) // self.hop_ns + 1  # first window this data is in
             if src.next_k is None or k < src.next_k:
                 src.next_k = k
-        self._accepted(src, t, recv_ns)
+                src.next_end = k * self.hop_ns + self.window_ns
+                self._mark(src)
+        self._accepted(src, st, t, recv_ns)
 
     def _late(self, src: _Source, stream: str, t: int) -> bool:
         if src.closed_end is not None and t < src.closed_end:
@@ -233,19 +248,20 @@ class Aligner:
         h = msg.header
         assert isinstance(h, AudioHeader)
         buf = src.audio
-        expected = self.samplerates.get(src.name, 0)
-        st = src.streams["audio"]
-        if buf.samplerate == 0 or (not len(buf) and st.wm + self.dead_ns < t and not expected):
-            # The first block (or the first after a silence) sets the format.
-            buf.set_format(expected or h.samplerate, h.channels)
-        if h.samplerate != buf.samplerate:
-            self.stats.rejected[(src.name, "audio", "samplerate")] += 1
-            return None, t
-        if h.channels != buf.channels:
-            if len(buf):
-                self.stats.rejected[(src.name, "audio", "channels")] += 1
+        if h.samplerate != buf.samplerate or h.channels != buf.channels:
+            expected = self.samplerates.get(src.name, 0)
+            if buf.samplerate == 0 or (not len(buf) and src.streams["audio"].wm + self.dead_ns < t
+                                       and not expected):
+                # The first block (or the first after a silence) sets the format.
+                buf.set_format(expected or h.samplerate, h.channels)
+            if h.samplerate != buf.samplerate:
+                self.stats.rejected[(src.name, "audio", "samplerate")] += 1
                 return None, t
-            buf.set_format(buf.samplerate, h.channels)
+            if h.channels != buf.channels:
+                if len(buf):
+                    self.stats.rejected[(src.name, "audio", "channels")] += 1
+                    return None, t
+                buf.set_format(buf.samplerate, h.channels)
         block = audio_array(msg)
         if block is None:
             self.stats.rejected[(src.name, "audio", "dtype")] += 1
@@ -257,7 +273,7 @@ class Aligner:
         if src.closed_end is not None and a < sample_index(src.closed_end, sr):
             self.stats.late[(src.name, "audio")] += 1
             if end <= sample_index(self._next_start(src), sr):
-                return False, wm
+                return False, wm  # nothing left for the open windows
         if buf.push(a, block):
             self.stats.rejected[(src.name, "audio", "duplicate")] += 1
             return None, wm
@@ -271,13 +287,30 @@ class Aligner:
         src.text.push(t, msg.text())
         return True, t
 
-    def _accepted(self, src: _Source, t: int, recv_ns: int) -> None:
+    def _mark(self, src: _Source) -> None:
+        if not src.dirty:
+            src.dirty = True
+            self._dirty.append(src)
+
+    def _accepted(self, src: _Source, st: _Stream, t: int, recv_ns: int) -> None:
+        """Bookkeeping after any accepted message: clock, close checks, timer."""
         if src.first_t is None:
             src.first_t = t
         if t > src.newest_t:
             src.newest_t, src.newest_recv = t, recv_ns
         src.run_first = None
-        src.dirty = True
+        if src.next_end is None:
+            return
+        if st.wm >= src.next_end:
+            self._mark(src)  # the next window may close on watermarks now
+        death = st.wm + self.dead_ns + 1  # when this stream stops holding windows
+        if death < src.next_check:
+            src.next_check = death
+        # The source clock's offset to ours moved: the timer may be due earlier.
+        local = src.next_check - src.newest_t + src.newest_recv
+        if local < src.timer_local:
+            src.timer_local = local
+            heapq.heappush(self._timers, (local, next(self._tie), src))
 
     def _reject(self, src: _Source, msg: Message, recv_ns: int, reason: str | None) -> None:
         """Count a message no open window can use; restart the source when its
@@ -301,13 +334,29 @@ class Aligner:
         """Windows that close by ``now_ns`` (the local clock), per source in time order."""
         out = self._pending
         self._pending = []
-        for src in self._sources.values():
-            if src.next_k is None:
-                continue
-            now_src = src.now_src(now_ns)
-            if src.dirty or now_src >= src.next_check:
-                out.extend(self._close(src, now_src))
+        if self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for src in dirty:
+                src.dirty = False
+                self._check(src, now_ns, out)
+        timers = self._timers
+        while timers and timers[0][0] <= now_ns:
+            local, _, src = heapq.heappop(timers)
+            if local == src.timer_local:  # else superseded by an earlier timer
+                src.timer_local = _POS_INF
+                self._check(src, now_ns, out)
         return out
+
+    def _check(self, src: _Source, now_ns: int, out: list[Window]) -> None:
+        """Close what may close at ``now_ns`` and set the source's next timer."""
+        if self._sources.get(src.name) is not src or src.next_k is None:
+            return  # replaced by a resync, or no data yet
+        now_src = src.now_src(now_ns)
+        out.extend(self._close(src, now_src))
+        local = src.next_check - src.newest_t + src.newest_recv
+        if local < src.timer_local:
+            src.timer_local = local
+            heapq.heappush(self._timers, (local, next(self._tie), src))
 
     def flush(self) -> list[Window]:
         """Close every open window that holds data (the end of a recording)."""
@@ -343,7 +392,6 @@ class Aligner:
         next_end = (max(src.next_k, (bound - self.window_ns) // self.hop_ns + 1) * self.hop_ns
                     + self.window_ns)
         src.next_check = min([next_end + self.lateness_ns, *changes])
-        src.dirty = False
         return bound
 
     def _first_data_k(self, src: _Source) -> int | None:
@@ -408,6 +456,7 @@ class Aligner:
         """Mark windows before ``k`` closed and forget what only they needed."""
         src.next_k = k
         start = k * self.hop_ns
+        src.next_end = start + self.window_ns
         src.closed_end = start - self.hop_ns + self.window_ns
         src.video.prune(start)
         if src.audio.samplerate:

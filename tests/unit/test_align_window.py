@@ -390,9 +390,11 @@ def test_now_src_follows_the_source_clock_not_the_wall() -> None:
 def test_silence_does_not_spin_over_empty_windows() -> None:
     al = Aligner(cfg())
     feed(al, av(T0, T0 + 1000 * MS))
-    al.pop_ready(T0 + 10**9 * 3600 * 24 * 365)  # a year later: returns at once
-    al.push(frame(T0 + 10**9 * 3600 * 24 * 365, 0), T0 + 10**9 * 3600 * 24 * 365)
-    assert al.buffered_bytes() <= 4 * 6 * 3 * 2
+    year = 10**9 * 3600 * 24 * 365
+    assert len(al.pop_ready(T0 + year)) == 2  # a year later: the last windows, and at once
+    ring = al.buffered_bytes()  # the audio ring: fixed size
+    al.push(frame(T0 + year, 0), T0 + year)
+    assert al.pop_ready(T0 + year) == [] and al.buffered_bytes() == ring + 4 * 6 * 3
 
 
 def test_window_message_round_trip() -> None:
