@@ -156,6 +156,7 @@ def main() -> None:
             comp += sum(c.compressed_size for c in summ.chunk_indexes)
             del st
         log_line = [ln for ln in rec_err.splitlines() if "recorded" in ln]
+        levels = [ln.split("INFO ", 1)[-1] for ln in rec_err.splitlines() if "zstd level" in ln]
     res = {
         "published": {"messages": sum(sent.values()), "mb_per_s": round(sent_bytes / 1e6 / args.seconds, 1),
                       "seconds": args.seconds, "publisher_late_at_end_s": round(late_s, 3),
@@ -167,7 +168,7 @@ def main() -> None:
                      "cpu_per_s": round(cpu[procs[1].pid] / wall, 3), "files": len(files),
                      "mb_written": round(size / 1e6, 1), "mb_per_s_written": round(size / 1e6 / args.seconds, 1),
                      "compression_ratio": round(raw / comp, 2) if comp else 0.0,
-                     "log": log_line[-1] if log_line else rec_err.strip()[-300:]},
+                     "log": log_line[-1] if log_line else rec_err.strip()[-300:], "level_changes": levels},
     }
     if args.json:
         print(json.dumps(res, indent=2))
@@ -180,6 +181,8 @@ def main() -> None:
           f"{r['cpu_per_s']:.2f} s/s, {r['mb_written']} MB in {r['files']} file(s) = {r['mb_per_s_written']} MB/s, "
           f"compression {r['compression_ratio']:.2f}x")
     print(f"  {r['log']}")
+    for ln in r["level_changes"]:
+        print(f"  {ln}")
 
 
 if __name__ == "__main__":
