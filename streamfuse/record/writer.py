@@ -311,6 +311,9 @@ class _Recorder:
 
     def _open(self, now_ns: int) -> RecordingWriter:
         path = numbered_path(self.out, self.index, stamp=self.stamp)
+        while path.exists():  # never overwrite a recording (e.g. a restart within the same second)
+            self.index += 1
+            path = numbered_path(self.out, self.index, stamp=self.stamp)
         self.index += 1
         path.parent.mkdir(parents=True, exist_ok=True)
         w = RecordingWriter(path, chunk_size=self.cfg.record.chunk_kb * 1024,
