@@ -66,13 +66,28 @@ class _File:
 
     def write(self, *bufs: Buffer) -> int:
         start = self.pos
-        for b in bufs:
-            view = memoryview(b).cast("B")
-            done = 0
-            while done < len(view):
-                done += os.pwrite(self.fd, view[done:], self.pos + done)
-            self.pos += done
+        try:
+            for b in bufs:
+                view = memoryview(b).cast("B")
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+                self.pos += done
+        except OSError:
+            self.pos = start
+            self._restore_seal()
+            raise
         return start
+
+    def _restore_seal(self) -> None:
+        """After a failed write (disk full): cut the partial record and put the seal
+        back, so the file stays valid up to its last finished chunk. Best effort:
+        if even that fails, readers still recover the prefix (a truncated tail)."""
+        try:
+            os.ftruncate(self.fd, self.pos)
+            self.seal()
+        except OSError as e:
+            self.restore_error: OSError | None = e
 
     def seal(self) -> None:
         os.pwrite(self.fd, _SEAL, self.pos)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -187,18 +188,40 @@ def test_sigkill_loses_at_most_the_last_chunk(broker, tmp_path: Path) -> None:
     assert [m.t_ns for m in ours] == sorted(m.t_ns for m in ours)
 
 
-def test_record_unwritable_path_and_full_disk_are_clear_errors(broker, tmp_path: Path) -> None:
+def test_record_unwritable_path_and_failing_disk_are_clear_errors(broker, tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("not a directory")
     r = run_streamfuse(["record", "--out", str(tmp_path / "file.txt" / "x.mcap"), "--duration", "1",
                         "--config", str(broker.path)], timeout=30)
     assert r.returncode == 1, r.stderr
     assert "streamfuse record: cannot write" in r.stderr and "Traceback" not in r.stderr
-    # A full disk: the first file is a link to /dev/full (every write fails with ENOSPC).
-    (tmp_path / "full-0000.mcap").symlink_to("/dev/full")
-    r = run_streamfuse(["record", "--out", str(tmp_path / "full.mcap"), "--duration", "1",
-                        "--config", str(broker.path)], timeout=30)
-    assert r.returncode == 1, r.stderr
-    assert "No space left on device" in r.stderr and "Traceback" not in r.stderr
+    # The disk refuses writes mid-run (a file size limit: EFBIG, like ENOSPC, from write()).
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    broker.write("[record]\nchunk_kb = 64\n")
+    with zmq.Context() as ctx:
+        probe = Probe(ctx, broker.cfg.bus)
+        rec = streamfuse(["record", "--out", str(tmp_path / "full.mcap"), "--config", str(broker.path)],
+                         preexec_fn=limit, stderr=subprocess.PIPE, text=True)
+        try:
+            probe.wait_subscribers(b"")
+            probe.publish(synthetic(100))  # ~1 MB
+            assert rec.wait(20) == 1
+            err = rec.stderr.read() if rec.stderr else ""
+        finally:
+            stop(rec)
+            if rec.stderr:
+                rec.stderr.close()
+            probe.close()
+    assert "streamfuse record: cannot write" in err and "File too large" in err and "Traceback" not in err, err
+    # What was written before the failure is readable, by the stock reader too.
+    errors: Counter[str] = Counter()
+    ours = list(reader.read_messages([tmp_path / "full-0000.mcap"], errors=errors))
+    assert ours and not errors
+    with open(tmp_path / "full-0000.mcap", "rb") as f:
+        assert sum(1 for _ in make_reader(f).iter_messages()) == len(ours)
     # The bus is unaffected.
     from streamfuse.wire.sockets import connect_sub
 
