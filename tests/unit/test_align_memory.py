@@ -1,0 +1,94 @@
+"""One hour of a busy source through the aligner core in fake time: memory stays bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamfuse.align.window import Aligner
+from streamfuse.config import AlignConfig
+from streamfuse.wire import codec
+from streamfuse.wire.schema import AudioHeader, FrameHeader, HeartbeatHeader, Message
+
+MS = 1_000_000
+S = 1_000_000_000
+T0 = 1_790_000_000_000_000_000
+VGA = np.zeros((480, 640, 3), np.uint8)  # every frame references this one buffer, as on the wire
+BLOCK = np.zeros((320, 1), np.float32)
+FRAME_PAYLOAD = codec.frame_message("cam", 0, 0, VGA).payload
+BLOCK_PAYLOAD = codec.audio_message("cam", 0, 0, BLOCK, 16000).payload
+
+
+def frame(seq: int, t: int) -> Message:
+    # Built directly (what codec.frame_message makes): an hour of frames in seconds.
+    return Message("cam/video", FrameHeader(source="cam", stream="video", seq=seq, t_ns=t, shape=VGA.shape),
+                   FRAME_PAYLOAD)
+
+
+def block(seq: int, t: int) -> Message:
+    return Message("cam/audio", AudioHeader(source="cam", stream="audio", seq=seq, t_ns=t, samplerate=16000,
+                                            channels=1, frames=320), BLOCK_PAYLOAD)
+
+
+def second(k: int, seq: dict[str, int]) -> list[tuple[Message, int]]:
+    """Second ``k`` of the stream as (message, arrival time): 30 VGA frames, 50
+    audio blocks, 10 heartbeats, one text, each arriving 3 ms after its ``t_ns``;
+    misbehaviour every 10 minutes (see below)."""
+    base = T0 + k * S
+    msgs: list[Message] = []
+
+    def nxt(stream: str) -> int:
+        seq[stream] = seq.get(stream, -1) + 1
+        return seq[stream]
+
+    minute = (k // 60) % 10
+    for i in range(30):
+        msgs.append(frame(nxt("video"), base + i * 33_333_333 + (i % 3) * MS))
+    if minute != 3:  # minute 3 of every 10: the microphone is gone (dead stream)
+        for i in range(50):
+            msgs.append(block(nxt("audio"), base + i * 20 * MS))
+    for i in range(10):
+        msgs.append(Message("cam/text", HeartbeatHeader(source="cam", stream="text", seq=nxt("hb"),
+                                                        t_ns=base + i * 100 * MS)))
+    msgs.append(codec.text_message("cam", nxt("text"), base + 500 * MS, f"second {k}"))
+    out = [(m, m.t_ns + 3 * MS) for m in msgs]
+    if minute == 5 and k % 60 == 0:
+        # A burst of text, a frame from a broken clock far in the future, a block
+        # from far in the past (both arriving now), and the video capture
+        # restarting (seq back to 0).
+        out += [(codec.text_message("cam", nxt("text"), base + 600 * MS + j, "spam"), base + 601 * MS + j)
+                for j in range(2000)]
+        out.append((codec.frame_message("cam", 0, base + 10 * 3600 * S, VGA), base + 700 * MS))
+        out.append((codec.audio_message("cam", 0, base - 3600 * S, BLOCK, 16000), base + 700 * MS))
+        seq["video"] = -1
+    out.sort(key=lambda p: p[1])
+    return out
+
+
+@pytest.mark.slow
+def test_one_hour_keeps_buffers_bounded() -> None:
+    cfg = AlignConfig()
+    al = Aligner(cfg)
+    seq: dict[str, int] = {}
+    peak_by_10min: list[int] = []
+    windows = 0
+    for k in range(3600):
+        if k % 600 == 0:
+            peak_by_10min.append(0)
+        for m, recv in second(k, seq):
+            al.push(m, recv)
+            windows += len(al.pop_ready(recv))
+        peak_by_10min[-1] = max(peak_by_10min[-1], al.buffered_bytes())
+    # What open windows need: frames of window + lateness + one hop + the accepted
+    # future (window + lateness), the fixed audio ring, and a little text.
+    span_s = (2 * (cfg.window_ms + cfg.max_lateness_ms) + cfg.hop_ms) / 1000
+    bound = int(span_s * 30 + 4) * VGA.nbytes + 16000 * 4 * 5 + 64 * 1024
+    assert max(peak_by_10min) <= bound
+    assert peak_by_10min[-1] <= peak_by_10min[0] * 1.05  # no growth over the hour
+    stats = al.stats
+    assert 7100 <= windows == stats.windows["cam"] <= 7200
+    assert stats.rejected[("cam", "video", "future")] == 6
+    assert stats.rejected[("cam", "audio", "past")] == 6
+    assert stats.restarts[("cam", "video")] == 6
+    assert stats.absent[("cam", "audio")] >= 6 * 115  # the dead minutes
+    assert not stats.late and not stats.resyncs
