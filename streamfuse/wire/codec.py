@@ -207,7 +207,7 @@ def _decode_header(buf: Buffer) -> Header:
         # Tell an unknown version apart from a malformed header.
         try:
             raw = _version_decoder.decode(buf)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             raw = {}
         if isinstance(raw.get("v"), int) and raw["v"] != SCHEMA_VERSION:
             raise DecodeError("version", f"schema version {raw['v']}, this build reads {SCHEMA_VERSION}") from None
@@ -216,6 +216,8 @@ def _decode_header(buf: Buffer) -> Header:
         raise DecodeError("header", str(e)) from None
     except msgspec.DecodeError as e:
         raise DecodeError("header", f"not MessagePack: {e}") from None
+    except UnicodeDecodeError as e:  # msgspec raises it for a non-UTF-8 string in the map
+        raise DecodeError("header", f"a header string is not UTF-8 ({e.reason})") from None
 
 
 def _kinds() -> tuple[str, ...]:

@@ -1,0 +1,202 @@
+"""The wire codec: round trips, zero-copy payloads, and one specific error per malformation."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import numpy as np
+import pytest
+import zmq
+
+from streamfuse.wire import codec
+from streamfuse.wire.codec import DecodeError
+from streamfuse.wire.schema import (
+    SCHEMA_VERSION,
+    AudioHeader,
+    FrameHeader,
+    Message,
+    TextHeader,
+    Window,
+)
+
+
+def _frame(h: int = 4, w: int = 6) -> np.ndarray:
+    return np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3)
+
+
+def _reason(parts) -> str:
+    with pytest.raises(DecodeError) as e:
+        codec.decode(parts)
+    return e.value.reason
+
+
+def _raw_header(**fields) -> bytes:
+    base = {"kind": "text", "v": SCHEMA_VERSION, "source": "room1", "stream": "text", "seq": 0, "t_ns": 1}
+    base.update(fields)
+    return msgspec.msgpack.encode({k: v for k, v in base.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+def test_every_builder_round_trips() -> None:
+    payload = json.dumps({"label": "seven"}).encode()
+    messages = [
+        codec.frame_message("room1", 0, 10, _frame()),
+        codec.frame_message("room1", 1, 11, b"\xff\xd8\xff\xe0jpegdata", encoding="jpeg", shape=(4, 6, 3)),
+        codec.audio_message("room1", 2, 12, np.zeros((320, 2), np.float32), 16000),
+        codec.text_message("room1", 3, 13, "héllo ✓", origin="zmq"),
+        codec.heartbeat_message("room1", "video", 4, 14),
+        codec.class_message("room1", 5, 0, 15, "seven", 0.9, payload),
+        codec.label_message("room1", 6, 100, 200, "seven"),
+    ]
+    for m in messages:
+        assert codec.decode(codec.encode(m)) == m
+
+
+def test_arrays_are_zero_copy_views() -> None:
+    frame = _frame(48, 64)
+    msg = codec.frame_message("cam", 0, 1, frame)
+    parts = codec.encode(msg)
+    assert isinstance(parts[2], memoryview)
+    assert np.shares_memory(np.frombuffer(parts[2], np.uint8), frame)
+    decoded = codec.decode(parts)
+    assert np.shares_memory(decoded.array(), frame)
+    assert decoded.array().shape == (48, 64, 3)
+
+
+def test_audio_1d_block_becomes_one_channel() -> None:
+    msg = codec.audio_message("mic", 0, 1, np.ones(320, np.float32), 16000)
+    h = msg.header
+    assert isinstance(h, AudioHeader) and (h.frames, h.channels, h.dtype) == (320, 1, "float32")
+    assert codec.decode(codec.encode(msg)).array().shape == (320, 1)
+
+
+def test_decode_accepts_zmq_frames_without_copying() -> None:
+    msg = codec.frame_message("cam", 0, 1, _frame())
+    frames = [zmq.Frame(bytes(p)) for p in codec.encode(msg)]
+    decoded = codec.decode(frames)
+    assert decoded == msg
+    assert isinstance(decoded.payload[0], memoryview)
+
+
+def test_window_round_trip() -> None:
+    w = Window(source="room1", seq=3, t_start_ns=1000, t_end_ns=2000,
+               present={"video": True, "audio": True, "text": True},
+               frames=[_frame(), _frame() + 1], frame_t_ns=[1100, 1600],
+               audio=np.linspace(-1, 1, 32, dtype=np.float32).reshape(16, 2), samplerate=16,
+               audio_coverage=0.5, texts=["a", "ß"], text_t_ns=[1200, 1900], close_ns=2100, emit_ns=2200)
+    back = codec.decode_window(codec.encode_window(w))
+    assert back.key == w.key and back.present == w.present and back.texts == w.texts
+    assert all(np.array_equal(a, b) for a, b in zip(back.frames, w.frames, strict=True))
+    assert np.array_equal(back.audio, w.audio) and back.audio_coverage == 0.5
+    assert (back.close_ns, back.emit_ns, back.frame_t_ns) == (2100, 2200, [1100, 1600])
+
+
+# ----------------------------------------------------------------------------- malformed
+
+
+def test_too_few_parts() -> None:
+    assert _reason([b"room1/text"]) == "parts"
+    assert _reason([]) == "parts"
+
+
+def test_bad_topics() -> None:
+    hdr = _raw_header()
+    assert _reason([b"\xff\xfe", hdr, b"x"]) == "topic"
+    assert _reason([b"Room1/text", hdr, b"x"]) == "topic"
+    assert _reason([b"room1", hdr, b"x"]) == "topic"
+    assert _reason([b"room2/text", hdr, b"x"]) == "topic"  # does not match the header
+
+
+def test_bad_headers() -> None:
+    assert _reason([b"room1/text", b"not msgpack \xc1", b"x"]) == "header"
+    assert _reason([b"room1/text", _raw_header(seq="zero"), b"x"]) == "header"
+    assert _reason([b"room1/text", _raw_header(t_ns=None), b"x"]) == "header"
+    assert _reason([b"room1/text", msgspec.msgpack.encode([1, 2]), b"x"]) in ("header", "kind")
+
+
+def test_header_string_that_is_not_utf8() -> None:
+    # found by tests/property: msgspec raises UnicodeDecodeError, not a DecodeError
+    parts = codec.encode(codec.heartbeat_message("room1", "video", 0, 4))
+    hdr = bytes(parts[1]).replace(b"room1", b"\xffoom1")
+    assert _reason([parts[0], hdr]) == "header"
+
+
+def test_unknown_version_and_kind() -> None:
+    assert _reason([b"room1/text", _raw_header(v=SCHEMA_VERSION + 1), b"x"]) == "version"
+    assert _reason([b"room1/text", _raw_header(kind="telepathy"), b"x"]) == "kind"
+
+
+def test_negative_numbers() -> None:
+    assert _reason([b"room1/text", _raw_header(seq=-1), b"x"]) == "field"
+    assert _reason([b"room1/text", _raw_header(t_ns=-5), b"x"]) == "field"
+
+
+def test_frame_size_must_match_shape() -> None:
+    parts = codec.encode(codec.frame_message("cam", 0, 1, _frame()))
+    assert _reason([parts[0], parts[1], bytes(parts[2])[:-1]]) == "size"
+    assert _reason([parts[0], parts[1]]) == "parts"
+    assert _reason([parts[0], parts[1], parts[2], b"extra"]) == "parts"
+    bad = FrameHeader(source="cam", stream="video", seq=0, t_ns=1, shape=(4, 6), dtype="uint8")
+    assert _reason([parts[0], codec.encode_header(bad), parts[2]]) == "field"
+    huge = FrameHeader(source="cam", stream="video", seq=0, t_ns=1, shape=(1 << 20, 1 << 20, 3))
+    assert _reason([parts[0], codec.encode_header(huge), parts[2]]) == "field"
+
+
+def test_jpeg_and_encoding_checks() -> None:
+    hdr = FrameHeader(source="cam", stream="video", seq=0, t_ns=1, shape=(4, 6, 3), encoding="jpeg")
+    assert _reason([b"cam/video", codec.encode_header(hdr), b"GIF89a"]) == "field"
+    hdr = FrameHeader(source="cam", stream="video", seq=0, t_ns=1, shape=(4, 6, 3), encoding="webp")
+    assert _reason([b"cam/video", codec.encode_header(hdr), b"\xff\xd8\xff\xe0"]) == "field"
+
+
+def test_audio_checks() -> None:
+    good = codec.encode(codec.audio_message("mic", 0, 1, np.zeros((4, 1), np.float32), 16000))
+    assert _reason([good[0], good[1], b"\x00" * 15]) == "size"
+    for hdr in (AudioHeader(source="mic", stream="audio", seq=0, t_ns=1, samplerate=0, channels=1, frames=4),
+                AudioHeader(source="mic", stream="audio", seq=0, t_ns=1, samplerate=16000, channels=1,
+                            frames=4, dtype="complex64")):
+        assert _reason([b"mic/audio", codec.encode_header(hdr), b"\x00" * 16]) == "field"
+
+
+def test_text_must_be_utf8() -> None:
+    hdr = codec.encode_header(TextHeader(source="room1", stream="text", seq=0, t_ns=1))
+    assert _reason([b"room1/text", hdr, b"ab\xff"]) == "text"
+    assert codec.decode([b"room1/text", hdr, "ü".encode()]).text() == "ü"
+
+
+def test_heartbeat_carries_no_payload() -> None:
+    parts = codec.encode(codec.heartbeat_message("room1", "text", 0, 5))
+    assert _reason([*parts, b"x"]) == "parts"
+
+
+def test_oversized_message() -> None:
+    parts = codec.encode(codec.text_message("room1", 0, 1, "x" * 100))
+    with pytest.raises(DecodeError) as e:
+        codec.decode(parts, max_bytes=50)
+    assert e.value.reason == "too_large"
+
+
+def test_windows_never_travel_on_the_bus() -> None:
+    w = Window(source="room1", seq=0, t_start_ns=0, t_end_ns=1, present={})
+    assert _reason(codec.encode_window(w)) == "kind"
+
+
+def test_encode_validates_before_sending() -> None:
+    msg = Message("room1/text", TextHeader(source="room1", stream="text", seq=0, t_ns=1), (b"\xff",))
+    with pytest.raises(DecodeError):
+        codec.encode(msg)
+
+
+def test_decode_window_rejects_inconsistent_parts() -> None:
+    w = Window(source="room1", seq=0, t_start_ns=0, t_end_ns=1, present={"video": True},
+               frames=[_frame()], frame_t_ns=[0])
+    parts = codec.encode_window(w)
+    with pytest.raises(DecodeError):
+        codec.decode_window(parts[:-1])
+    with pytest.raises(DecodeError):
+        codec.decode_window([parts[0], parts[1], bytes(parts[2])[:-3]])
+    with pytest.raises(DecodeError):
+        codec.decode_window(codec.encode(codec.text_message("room1", 0, 1, "x")))
