@@ -229,7 +229,40 @@ class RawBatch:
                         offsets=offsets, mask=self.mask[idx], resample=resample)
 
 
-def _gray(frame: np.ndarray | bytes, encoding: str, size: int) -> np.ndarray | None:
+_REDUCED = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+            (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from a JPEG's SOF marker, or None if none is found."""
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return (data[i + 5] << 8) | data[i + 6], (data[i + 7] << 8) | data[i + 8]
+        i += 2 + length
+    return None
+
+
+def _reduced_flag(data: bytes, size: int) -> int:
+    """Decode at 1/2, 1/4 or 1/8 scale when the result still covers ``size``:
+    libjpeg then skips most of the inverse DCT, several times faster than a full
+    decode followed by a resize."""
+    hw = jpeg_size(data)
+    if hw is not None:
+        for factor, flag in _REDUCED:
+            if min(hw) // factor >= size:
+                return flag
+    return cv2.IMREAD_GRAYSCALE
+
+
+def _gray(frame: np.ndarray | bytes, size: int) -> np.ndarray | None:
     """One frame to ``(size, size)`` uint8 grayscale; None when it does not decode."""
     if isinstance(frame, np.ndarray):
         img = frame
@@ -241,7 +274,7 @@ def _gray(frame: np.ndarray | bytes, encoding: str, size: int) -> np.ndarray | N
             return None
     else:
         buf = np.frombuffer(frame, dtype=np.uint8)
-        decoded: np.ndarray | None = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+        decoded: np.ndarray | None = cv2.imdecode(buf, _reduced_flag(frame, size)) if buf.size else None
         if decoded is None:
             return None
         img = decoded
@@ -262,7 +295,7 @@ def _window_frames(w: Window, prep: Preprocessing) -> tuple[np.ndarray | None, s
     for j, i in enumerate(picks):
         i = int(i)
         if i not in cache:
-            g = _gray(w.frames[i], w.frame_encoding, prep.image_size)
+            g = _gray(w.frames[i], prep.image_size)
             if g is None:
                 return None, f"frame {i} ({w.frame_encoding}) did not decode"
             cache[i] = g

@@ -125,12 +125,16 @@ class ModelConfig:
 
 
 def _conv_stack(channels: tuple[int, ...]) -> nn.Sequential:
-    """3x3 conv + GroupNorm + ReLU + 2x2 max-pool per width; input has 1 channel."""
+    """Per width: 3x3 conv with stride 2 + GroupNorm + ReLU; input has 1 channel.
+
+    Stride 2 instead of conv + max-pool: 4x fewer multiply-adds per layer and no
+    pooling pass (on CPU, max-pool took a third of the model's time).
+    """
     layers: list[nn.Module] = []
     c_in = 1
     for c in channels:
-        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.GroupNorm(min(4, c), c), nn.ReLU(inplace=True),
-                   nn.MaxPool2d(2, ceil_mode=True)]
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.GroupNorm(min(4, c), c),
+                   nn.ReLU(inplace=True)]
         c_in = c
     return nn.Sequential(*layers)
 
