@@ -24,8 +24,9 @@ import logging
 import math
 import struct
 import sys
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -169,25 +170,79 @@ def _decompress(compression: str, data: bytes, size: int) -> bytes:
     raise McapError(f"unsupported chunk compression {compression!r}")
 
 
-def _records_in(f: io.BufferedReader, rec: _Rec) -> Iterator[tuple[int, memoryview]]:
-    """``(opcode, body)`` of the records in a chunk (or the record itself): the
-    chunk is read and decompressed once, bodies are views into it."""
+def _load(f: io.BufferedReader, rec: _Rec) -> tuple[str, bytes, int]:
+    """The stored bytes of a record: ``(compression, data, uncompressed size)``;
+    for a record outside chunks, ``("record", body, len)``."""
     f.seek(rec.offset + _RECORD_HEADER.size)
     if rec.opcode != Opcode.CHUNK:
-        yield rec.opcode, memoryview(f.read(rec.length))
-        return
+        body = f.read(rec.length)
+        return "record", body, len(body)
     _start, _end, size, _crc, n = _CHUNK_HEAD.unpack(f.read(_CHUNK_HEAD.size))
     compression = f.read(n).decode("utf-8")
     (n_data,) = struct.unpack("<Q", f.read(8))
-    view = memoryview(_decompress(compression, f.read(n_data), size))
+    return compression, f.read(n_data), size
+
+
+def _records(opcode: int, compression: str, data: bytes, size: int) -> Iterator[tuple[int, memoryview]]:
+    """``(opcode, body)`` of the records of a chunk (or the record itself); bodies
+    are views into the decompressed chunk."""
+    if compression == "record":
+        yield opcode, memoryview(data)
+        return
+    view = memoryview(_decompress(compression, data, size))
     pos, end = 0, len(view)
     while pos + _RECORD_HEADER.size <= end:
-        opcode, length = _RECORD_HEADER.unpack_from(view, pos)
+        op, length = _RECORD_HEADER.unpack_from(view, pos)
         pos += _RECORD_HEADER.size
         if pos + length > end:
             raise McapError("record overruns its chunk")
-        yield opcode, view[pos:pos + length]
+        yield op, view[pos:pos + length]
         pos += length
+
+
+Loaded = Callable[[], list[tuple[int, memoryview]]]
+
+
+def _parse_all(opcode: int, compression: str, data: bytes, size: int) -> list[tuple[int, memoryview]]:
+    return list(_records(opcode, compression, data, size))
+
+
+def _failed(e: BaseException) -> Loaded:
+    def raise_() -> list[tuple[int, memoryview]]:
+        raise e
+
+    return raise_
+
+
+LOOKAHEAD = 3  # chunks decompressed ahead, on worker threads
+
+
+def _decompressed(f: io.BufferedReader, recs: list[_Rec]) -> Iterator[Loaded]:
+    """For each record in order, a callable giving its records (or raising what
+    reading it raised). The file is read here, in order; chunks decompress on two
+    worker threads ahead of use (zstd releases the GIL)."""
+    if sum(r.opcode == Opcode.CHUNK for r in recs) < 2:
+        for rec in recs:
+            try:
+                loaded = _parse_all(rec.opcode, *_load(f, rec))
+                yield lambda got=loaded: got  # type: ignore[misc]
+            except (*_READ_ERRORS, zstandard.ZstdError) as e:
+                yield _failed(e)
+        return
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mcap-read")
+    pending: deque[Loaded] = deque()
+    try:
+        for rec in recs:
+            try:
+                pending.append(pool.submit(_parse_all, rec.opcode, *_load(f, rec)).result)
+            except _READ_ERRORS as e:
+                pending.append(_failed(e))
+            if len(pending) > LOOKAHEAD:
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 _Item = tuple[int, int, str, str, bytes | memoryview]  # (t_ns, order, topic, encoding, data)
@@ -198,18 +253,17 @@ def _ordered(f: io.BufferedReader, recs: list[_Rec], channels: dict[int, Channel
              errors: Counter[str]) -> Iterator[_Item]:
     """Messages of ``recs`` (in file order) in log_time order. Exact and bounded:
     a message is released once no later record can start before it."""
+    recs = [r for r in recs if r.opcode in (Opcode.CHUNK, Opcode.CHANNEL, Opcode.MESSAGE)]
     suffix_min = [math.inf] * (len(recs) + 1)
     for i in range(len(recs) - 1, -1, -1):
         suffix_min[i] = min(recs[i].t_min, suffix_min[i + 1])
     heap: list[_Item] = []
     order = 0
-    for i, rec in enumerate(recs):
+    for i, loaded in enumerate(_decompressed(f, recs)):
         while heap and heap[0][0] < suffix_min[i]:
             yield heapq.heappop(heap)
-        if rec.opcode not in (Opcode.CHUNK, Opcode.CHANNEL, Opcode.MESSAGE):
-            continue
         try:
-            for opcode, body in _records_in(f, rec):
+            for opcode, body in loaded():
                 if opcode == Opcode.MESSAGE:
                     ch_id, _seq, t, _pub = _MSG_HEAD.unpack_from(body)
                     ch = channels.get(ch_id)

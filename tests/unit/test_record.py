@@ -90,13 +90,13 @@ def test_topic_and_time_filters_read_only_needed_chunks(tmp_path: Path, monkeypa
     msgs = sample(400)
     write(tmp_path / "a.mcap", msgs, chunk_size=8 * 1024)
     reads: Counter[str] = Counter()
-    orig = reader._records_in
+    orig = reader._load
 
     def counting(f, rec):  # type: ignore[no-untyped-def]
         reads["chunks"] += 1
         return orig(f, rec)
 
-    monkeypatch.setattr(reader, "_records_in", counting)
+    monkeypatch.setattr(reader, "_load", counting)
     total = len(list(reader.read_messages([tmp_path / "a.mcap"])))
     all_chunks = reads["chunks"]
     reads.clear()
