@@ -27,7 +27,6 @@ from mcap.data_stream import RecordBuilder
 from mcap.opcode import Opcode
 from mcap.records import (
     Channel,
-    Chunk,
     ChunkIndex,
     DataEnd,
     Footer,
@@ -45,6 +44,7 @@ Buffer = bytes | memoryview
 
 _MSG_HEAD = struct.Struct("<BQHIQQ")  # opcode, length, channel, sequence, log_time, publish_time
 _MSG_FIXED = 2 + 4 + 8 + 8
+_CHUNK_HEAD = struct.Struct("<BQQQQII")  # opcode, length, start, end, uncompressed size, crc, len(compression)
 
 
 def _record(rec: object) -> bytes:
@@ -106,15 +106,16 @@ class McapFile:
     (``level`` as in zstd) or ``"none"``.
     """
 
-    def __init__(self, path: str | Path, *, chunk_size: int, compression: str = "zstd", level: int = 3,
+    def __init__(self, path: str | Path, *, chunk_size: int, compression: str = "zstd", level: int | None = 3,
                  profile: str = "", library: str = "") -> None:
         if compression not in ("zstd", "none"):
             raise ValueError(f"compression must be 'zstd' or 'none', got {compression!r}")
         self._f = _File(Path(path))
         self._chunk_size = chunk_size
         self._compression = "" if compression == "none" else compression
-        self._level = level
-        self._zstd = zstandard.ZstdCompressor(level=level, write_content_size=True) if self._compression else None
+        self._level: int | None = None
+        self._zstd: zstandard.ZstdCompressor | None = None
+        self.level = level if self._compression else None
         self._schemas: dict[int, Schema] = {}
         self._channels: dict[int, Channel] = {}
         self._chunk_indexes: list[ChunkIndex] = []
@@ -138,14 +139,15 @@ class McapFile:
         return self._f.pos
 
     @property
-    def level(self) -> int:
+    def level(self) -> int | None:
         return self._level
 
     @level.setter
-    def level(self, level: int) -> None:
-        """The zstd level of the next chunks (lower is faster and larger)."""
-        if self._zstd is not None and level != self._level:
-            self._zstd = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    def level(self, level: int | None) -> None:
+        """The zstd level of the next chunks (lower is faster and larger; None: the
+        chunks are stored uncompressed, which MCAP allows chunk by chunk)."""
+        if level != self._level or (level is not None and self._zstd is None):
+            self._zstd = zstandard.ZstdCompressor(level=level, write_content_size=True) if level is not None else None
         self._level = level
 
     def add_schema(self, name: str, encoding: str, data: bytes) -> int:
@@ -202,22 +204,26 @@ class McapFile:
             return
         data = b"".join(self._parts)
         compressed = self._zstd.compress(data) if self._zstd is not None else data
-        chunk = _record(Chunk(compression=self._compression, data=compressed, message_start_time=self._c_min,
-                              message_end_time=self._c_max, uncompressed_crc=zlib.crc32(data),
-                              uncompressed_size=len(data)))
+        compression = self._compression if self._zstd is not None else ""
+        comp = compression.encode()
+        # The Chunk record (as mcap.records.Chunk writes it), with the data passed by reference.
+        head = _CHUNK_HEAD.pack(Opcode.CHUNK, 8 + 8 + 8 + 4 + 4 + len(comp) + 8 + len(compressed), self._c_min,
+                                self._c_max, len(data), zlib.crc32(data), len(comp)) \
+            + comp + struct.pack("<Q", len(compressed))
+        chunk_length = len(head) + len(compressed)
         indexes: list[bytes] = []
         offsets: dict[int, int] = {}
-        pos = self._f.pos + len(chunk)
+        pos = self._f.pos + chunk_length
         for cid, entries in self._index.items():
             rec = _record(MessageIndex(channel_id=cid, records=entries))
             offsets[cid] = pos
             pos += len(rec)
             indexes.append(rec)
-        start = self._f.write(chunk, *indexes)
+        start = self._f.write(head, compressed, *indexes)
         self._chunk_indexes.append(ChunkIndex(
             message_start_time=self._c_min, message_end_time=self._c_max, chunk_start_offset=start,
-            chunk_length=len(chunk), message_index_offsets=offsets,
-            message_index_length=sum(len(r) for r in indexes), compression=self._compression,
+            chunk_length=chunk_length, message_index_offsets=offsets,
+            message_index_length=sum(len(r) for r in indexes), compression=compression,
             compressed_size=len(compressed), uncompressed_size=len(data)))
         self._f.seal()
         self._reset_chunk()

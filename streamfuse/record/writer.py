@@ -80,7 +80,7 @@ class RecordingWriter:
     """
 
     def __init__(self, path: str | Path, *, chunk_size: int = 4 * 1024 * 1024, compression: str = "zstd",
-                 metadata: dict[str, str] | None = None, zstd_level: int = 3) -> None:
+                 metadata: dict[str, str] | None = None, zstd_level: int | None = 3) -> None:
         self.path = Path(path)
         self._mcap = McapFile(self.path, chunk_size=chunk_size, compression=compression, level=zstd_level,
                               profile=fmt.PROFILE, library=f"streamfuse {__version__}")
@@ -138,12 +138,14 @@ class RecordingWriter:
         if t_ns < 0:
             raise codec.DecodeError("field", f"negative t_ns {t_ns}")
         pieces: list[bytes | memoryview] = []
-        for b in bufs[1:]:
+        for part, b in zip(parts[1:], bufs[1:], strict=True):
             view = memoryview(b)
             if view.nbytes > fmt.MAX_PART:
                 raise codec.DecodeError("too_large", f"part of {view.nbytes} bytes")
             pieces.append(_LEN.pack(view.nbytes))
-            pieces.append(b if isinstance(b, bytes) or view.readonly else bytes(view))
+            # A received zmq.Frame is ours and never changes: keep a reference.
+            keep = isinstance(part, (bytes, zmq.Frame)) or view.readonly
+            pieces.append(b if keep else bytes(view))
         n = self._mcap.add_message(self._channel(topic), t_ns, pieces, sequence=seq)
         self.messages += 1
         self.data_bytes += n
@@ -156,12 +158,12 @@ class RecordingWriter:
         return self.write(codec.encode(msg))
 
     @property
-    def zstd_level(self) -> int:
+    def zstd_level(self) -> int | None:
         return self._mcap.level
 
     @zstd_level.setter
-    def zstd_level(self, level: int) -> None:
-        """Takes effect from the next chunk."""
+    def zstd_level(self, level: int | None) -> None:
+        """Takes effect from the next chunk; None stores chunks uncompressed."""
         self._mcap.level = level
 
     def flush(self) -> None:
@@ -214,25 +216,30 @@ class LevelPolicy:
 
     high: int
     low: int
-    levels: tuple[int, ...] = (3, 1, -1, -5)
+    levels: tuple[int | None, ...] = (3, 1, -1, -5, None)  # None: chunks stored uncompressed
     calm_ns: int = 5 * clock.NS_PER_S
+    settle_ns: int = clock.NS_PER_S // 2  # a new level needs a chunk or two to show its effect
     step: int = 0
     calm_since: int | None = None
+    changed_ns: int | None = None
 
     @property
-    def level(self) -> int:
+    def level(self) -> int | None:
         return self.levels[self.step]
 
-    def update(self, queued_bytes: int, now_ns: int) -> int:
+    def update(self, queued_bytes: int, now_ns: int) -> int | None:
+        settled = self.changed_ns is None or now_ns - self.changed_ns >= self.settle_ns
         if queued_bytes > self.high and self.step < len(self.levels) - 1:
-            self.step += 1
+            if settled:
+                self.step += 1
+                self.changed_ns = now_ns
             self.calm_since = None
         elif queued_bytes < self.low and self.step > 0:
             if self.calm_since is None:
                 self.calm_since = now_ns
             elif now_ns - self.calm_since >= self.calm_ns:
                 self.step -= 1
-                self.calm_since = now_ns
+                self.calm_since = self.changed_ns = now_ns
         elif queued_bytes >= self.low:
             self.calm_since = None
         return self.level
@@ -340,7 +347,7 @@ class _Recorder:
         w = self.writer
         level = self.policy.level
         if self.policy.update(queued_bytes, now_ns) != level:
-            log.info("write backlog %.0f MB: zstd level %d -> %d", queued_bytes / 1e6, level, self.policy.level)
+            log.info("write backlog %.0f MB: zstd level %s -> %s", queued_bytes / 1e6, level, self.policy.level)
             if w is not None:
                 w.zstd_level = self.policy.level
         if w is not None and self.rotation.due(w.bytes_on_disk, self.opened_ns, now_ns):

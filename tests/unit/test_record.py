@@ -188,12 +188,28 @@ def test_stock_reader_validates_crcs_and_caller_may_reuse_buffers(tmp_path: Path
 
 
 def test_compression_level_gives_way_under_backlog() -> None:
-    p = LevelPolicy(high=100, low=10, calm_ns=50)
+    p = LevelPolicy(high=100, low=10, calm_ns=50, settle_ns=2)
     assert p.update(50, 0) == 3
-    assert p.update(101, 1) == 1 and p.update(101, 2) == -1 and p.update(500, 3) == -5 and p.update(500, 4) == -5
-    assert p.update(5, 10) == -5 and p.update(5, 59) == -5  # calm, but not for long enough
-    assert p.update(5, 60) == -1
-    assert p.update(20, 70) == -1 and p.update(5, 80) == -1 and p.update(5, 130) == 1
+    assert p.update(101, 1) == 1
+    assert p.update(101, 2) == 1  # the new level has not had time to show its effect
+    assert p.update(101, 3) == -1 and p.update(500, 5) == -5 and p.update(500, 7) is None
+    assert p.update(500, 9) is None  # nothing faster than storing uncompressed
+    assert p.update(5, 10) is None and p.update(5, 59) is None  # calm, but not for long enough
+    assert p.update(5, 60) == -5
+    assert p.update(20, 70) == -5 and p.update(5, 80) == -5 and p.update(5, 130) == -1
+
+
+def test_uncompressed_chunks_mix_with_compressed_ones(tmp_path: Path) -> None:
+    msgs = sample(100)
+    with RecordingWriter(tmp_path / "a.mcap", chunk_size=4 * 1024) as w:
+        for i, m in enumerate(msgs):
+            w.zstd_level = None if (i // 40) % 2 else 1
+            w.write_message(m)
+    with open(tmp_path / "a.mcap", "rb") as f:
+        summary = make_reader(f, validate_crcs=True).get_summary()
+        assert summary is not None and {c.compression for c in summary.chunk_indexes} == {"", "zstd"}
+        assert sum(1 for _ in make_reader(f, validate_crcs=True).iter_messages()) == len(msgs)
+    assert list(reader.read_messages([tmp_path / "a.mcap"])) == by_time(msgs)
 
 
 def test_rotation_and_numbering() -> None:
