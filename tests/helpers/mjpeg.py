@@ -18,7 +18,7 @@ Usage::
         cam.stop()            # listening socket and every open stream closed
         cam.start()           # same port again
         assert cam.frames_served > 0
-        sent_ns = cam.sent_ns[counter]   # time.time_ns() when that frame was first sent
+        sent_ns = cam.sent_ns[counter]   # time.time_ns() just before that frame was first sent
 
 ``stop()`` really closes the TCP connections, so a client sees the stream end
 (that is what a camera losing power looks like to OpenCV).
@@ -66,6 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
                 n, data = cam._frame_after(last)
                 if data is None:
                     break
+                cam._sending(n)
                 self.wfile.write(
                     f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                     + data + b"\r\n")
@@ -157,10 +158,13 @@ class MjpegCamera:
         with self._lock:
             self._conns.discard(c)
 
+    def _sending(self, n: int) -> None:
+        with self._lock:
+            self.sent_ns.setdefault(n, time.time_ns())
+
     def _served(self, n: int) -> None:
         with self._lock:
             self.frames_served += 1
-            self.sent_ns.setdefault(n, time.time_ns())
 
     def _frame_after(self, last: int) -> tuple[int, bytes | None]:
         """Wait for the next frame tick after ``last``; its counter and JPEG (None when stopped)."""
