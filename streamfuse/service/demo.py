@@ -112,6 +112,8 @@ def prepare(cache: Path, size: Size, data: Path | None, config_path: Path) -> tu
         tmp.rename(ddir)  # only a complete set is ever reused
     else:
         print(f"demo: reusing data set {ddir}", flush=True)
+    if (mdir / "manifest.json").exists() and not _loads(mdir):
+        shutil.rmtree(mdir)
     if not (mdir / "manifest.json").exists():
         tmp = mdir.with_name(mdir.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,6 +125,18 @@ def prepare(cache: Path, size: Size, data: Path | None, config_path: Path) -> tu
     else:
         print(f"demo: reusing model {mdir}", flush=True)
     return ddir, mdir
+
+
+def _loads(model: Path) -> bool:
+    """Whether a cached model still loads with this version of the code."""
+    from streamfuse.fusion.artifact import ArtifactError, load_artifact
+
+    try:
+        load_artifact(model)
+    except ArtifactError as e:
+        print(f"demo: the cached model no longer loads ({str(e)[:120]}...); training again", flush=True)
+        return False
+    return True
 
 
 def write_config(run_dir: Path, model: Path | None, *, metrics: str = "") -> Path:

@@ -19,8 +19,11 @@ a worker serving ``streamfuse_model_info`` or a missing artifact at
 SIGHUP: workers get SIGHUP (they reload the model); the config file is re-read
 and validated; children whose part of the config changed (a source's capture
 settings, ``[align]``, ``[fusion]``, ``[record]``, the set of sources,
-``fusion.workers``) are restarted or started/stopped to match. ``[bus]`` and
-``[metrics]`` changes need a restart of the service (logged).
+``fusion.workers``) are restarted or started/stopped to match. A file that
+changes ``[bus]`` or ``[metrics]`` is not applied at all (logged: that takes a
+restart of the service), nor is an invalid one. Children always read a
+snapshot of the accepted file (``<run dir>/config.toml``), so an edit reaches
+them only through SIGHUP, never through a crash restart.
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ class Supervisor:
                  notifier: Notifier | None = None, policy: RestartPolicy | None = None) -> None:
         check_security(cfg.bus)
         self.cfg = cfg
+        self.source_path = cfg.path  # the user's file; children read a snapshot of it
         self.signals = signals
         self.notifier = notifier or Notifier()
         self._fixed_specs = specs
@@ -262,18 +266,46 @@ class Supervisor:
 
     # ------------------------------------------------------------------ reload
 
+    def _snapshot(self, text: str) -> Path:
+        """Write the config children read: a copy, so an edited file reaches them only via SIGHUP."""
+        snap = self.run_dir / "config.toml"
+        tmp = snap.with_name(".config.toml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, snap)
+        return snap
+
+    def _hup_workers(self) -> None:
+        for c in self.children.values():
+            if c.spec.reload_on_hup and c.proc is not None and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGHUP)
+                log.info("reload: %s told to reload its model", c.spec.name)
+
     def reload(self) -> None:
-        """SIGHUP: forward to workers, re-read the config, reconcile the table."""
+        """SIGHUP: workers reload the model; the config file is re-read and the table reconciled."""
         self.notifier.send(RELOADING=1, MONOTONIC_USEC=clock.monotonic_ns() // 1000)
         try:
-            new = load(self.cfg.path) if self.cfg.path else self.cfg
-        except ConfigError as e:
-            log.error("reload: config rejected, keeping the running one: %s", e)
+            self._reload_config()
+        finally:
             self.notifier.send(READY=1)
+
+    def _reload_config(self) -> None:
+        if not self.source_path:
+            self._hup_workers()  # no file: nothing else to re-read
             return
-        for section in ("bus", "metrics"):
-            if getattr(new, section) != getattr(self.cfg, section):
-                log.warning("reload: [%s] changed; that takes a restart of the service", section)
+        try:
+            text = Path(self.source_path).read_text(encoding="utf-8")
+            new = load(self.source_path)
+        except (ConfigError, OSError, UnicodeDecodeError) as e:
+            log.error("reload: config rejected, keeping the running one: %s", e)
+            self._hup_workers()
+            return
+        changed = [sec for sec in ("bus", "metrics") if getattr(new, sec) != getattr(self.cfg, sec)]
+        if changed:
+            log.error("reload: [%s] changed; restart the service to apply that. The running config "
+                      "stays (workers still reload the model)", "], [".join(changed))
+            self._hup_workers()
+            return
+        new = dataclasses.replace(new, path=str(self._snapshot(text)))
         specs = self._fixed_specs if self._fixed_specs is not None else table(new)
         wanted = {s.name: s for s in specs}
         for name in [n for n in self.children if n not in wanted]:
@@ -282,7 +314,7 @@ class Supervisor:
         for name, spec in wanted.items():
             old = self.children.get(name)
             if old is not None and old.spec == spec:
-                if spec.reload_on_hup and old.running and old.proc is not None:
+                if spec.reload_on_hup and old.proc is not None and old.proc.poll() is None:
                     old.proc.send_signal(signal.SIGHUP)
                     log.info("reload: %s told to reload its model", name)
                 continue
@@ -294,8 +326,8 @@ class Supervisor:
             child = self._new_child(spec)
             self.children[name] = child
             self._start(child)
-        self.cfg = dataclasses.replace(new, path=self.cfg.path)
-        self.notifier.send(READY=1)
+        self.cfg = new
+        self.liveness.stall_s = 2 * (new.align.window_ms + new.align.max_lateness_ms) / 1000 + 5
 
     # ------------------------------------------------------------------ health
 
@@ -397,6 +429,10 @@ class Supervisor:
 
     def run(self) -> int:
         self.lock = take_lock(self.run_dir)
+        if self.source_path:
+            # Children read a snapshot of the validated file, never the file being edited.
+            text = Path(self.source_path).read_text(encoding="utf-8")
+            self.cfg = dataclasses.replace(load(self.source_path), path=str(self._snapshot(text)))
         self.metrics_dir = service_metrics.prepare_dir(self.run_dir)
         from streamfuse import metrics as m  # only now: prometheus-client picks multiprocess mode
 

@@ -10,7 +10,9 @@ import os
 import signal
 import time
 
-from tests.helpers.proc import run_streamfuse, stop, wait_for
+import pytest
+
+from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
 from tests.integration.supervised import ALIGNER, CAPTURE, RECORDER, WORKER, StandinDaemon
 
 PIPELINE = [
@@ -48,8 +50,11 @@ def test_killed_child_is_restarted_quickly_and_others_keep_running(bus_env) -> N
         aligner = d.pids("aligner")
         t0 = time.monotonic()
         os.kill(old, signal.SIGKILL)
-        wait_for(lambda: len(d.pids("capture-room1-text")) == 2, timeout=5, what="restart")
+        # restarted = the supervisor has started a new process (its own start-up, an
+        # interpreter's, is not the supervisor's to bound)
+        wait_for(lambda: d.log().count("capture-room1-text started (pid") == 2, timeout=5, what="restart")
         assert time.monotonic() - t0 < 2.0
+        wait_for(lambda: len(d.pids("capture-room1-text")) == 2, timeout=20, what="the new process running")
         assert d.pids("aligner") == aligner  # nobody else was touched
         assert "capture-room1-text died (killed by SIGKILL); restarting" in d.log()
     finally:
@@ -111,3 +116,31 @@ def test_invalid_config_exits_2_with_one_line_naming_the_key(bus_env) -> None:
     r = run_streamfuse(["run", "--config", str(bus_env.path)], timeout=30)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["streamfuse run: fusion.workers: expected a positive number, got 0"]
+
+
+@pytest.mark.slow
+def test_sighup_reconciles_the_real_table_with_the_edited_config(bus_env) -> None:
+    bus_env.write('[[sources]]\nname = "room1"\n[sources.text]\ninput = "zmq"\n')
+    log = bus_env.root / "daemon.log"
+    with open(log, "w") as err:
+        proc = streamfuse(["run", "--config", str(bus_env.path)], stderr=err)
+    try:
+        wait_for(lambda: "ready:" in log.read_text(), timeout=60, what="daemon ready")
+        text = bus_env.path.read_text()
+        # a new source and a changed [fusion]: room2's capture starts, the worker restarts
+        bus_env.path.write_text(text.replace("[fusion]\n", "[fusion]\nmax_batch = 8\n") +
+                                '[[sources]]\nname = "room2"\n[sources.text]\ninput = "zmq"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "capture-room2-text started" in log.read_text(), timeout=20, what="new capture")
+        wait_for(lambda: "reload: configuration of worker-0 changed; restarting it" in log.read_text(),
+                 timeout=20, what="worker restart")
+        assert "configuration of capture-room1-text changed" not in log.read_text()
+        # a [bus] change is refused as a whole
+        bus_env.path.write_text(bus_env.path.read_text().replace("[bus]\n", "[bus]\nhwm = 7\n"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload: [bus] changed; restart the service" in log.read_text(), timeout=20,
+                 what="bus change refused")
+        assert "hwm = 7" not in (bus_env.run_dir / "config.toml").read_text()
+        assert proc.poll() is None
+    finally:
+        assert stop(proc, timeout=15) == 0
