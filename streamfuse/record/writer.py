@@ -300,8 +300,13 @@ class _Recorder:
 
     FLUSH_NS = clock.NS_PER_S  # a chunk is finished at least this often (bounds crash loss)
 
-    def __init__(self, cfg: Config, out: str, *, start_ns: int) -> None:
+    METRICS_NS = clock.NS_PER_S // 2
+
+    def __init__(self, cfg: Config, out: str, *, start_ns: int, rx_dropped: Counter[str]) -> None:
         self.cfg = cfg
+        self.rx_dropped = rx_dropped  # counted by the receiver thread
+        self.dropped_counted: Counter[str] = Counter()
+        self.published_ns = start_ns
         self.out = out
         utc = datetime.datetime.fromtimestamp(start_ns / clock.NS_PER_S, tz=datetime.timezone.utc)
         self.stamp = f"{utc:%Y%m%dT%H%M%SZ}" if Path(out).suffix != ".mcap" else ""
@@ -357,12 +362,22 @@ class _Recorder:
             w.flush()
             self.bytes += w.bytes_on_disk - before
             self.flushed_ns = now_ns
+        if now_ns - self.published_ns >= self.METRICS_NS:
+            self.publish_metrics()
+            self.published_ns = now_ns
+
+    def publish_metrics(self) -> None:
+        """Add what changed since the last call to the Prometheus counters."""
         m, b = self.counted
         if self.messages > m:
             metrics.recorder_messages.inc(self.messages - m)
         if self.bytes > b:
             metrics.recorder_bytes.inc(self.bytes - b)
         self.counted = (self.messages, self.bytes)
+        dropped = self.dropped + self.rx_dropped
+        for reason, n in (dropped - self.dropped_counted).items():
+            metrics.recorder_dropped.labels(reason).inc(n)
+        self.dropped_counted = dropped
 
     def _close_file(self) -> None:
         if self.writer is not None:
@@ -381,14 +396,14 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     prefixes = list(args.topics or cfg.record.topics or [""])
     start_ns = clock.now_ns()
     deadline = start_ns + int(args.duration * clock.NS_PER_S) if args.duration else None
-    rec = _Recorder(cfg, args.out, start_ns=start_ns)
+    recv_counts: Counter[str] = Counter()
+    rec = _Recorder(cfg, args.out, start_ns=start_ns, rx_dropped=recv_counts)
     try:
         rec.writer = rec._open(start_ns)  # fail early on an unwritable path
     except OSError as e:
         print(f"streamfuse record: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
     q = _Queue(max_items=max(cfg.bus.hwm, 1000) * 4, max_bytes=QUEUE_BYTES)
-    recv_counts: Counter[str] = Counter()
     stop_rx = threading.Event()
     ready = threading.Event()
     ctx = zmq.Context()
@@ -426,9 +441,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
         stop_rx.set()
         rx.join(5)
         ctx.destroy(linger=0)
-    for reason, n in {**recv_counts, **rec.dropped}.items():
-        metrics.recorder_dropped.labels(reason).inc(n)
-    dropped = sum(recv_counts.values()) + sum(rec.dropped.values())
-    log.info("recorded %d messages, %.1f MB in %d file(s), dropped %d %s", rec.messages,
-             rec.bytes / 1e6, len(rec.files), dropped, dict(recv_counts + rec.dropped) if dropped else "")
+    rec.publish_metrics()
+    dropped = recv_counts + rec.dropped
+    log.info("recorded %d messages, %.1f MB in %d file(s), dropped %d%s", rec.messages,
+             rec.bytes / 1e6, len(rec.files), sum(dropped.values()), f" {dict(dropped)}" if dropped else "")
     return code
