@@ -9,6 +9,7 @@ malformed: it never raises anything else on bad input.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -82,7 +83,7 @@ def frame_message(source: str, seq: int, t_ns: int, image: np.ndarray | bytes, *
     if encoding == "raw":
         arr = np.ascontiguousarray(image)
         hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns,
-                          shape=tuple(arr.shape), dtype=str(arr.dtype), encoding="raw")
+                          shape=tuple(arr.shape), dtype=_dtype_name(arr.dtype), encoding="raw")
         return Message(topics.topic(source, "video"), hdr, (arr.data.cast("B"),))
     hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns,
                       shape=tuple(shape or ()), dtype="uint8", encoding=encoding)
@@ -95,7 +96,7 @@ def audio_message(source: str, seq: int, t_ns: int, block: np.ndarray, samplerat
     if arr.ndim == 1:
         arr = arr.reshape(-1, 1)
     hdr = AudioHeader(source=source, stream="audio", seq=seq, t_ns=t_ns, samplerate=samplerate,
-                      channels=arr.shape[1], frames=arr.shape[0], dtype=str(arr.dtype))
+                      channels=arr.shape[1], frames=arr.shape[0], dtype=_dtype_name(arr.dtype))
     return Message(topics.topic(source, "audio"), hdr, (arr.data.cast("B"),))
 
 
@@ -124,12 +125,29 @@ def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: 
 # ----------------------------------------------------------------------------- validation
 
 
+# Per-message costs matter at ~100k audio blocks/s: these lookups replace numpy's
+# Python-level dtype name/itemsize code and a regex per topic (bench/bus_throughput.py).
+_ITEMSIZE = {d: np.dtype(d).itemsize for d in ARRAY_DTYPES}
+_DTYPE_NAMES = {np.dtype(d): d for d in ARRAY_DTYPES}
+
+
+def _dtype_name(dt: np.dtype) -> str:
+    return _DTYPE_NAMES.get(dt) or str(dt)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_topic(topic: str) -> tuple[str, str]:
+    return topics.split(topic)  # a ValueError is not cached
+
+
 def _check_array(shape: tuple[int, ...], dtype: str, nbytes: int) -> None:
-    if dtype not in ARRAY_DTYPES:
+    itemsize = _ITEMSIZE.get(dtype)
+    if itemsize is None:
         raise DecodeError("field", f"unsupported dtype {dtype!r}")
-    if any(d <= 0 or d > MAX_DIM for d in shape):
-        raise DecodeError("field", f"bad shape {shape}")
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    for d in shape:
+        if d <= 0 or d > MAX_DIM:
+            raise DecodeError("field", f"bad shape {shape}")
+    expected = math.prod(shape) * itemsize
     if expected != nbytes:
         raise DecodeError("size", f"payload is {nbytes} bytes, shape {shape} x {dtype} needs {expected}")
 
@@ -140,7 +158,7 @@ def check(msg: Message) -> None:
     if h.v != SCHEMA_VERSION:
         raise DecodeError("version", f"schema version {h.v}, this build reads {SCHEMA_VERSION}")
     try:
-        source, stream = topics.split(msg.topic)
+        source, stream = _split_topic(msg.topic)
     except ValueError as e:
         raise DecodeError("topic", str(e)) from None
     if source != h.source or stream != h.stream:
