@@ -1,11 +1,14 @@
 """Read recordings back: for replay, the trainer and ``streamfuse inspect``.
 
-A finished file (with summary and chunk index) is read with the ``mcap``
-package's seeking reader, which decompresses only the chunks that hold the
-requested topics and time range. A file without a summary (its writer was
-killed, or it is still being written) is read linearly; a file that ends in the
-middle of a record yields everything before that point and counts one
-``truncated`` error. Messages of several files are merged in ``t_ns`` order.
+For a finished file, the summary (read with the ``mcap`` package) says which
+chunks can hold the requested topics and time range: only those are read. A
+file without a summary (its writer was killed, or it is still being written)
+is read linearly, every chunk; one that ends in the middle of a record yields
+everything before that point and counts one ``truncated`` error. Chunks are
+decompressed ahead on two threads and messages are views into them (no
+per-message copies). Within a file and across files, messages come in
+``t_ns`` (MCAP ``log_time``) order, exactly: a message is released only when no
+chunk still to be read starts before it.
 
 Bad content never raises: a record that is not a streamfuse message is counted
 in ``errors`` by reason (``encoding`` for a foreign channel, ``framing``,
@@ -412,19 +415,24 @@ class FileStats:
 
 
 def _chunk_sizes(f: io.BufferedReader, summary: Summary | None) -> tuple[int, int, int, str]:
+    """Chunks, compressed and uncompressed bytes, and the compressions used
+    (``"zstd"``, ``"none"``, or e.g. ``"none+zstd"`` when the recorder had to
+    store some chunks uncompressed)."""
     if summary is not None and summary.chunk_indexes:
         idx = summary.chunk_indexes
+        kinds = {c.compression or "none" for c in idx}
         return len(idx), sum(c.compressed_size for c in idx), sum(c.uncompressed_size for c in idx), \
-            idx[0].compression
+            "+".join(sorted(kinds))
     f.seek(0, io.SEEK_END)
     recs, _ = _scan(f, f.tell())
     chunks = [r for r in recs if r.opcode == Opcode.CHUNK]
-    comp = ""
-    if chunks:
-        f.seek(chunks[0].offset + _RECORD_HEADER.size + 28)
+    kinds = set()
+    for c in chunks:
+        f.seek(c.offset + _RECORD_HEADER.size + 28)
         (n,) = struct.unpack("<I", f.read(4))
-        comp = f.read(n).decode("utf-8", "replace")
-    return len(chunks), sum(r.compressed for r in chunks), sum(r.uncompressed for r in chunks), comp
+        kinds.add(f.read(n).decode("utf-8", "replace") or "none")
+    return len(chunks), sum(r.compressed for r in chunks), sum(r.uncompressed for r in chunks), \
+        "+".join(sorted(kinds))
 
 
 def _metadata(f: io.BufferedReader) -> dict[str, str]:
