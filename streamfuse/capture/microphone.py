@@ -17,6 +17,7 @@ where the stream is re-anchored on the measured time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -30,6 +31,7 @@ from streamfuse import clock, metrics, readiness
 from streamfuse.capture.publish import Backoff, StreamPublisher
 from streamfuse.config import AudioConfig, BusConfig
 from streamfuse.wire import codec
+from streamfuse.wire.schema import Message
 from streamfuse.wire.sockets import connect_pub
 
 log = logging.getLogger("streamfuse.capture.audio")
@@ -194,9 +196,11 @@ class AudioCapture:
                 log.info("audio %s: timestamps re-anchored (%s)", self.source,
                          "overflow" if block.overflow else "clock jump")
             pub.grabbed()
-            pub.send(lambda seq, t=t_ns, d=block.data: codec.audio_message(
-                self.source, seq, t, d, self.cfg.samplerate))
+            pub.send(functools.partial(self._message, t_ns, block.data))
         return True
+
+    def _message(self, t_ns: int, data: np.ndarray, seq: int) -> Message:
+        return codec.audio_message(self.source, seq, t_ns, data, self.cfg.samplerate)
 
 
 def main(source: str, cfg: AudioConfig, bus: BusConfig, stop: threading.Event) -> int:
