@@ -40,6 +40,7 @@ from zmq.utils.monitor import recv_monitor_message
 from streamfuse import clock
 from streamfuse.config import Config
 from streamfuse.record import reader
+from streamfuse.signals import Signals
 from streamfuse.wire import codec
 from streamfuse.wire.sockets import LINGER_MS, _connect
 
@@ -215,12 +216,14 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
 # ----------------------------------------------------------------------------- the node
 
 
-def _wait_connected(sock: zmq.Socket, endpoint: str, stop: threading.Event) -> bool:
-    """Wait for the connection to the broker (socket monitor), then briefly for a
-    subscription: the broker's XSUB forwards its subscribers' subscriptions to a
-    new publisher as soon as it attaches, so one arriving means messages from
-    now on are delivered."""
-    mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED)
+MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
+
+
+def _wait_connected(sock: zmq.Socket, mon: zmq.Socket, endpoint: str, stop: threading.Event) -> bool:
+    """Wait for the connection to the broker (``mon``: a monitor of ``sock``
+    attached before it connected), then briefly for a subscription: the broker's
+    XSUB forwards its subscribers' subscriptions to a new publisher as soon as
+    it attaches, so one arriving means messages from now on are delivered."""
     try:
         deadline = clock.monotonic_ns() + CONNECT_TIMEOUT_NS
         connected = False
@@ -279,8 +282,6 @@ def _progress_printer() -> Callable[[Stats, int], None] | None:
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse replay FILE... [--rate R | --max] [--loop] [--start S] [--end S]
     [--topics PREFIX...] [--restamp]``."""
-    from streamfuse.signals import Signals
-
     if not args.max and args.rate <= 0:
         print("streamfuse replay: --rate must be > 0", file=sys.stderr)
         return 2
@@ -305,9 +306,10 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     sock.linger = LINGER_MS
     sock.sndhwm = cfg.bus.hwm
     sock.setsockopt(zmq.XPUB_NODROP, 1)
+    mon = sock.get_monitor_socket(MONITOR_EVENTS)  # before connecting, so no event is missed
     try:
         _connect(sock, cfg.bus.input, cfg.bus)
-        if not _wait_connected(sock, cfg.bus.input, sig.stop):
+        if not _wait_connected(sock, mon, cfg.bus.input, sig.stop):
             print(f"streamfuse replay: cannot reach the bus at {cfg.bus.input} (is the broker running?)",
                   file=sys.stderr)
             return 1
@@ -327,6 +329,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
         sock.close(linger=max(LINGER_MS, 5000))
         return 0
     finally:
-        if not sock.closed:
-            sock.close(linger=0)
+        for s in (mon, sock):
+            if not s.closed:
+                s.close(linger=0)
         ctx.term()
