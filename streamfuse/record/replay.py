@@ -288,7 +288,6 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     if args.start is not None and args.end is not None and args.end <= args.start:
         print("streamfuse replay: --end must be after --start", file=sys.stderr)
         return 2
-    sig = Signals()
     try:
         paths = reader.expand_paths(args.files)
         for p in paths:
@@ -296,6 +295,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     except reader.RecordingError as e:
         print(f"streamfuse replay: {e}", file=sys.stderr)
         return 1
+    sig = Signals()
     if not args.max:
         # A waking sender must not wait for the reader thread's GIL time slice (5 ms by default).
         sys.setswitchinterval(0.0005)

@@ -58,7 +58,13 @@ def receive_replay(bus_env, args: list[str], n: int, *, sub_hwm: int | None = No
             probe.wait_subscribers(b"room1/")  # the broker has our subscription
             proc = streamfuse(["replay", *args, "--config", str(bus_env.path)], stderr=subprocess.PIPE, text=True)
             try:
-                while len(got) < n and sub.poll(5000):
+                while len(got) < n:
+                    if not sub.poll(100):
+                        # Replay has exited (its socket flushed on close): what did not come
+                        # within a moment after that is not coming.
+                        if proc.poll() is not None and not sub.poll(1000):
+                            break
+                        continue
                     parts = sub.recv_multipart()
                     got.append((clock.now_ns(), parts))
                     if per_message_s:
@@ -102,12 +108,14 @@ def test_replay_reproduces_recorded_timing(broker, tmp_path: Path, rate: float) 
     p99_ms = float(np.percentile(np.abs(err), 99)) / 1e6
     took, want = arrival[-1] - arrival[0], ideal[-1]
     jitter_ms = scheduler_jitter_p99_ms()
-    print(f"rate {rate}: p99 timing error {p99_ms:.2f} ms (bare sleep p99 overshoot {jitter_ms:.2f} ms), "
-          f"took {took / 1e9:.3f} s for {want / 1e9:.3f} s")
+    # Three processes must wake for each message: the replay, the broker, this receiver.
+    allowed_ms = 5.0 + 3 * jitter_ms
+    print(f"rate {rate}: p99 timing error {p99_ms:.2f} ms (bare sleep p99 overshoot {jitter_ms:.2f} ms, "
+          f"allowed {allowed_ms:.2f} ms), took {took / 1e9:.3f} s for {want / 1e9:.3f} s")
     if rate == 1.0:
-        # 5 ms (the bound) beyond what this machine's scheduler alone adds right
-        # now: on a quiet machine that is ~0.1 ms; when other jobs load both cores it is not.
-        assert p99_ms <= 5.0 + jitter_ms
+        # The 5 ms, plus what this machine's scheduler adds right now to the three
+        # wake-ups: ~0.1 ms each on a quiet machine, several ms when other jobs load both cores.
+        assert p99_ms <= allowed_ms
     else:
         assert abs(took - want) <= 0.05 * want
 
@@ -139,22 +147,26 @@ def test_replay_filters_offsets_and_restamp(broker, tmp_path: Path) -> None:
     assert dec[0].t_ns >= before and [m.t_ns - shift for m in dec] == [m.t_ns for m in want]
 
 
-def test_replay_bad_input(broker, tmp_path: Path) -> None:
+def test_replay_bad_input(broker, tmp_path: Path, capsys) -> None:
+    from streamfuse.cli import main
+
+    cfg = ["--config", str(broker.path)]
     (tmp_path / "x.mcap").write_text("hello")
-    r = run_streamfuse(["replay", str(tmp_path / "x.mcap"), "--config", str(broker.path)])
-    assert r.returncode == 1 and "not an MCAP file" in r.stderr and "Traceback" not in r.stderr
-    r = run_streamfuse(["replay", str(tmp_path / "missing.mcap"), "--config", str(broker.path)])
-    assert r.returncode == 1 and "no such file" in r.stderr
-    r = run_streamfuse(["replay", str(tmp_path / "x.mcap"), "--rate", "0", "--config", str(broker.path)])
-    assert r.returncode == 2
+    assert main(["replay", str(tmp_path / "x.mcap"), *cfg]) == 1  # in-process: these fail before any socket
+    assert "streamfuse replay: " in capsys.readouterr().err.splitlines()[-1]
+    assert main(["replay", str(tmp_path / "missing.mcap"), *cfg]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "x.mcap"), "--rate", "0", *cfg]) == 2
+    r = run_streamfuse(["replay", str(tmp_path / "x.mcap"), *cfg])  # and as a process: one line, no traceback
+    assert r.returncode == 1 and r.stderr.strip().endswith("not an MCAP file (bad magic)") and "Traceback" not in r.stderr
     # A truncated recording: what precedes the damage is replayed, with a warning.
     msgs = irregular(1.0)
     data = record(tmp_path / "t.mcap", msgs, chunk_size=16 * 1024).read_bytes()
     (tmp_path / "t.mcap").write_bytes(data[: len(data) * 2 // 3])
     got = receive_replay(broker, [str(tmp_path / "t.mcap"), "--max"], len(msgs))
     assert 0 < len(got) < len(msgs)
-    r = run_streamfuse(["inspect", str(tmp_path / "t.mcap")])
-    assert r.returncode == 1 and "truncated" in r.stdout + r.stderr
+    assert main(["inspect", str(tmp_path / "t.mcap")]) == 1
+    assert "truncated" in capsys.readouterr().out
 
 
 def test_inspect_reports_topics_counts_and_gaps(tmp_path: Path) -> None:
