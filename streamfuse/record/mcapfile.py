@@ -5,10 +5,13 @@ only assembles them. Why not ``mcap.writer.Writer``: it copies each message
 into a ``BytesIO`` and again out of it, compresses with a fixed zstd level
 and buffers the file in user space, so a SIGKILL can lose finished chunks.
 Here a chunk is a list of buffers joined once, compressed once (zstd frame
-with its content size, like the stock writer), written with ``pwrite`` and
-then *sealed*: a provisional ``DataEnd`` + ``Footer`` + magic is written past
-the logical end and overwritten by the next chunk, so at any instant the file
-on disk is a valid, summary-less MCAP holding every finished chunk.
+with its content size, like the stock writer) and written, with its message
+indexes and a provisional ``DataEnd`` + ``Footer`` + magic (the *seal*) after
+them, in one ``pwritev`` call; the next chunk overwrites the seal. So the file
+on disk is a valid, summary-less MCAP holding every finished chunk, except
+while the kernel is inside that one call (a SIGKILL landing there can leave a
+partial chunk: readers then recover everything before it, see
+:mod:`streamfuse.record.reader`).
 :meth:`McapFile.finish` writes the summary (schemas, channels, statistics,
 chunk and metadata indexes, summary offsets) like the stock writer.
 """
@@ -64,19 +67,28 @@ class _File:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.pos = 0
 
-    def write(self, *bufs: Buffer) -> int:
+    def write(self, *bufs: Buffer, seal: bool = False) -> int:
+        """Write ``bufs`` at the logical end (and, with ``seal``, the provisional
+        ending after them) in one ``pwritev`` call where the kernel takes it all,
+        so the file is rarely caught between two valid states. Returns the offset."""
         start = self.pos
+        views = [memoryview(b).cast("B") for b in bufs]
+        size = sum(len(v) for v in views)
+        if seal:
+            views.append(memoryview(_SEAL))
+        done = 0
         try:
-            for b in bufs:
-                view = memoryview(b).cast("B")
-                done = 0
-                while done < len(view):
-                    done += os.pwrite(self.fd, view[done:], self.pos + done)
-                self.pos += done
+            while views:
+                n = os.pwritev(self.fd, views, start + done)
+                done += n
+                while views and n >= len(views[0]):
+                    n -= len(views.pop(0))
+                if views and n:
+                    views[0] = views[0][n:]
         except OSError:
-            self.pos = start
             self._restore_seal()
             raise
+        self.pos = start + size
         return start
 
     def _restore_seal(self) -> None:
@@ -124,8 +136,7 @@ class McapFile:
         self._n = 0
         self._t_min = self._t_max = 0
         self._reset_chunk()
-        self._f.write(MCAP0_MAGIC, _record(Header(profile, library)))
-        self._f.seal()
+        self._f.write(MCAP0_MAGIC, _record(Header(profile, library)), seal=True)
 
     def _reset_chunk(self) -> None:
         self._parts: list[Buffer] = []
@@ -153,23 +164,20 @@ class McapFile:
     def add_schema(self, name: str, encoding: str, data: bytes) -> int:
         sid = len(self._schemas) + 1
         self._schemas[sid] = s = Schema(id=sid, data=data, encoding=encoding, name=name)
-        self._f.write(_record(s))  # outside chunks: a reader meets it before any use
-        self._f.seal()
+        self._f.write(_record(s), seal=True)  # outside chunks: a reader meets it before any use
         return sid
 
     def add_channel(self, topic: str, message_encoding: str, schema_id: int, metadata: dict[str, str]) -> int:
         cid = len(self._channels) + 1
         self._channels[cid] = c = Channel(id=cid, topic=topic, message_encoding=message_encoding,
                                           schema_id=schema_id, metadata=metadata)
-        self._f.write(_record(c))
-        self._f.seal()
+        self._f.write(_record(c), seal=True)
         return cid
 
     def add_metadata(self, name: str, data: dict[str, str]) -> None:
         rec = _record(Metadata(name=name, metadata=data))
-        offset = self._f.write(rec)
+        offset = self._f.write(rec, seal=True)
         self._metadata_indexes.append(MetadataIndex(offset=offset, length=len(rec), name=name))
-        self._f.seal()
 
     def add_message(self, channel_id: int, log_time: int, pieces: Sequence[Buffer], *, sequence: int = 0,
                     publish_time: int | None = None) -> int:
@@ -219,13 +227,12 @@ class McapFile:
             offsets[cid] = pos
             pos += len(rec)
             indexes.append(rec)
-        start = self._f.write(head, compressed, *indexes)
+        start = self._f.write(head, compressed, *indexes, seal=True)
         self._chunk_indexes.append(ChunkIndex(
             message_start_time=self._c_min, message_end_time=self._c_max, chunk_start_offset=start,
             chunk_length=chunk_length, message_index_offsets=offsets,
             message_index_length=sum(len(r) for r in indexes), compression=compression,
             compressed_size=len(compressed), uncompressed_size=len(data)))
-        self._f.seal()
         self._reset_chunk()
 
     def finish(self) -> None:
