@@ -39,7 +39,6 @@ SIGTERM/SIGINT: stop reading new work, answer every window already received
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import threading
@@ -48,6 +47,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import torch
 import zmq
@@ -130,6 +130,9 @@ def predict(loaded: LoadedModel, windows: Sequence[Window], device: torch.device
     return probs.float().cpu().numpy(), raw.mask.numpy(), raw.problems
 
 
+_json = msgspec.json.Encoder().encode  # compact JSON, ~5x faster than json.dumps here
+
+
 def results(loaded: LoadedModel, batch: Sequence[Pending], probs: np.ndarray, mask: np.ndarray, *,
             start_ns: int, done_ns: int) -> list[Result]:
     """Classification payloads (DESIGN.md section 3) for a batch whose inference
@@ -151,8 +154,7 @@ def results(loaded: LoadedModel, batch: Sequence[Pending], probs: np.ndarray, ma
             "present": {m: bool(mask[row, j]) for j, m in enumerate(MODALITIES)},
             "model": loaded.model_id, "latency_ms": latency,
         }
-        out.append(Result(w, label, float(probs[row, best[row]]),
-                          json.dumps(body, separators=(",", ":")).encode(), latency))
+        out.append(Result(w, label, float(probs[row, best[row]]), _json(body), latency))
     return out
 
 
@@ -185,6 +187,8 @@ class Worker:
         self._latency = {part: metrics.window_latency.labels(part=part)
                          for part in ("align", "queue", "infer", "total")}
         self._dropped_no_model = metrics.dropped.labels(node=NODE, topic="window", reason="no_model")
+        self._received = metrics.messages_in.labels(node=NODE, topic="window")
+        self._published: dict[str, tuple] = {}  # source -> (classifications, messages_out) children
 
     # -- model ---------------------------------------------------------------------------
 
@@ -262,7 +266,13 @@ class Worker:
             self.pub.send_multipart(codec.encode(msg))
             for part, v in r.latency_ms.items():
                 self._latency[part].observe(v)
-            metrics.classifications.labels(source=src).inc()
+            counters = self._published.get(src)
+            if counters is None:
+                counters = (metrics.classifications.labels(source=src),
+                            metrics.messages_out.labels(node=NODE, topic=msg.topic))
+                self._published[src] = counters
+            for c in counters:
+                c.inc()
             self.answered += 1
 
 
@@ -309,7 +319,7 @@ def _receive(pull: zmq.Socket, batcher: Batcher, limit: int, worker: Worker) -> 
             metrics.dropped.labels(node=NODE, topic="window", reason=e.reason).inc()
             log.debug("dropped a malformed window: %s", e)
             continue
-        metrics.messages_in.labels(node=NODE, topic="window").inc()
+        worker._received.inc()
         if not batcher.push(w, now):
             metrics.dropped.labels(node=NODE, topic="window", reason="duplicate").inc()
     return n
