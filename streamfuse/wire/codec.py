@@ -55,12 +55,15 @@ class DecodeError(ValueError):
 
 def _buf(part: Any) -> Buffer:
     """The bytes of a part without copying (zmq.Frame -> memoryview)."""
-    if isinstance(part, (bytes, memoryview)):
+    cls = part.__class__
+    if cls is bytes or cls is memoryview:
         return part
-    buf = getattr(part, "buffer", None)
-    if buf is not None:
-        return buf
-    return memoryview(part)
+    try:
+        # zmq.Frame, bytearray, numpy arrays: the buffer protocol, no copy (and cheaper
+        # than zmq.Frame.buffer, which matters at ~100k messages/s)
+        return memoryview(part)
+    except TypeError:
+        raise DecodeError("parts", f"a part is {cls.__name__}, not bytes") from None
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -205,11 +208,11 @@ def decode(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Messa
     if len(parts) < 2:
         raise DecodeError("parts", f"need at least topic and header, got {len(parts)} parts")
     bufs = [_buf(p) for p in parts]
-    total = sum(len(b) for b in bufs)
+    total = sum(map(len, bufs))
     if total > max_bytes:
         raise DecodeError("too_large", f"{total} bytes exceeds the limit of {max_bytes}")
     try:
-        topic = bytes(bufs[0]).decode("utf-8")
+        topic = str(bufs[0], "utf-8")
     except UnicodeDecodeError:
         raise DecodeError("topic", "topic is not UTF-8") from None
     header = _decode_header(bufs[1])
