@@ -48,7 +48,7 @@ def _array(payload: str):
 # ----------------------------------------------------------------------------- processes
 
 
-def sender(leg: str, payload: str, endpoint: str, ready, done) -> None:
+def sender(leg: str, payload: str, endpoint: str, ready, done, out) -> None:
     """Publish as fast as possible once the receiver has seen a warm-up message."""
     import zmq
 
@@ -79,12 +79,14 @@ def sender(leg: str, payload: str, endpoint: str, ready, done) -> None:
         sock.send_multipart(build(seq), copy=False)
         seq += 1
         time.sleep(0.01)
+    cpu0, seq0 = time.process_time(), seq
     while True:
         for _ in range(64):
             sock.send_multipart(build(seq), copy=False)
             seq += 1
         if done.is_set():
             break
+    out.put(("sender", (time.process_time() - cpu0) / max(seq - seq0, 1)))
     sock.close()
     ctx.term()
 
@@ -108,11 +110,12 @@ def receiver(leg: str, endpoint: str, duration_s: float, ready, done, out, bind:
         sock.connect(endpoint)
     decode = leg == "streamfuse"
     if not sock.poll(20000):
-        out.put(0.0)
+        out.put(("receiver", 0.0, 0.0))
         return
     sock.recv_multipart(copy=False)
     ready.set()
     n = 0
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     deadline = t0 + duration_s
     while True:
@@ -126,7 +129,7 @@ def receiver(leg: str, endpoint: str, duration_s: float, ready, done, out, bind:
             break
     elapsed = time.perf_counter() - t0
     done.set()
-    out.put(n / elapsed)
+    out.put(("receiver", n / elapsed, (time.process_time() - cpu0) / max(n, 1)))
     sock.close()
     ctx.term()
 
@@ -179,8 +182,9 @@ class Bus:
             self.proc.join(10)
 
 
-def run_leg(leg: str, payload: str, duration_s: float) -> float:
-    """Receiver messages per second of one leg."""
+def run_leg(leg: str, payload: str, duration_s: float) -> tuple[float, float, float]:
+    """Receiver messages per second of one leg, and the sender's and receiver's CPU
+    microseconds per message (a figure that a busy machine disturbs much less)."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="sf-bus-") as d:
         root = Path(d)
@@ -196,10 +200,15 @@ def run_leg(leg: str, payload: str, duration_s: float) -> float:
         if leg == "raw":
             while not Path(sub_ep[6:]).exists():
                 time.sleep(0.01)
-        s = ctx.Process(target=sender, args=(leg, payload, pub_ep, ready, done))
+        s = ctx.Process(target=sender, args=(leg, payload, pub_ep, ready, done, out))
         s.start()
         try:
-            rate = out.get(timeout=duration_s + 60)
+            got = {}
+            item = out.get(timeout=duration_s + 60)
+            got[item[0]] = item[1:]
+            done.set()
+            item = out.get(timeout=30)
+            got[item[0]] = item[1:]
         finally:
             done.set()
             s.join(10)
@@ -209,7 +218,9 @@ def run_leg(leg: str, payload: str, duration_s: float) -> float:
                     p.kill()
             if bus is not None:
                 bus.close()
-    return rate
+    rate, recv_cpu = got["receiver"]
+    (send_cpu,) = got["sender"]
+    return rate, send_cpu * 1e6, recv_cpu * 1e6
 
 
 # ----------------------------------------------------------------------------- 8 cameras
@@ -309,24 +320,33 @@ def main() -> int:
 
     results: dict = {"legs": {}, "command": " ".join(sys.argv)}
     for payload in args.payloads:
-        rates: dict[str, list[float]] = {leg: [] for leg in LEGS}
+        runs: dict[str, list[tuple[float, float, float]]] = {leg: [] for leg in LEGS}
         for r in range(args.rounds):
             order = LEGS[r % 3:] + LEGS[:r % 3]
             for leg in order:
-                rate = run_leg(leg, payload, args.leg_s)
-                rates[leg].append(rate)
-                print(f"  {payload:5} round {r + 1} {leg:10} {rate:10.0f} msg/s", flush=True)
-        med = {leg: statistics.median(v) for leg, v in rates.items()}
-        results["legs"][payload] = {"median_msg_s": med, "all_msg_s": rates,
+                rate, send_us, recv_us = run_leg(leg, payload, args.leg_s)
+                runs[leg].append((rate, send_us, recv_us))
+                print(f"  {payload:5} round {r + 1} {leg:10} {rate:10.0f} msg/s   CPU per message: "
+                      f"sender {send_us:7.2f} us, receiver {recv_us:7.2f} us", flush=True)
+        med = {leg: statistics.median(x[0] for x in v) for leg, v in runs.items()}
+        cpu = {leg: {"sender_us": statistics.median(x[1] for x in v),
+                     "receiver_us": statistics.median(x[2] for x in v)} for leg, v in runs.items()}
+        results["legs"][payload] = {"median_msg_s": med, "runs": runs, "cpu_us_per_msg": cpu,
                                     "streamfuse_vs_raw": med["streamfuse"] / med["raw"],
                                     "streamfuse_vs_proxy": med["streamfuse"] / med["proxy"],
                                     "proxy_vs_raw": med["proxy"] / med["raw"]}
     print()
-    print(f"{'payload':8} {'raw':>10} {'proxy':>10} {'streamfuse':>11} {'sf/raw':>7} {'sf/proxy':>9} {'proxy/raw':>10}")
+    print(f"{'payload':8} {'raw':>10} {'proxy':>10} {'streamfuse':>11} {'sf/raw':>7} {'sf/proxy':>9} "
+          f"{'proxy/raw':>10}   (median msg/s)")
     for payload, res in results["legs"].items():
         m = res["median_msg_s"]
         print(f"{payload:8} {m['raw']:10.0f} {m['proxy']:10.0f} {m['streamfuse']:11.0f} "
               f"{res['streamfuse_vs_raw']:7.2f} {res['streamfuse_vs_proxy']:9.2f} {res['proxy_vs_raw']:10.2f}")
+    print("\nCPU microseconds per message (median; sender / receiver):")
+    for payload, res in results["legs"].items():
+        c = res["cpu_us_per_msg"]
+        print(f"{payload:8} " + "  ".join(f"{leg} {c[leg]['sender_us']:.2f} / {c[leg]['receiver_us']:.2f}"
+                                           for leg in LEGS))
     if args.cameras_s > 0:
         cams = eight_cameras(args.cameras_s)
         results["eight_cameras"] = cams
