@@ -50,10 +50,11 @@ NS = 1_000_000_000
 class Size:
     segments: int
     epochs: int
+    replay_s: float = 0.0  # seconds of the test split to replay (0 = all of it)
 
 
-FULL = Size(segments=400, epochs=12)
-SMALL = Size(segments=60, epochs=4)
+FULL = Size(segments=200, epochs=8)
+SMALL = Size(segments=60, epochs=4, replay_s=8.0)
 
 
 def _cache_dir(arg: str | None) -> Path:
@@ -302,12 +303,15 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
         daemon = Daemon(cfg_path, run_dir)
         results = Results()
         try:
+            t0 = clock.monotonic_ns()
             status = daemon.wait_ready(120, stop)
-            print(f"demo: daemon ready ({status})", flush=True)
+            print(f"demo: daemon ready in {(clock.monotonic_ns() - t0) / NS:.0f} s ({status})", flush=True)
             with zmq.Context() as ctx:
                 sub = connect_sub(ctx, cfg.bus, [f"{s}/class" for s in spans])
                 try:
-                    replay = subprocess.Popen([*_py(), "replay", *test_files, "--rate", "1", "--config",
+                    # --small replays the first seconds only: enough windows to see it work
+                    span = ["--end", str(size.replay_s)] if size.replay_s else []
+                    replay = subprocess.Popen([*_py(), "replay", *test_files, "--rate", "1", *span, "--config",
                                                str(cfg_path)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                               text=True)
                     print(f"demo: replaying {len(test_files)} test recording(s) at 1x; one line per "
