@@ -169,10 +169,10 @@ def test_sigterm_drains_received_windows(broker, tmp_path):
     rig = Rig(broker.cfg)
     try:
         rig.warm_up()
-        wait_for(lambda: rig.receive(100) is not None and len(rig.keys("warm")) % 8 == 0, timeout=30,
-                 what="warm-up batches complete")
+        # Warm-up windows go in bursts of max_batch, so they leave no partial batch behind.
         sent = [rig.send("room1", i) for i in range(5)]
-        assert rig.receive(300) == 0  # held by the batcher
+        rig.receive(300)
+        assert not rig.keys("room1")  # held by the batcher (late warm-up answers may still arrive)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         wait_for(lambda: rig.receive(50) is not None and len(rig.keys("room1")) >= 5, timeout=10,
