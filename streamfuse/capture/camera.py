@@ -32,7 +32,7 @@ log = logging.getLogger("streamfuse.capture.video")
 HEARTBEAT_NS = 100 * clock.NS_PER_MS
 URL_PREFIXES = ("http://", "https://", "rtsp://", "rtsps://", "udp://", "tcp://", "rtmp://")
 # Network reads block inside FFmpeg: bound them so SIGTERM is seen within ~1 s.
-OPEN_TIMEOUT_MS = 2000
+OPEN_TIMEOUT_MS = 1500
 READ_TIMEOUT_MS = 1000
 # A paced file that falls this far behind its schedule restarts the schedule
 # instead of bursting frames to catch up.
