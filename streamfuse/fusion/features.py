@@ -396,6 +396,8 @@ def _mel(prep: Preprocessing, device: str) -> torch.nn.Module:
 
 
 def _move(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if t.device.type == device.type and device.index in (None, t.device.index):
+        return t  # already there ("cuda" matches a tensor on "cuda:0")
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
