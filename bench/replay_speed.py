@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ def replay_through_broker(path: Path, tmp: Path, expected: int) -> dict[str, flo
             sub = connect_sub(ctx, cfg.bus, [""], hwm=100_000)
             clock.sleep_s(0.2)  # let the subscription reach the broker before replay connects
             start = clock.perf_ns()
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             proc = subprocess.Popen([*py, "replay", str(path), "--max", "--config", str(cfg_path)], cwd=ROOT,
                                     stderr=subprocess.PIPE, text=True)
             n = 0
@@ -122,15 +124,16 @@ def replay_through_broker(path: Path, tmp: Path, expected: int) -> dict[str, flo
                     first = last
                 n += 1
                 nbytes += sum(len(p) for p in parts)
-            proc.wait(60)
-            err = proc.stderr.read() if proc.stderr else ""
+            err = proc.communicate(timeout=60)[1]
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the replay process, now reaped
             sub.close()
         total = (clock.perf_ns() - start) / 1e9
     finally:
         broker.terminate()
         broker.wait(10)
     line = [ln for ln in err.splitlines() if "replayed" in ln]
-    return {"received": n, "lost": expected - n, "first_to_last_s": (last - first) / 1e9,
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    return {"received": n, "lost": expected - n, "first_to_last_s": (last - first) / 1e9, "replay_cpu_s": cpu,
             "process_s": total, "mb_per_s": nbytes / 1e6 / max((last - first) / 1e9, 1e-9),
             "replay_log": line[-1] if line else err.strip()[-300:]}
 
@@ -174,6 +177,8 @@ def main() -> None:
     print(f"{'replay --max (broker)':22s} {v['received']:6d} msgs, lost {v['lost']}, first->last "
           f"{v['first_to_last_s']:.2f} s = {v['x_real_time']:.1f}x real time "
           f"({v['x_real_time_incl_startup']:.1f}x incl. process start), {v['mb_per_s']:.0f} MB/s")
+    print(f"  replay process CPU {v['replay_cpu_s']:.2f} s (incl. start-up) = "
+          f"{r['seconds'] / v['replay_cpu_s']:.1f}x real time per CPU-second")
     print(f"  {v['replay_log']}")
 
 

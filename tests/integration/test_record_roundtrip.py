@@ -235,3 +235,27 @@ def test_record_unwritable_path_and_failing_disk_are_clear_errors(broker, tmp_pa
         finally:
             sub.close()
             probe.close()
+
+
+def test_recorder_rotates_into_numbered_complete_files(broker, tmp_path: Path) -> None:
+    broker.write("[record]\nmax_size_mb = 0.1\nchunk_kb = 32\n")
+    msgs = synthetic(120)  # ~1.3 MB
+    with zmq.Context() as ctx:
+        probe = Probe(ctx, broker.cfg.bus)
+        rec = start_recorder(broker, tmp_path / "rot.mcap")
+        try:
+            probe.wait_subscribers(b"")
+            probe.publish(msgs)
+            wait_for(lambda: count_raw(sorted(tmp_path.glob("rot-*.mcap"))) >= len(msgs), timeout=20,
+                     what="every message in some file")
+        finally:
+            assert stop(rec) == 0
+            probe.close()
+    files = sorted(tmp_path.glob("rot-*.mcap"))
+    assert len(files) >= 5 and [f.name for f in files] == [f"rot-{i:04d}.mcap" for i in range(len(files))]
+    for f in files:  # each file was finished: summary and index
+        with open(f, "rb") as fh:
+            assert make_reader(fh).get_summary() is not None
+        assert f.stat().st_size < 0.1 * 1024 * 1024 + 64 * 1024  # the limit, overshot by at most a chunk
+    got = list(reader.read_messages(files))
+    assert got == sorted(msgs, key=lambda m: m.t_ns)
