@@ -48,7 +48,7 @@ def record(path: Path, msgs: list[Message], chunk_size: int = 4 * 1024 * 1024) -
 
 
 def receive_replay(bus_env, args: list[str], n: int, *, sub_hwm: int | None = None,
-                   per_message_s: float = 0.0) -> list[tuple[int, list[bytes]]]:
+                   per_message_s: float = 0.0, logs: list[str] | None = None) -> list[tuple[int, list[bytes]]]:
     """Run ``streamfuse replay ARGS`` and receive up to ``n`` messages with their arrival time."""
     got: list[tuple[int, list[bytes]]] = []
     with zmq.Context() as ctx:
@@ -71,8 +71,10 @@ def receive_replay(bus_env, args: list[str], n: int, *, sub_hwm: int | None = No
                         busy_until = clock.perf_ns() + int(per_message_s * 1e9)
                         while clock.perf_ns() < busy_until:
                             pass
-                proc.wait(30)
-                assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+                log = proc.communicate(timeout=30)[1]
+                assert proc.returncode == 0, log
+                if logs is not None:
+                    logs.append(log)
             finally:
                 stop(proc)
                 if proc.stderr:
@@ -167,6 +169,27 @@ def test_replay_bad_input(broker, tmp_path: Path, capsys) -> None:
     assert 0 < len(got) < len(msgs)
     assert main(["inspect", str(tmp_path / "t.mcap")]) == 1
     assert "truncated" in capsys.readouterr().out
+    # An MCAP file from another program: what is decodable is replayed, the rest counted.
+    from mcap.writer import Writer
+
+    from streamfuse.record import format as fmt
+
+    ours = irregular(0.3)
+    with open(tmp_path / "foreign.mcap", "wb") as f:
+        w = Writer(f)
+        w.start(profile="", library="another program")
+        js = w.register_channel("/pose", "json", w.register_schema("pose", "jsonschema", b"{}"))
+        sf = w.register_schema(fmt.SCHEMA_NAME, fmt.SCHEMA_ENCODING, fmt.SCHEMA_TEXT)
+        chans: dict[str, int] = {}
+        for i, m in enumerate(ours):
+            w.add_message(js, m.t_ns, b'{"x": %d}' % i, m.t_ns)
+            ch = chans.setdefault(m.topic, w.register_channel(m.topic, fmt.MESSAGE_ENCODING, sf))
+            w.add_message(ch, m.t_ns, fmt.frame(codec.encode(m)[1:]), m.t_ns)
+        w.finish()
+    logs: list[str] = []
+    got = receive_replay(broker, [str(tmp_path / "foreign.mcap"), "--max"], len(ours), logs=logs)
+    assert [p for _t, p in got] == [[bytes(x) for x in codec.encode(m)] for m in ours]
+    assert f"skipped {len(ours)} undecodable {{'encoding': {len(ours)}}}" in logs[0]
 
 
 def test_inspect_reports_topics_counts_and_gaps(tmp_path: Path) -> None:
