@@ -8,8 +8,10 @@ but the chunk being filled (and, in the recorder, its queue).
 :meth:`RecordingWriter.close` writes the summary and index.
 
 The recorder (:func:`cli`) receives on one thread and writes on the main
-thread through a bounded queue: when writing falls behind, messages are
-counted as dropped and the bus is never blocked.
+thread through a bounded queue (``QUEUE_BYTES``), so the bus is never blocked.
+When writing falls behind, the zstd level steps down (:class:`LevelPolicy`,
+down to uncompressed chunks); only when even that cannot keep up are messages
+dropped, and counted (``streamfuse_recorder_dropped_total{reason="queue_full"}``).
 """
 
 from __future__ import annotations
