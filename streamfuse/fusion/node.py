@@ -194,26 +194,20 @@ class Worker:
 
     def load(self, *, reason: str) -> bool:
         """Try (re)loading the artifact; returns True when a new model now serves."""
-        self.seen_signature = _signature(self.model_dir)
+        before = self.seen_signature
+        self.seen_signature = sig = _signature(self.model_dir)
         t0 = clock.perf_ns()
         try:
             new = load_artifact(self.model_dir, align=self.cfg.align, device=self.device)
             _warm_up(new, self.device)
-        except ArtifactMissing as e:
-            if self.loaded is None and not self._said_missing:
-                log.warning("no model loaded: %s; publishing nothing until a valid artifact "
-                            "(%s + %s) appears there (checked every %.1f s and on SIGHUP)",
-                            e, WEIGHTS, MANIFEST, self.cfg.fusion.reload_poll_s)
-                self._said_missing = True
-            elif self.loaded is not None:
-                log.error("model reload (%s) failed, still serving %s: %s", reason, self.loaded.model_id, e)
-                metrics.model_reloads.labels(outcome="failed").inc()
-            return False
         except ArtifactError as e:
-            metrics.model_reloads.labels(outcome="failed").inc()
-            serving = f"still serving {self.loaded.model_id}" if self.loaded else "no model loaded"
-            log.error("model load (%s) failed, %s: %s", reason, serving, e)
-            return False
+            if _signature(self.model_dir) != sig:
+                # Rewritten while we read it (a save renames weights, then manifest):
+                # not a failure yet; the next poll sees the change and tries again.
+                log.debug("artifact changed while loading (%s); retrying at the next check", e)
+                self.seen_signature = before
+                return False
+            return self._failed(e, reason)
         seconds = (clock.perf_ns() - t0) / 1e9
         if self.loaded is not None and new.model_id == self.loaded.model_id:
             metrics.model_reloads.labels(outcome="unchanged").inc()
@@ -232,6 +226,22 @@ class Worker:
                  len(new.classes), self.device, seconds * 1e3,
                  f", replacing {old.model_id}" if old else "")
         return True
+
+    def _failed(self, e: ArtifactError, reason: str) -> bool:
+        if isinstance(e, ArtifactMissing):
+            if self.loaded is None and not self._said_missing:
+                log.warning("no model loaded: %s; publishing nothing until a valid artifact "
+                            "(%s + %s) appears there (checked every %.1f s and on SIGHUP)",
+                            e, WEIGHTS, MANIFEST, self.cfg.fusion.reload_poll_s)
+                self._said_missing = True
+            elif self.loaded is not None:
+                log.error("model reload (%s) failed, still serving %s: %s", reason, self.loaded.model_id, e)
+                metrics.model_reloads.labels(outcome="failed").inc()
+            return False
+        metrics.model_reloads.labels(outcome="failed").inc()
+        serving = f"still serving {self.loaded.model_id}" if self.loaded else "no model loaded"
+        log.error("model load (%s) failed, %s: %s", reason, serving, e)
+        return False
 
     def maybe_reload(self) -> None:
         """Reload when the files on disk changed since the last attempt."""

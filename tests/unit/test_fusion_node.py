@@ -1,0 +1,146 @@
+"""The worker's logic without sockets or processes: payloads, latency parts, the
+model life cycle (none yet, bad reload, new model), the loop's drain."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from streamfuse import metrics
+from streamfuse.config import Config
+from streamfuse.fusion import node
+from streamfuse.fusion.batcher import Pending
+from streamfuse.wire import codec
+from tests.helpers.fusion import (
+    CLASSES,
+    make_window,
+    one_torch_thread,  # noqa: F401
+    save_tiny,
+)
+
+
+class FakePub:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    def send_multipart(self, frames) -> None:
+        msg = codec.decode(frames)
+        self.sent.append((msg.topic, json.loads(msg.text())))
+
+
+def _cfg(tmp_path, **fusion) -> Config:
+    c = Config()
+    return dataclasses.replace(c, fusion=dataclasses.replace(c.fusion, model=str(tmp_path / "model"),
+                                                             device="cpu", reload_poll_s=0.05, **fusion))
+
+
+def _batch(n: int, arrived: int = 0, **kw) -> list[Pending]:
+    rng = np.random.default_rng(0)
+    return [Pending(make_window(rng, index=i, **kw), arrived) for i in range(n)]
+
+
+def test_payload_and_latency_parts(tmp_path):
+    cfg = _cfg(tmp_path)
+    save_tiny(tmp_path / "model", cfg.align)
+    w = node.Worker(cfg, torch.device("cpu"), FakePub())
+    assert w.load(reason="test")
+    p = Pending(make_window(np.random.default_rng(0), text=False, emit_ns=0), arrived_ns=0)
+    win = dataclasses.replace(p.window, close_ns=p.window.t_end_ns + 3_000_000, emit_ns=p.window.t_end_ns + 5_000_000)
+    probs = np.array([[0.2, 0.7, 0.1]], dtype=np.float32)
+    mask = np.array([[True, True, False]])
+    start = win.emit_ns + 2_000_000
+    (r,) = node.results(w.loaded, [Pending(win, win.emit_ns)], probs, mask, start_ns=start, done_ns=start + 4_000_000)
+    body = json.loads(r.payload)
+    assert body["label"] == r.label == "one" and r.score == pytest.approx(0.7)
+    assert list(body["scores"]) == list(CLASSES)
+    assert body["present"] == {"video": True, "audio": True, "text": False}
+    assert body["latency_ms"] == {"align": 3.0, "queue": 2.0, "infer": 4.0, "total": 9.0}
+    assert body["model"] == w.loaded.model_id
+    # total == (close - end) + (now - emit): 3 ms + (2 + 4) ms
+
+
+def test_no_model_drops_counted_then_a_bad_then_a_good_reload(tmp_path, caplog):
+    cfg = _cfg(tmp_path)
+    pub = FakePub()
+    w = node.Worker(cfg, torch.device("cpu"), pub)
+    with caplog.at_level("WARNING", logger="streamfuse.fuse"):
+        assert not w.load(reason="start")
+        w.maybe_reload()  # still nothing: no second notice
+    assert sum("no model loaded" in r.message for r in caplog.records) == 1
+    w.handle(_batch(3))
+    assert pub.sent == [] and w.dropped_no_model == 3
+
+    first = save_tiny(tmp_path / "model", cfg.align, seed=1)
+    w.maybe_reload()
+    assert w.loaded and w.loaded.model_id == first
+    w.handle(_batch(2))
+    assert [t for t, _ in pub.sent] == ["room1/class"] * 2
+
+    failed = metrics.model_reloads.labels(outcome="failed")._value.get()
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    w.maybe_reload()
+    assert w.loaded.model_id == first
+    assert metrics.model_reloads.labels(outcome="failed")._value.get() == failed + 1
+    w.maybe_reload()  # unchanged on disk: not retried, not counted again
+    assert metrics.model_reloads.labels(outcome="failed")._value.get() == failed + 1
+
+    second = save_tiny(tmp_path / "model", cfg.align, seed=2)
+    w.maybe_reload()
+    assert w.loaded.model_id == second != first
+    w.handle(_batch(1))
+    assert pub.sent[-1][1]["model"] == second
+
+
+def test_main_drains_on_stop_with_injected_sockets(tmp_path):
+    """In-process: windows queued behind a long max_delay are all answered once stop is set."""
+    cfg = _cfg(tmp_path, max_batch=16, max_delay_ms=60_000.0, threads=1)
+    save_tiny(tmp_path / "model", cfg.align)
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    for s in (push, pull, pub, sub):
+        s.linger = 0
+    push.bind("inproc://windows")
+    pull.connect("inproc://windows")
+    pub.bind("inproc://classes")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect("inproc://classes")  # inproc: connected at once, no slow joiner
+    stop = threading.Event()
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(node.main(cfg, pull=pull, pub=pub, stop=stop)))
+    try:
+        rng = np.random.default_rng(0)
+        for i in range(5):
+            push.send_multipart(codec.encode_window(make_window(rng, index=i)))
+        t.start()
+        assert not sub.poll(300)  # held: 5 < max_batch and the delay is a minute
+        stop.set()
+        t.join(30)
+        got = []
+        while sub.poll(100):
+            got.append(codec.decode(sub.recv_multipart()).header.t_start_ns)
+        assert rc == [0] and sorted(got) == [i * 500_000_000 for i in range(5)]
+    finally:
+        stop.set()
+        if t.is_alive():
+            t.join(30)
+        for s in (push, pull, pub, sub):
+            s.close()
+        ctx.term()
+
+
+def test_device_and_threads():
+    assert node.resolve_device("cpu").type == "cpu"
+    assert node.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(node.WorkerError, match="CUDA is not available"):
+            node.resolve_device("cuda:0")
+    assert node.thread_count(3) == 3
+    assert 1 <= node.thread_count(0) <= 4
