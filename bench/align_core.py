@@ -20,6 +20,7 @@ Reported:
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -67,30 +68,41 @@ def floor_loop(msgs: list[Message]) -> float:
     return len(msgs) / ((clock.perf_ns() - t0) / 1e9)
 
 
-def core_loop(msgs: list[Message], cfg: AlignConfig) -> tuple[float, list[float], int, int]:
+def core_rate(msgs: list[Message], cfg: AlignConfig) -> tuple[float, int, int]:
+    """Throughput: push + pop_ready per message and a 5 ms timer, nothing else timed."""
     al = Aligner(cfg)
-    close_us: list[float] = []
-    windows = 0
-    peak = 0
+    windows = peak = 0
     tick = 5 * MS
-    next_tick = msgs[0].t_ns
-    perf = clock.perf_ns
-    t_start = perf()
+    next_tick = msgs[0].header.t_ns
+    push, pop = al.push, al.pop_ready
+    t_start = clock.perf_ns()
     for i, m in enumerate(msgs):
-        recv = m.t_ns + 2 * MS
-        c0 = perf()
-        al.push(m, recv)
-        out = al.pop_ready(recv)
-        if out:
-            close_us.append((perf() - c0) / 1e3)
-            windows += len(out)
+        recv = m.header.t_ns + 2 * MS
+        push(m, recv)
+        windows += len(pop(recv))
         if recv >= next_tick:
             next_tick = recv + tick
-            windows += len(al.pop_ready(recv))
-        if not i % 4096:
+            windows += len(pop(recv))
+        if not i & 4095:
             peak = max(peak, al.buffered_bytes())
-    rate = len(msgs) / ((perf() - t_start) / 1e9)
-    return rate, close_us, windows, peak
+    rate = len(msgs) / ((clock.perf_ns() - t_start) / 1e9)
+    return rate, windows, peak
+
+
+def close_latency(msgs: list[Message], cfg: AlignConfig) -> list[float]:
+    """Microseconds of each push + pop_ready call that returned windows: from
+    the arrival of the last message a window needed to the window in hand."""
+    al = Aligner(cfg)
+    perf = clock.perf_ns
+    out: list[float] = []
+    for m in msgs:
+        recv = m.header.t_ns + 2 * MS
+        c0 = perf()
+        al.push(m, recv)
+        ready = al.pop_ready(recv)
+        if ready:
+            out.append((perf() - c0) / 1e3)
+    return out
 
 
 def pct(vals: list[float], p: float) -> float:
@@ -103,16 +115,22 @@ def main() -> int:
     ap.add_argument("--sources", type=int, default=16)
     ap.add_argument("--seconds", type=int, default=60, help="stream time per source")
     ap.add_argument("--cpu", type=int, default=0, help="pin to this CPU (-1: don't pin)")
+    ap.add_argument("--repeat", type=int, default=3, help="throughput runs; the best is reported")
     args = ap.parse_args()
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     cfg = AlignConfig(required=["video", "audio"])
     msgs = workload(args.sources, args.seconds)
+    # The workload is built up front (a live node holds only in-flight messages):
+    # keep the garbage collector from rescanning it over and over.
+    gc.collect()
+    gc.freeze()
     floor = floor_loop(msgs)
-    rate, close_us, windows, peak = core_loop(msgs, cfg)
+    rate, windows, peak = max((core_rate(msgs, cfg) for _ in range(args.repeat)), key=lambda r: r[0])
+    close_us = close_latency(msgs, cfg)
     print(f"workload: {args.sources} sources x {args.seconds} s = {len(msgs)} messages "
           f"(VGA frames by reference, 20 ms audio, text + heartbeats)")
-    print(f"core push+pop_ready: {rate:,.0f} msg/s   (do-nothing loop over the same messages: {floor:,.0f} msg/s)")
+    print(f"core push+pop_ready: {rate:,.0f} msg/s (best of {args.repeat})   (do-nothing loop over the same messages: {floor:,.0f} msg/s)")
     print(f"windows: {windows}   close latency (call that closes a window): p50 {pct(close_us, 50):.1f} us, "
           f"p99 {pct(close_us, 99):.1f} us, max {max(close_us):.1f} us")
     print(f"peak buffered: {peak / 1e6:.1f} MB ({peak / args.sources / 1e6:.1f} MB per source, frames counted at full size)")

@@ -70,8 +70,13 @@ class VideoBuffer:
         self.ts: list[int] = []
         self.cells: list[int] = []
         self.msgs: list[Message] = []
-        self.format: tuple[str, tuple[int, ...]] | None = None
+        self.encoding = ""
+        self.shape: tuple[int, ...] = ()
         self.nbytes = 0
+
+    @property
+    def format(self) -> tuple[str, tuple[int, ...]] | None:
+        return (self.encoding, self.shape) if self.encoding else None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -79,24 +84,28 @@ class VideoBuffer:
     def push(self, t_ns: int, msg: Message) -> tuple[str | None, int]:
         """Buffer a frame. Returns ``(reject_reason or None, frames dropped by a format change)``."""
         h: FrameHeader = msg.header  # type: ignore[assignment]
-        fmt = (h.encoding, h.shape)
         dropped = 0
-        if fmt != self.format:
+        if h.shape != self.shape or h.encoding != self.encoding:
             dropped = len(self.ts)
             self.ts, self.cells, self.msgs, self.nbytes = [], [], [], 0
-            self.format = fmt
+            self.encoding, self.shape = h.encoding, h.shape
         ts = self.ts
-        size = len(msg.payload[0])
-        cell = self.lattice.cell(t_ns)
+        lat = self.lattice
+        q, r = divmod(t_ns * lat.scale, lat.period)
+        cell = q * len(lat.offsets) + bisect_right(lat.offsets, r)
         if not ts or t_ns > ts[-1]:
+            cells = self.cells
+            if len(ts) >= 2 and cells[-1] == cell and cells[-2] == cell:
+                # The newest frame was the middle of three in one cell: never
+                # anyone's nearest. Put this one in its place.
+                self.nbytes += len(msg.payload[0]) - len(self.msgs[-1].payload[0])
+                ts[-1] = t_ns
+                self.msgs[-1] = msg
+                return None, dropped
             ts.append(t_ns)
-            self.cells.append(cell)
+            cells.append(cell)
             self.msgs.append(msg)
-            self.nbytes += size
-            # The middle one of three frames in one cell is never anyone's nearest.
-            if len(ts) >= 3 and self.cells[-3] == cell and self.cells[-2] == cell:
-                self.nbytes -= len(self.msgs[-2].payload[0])
-                del ts[-2], self.cells[-2], self.msgs[-2]
+            self.nbytes += len(msg.payload[0])
             return None, dropped
         i = bisect_left(ts, t_ns)
         if ts[i] == t_ns:
@@ -104,7 +113,7 @@ class VideoBuffer:
         ts.insert(i, t_ns)
         self.cells.insert(i, cell)
         self.msgs.insert(i, msg)
-        self.nbytes += size
+        self.nbytes += len(msg.payload[0])
         return None, dropped
 
     def select(self, start_ns: int, window_ns: int, n: int) -> tuple[list[np.ndarray | bytes], list[int]]:
@@ -192,9 +201,11 @@ class AudioBuffer:
     brought it (in stream order, the earlier one).
 
     The ring holds samples ``[lo, lo + capacity)``; ``lo`` follows the next open
-    window's start (:meth:`prune`). A block reaching past the ring's end pushes
-    ``lo`` forward (counted in ``overflowed``): the aligner sizes the ring so
-    this happens only when windows are not being collected.
+    window's start (:meth:`prune`), and cells are zeroed when they leave, so a
+    never-written sample reads as 0. ``spans`` lists the written sample ranges
+    (sorted, merged: one range while the stream has no gap). A block reaching
+    past the ring's end pushes ``lo`` forward (counted in ``overflowed``): the
+    aligner sizes the ring so this happens only when windows are not collected.
     """
 
     def __init__(self, capacity_s: float) -> None:
@@ -202,126 +213,174 @@ class AudioBuffer:
         self.samplerate = 0
         self.channels = 0
         self.capacity = 0
+        self.snap = 0
         self.data = np.zeros((0, 0), np.float32)
         self.flat = self.data.reshape(-1)
-        self.mask = np.zeros(0, bool)
+        self.spans: list[list[int]] = []  # written [start, end) sample ranges, sorted, disjoint
         self.lo = 0  # lowest sample index the ring holds
-        self.hi: int | None = None  # end of the newest sample written (None: nothing held)
         self.expect: int | None = None  # where the next block of this stream should start
         self.overflowed = 0  # samples pushed out of the ring before their windows closed
         self.nbytes = 0
 
     def __len__(self) -> int:
-        return 0 if self.hi is None or self.hi <= self.lo else 1
+        return len(self.spans)
 
     def set_format(self, samplerate: int, channels: int) -> None:
         """(Re)start the ring for this format; what it held is forgotten."""
         self.samplerate, self.channels = samplerate, channels
         self.capacity = max(1, round(self.capacity_s * samplerate))
+        self.snap = max(1, samplerate * 2 // 1000)  # 2 ms
         self.data = np.zeros((self.capacity, channels), np.float32)
         self.flat = self.data.reshape(-1)  # the same memory, interleaved
-        self.mask = np.zeros(self.capacity, bool)
-        self.hi = self.expect = None
-        self.nbytes = self.data.nbytes + self.mask.nbytes
+        self.spans = []
+        self.expect = None
+        self.nbytes = self.data.nbytes
 
     def place(self, t_ns: int, frames: int) -> int:
         """The start sample of a block of ``frames`` stamped ``t_ns``; call once per block, in stream order."""
-        a = sample_index(t_ns, self.samplerate)
-        snap = min(max(1, self.samplerate * 2 // 1000), frames // 2)  # 2 ms, at most half a block
-        if self.expect is not None and abs(a - self.expect) <= snap:
-            a = self.expect
+        a = (t_ns * self.samplerate + NS_PER_S // 2) // NS_PER_S
+        e = self.expect
+        if e is not None and abs(a - e) <= min(self.snap, frames // 2):
+            a = e
         self.expect = a + frames
         return a
 
     def push(self, a: int, samples: np.ndarray) -> str | None:
         """Write interleaved float32 ``samples`` (``frames * channels``) starting at
         sample ``a``; returns "duplicate" when every sample was there already."""
-        ch = self.channels
+        ch, cap, spans = self.channels, self.capacity, self.spans
         n = len(samples) // ch
         end = a + n
-        hi, lo, cap = self.hi, self.lo, self.capacity
-        if hi is not None and a >= hi and end <= lo + cap:
+        if spans and a >= spans[-1][1] and end <= self.lo + cap:
             i = a % cap
-            if i + n <= cap:  # the usual case: the next block, no wrap
+            if i + n <= cap:  # the usual case: after everything written, no wrap
                 self.flat[i * ch:(i + n) * ch] = samples
-                self.mask[i:i + n] = True
-                self.hi = end
+                if spans[-1][1] == a:
+                    spans[-1][1] = end
+                else:
+                    spans.append([a, end])
                 return None
-        block = samples.reshape(n, ch)
-        if self.hi is None:
+        if not spans:
             self.lo = max(self.lo, a)
         if a < self.lo:
-            block = block[self.lo - a:]
+            samples = samples[(self.lo - a) * ch:]
             a = self.lo
             if a >= end:
                 return "duplicate"
-        if end > self.lo + self.capacity:
-            self.overflowed += end - self.capacity - self.lo
-            self.prune(end - self.capacity)
-        cap = self.capacity
-        i = a % cap
-        if self.hi is not None and a < self.hi:
-            # Overlap with what is there: only the samples not written yet.
-            fresh = ~self._read(self.mask, i, len(block))
-            if not fresh.any():
-                return "duplicate"
-            block = np.where(fresh[:, None], block, self._read(self.data, i, len(block)))
-        self._write(self.data, i, block)
-        self._write(self.mask, i, True, len(block))
-        self.hi = end if self.hi is None else max(self.hi, end)
+        if end > self.lo + cap:
+            self.overflowed += end - cap - self.lo
+            self.prune(end - cap)
+        fresh = _subtract(a, end, spans)
+        if not fresh:
+            return "duplicate"
+        for x, y in fresh:
+            self._write((x % cap) * ch, samples[(x - a) * ch:(y - a) * ch])
+        self.spans = _union(spans, a, end)
         return None
 
-    def _write(self, ring: np.ndarray, i: int, values: np.ndarray | bool, n: int | None = None) -> None:
-        n = len(values) if n is None else n  # type: ignore[arg-type]
-        first = min(n, self.capacity - i)
-        if isinstance(values, np.ndarray):
-            ring[i:i + first] = values[:first]
-            if first < n:
-                ring[:n - first] = values[first:]
-        else:
-            ring[i:i + first] = values
-            if first < n:
-                ring[:n - first] = values
+    def _write(self, i: int, values: np.ndarray) -> None:
+        """Write flat ``values`` at flat ring offset ``i``, wrapping around."""
+        size = len(self.flat)
+        first = min(len(values), size - i)
+        self.flat[i:i + first] = values[:first]
+        if first < len(values):
+            self.flat[:len(values) - first] = values[first:]
 
-    def _read(self, ring: np.ndarray, i: int, n: int) -> np.ndarray:
-        first = min(n, self.capacity - i)
-        if first == n:
-            return ring[i:i + n]
-        return np.concatenate((ring[i:], ring[:n - first]))
+    def _clear(self, i: int, n: int) -> None:
+        size = len(self.flat)
+        first = min(n, size - i)
+        self.flat[i:i + first] = 0.0
+        if first < n:
+            self.flat[:n - first] = 0.0
 
     def assemble(self, s0: int, n: int) -> tuple[np.ndarray, int]:
         """Samples ``[s0, s0 + n)`` as a new ``(n, channels)`` float32 array (zeros
         where no block was) and how many of them came from blocks."""
         out = np.zeros((n, self.channels), dtype=np.float32)
-        if self.hi is None:
+        spans = self.spans
+        if not spans:
             return out, 0
-        a, b = max(s0, self.lo), min(s0 + n, self.hi, self.lo + self.capacity)
+        a, b = max(s0, self.lo), min(s0 + n, spans[-1][1], self.lo + self.capacity)
         if b <= a:
             return out, 0
-        i = a % self.capacity
-        out[a - s0:b - s0] = self._read(self.data, i, b - a)  # unwritten samples are zeros
-        return out, int(np.count_nonzero(self._read(self.mask, i, b - a)))
+        ch, cap = self.channels, self.capacity
+        i, m = a % cap, b - a
+        first = min(m, cap - i)
+        flat = out.reshape(-1)
+        o = (a - s0) * ch
+        flat[o:o + first * ch] = self.flat[i * ch:(i + first) * ch]  # unwritten samples are zeros
+        if first < m:
+            flat[o + first * ch:o + m * ch] = self.flat[:(m - first) * ch]
+        covered = sum(min(y, s0 + n) - max(x, s0) for x, y in spans if y > s0 and x < s0 + n)
+        return out, covered
 
     def first_index(self) -> int | None:
-        """A lower bound of the first sample held (None: nothing held)."""
-        return self.lo if len(self) else None
+        """The first sample held (None: nothing held)."""
+        return max(self.spans[0][0], self.lo) if self.spans else None
 
     def end_index(self) -> int | None:
-        return self.hi if len(self) else None
+        return self.spans[-1][1] if self.spans else None
 
     def prune(self, s0: int) -> None:
-        """Forget samples before ``s0``, clearing their ring cells for reuse."""
-        if s0 <= self.lo or self.hi is None:
-            self.lo = max(self.lo, s0)
+        """Forget samples before ``s0``, zeroing their ring cells for reuse."""
+        if s0 <= self.lo:
             return
-        n = min(s0 - self.lo, self.capacity)
-        i = self.lo % self.capacity
-        self._write(self.data, i, np.zeros((n, self.channels), np.float32))
-        self._write(self.mask, i, False, n)
+        spans = self.spans
+        if spans:
+            # Zero only what was written (sample ranges within [lo, s0)).
+            ch, cap = self.channels, self.capacity
+            for x, y in spans:
+                if x >= s0:
+                    break
+                x, y = max(x, self.lo), min(y, s0)
+                for k in range(x, y, cap):  # at most one lap per call in practice
+                    m = min(y - k, cap)
+                    self._clear((k % cap) * ch, m * ch)
+            k = 0
+            while k < len(spans) and spans[k][1] <= s0:
+                k += 1
+            del spans[:k]
+            if spans and spans[0][0] < s0:
+                spans[0][0] = s0
         self.lo = s0
-        if self.hi <= s0:
-            self.hi = None
-            self.lo = s0
+
+
+def _subtract(a: int, b: int, spans: list[list[int]]) -> list[tuple[int, int]]:
+    """The parts of ``[a, b)`` not covered by ``spans`` (sorted, disjoint)."""
+    out = []
+    x = a
+    for s, e in spans[bisect_right([sp[1] for sp in spans], a):] if len(spans) > 8 else spans:
+        if e <= x:
+            continue
+        if s >= b:
+            break
+        if s > x:
+            out.append((x, s))
+        x = max(x, e)
+        if x >= b:
+            break
+    if x < b:
+        out.append((x, b))
+    return out
+
+
+def _union(spans: list[list[int]], a: int, b: int) -> list[list[int]]:
+    """``spans`` with ``[a, b)`` added, merged."""
+    out: list[list[int]] = []
+    placed = False
+    for s, e in spans:
+        if e < a:
+            out.append([s, e])
+        elif s > b:
+            if not placed:
+                out.append([a, b])
+                placed = True
+            out.append([s, e])
+        else:
+            a, b = min(a, s), max(b, e)
+    if not placed:
+        out.append([a, b])
+    return out
 
 
 # ----------------------------------------------------------------------------- text

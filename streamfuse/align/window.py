@@ -270,7 +270,8 @@ class Aligner:
         a = buf.place(t, h.frames)
         end = a + h.frames
         wm = -(-end * NS_PER_S // sr)  # the block's end, rounded up
-        if src.closed_end is not None and a < sample_index(src.closed_end, sr):
+        if src.closed_end is not None and t < src.closed_end + 2 * self.hop_ns and \
+                a < sample_index(src.closed_end, sr):
             self.stats.late[(src.name, "audio")] += 1
             if end <= sample_index(self._next_start(src), sr):
                 return False, wm  # nothing left for the open windows
@@ -493,7 +494,7 @@ class Aligner:
             stats.coverage_n[name] += 1
         return Window(
             source=name, seq=k, t_start_ns=start, t_end_ns=end, present=present,
-            frames=frames, frame_encoding=src.video.format[0] if frames and src.video.format else "raw",
+            frames=frames, frame_encoding=src.video.encoding if frames else "raw",
             frame_t_ns=frame_t, audio=audio, samplerate=sr if audio is not None else 0,
             audio_coverage=coverage, texts=texts, text_t_ns=text_t, close_ns=close_ns,
         )
