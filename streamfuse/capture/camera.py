@@ -144,7 +144,11 @@ def open_source(dev: Device, cfg: VideoConfig) -> cv2.VideoCapture | None:
 
 
 class VideoCapture:
-    """Grab, stamp, encode and publish frames until ``stop`` is set."""
+    """Grab, stamp, encode and publish frames until ``stop`` is set.
+
+    Two states: *streaming* (``self.cap`` open: pace, grab, publish) and *down*
+    (no source: heartbeats, and open attempts on the backoff schedule).
+    """
 
     def __init__(self, source: str, cfg: VideoConfig, bus: BusConfig) -> None:
         self.source = source
@@ -153,95 +157,114 @@ class VideoCapture:
         self.device = parse_device(cfg.device)
         self.backoff = Backoff(cfg.reconnect_max_s)
         self.pub: StreamPublisher | None = None
+        self.cap: cv2.VideoCapture | None = None
+        self.pacer: Pacer | None = None
+        self.hb = Heartbeats(HEARTBEAT_NS)
+        self.retry_at_ns = 0
+        self.attempts = 0
+        self.played: tuple[float, int] | None = None  # (mtime, size) of a file played to its end
         quiet_opencv()
 
     def run(self, stop: threading.Event, *, ctx: zmq.Context | None = None) -> int:
         own = ctx is None
         ctx = ctx or zmq.Context()
         sock = connect_pub(ctx, self.bus)
-        try:
-            self.pub = StreamPublisher(sock, self.source, "video")
-            self._loop(stop, self.pub)
-        finally:
-            sock.close(linger=500)
-            if own:
-                ctx.term()
-        log.info("video %s stopped: %s", self.source, self.pub.counts.line())
-        return 0
-
-    def _loop(self, stop: threading.Event, pub: StreamPublisher) -> None:
         cfg, dev = self.cfg, self.device
         log.info("video %s: starting on %s %s (%dx%d, %s)", self.source, dev.kind, dev.target,
                  cfg.width, cfg.height, cfg.encoding)
-        hb = Heartbeats(HEARTBEAT_NS)
-        cap: cv2.VideoCapture | None = None
-        pacer: Pacer | None = None
-        retry_at_ns = 0
-        attempts = 0
-        played: tuple[float, int] | None = None  # (mtime, size) of a file played to its end
+        pub = self.pub = StreamPublisher(sock, self.source, "video")
         try:
             while not stop.is_set():
-                if cap is None:
-                    now = clock.now_ns()
-                    if now >= retry_at_ns and played is not None and _file_signature(dev) == played:
-                        # A file that played to its end without `loop` stays finished until it changes.
-                        retry_at_ns = now + round(cfg.reconnect_max_s * clock.NS_PER_S)
-                    elif now >= retry_at_ns:
-                        if attempts:
-                            pub.reconnected()
-                        attempts += 1
-                        cap = open_source(dev, cfg)
-                        if cap is None:
-                            delay = self.backoff.next_delay_s()
-                            retry_at_ns = clock.now_ns() + round(delay * clock.NS_PER_S)
-                            log.warning("video %s: cannot open %s, retrying in %.1f s", self.source,
-                                        dev.target, delay)
-                            continue
-                        played = None
-                        pacer = Pacer(file_fps(cap.get(cv2.CAP_PROP_FPS), cfg.fps)) if dev.kind == "file" else None
-                        log.info("video %s: %s %s", self.source, "reopened" if attempts > 1 else "opened",
-                                 dev.target)
-                        if attempts == 1:
-                            readiness.report("ready")
-                        continue
-                    if hb.due(now):
-                        pub.heartbeat(now)
-                        hb.sent(now)
-                    stop.wait(max(0.0, min(hb.wait_s(clock.now_ns()),
-                                           (retry_at_ns - now) / clock.NS_PER_S, 0.1)))
-                    continue
-                if pacer is not None:
-                    due = pacer.deadline_ns(clock.now_ns())
-                    wait_s = (due - clock.now_ns()) / clock.NS_PER_S
-                    if wait_s > 0 and stop.wait(wait_s):
-                        break
-                    pacer.advance()
-                ok = cap.grab()
-                t_ns = clock.now_ns()
-                image = cap.retrieve()[1] if ok else None
-                if image is not None:
-                    self.backoff.reset()
-                    pub.grabbed()
-                    self._publish(pub, image, t_ns)
-                    hb.sent(t_ns)
-                    continue
-                cap.release()
-                cap = None
-                if dev.kind == "file" and cfg.loop:
-                    cap = open_source(dev, cfg)
-                    if cap is not None:
-                        pacer = Pacer(file_fps(cap.get(cv2.CAP_PROP_FPS), cfg.fps))
-                        continue
-                if dev.kind == "file" and not cfg.loop:
-                    played = _file_signature(dev)
-                    log.info("video %s: file %s ended; heartbeats only until it changes",
-                             self.source, dev.target)
+                if self.cap is None:
+                    self._down(stop, pub)
                 else:
-                    log.warning("video %s: source %s failed; reconnecting", self.source, dev.target)
-                retry_at_ns = clock.now_ns()  # first retry at once, then back off
+                    self._stream_one(stop, pub, self.cap)
         finally:
-            if cap is not None:
-                cap.release()
+            if self.cap is not None:
+                self.cap.release()
+            sock.close(linger=500)
+            if own:
+                ctx.term()
+        log.info("video %s stopped: %s", self.source, pub.counts.line())
+        return 0
+
+    # ------------------------------------------------------------------ down
+
+    def _down(self, stop: threading.Event, pub: StreamPublisher) -> None:
+        """No source: open it when the backoff allows, else heartbeat and wait."""
+        now = clock.now_ns()
+        if now >= self.retry_at_ns:
+            if self.played is not None and _file_signature(self.device) == self.played:
+                # A file that played to its end without `loop` stays finished until it changes.
+                self.retry_at_ns = now + round(self.cfg.reconnect_max_s * clock.NS_PER_S)
+            else:
+                self._try_open(pub)
+                return
+        if self.hb.due(now):
+            pub.heartbeat(now)
+            self.hb.sent(now)
+        stop.wait(max(0.0, min(self.hb.wait_s(clock.now_ns()),
+                               (self.retry_at_ns - now) / clock.NS_PER_S, 0.1)))
+
+    def _try_open(self, pub: StreamPublisher) -> None:
+        dev = self.device
+        if self.attempts:
+            pub.reconnected()
+        self.attempts += 1
+        self.cap = open_source(dev, self.cfg)
+        if self.cap is None:
+            delay = self.backoff.next_delay_s()
+            self.retry_at_ns = clock.now_ns() + round(delay * clock.NS_PER_S)
+            log.warning("video %s: cannot open %s, retrying in %.1f s", self.source, dev.target, delay)
+            return
+        self.played = None
+        self.pacer = self._pacer(self.cap)
+        log.info("video %s: %s %s", self.source, "reopened" if self.attempts > 1 else "opened", dev.target)
+        if self.attempts == 1:
+            readiness.report("ready")
+
+    def _pacer(self, cap: cv2.VideoCapture) -> Pacer | None:
+        """Files decode far faster than real time: pace them at their own rate."""
+        if self.device.kind != "file":
+            return None
+        return Pacer(file_fps(cap.get(cv2.CAP_PROP_FPS), self.cfg.fps))
+
+    # ------------------------------------------------------------------ streaming
+
+    def _stream_one(self, stop: threading.Event, pub: StreamPublisher, cap: cv2.VideoCapture) -> None:
+        """Pace (files), grab, stamp and publish one frame; handle the source's end."""
+        if self.pacer is not None:
+            due = self.pacer.deadline_ns(clock.now_ns())
+            wait_s = (due - clock.now_ns()) / clock.NS_PER_S
+            if wait_s > 0 and stop.wait(wait_s):
+                return
+            self.pacer.advance()
+        ok = cap.grab()
+        t_ns = clock.now_ns()  # the grab time is the frame's capture time
+        image = cap.retrieve()[1] if ok else None
+        if image is not None:
+            self.backoff.reset()
+            pub.grabbed()
+            self._publish(pub, image, t_ns)
+            self.hb.sent(t_ns)
+            return
+        cap.release()
+        self.cap = None
+        self._source_ended()
+
+    def _source_ended(self) -> None:
+        dev, cfg = self.device, self.cfg
+        if dev.kind == "file" and cfg.loop:
+            self.cap = open_source(dev, cfg)
+            if self.cap is not None:
+                self.pacer = self._pacer(self.cap)
+                return
+        if dev.kind == "file" and not cfg.loop:
+            self.played = _file_signature(dev)
+            log.info("video %s: file %s ended; heartbeats only until it changes", self.source, dev.target)
+        else:
+            log.warning("video %s: source %s failed; reconnecting", self.source, dev.target)
+        self.retry_at_ns = clock.now_ns()  # first retry at once, then back off
 
     def _publish(self, pub: StreamPublisher, image: np.ndarray, t_ns: int) -> None:
         cfg = self.cfg
