@@ -105,7 +105,7 @@ def content(w: Window) -> tuple:
             tuple(frames), audio, w.samplerate, w.audio_coverage, tuple(w.texts), tuple(w.text_t_ns))
 
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -74,7 +74,7 @@ def record(path: Path, t0: int, seconds: int) -> int:
             seq += 1
         for i in range(seconds * 10):
             msgs.append(codec.heartbeat_message(src, "text", i, t0 + off + i * 100 * MS))
-    for i, (src, at) in enumerate([("cam", 450), ("desk", 1200), ("cam", 1210), ("cam", 2600)]):
+    for i, (src, at) in enumerate([("cam", 450), ("desk", 1200), ("cam", 1210), ("cam", 1900)]):
         msgs.append(codec.text_message(src, i, t0 + at * MS, f"{src} {i}"))
     msgs.sort(key=lambda m: m.t_ns)
     with RecordingWriter(path, chunk_size=64 * 1024) as w:
@@ -91,9 +91,9 @@ def test_offline_and_replayed_windows_are_identical(broker, tmp_path: Path, pace
     path = tmp_path / "session.mcap"
     # Recorded "last year": the aligner closes windows on the recording's clock.
     t0 = (clock.now_ns() - 365 * 86400 * 10**9) // (500 * MS) * (500 * MS) + 130 * MS
-    record(path, t0, 3)
+    record(path, t0, 2)
     offline = [(w.source, content_hash(w)) for w in windows_from_messages(read_messages([path]), cfg.align)]
-    assert len(offline) > 12
+    assert len(offline) > 10
     align = streamfuse(["align", "--config", str(broker.path)])
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
