@@ -1,0 +1,73 @@
+"""The node loop with injected sockets (inproc): arrival, timer, bad input, stop."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import zmq
+
+from streamfuse import clock, metrics
+from streamfuse.align import node
+from streamfuse.config import parse
+from streamfuse.wire import codec
+from tests.helpers.proc import wait_for
+
+MS = 1_000_000
+
+
+def test_main_with_injected_sockets() -> None:
+    cfg = parse({"sources": [{"name": "r1", "audio": {"samplerate": 16000}}],
+                 "align": {"required": ["audio"]}}, environ={})
+    ctx = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    for s in (pub, sub, push, pull):
+        s.linger = 0
+    pub.bind("inproc://bus")
+    sub.connect("inproc://bus")
+    for p in node.subscriptions(cfg):
+        sub.setsockopt(zmq.SUBSCRIBE, p.encode())
+    push.bind("inproc://windows")
+    pull.connect("inproc://windows")
+    stop = threading.Event()
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(node.main(cfg, sub=sub, push=push, stop=stop)))
+    before = metrics.dropped.labels(node="align", topic="r1/audio", reason="header")._value.get()
+    t.start()
+    try:
+        # Two seconds of audio in the past, sent at once; plus garbage and another source.
+        t0 = (clock.now_ns() - 10_000 * MS) // (500 * MS) * (500 * MS)
+        msgs = [codec.audio_message("r1", i, t0 + i * 20 * MS, np.full((320, 1), i, np.float32), 16000)
+                for i in range(100)]
+        got = []
+
+        def deliver() -> bool:
+            for m in msgs:
+                pub.send_multipart(codec.encode(m))
+            pub.send_multipart([b"r1/audio", b"\xc1", b"x"])  # not MessagePack
+            pub.send_multipart(codec.encode(codec.text_message("r9", 0, t0, "not configured")))
+            while pull.poll(300):
+                got.append(codec.decode_window(pull.recv_multipart()))
+            return bool(got)
+
+        wait_for(deliver, timeout=10, what="windows from the node")
+        # The last windows close on the lateness bound, i.e. on the node's timer.
+        def tail() -> bool:
+            while pull.poll(100):
+                got.append(codec.decode_window(pull.recv_multipart()))
+            return any(w.t_start_ns >= t0 + 1500 * MS for w in got)
+
+        wait_for(tail, timeout=10, what="the timer-closed windows")
+    finally:
+        stop.set()
+        t.join(5)
+        for s in (pub, sub, push, pull):
+            s.close()
+        ctx.term()
+    assert rc == [0]
+    assert {w.source for w in got} == {"r1"}
+    full = [w for w in got if w.audio_coverage == 1.0]
+    assert full and all(w.audio.shape == (16000, 1) and w.emit_ns > 0 for w in full)
+    after = metrics.dropped.labels(node="align", topic="r1/audio", reason="header")._value.get()
+    assert after > before  # the garbage was counted (metrics flushed at exit)
