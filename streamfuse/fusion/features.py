@@ -17,7 +17,8 @@ train/serve skew):
   collate a whole data set once and slice mini-batches from it).
 - :func:`to_device` ``(raw, prep, device) -> Features`` — the rest, on the
   model's device: audio at another sample rate resampled with torchaudio, log-mel
-  (``torchaudio.transforms.MelSpectrogram``), normalisation of frames and log-mel.
+  (torchaudio ``Spectrogram`` + ``MelScale``, see :class:`MelPower`), normalisation
+  of frames and log-mel.
   On CUDA the host tensors are pinned and copied with ``non_blocking=True``.
 - :func:`tokenize` ``(texts, prep) -> np.ndarray`` — hashed word / word-bigram /
   character n-gram ids in ``[1, text_buckets)``; no vocabulary, no download.
@@ -385,14 +386,33 @@ class Features:
         return Features(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
+class MelPower(torch.nn.Module):
+    """``(B, S)`` waveform -> ``(B, n_mels, F)`` mel power spectrogram.
+
+    torchaudio's ``Spectrogram`` (complex output) and ``MelScale``; the same as
+    ``torchaudio.transforms.MelSpectrogram(power=2)`` except that the power is
+    taken as ``re^2 + im^2`` rather than ``abs()**2``: on CPU the complex ``abs``
+    (a square root per bin, then squared again) cost twice as much.
+    """
+
+    def __init__(self, prep: Preprocessing) -> None:
+        super().__init__()
+        import torchaudio
+
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=prep.n_fft, hop_length=prep.hop_length, power=None, center=True)
+        self.mel_scale = torchaudio.transforms.MelScale(
+            n_mels=prep.n_mels, sample_rate=prep.sample_rate, f_min=prep.f_min, f_max=prep.f_max or None,
+            n_stft=prep.n_fft // 2 + 1)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        spec = self.spectrogram(waveform)
+        return self.mel_scale(spec.real.square() + spec.imag.square())
+
+
 @functools.lru_cache(maxsize=8)
 def _mel(prep: Preprocessing, device: str) -> torch.nn.Module:
-    import torchaudio
-
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=prep.sample_rate, n_fft=prep.n_fft, hop_length=prep.hop_length,
-        n_mels=prep.n_mels, f_min=prep.f_min, f_max=prep.f_max or None, power=2.0, center=True,
-    ).to(device)
+    return MelPower(prep).to(device)
 
 
 def _move(t: torch.Tensor, device: torch.device) -> torch.Tensor:
