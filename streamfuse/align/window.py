@@ -23,10 +23,17 @@ Rules, per source (each source is aligned on its own):
   ``start + (i + 0.5) * window / n`` among the frames in the window (ties go to
   the earlier frame; a frame repeats when there are fewer; none: absent);
   audio, the ``window * samplerate`` samples of the window on the absolute
-  sample grid (gaps are zeros, ``audio_coverage`` the fraction present);
+  sample grid (a block stamped within 2 ms of where the previous one ended
+  follows it seamlessly; gaps are zeros, ``audio_coverage`` the fraction
+  present; where blocks overlap, the first block keeps its samples);
   text, the newest ``max_text_messages`` with ``t_ns`` in
-  ``[end - text_context, end)``, oldest first.
+  ``[end - text_context, end)``, oldest first. This holds as long as each
+  stream arrives in order and before its windows close: a stream that does
+  not hold windows (dead, or optional and not heard from yet) may see its
+  first messages miss windows live that they reach offline.
 - A window in which no stream is present is not emitted.
+- Memory: buffers keep only what open windows can still show (see
+  :mod:`streamfuse.align.buffers`); audio lives in a fixed ring per stream.
 - Late data (``t_ns`` before the end of a closed window) is counted per stream;
   it is still used by the open windows it falls in, else dropped.
 - Timestamps more than ``window + max_lateness`` ahead of ``now_src`` ("future")
