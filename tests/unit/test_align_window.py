@@ -408,3 +408,25 @@ def test_window_message_round_trip() -> None:
         assert (back.audio is None) == (w.audio is None)
         if w.audio is not None:
             assert np.array_equal(back.audio, w.audio)
+
+
+def test_host_clock_step_forward_restarts_the_source() -> None:
+    """Live, a capture host's clock jumps an hour ahead: rejected as future until the
+    new timeline has held for dead_after, then the source follows it."""
+    al = Aligner(cfg(dead_after_ms=2000))
+    ws = feed(al, av(T0, T0 + 3000 * MS))
+    hour = 3600 * 10**9
+    for m in av(T0 + hour + 3000 * MS, T0 + hour + 8000 * MS):
+        recv = m.t_ns - hour  # arrives right after the first part, stamped an hour ahead
+        al.push(m, recv)
+        ws += al.pop_ready(recv)
+    ws += al.flush()
+    assert al.stats.resyncs["r1"] == 1 and al.stats.rejected[("r1", "video", "future")] > 0
+    after = [w for w in ws if w.t_start_ns > T0 + hour]
+    assert after and all(w.present["video"] and w.present["audio"] for w in after[1:-2])
+
+
+def test_recording_with_an_hour_gap_offline() -> None:
+    msgs = av(T0, T0 + 1000 * MS) + av(T0 + 3600 * 10**9, T0 + 3600 * 10**9 + 1000 * MS)
+    ws = list(windows_from_messages(msgs, cfg()))  # returns at once: empty windows are skipped
+    assert len(ws) == 6 and not any(T0 + 2000 * MS < w.t_start_ns < T0 + 3599 * 10**9 for w in ws)
