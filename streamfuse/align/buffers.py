@@ -13,7 +13,6 @@ memory-saving shortcuts skip it.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -170,8 +169,6 @@ def _frame(msg: Message) -> np.ndarray | bytes:
 # ----------------------------------------------------------------------------- audio
 
 _SCALE = {"int16": 1.0 / 32768.0, "int32": 1.0 / 2147483648.0}
-
-
 _F32 = np.dtype(np.float32)
 
 
@@ -447,7 +444,3 @@ class TextBuffer:
             self.texts = [self.texts[i] for i in keep]
             self.ts = [ts[i] for i in keep]
             self.nbytes = sum(len(s) for s in self.texts)
-
-
-def total_nbytes(buffers: Sequence[VideoBuffer | AudioBuffer | TextBuffer]) -> int:
-    return sum(b.nbytes for b in buffers)
