@@ -134,6 +134,16 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def lost_by_metrics(text: str) -> tuple[float, float]:
+    """(windows the aligner emitted, classifications the workers published), from the daemon's metrics.
+
+    Their difference is what was lost between aligner and bus. (Gaps in a source's
+    window sequence are not all losses: a window in which no stream is present is
+    not emitted, by design, e.g. at a looped recording's seam.)
+    """
+    return metric_sum(text, "streamfuse_windows_total"), metric_sum(text, "streamfuse_classifications_total")
+
+
 def proxy_hop_latency(n: int = 2000, size: int = 1280) -> dict[str, float]:
     """The physical floor in the same run: PUB -> bare zmq.proxy (XSUB/XPUB, own process) -> SUB, ipc.
 

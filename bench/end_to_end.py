@@ -21,7 +21,17 @@ import tempfile
 from pathlib import Path
 
 import zmq
-from daemon_common import Collected, collect, demo, fmt, prepare, proxy_hop_latency
+from daemon_common import (
+    Collected,
+    collect,
+    demo,
+    fmt,
+    free_port,
+    lost_by_metrics,
+    prepare,
+    proxy_hop_latency,
+    scrape,
+)
 
 
 def main() -> int:
@@ -37,7 +47,8 @@ def main() -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="streamfuse-e2e-"))
     rows = Collected()
     try:
-        cfg_path = demo.write_config(run_dir, mdir)
+        port = free_port()
+        cfg_path = demo.write_config(run_dir, mdir, metrics=f"127.0.0.1:{port}")
         daemon = demo.Daemon(cfg_path, run_dir)
         try:
             from streamfuse.config import load
@@ -56,13 +67,15 @@ def main() -> int:
                     collect(sub, rows, 0.5)
                 collect(sub, rows, 3.0)  # the last windows close after the final heartbeats
                 sub.close()
+            emitted, answered = lost_by_metrics(scrape(port))
         finally:
             daemon.stop()
         proxy = proxy_hop_latency()
         lat = rows.latency()
-        n, missing, twice = rows.lost_windows(500_000_000)
-        print(f"end_to_end: {n} classifications from {len(files)} recording(s) at 1x; "
-              f"{missing} windows missing, {twice} answered twice")
+        n, _gaps, twice = rows.lost_windows(500_000_000)
+        missing = emitted - answered
+        print(f"end_to_end: {n} classifications from {len(files)} recording(s) at 1x; aligner emitted "
+              f"{emitted:.0f}, workers answered {answered:.0f}; {twice} answered twice")
         print(fmt(lat))
         print(f"  reference: bare zmq.proxy hop (1.3 KB, ipc)  p50 {proxy['p50']:.3f} ms  p99 {proxy['p99']:.3f} ms")
         if args.json:

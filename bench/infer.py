@@ -122,7 +122,25 @@ def bench_forward(model: FusionModel, prep: Preprocessing, windows: list[Window]
 # ----------------------------------------------------------------------------- worker
 
 
-def _config(root: Path, model_dir: Path, batch: int, threads: int, delay_ms: float) -> Path:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _batch_stats(port: int) -> tuple[float, float]:
+    """(sum, count) of the worker's ``streamfuse_batch_size`` histogram."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    vals = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith(("streamfuse_batch_size_sum", "streamfuse_batch_size_count"))}
+    return vals.get("streamfuse_batch_size_sum", 0.0), vals.get("streamfuse_batch_size_count", 0.0)
+
+
+def _config(root: Path, model_dir: Path, batch: int, threads: int, delay_ms: float, metrics_port: int = 0) -> Path:
     run = root / "run"
     run.mkdir(parents=True, exist_ok=True)
     path = root / f"bench-{batch}.toml"
@@ -130,7 +148,8 @@ def _config(root: Path, model_dir: Path, batch: int, threads: int, delay_ms: flo
         f'[bus]\ninput = "ipc://{run}/in"\noutput = "ipc://{run}/out"\nhwm = 100000\n'
         f'[align]\noutput = "ipc://{run}/windows-{batch}"\n'
         f'[fusion]\nmodel = "{model_dir}"\ndevice = "cpu"\nmax_batch = {batch}\nmax_delay_ms = {delay_ms}\n'
-        f'threads = {threads}\nreload_poll_s = 60\n[metrics]\nlisten = ""\n')
+        f'threads = {threads}\nreload_poll_s = 60\n[metrics]\n'
+        f'listen = "{f"127.0.0.1:{metrics_port}" if metrics_port else ""}"\n')
     return path
 
 
@@ -161,7 +180,8 @@ class WorkerLeg:
     def __init__(self, root: Path, model_dir: Path, windows: list[Window], batch: int, threads: int,
                  delay_ms: float) -> None:
         self.root, self.windows, self.batch = root, windows, batch
-        cfg_path = _config(root, model_dir, batch, threads, delay_ms)
+        self.metrics_port = _free_port()
+        cfg_path = _config(root, model_dir, batch, threads, delay_ms, self.metrics_port)
         run = root / "run"
         self.log = root / f"fuse-{batch}.log"
         self.proc = _spawn(["fuse", "--config", str(cfg_path)], self.log)
@@ -213,6 +233,7 @@ class WorkerLeg:
         sent = received = 0
         infer: list[float] = []
         total: list[float] = []
+        sum0, count0 = _batch_stats(self.metrics_port)
         cpu0 = _cpu_s(self.proc.pid)
         t_start = t_last = time.perf_counter()
         while True:
@@ -232,7 +253,9 @@ class WorkerLeg:
             if time.perf_counter() - t_last > 20:
                 raise RuntimeError(f"worker stalled: sent {sent}, received {received}")
         cpu = _cpu_s(self.proc.pid) - cpu0
+        sum1, count1 = _batch_stats(self.metrics_port)
         return {"windows_per_s": received / (t_last - t_start), "cpu_ms_per_window": cpu / received * 1e3,
+                "mean_batch": (sum1 - sum0) / max(1.0, count1 - count0),
                 "infer_p50_ms": pct(infer, 50),
                 "infer_p99_ms": pct(infer, 99), "total_p50_ms": pct(total, 50), "total_p99_ms": pct(total, 99),
                 "windows": received}
@@ -309,7 +332,8 @@ def main() -> int:
               f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
     for bs in (1, b):
         r = res[f"worker_{bs}"]
-        print(f"| whole worker (bus, broker, JSON); latency_ms.infer / .total | {bs} | {r['windows_per_s']:.1f} "
+        print(f"| whole worker (bus, broker, JSON), mean batch {r['mean_batch']:.1f}; "
+              f"latency_ms.infer / .total | {bs} | {r['windows_per_s']:.1f} "
               f"| {r['cpu_ms_per_window']:.2f} | {1e3 / r['cpu_ms_per_window']:.1f} "
               f"| {r['infer_p50_ms']:.2f} / {r['total_p50_ms']:.1f} | {r['infer_p99_ms']:.2f} / {r['total_p99_ms']:.1f} |")
 

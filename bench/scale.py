@@ -70,6 +70,8 @@ def step(n: int, seconds: float, model: Path) -> dict:
             daemon.stop()
         lat = rows.latency()
         answered, missing, twice = rows.lost_windows(cfg.align.hop_ms * 1_000_000)
+        emitted, published = lost_by_metrics(text)
+        missing = max(missing, int(emitted - published))  # every source is fed without pause: gaps are losses
         expected = n * int(seconds * 1000 / cfg.align.hop_ms)
         gaps = metric_sum(text, "streamfuse_seq_gap_messages_total")
         dropped = metric_sum(text, "streamfuse_messages_dropped_total")

@@ -23,7 +23,17 @@ import time
 from pathlib import Path
 
 import zmq
-from daemon_common import Collected, collect, demo, free_port, metric_sum, prepare, rss_tree, scrape
+from daemon_common import (
+    Collected,
+    collect,
+    demo,
+    free_port,
+    lost_by_metrics,
+    metric_sum,
+    prepare,
+    rss_tree,
+    scrape,
+)
 
 
 def main() -> int:
@@ -62,7 +72,12 @@ def main() -> int:
                     samples.append((time.monotonic() - t0, rss_tree(daemon.proc.pid)))
                     collect(sub, rows, min(args.sample_s, max(0.0, end - time.monotonic())))
                 replay.terminate()
-                replay.wait(10)
+                try:
+                    replay.wait(10)
+                except subprocess.TimeoutExpired:
+                    print("soak: replay ignored SIGTERM for 10 s; killed", file=sys.stderr)
+                    replay.kill()
+                    replay.wait(5)
                 collect(sub, rows, 3.0)
                 sub.close()
             text = scrape(port)
@@ -75,16 +90,19 @@ def main() -> int:
         growth = {k: {"warm_kib": warm.get(k, 0), "end_kib": v,
                       "growth_pct": 100.0 * (v - warm[k]) / warm[k] if warm.get(k) else float("nan")}
                   for k, v in last.items()}
-        n, missing, twice = rows.lost_windows(cfg.align.hop_ms * 1_000_000)
+        n, gaps, twice = rows.lost_windows(cfg.align.hop_ms * 1_000_000)
+        emitted, answered = lost_by_metrics(text)
         restarts = metric_sum(text, "streamfuse_child_restarts_total")
-        print(f"soak: {elapsed / 60:.1f} min at 1x, {n} classifications, {missing} windows lost, "
-              f"{twice} answered twice, {restarts:.0f} child restarts")
+        print(f"soak: {elapsed / 60:.1f} min at 1x, {n} classifications received; aligner emitted {emitted:.0f}, "
+              f"workers answered {answered:.0f}: {emitted - answered:.0f} windows lost, {twice} answered twice; "
+              f"{gaps} gaps in the window sequence (windows with nothing present are not emitted, e.g. at the "
+              f"loop seam); {restarts:.0f} child restarts")
         for k, g in sorted(growth.items()):
             print(f"  {k:<22} RSS after warm-up {g['warm_kib'] / 1024:7.1f} MiB   end {g['end_kib'] / 1024:7.1f} MiB"
                   f"   growth {g['growth_pct']:+.1f} %")
         if args.json:
             Path(args.json).write_text(json.dumps({"minutes": elapsed / 60, "classifications": n,
-                                                   "missing": missing, "twice": twice, "restarts": restarts,
+                                                   "emitted": emitted, "answered": answered, "gaps": gaps, "twice": twice, "restarts": restarts,
                                                    "rss": growth, "samples": samples}, indent=2))
         return 0 if n else 1
     finally:
