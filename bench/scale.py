@@ -27,6 +27,7 @@ from daemon_common import (
     collect,
     demo,
     free_port,
+    lost_by_metrics,
     metric_sum,
     prepare,
     proxy_hop_latency,
