@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import zmq
 
 from streamfuse.wire import codec
@@ -61,6 +62,7 @@ def _check_stream(messages: list[Message]) -> None:
     assert sum(m.kind == "heartbeat" for m in messages) >= span_s / 0.5
 
 
+@pytest.mark.slow
 def test_send_publishes_text_and_rejects_bad_messages(broker) -> None:
     proc = _capture(broker, 'input = "zmq"\nmax_bytes = 64\n')
     with zmq.Context() as ctx:
