@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,33 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _collector(directory: Path, registry: Any) -> Any:
+    """A MultiProcessCollector that skips a file another process is just creating.
+
+    A child that starts creates its ``*.db`` file empty and then maps it; read in
+    between, the stock collector raises (``struct.error``): here that file is left
+    out of this one scrape instead.
+    """
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class Tolerant(MultiProcessCollector):  # type: ignore[misc]
+        def collect(self) -> Any:
+            files = [str(f) for f in directory.glob("*.db")]
+            try:
+                return self.merge(files, accumulate=True)
+            except (struct.error, OSError, ValueError):
+                good = []
+                for f in files:
+                    try:
+                        self.merge([f], accumulate=True)
+                        good.append(f)
+                    except (struct.error, OSError, ValueError):
+                        log.debug("metrics: skipping %s (being written)", f)
+                return self.merge(good, accumulate=True)
+
+    return Tolerant(registry, path=str(directory))
+
+
 @dataclass
 class MetricsServer:
     """The HTTP endpoint; ``port`` is the bound port (useful with port 0)."""
@@ -60,10 +88,9 @@ def serve(listen: str, directory: Path) -> MetricsServer | None:
     if addr is None:
         return None
     from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))
+    _collector(directory, registry)
     try:
         httpd, thread = start_http_server(addr[1], addr=addr[0], registry=registry)
     except OSError as e:
@@ -86,11 +113,9 @@ def model_ids_by_pid(directory: Path) -> dict[int, str]:
     sets the gauge has a model).
     """
     from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     out: dict[int, str] = {}
-    coll = MultiProcessCollector(CollectorRegistry(), path=str(directory))
-    for metric in coll.collect():
+    for metric in _collector(directory, CollectorRegistry()).collect():
         if metric.name != "streamfuse_model_info":
             continue
         for s in metric.samples:
