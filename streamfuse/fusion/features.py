@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -311,6 +312,13 @@ def _mono(audio: np.ndarray) -> np.ndarray:
     return a
 
 
+def resamplable(rate: int, target: int) -> bool:
+    """Rates torchaudio can convert cheaply: its polyphase kernel grows with
+    ``rate / gcd(rate, target)``, so a rate like 44101 Hz (gcd 1) would cost
+    gigabytes. Every common rate (8, 11.025, 22.05, 44.1, 48, 96 kHz) passes."""
+    return 1000 <= rate <= 384_000 and math.gcd(rate, target) >= 25
+
+
 def collate(windows: Sequence[Window], prep: Preprocessing) -> RawBatch:
     """Stack windows into a :class:`RawBatch` (CPU only; never raises on content)."""
     b, t, s = len(windows), prep.frames_per_window, prep.window_samples
@@ -334,6 +342,9 @@ def collate(windows: Sequence[Window], prep: Preprocessing) -> RawBatch:
             mono = _mono(w.audio)
             if not np.isfinite(mono).all():
                 problems.append(f"{w.source}@{w.t_start_ns}: audio: non-finite samples")
+            elif w.samplerate not in (0, prep.sample_rate) and not resamplable(w.samplerate, prep.sample_rate):
+                problems.append(f"{w.source}@{w.t_start_ns}: audio: cannot resample {w.samplerate} Hz "
+                                f"to {prep.sample_rate} Hz")
             elif w.samplerate in (0, prep.sample_rate):
                 n = min(s, mono.shape[0])
                 audio[row, :n] = mono[:n]

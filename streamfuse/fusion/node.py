@@ -183,6 +183,7 @@ class Worker:
         self.seq: dict[str, int] = {}
         self.answered = 0
         self.dropped_no_model = 0
+        self.failed_batches = 0
         self._said_missing = False
         self._latency = {part: metrics.window_latency.labels(part=part)
                          for part in ("align", "queue", "infer", "total")}
@@ -262,7 +263,17 @@ class Worker:
             return
         start = clock.now_ns()
         t0 = clock.perf_ns()
-        probs, mask, problems = predict(loaded, [p.window for p in batch], self.device)
+        try:
+            probs, mask, problems = predict(loaded, [p.window for p in batch], self.device)
+        except (RuntimeError, ValueError) as e:
+            # One bad batch must not stop the service; a persistent fault shows in the
+            # log (first and every 100th) and in the dropped counter.
+            self.failed_batches += 1
+            if self.failed_batches % 100 == 1:
+                log.error("inference failed (%d batches so far), %d windows dropped: %s",
+                          self.failed_batches, len(batch), e)
+            metrics.dropped.labels(node=NODE, topic="window", reason="inference_error").inc(len(batch))
+            return
         metrics.inference_ms.observe((clock.perf_ns() - t0) / 1e6)
         for why in problems:
             log.debug("window stream dropped: %s", why)

@@ -84,6 +84,17 @@ def test_audio_at_another_rate_is_resampled_on_the_device(prep):
     assert sim > 0.99
 
 
+def test_unreasonable_sample_rates_are_refused_not_resampled(prep):
+    w = make_window(np.random.default_rng(0))
+    for rate in (44_101, 500, 10_000_000):  # gcd 1 with 4 kHz, too low, too high
+        odd = dataclasses.replace(w, samplerate=rate)
+        raw = collate([odd], prep)
+        assert raw.mask.tolist() == [[True, False, True]] and raw.resample == ()
+        assert "cannot resample" in raw.problems[0]
+    ok = collate([dataclasses.replace(w, samplerate=44_100)], prep)
+    assert ok.mask[0, 1] and ok.resample
+
+
 def test_stereo_is_mixed_to_mono(prep):
     w = make_window(np.random.default_rng(0))
     stereo = dataclasses.replace(w, audio=np.concatenate([w.audio, w.audio], axis=1))

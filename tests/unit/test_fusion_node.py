@@ -144,3 +144,23 @@ def test_device_and_threads():
             node.resolve_device("cuda:0")
     assert node.thread_count(3) == 3
     assert 1 <= node.thread_count(0) <= 4
+
+
+def test_a_failing_batch_is_dropped_and_counted_not_fatal(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    save_tiny(tmp_path / "model", cfg.align)
+    pub = FakePub()
+    w = node.Worker(cfg, torch.device("cpu"), pub)
+    assert w.load(reason="test")
+    dropped = metrics.dropped.labels(node="fuse", topic="window", reason="inference_error")
+    before = dropped._value.get()
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(node, "predict", boom)
+    w.handle(_batch(3))
+    assert pub.sent == [] and dropped._value.get() == before + 3
+    monkeypatch.undo()
+    w.handle(_batch(2))
+    assert len(pub.sent) == 2
