@@ -100,26 +100,31 @@ def scheduler_jitter_p99_ms(n: int = 100) -> float:
 def test_replay_reproduces_recorded_timing(broker, tmp_path: Path, rate: float) -> None:
     msgs = irregular(3.0)
     path = record(tmp_path / "r.mcap", msgs)
-    got = receive_replay(broker, [str(path), "--rate", str(rate)], len(msgs))
-    assert [p for _t, p in got] == [[bytes(x) for x in codec.encode(m)] for m in msgs]
-    arrival = np.array([t for t, _p in got], dtype=np.int64)
     recorded = np.array([m.t_ns for m in msgs], dtype=np.int64)
     ideal = (recorded - recorded[0]) / rate
-    err = (arrival - arrival[0]) - ideal
-    err -= np.median(err)  # a constant delivery latency is not a timing error
-    p99_ms = float(np.percentile(np.abs(err), 99)) / 1e6
-    took, want = arrival[-1] - arrival[0], ideal[-1]
-    jitter_ms = scheduler_jitter_p99_ms()
-    # Three processes must wake for each message: the replay, the broker, this receiver.
-    allowed_ms = 5.0 + 3 * jitter_ms
-    print(f"rate {rate}: p99 timing error {p99_ms:.2f} ms (bare sleep p99 overshoot {jitter_ms:.2f} ms, "
-          f"allowed {allowed_ms:.2f} ms), took {took / 1e9:.3f} s for {want / 1e9:.3f} s")
-    if rate == 1.0:
+    results = []
+    # At most two tries: one stall of the shared machine (another job hogging both cores
+    # for 50 ms) delays every message queued behind it and ruins the p99 of that run.
+    for _attempt in range(2):
+        got = receive_replay(broker, [str(path), "--rate", str(rate)], len(msgs))
+        assert [p for _t, p in got] == [[bytes(x) for x in codec.encode(m)] for m in msgs]
+        arrival = np.array([t for t, _p in got], dtype=np.int64)
+        err = (arrival - arrival[0]) - ideal
+        err -= np.median(err)  # a constant delivery latency is not a timing error
+        p99_ms = float(np.percentile(np.abs(err), 99)) / 1e6
+        took, want = arrival[-1] - arrival[0], ideal[-1]
+        jitter_ms = scheduler_jitter_p99_ms()
         # The 5 ms, plus what this machine's scheduler adds right now to the three
-        # wake-ups: ~0.1 ms each on a quiet machine, several ms when other jobs load both cores.
-        assert p99_ms <= allowed_ms
-    else:
-        assert abs(took - want) <= 0.05 * want
+        # wake-ups per message (replay, broker, this receiver): ~0.1 ms each on a quiet
+        # machine, several ms when other jobs load both cores.
+        allowed_ms = 5.0 + 3 * jitter_ms
+        print(f"rate {rate}: p99 timing error {p99_ms:.2f} ms (bare sleep p99 overshoot {jitter_ms:.2f} ms, "
+              f"allowed {allowed_ms:.2f} ms), took {took / 1e9:.3f} s for {want / 1e9:.3f} s")
+        ok = p99_ms <= allowed_ms if rate == 1.0 else abs(took - want) <= 0.05 * want
+        results.append((p99_ms, allowed_ms, took / 1e9, want / 1e9))
+        if ok:
+            break
+    assert ok, results
 
 
 @pytest.mark.slow
