@@ -2,7 +2,7 @@
 
 A scenario is one or two sources, each with any non-empty subset of video
 (jittered frames), audio (blocks with random losses, samples numbered by their
-index) and text (random messages plus heartbeats every 100 ms). Live delivery
+index, stamps exact or jittered by up to 0.7 ms) and text (random messages plus heartbeats every 100 ms). Live delivery
 keeps each stream in order (as ZeroMQ does per publisher) and delays every
 message by up to ``max_lateness - 50 ms``; the live aligner is also polled at
 random instants in between.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from streamfuse.align.offline import windows_from_messages
@@ -33,6 +33,7 @@ class Scenario:
     messages: list[Message]  # in t_ns order
     frames: dict[str, list[int]]  # source -> frame times
     samples: dict[str, dict[int, int]]  # source -> {absolute sample index: value}
+    audio_jitter_ns: int  # ADC-style jitter of audio stamps (0: exact, samples checkable)
 
 
 @st.composite
@@ -42,6 +43,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
                       frames_per_window=draw(st.integers(1, 5)), text_context_ms=draw(st.sampled_from([0, 700, 3000])),
                       max_text_messages=draw(st.integers(1, 4)),
                       required=draw(st.lists(st.sampled_from(["video", "audio", "text"]), unique=True)))
+    jitter = draw(st.sampled_from([0, 0, 700_000]))
     msgs: list[Message] = []
     frames: dict[str, list[int]] = {}
     samples: dict[str, dict[int, int]] = {}
@@ -67,14 +69,15 @@ def scenarios(draw: st.DrawFn) -> Scenario:
                 a = a0 + i * n
                 vals = np.arange(a - a0, a - a0 + n, dtype=np.float32)  # exact in float32
                 samples[src].update({a + j: int(v) for j, v in enumerate(vals)})
-                msgs.append(codec.audio_message(src, i, a * 1_000_000_000 // SR, vals.reshape(-1, 1), SR))
+                t = a * 1_000_000_000 // SR + (draw(st.integers(-jitter, jitter)) if jitter else 0)
+                msgs.append(codec.audio_message(src, i, t, vals.reshape(-1, 1), SR))
         if "text" in streams:
             for i, t in enumerate(range(start, start + dur + 1, 100 * MS)):
                 msgs.append(codec.heartbeat_message(src, "text", i, t))
             offs = draw(st.lists(st.integers(0, dur // MS), max_size=12))
             msgs += [codec.text_message(src, i, start + o * MS, f"{src}-{i}") for i, o in enumerate(sorted(offs))]
     msgs.sort(key=lambda m: m.t_ns)  # stable: equal times keep stream order
-    return Scenario(cfg, msgs, frames, samples)
+    return Scenario(cfg, msgs, frames, samples, jitter)
 
 
 def live(sc: Scenario, delays: list[int], polls: list[int]) -> list[Window]:
@@ -128,6 +131,7 @@ def _nearest(ts: list[int], start: int, window: int, n: int) -> list[int]:
 @SETTINGS
 @given(sc=scenarios())
 def test_samples_and_frames_land_in_exactly_the_windows_that_cover_them(sc: Scenario) -> None:
+    assume(sc.audio_jitter_ns == 0)  # with jitter, samples are placed by the snapping rule
     ws = list(windows_from_messages(sc.messages, sc.cfg))
     W, hop = sc.cfg.window_ms * MS, sc.cfg.hop_ms * MS
     for src, ts in sc.frames.items():
