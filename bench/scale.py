@@ -7,7 +7,7 @@ For N = each step: a fresh ``streamfuse run`` with N named sources (captured
 stamping frames with the current time), one worker with the demo model.
 A step passes with no loss (no window missing between a source's first and
 last classification, no sequence gap or drop counted by the daemon) and p99
-``latency_ms.total`` < 100 ms. Stops at the first failing step. Reference in
+``latency_ms.total`` < 100 ms. Stops at the first step with loss. Reference in
 the same run: the bare-proxy hop (bench/daemon_common.py).
 """
 
@@ -103,8 +103,8 @@ def main() -> int:
               f"windows, missing {r['missing']}, seq gaps {r['seq_gaps']:.0f}, dropped {r['dropped']:.0f}, "
               f"total p50 {t.get('p50', float('nan')):.1f} p99 {t.get('p99', float('nan')):.1f} ms, "
               f"feeder lag {r['feeder_worst_lag_ms']:.0f} ms", flush=True)
-        if not r["ok"]:
-            break
+        if r["missing"] or r["seq_gaps"] or r["dropped"]:
+            break  # loss: more sources only lose more (a latency miss alone goes on, to show the trend)
     best = max([r["sources"] for r in results if r["ok"]], default=0)
     print(f"scale: sustained {best} source(s) of VGA 15 fps + audio + text "
           f"(reference: bare proxy hop p50 {proxy['p50']:.3f} ms p99 {proxy['p99']:.3f} ms)")
