@@ -361,6 +361,8 @@ class Aligner:
             return  # replaced by a resync, or no data yet
         now_src = src.now_src(now_ns)
         out.extend(self._close(src, now_src))
+        if self._first_data_k(src) is None:
+            return  # nothing buffered: no timer until data comes (see _accepted)
         local = src.next_check - src.newest_t + src.newest_recv
         if local < src.timer_local:
             src.timer_local = local
