@@ -139,6 +139,24 @@ def test_model_config_validation(prep):
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_mixed_precision_with_absent_modalities_cpu_autocast(prep, fusion):
+    """The AMP path (bf16 encoders beside float32 zeros for absent rows) on CPU autocast,
+    so CI covers the dtype mixing the CUDA worker relies on."""
+    model = tiny_model(prep, fusion)
+    rng = np.random.default_rng(0)
+    for ws in ([make_window(rng, index=i, video=i % 2 == 0, text=i % 3 == 0) for i in range(6)],
+               [make_window(rng, index=i, video=False) for i in range(3)],
+               [make_window(rng, video=False, audio=False, text=False)]):
+        f = to_device(collate(ws, prep), prep)
+        with torch.inference_mode():
+            ref = model.predict_proba(f)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                p = model.predict_proba(f)
+        assert p.dtype == torch.float32 and torch.isfinite(p).all()
+        assert (p - ref).abs().max() < 2e-2
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
