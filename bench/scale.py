@@ -78,7 +78,9 @@ def step(n: int, seconds: float, model: Path) -> dict:
         dropped = metric_sum(text, "streamfuse_messages_dropped_total")
         p99 = lat.get("total", {}).get("p99", float("inf"))
         ok = answered > 0 and missing == 0 and gaps == 0 and dropped == 0 and p99 < 100 and answered >= 0.9 * expected
-        return {"sources": n, "ok": ok, "classifications": answered, "expected_about": expected,
+        present = {m: sum(bool(r["present"].get(m)) for r in rows.rows) / max(1, len(rows.rows))
+                   for m in ("video", "audio")}
+        return {"sources": n, "ok": ok, "present": present, "classifications": answered, "expected_about": expected,
                 "missing": missing, "twice": twice, "seq_gaps": gaps, "dropped": dropped, "latency_ms": lat,
                 "feeder_worst_lag_ms": max(f["worst_lag_ms"] for f in fed)}
     finally:
@@ -102,7 +104,8 @@ def main() -> int:
         print(f"scale: {n} source(s): {'OK' if r['ok'] else 'FAIL'}  {r['classifications']}/{r['expected_about']} "
               f"windows, missing {r['missing']}, seq gaps {r['seq_gaps']:.0f}, dropped {r['dropped']:.0f}, "
               f"total p50 {t.get('p50', float('nan')):.1f} p99 {t.get('p99', float('nan')):.1f} ms, "
-              f"feeder lag {r['feeder_worst_lag_ms']:.0f} ms", flush=True)
+              f"feeder lag {r['feeder_worst_lag_ms']:.0f} ms, video/audio present in "
+              f"{r['present']['video']:.0%}/{r['present']['audio']:.0%} of windows", flush=True)
         if r["missing"] or r["seq_gaps"] or r["dropped"]:
             break  # loss: more sources only lose more (a latency miss alone goes on, to show the trend)
     best = max([r["sources"] for r in results if r["ok"]], default=0)
