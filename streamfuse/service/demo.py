@@ -53,7 +53,7 @@ class Size:
     replay_s: float = 0.0  # seconds of the test split to replay (0 = all of it)
 
 
-FULL = Size(segments=200, epochs=8)
+FULL = Size(segments=160, epochs=6)
 SMALL = Size(segments=60, epochs=4, replay_s=8.0)
 
 
