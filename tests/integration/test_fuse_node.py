@@ -206,3 +206,71 @@ def test_starts_without_a_model_and_picks_it_up(broker, tmp_path):
         rig.close()
         log.close()
     assert rc == 0
+
+
+def test_aligner_to_worker_to_subscriber(broker, tmp_path):
+    """Messages -> broker -> real `streamfuse align` -> real `streamfuse fuse` -> broker -> SUB:
+    every window the offline aligner makes from the same messages is classified once."""
+    from streamfuse.align.offline import windows_from_messages
+    from streamfuse.wire.sockets import connect_pub
+    from tests.integration.test_align_node import CONFIG, MS, recording
+
+    broker.write(CONFIG + "[fusion]\nmax_batch = 8\nmax_delay_ms = 2\nthreads = 1\n")
+    model_id = save_tiny(Path(broker.cfg.fusion.model), broker.cfg.align)  # 4 kHz model: 16 kHz is resampled
+    log = (tmp_path / "fuse.log").open("w")
+    procs = [streamfuse(["align", "--config", str(broker.path)]),
+             streamfuse(["fuse", "--config", str(broker.path)], stderr=log, env={"STREAMFUSE_LOG": "INFO"})]
+    ctx = zmq.Context()
+    pub = connect_pub(ctx, broker.cfg.bus)
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(broker.cfg.bus.output)
+    got: dict[tuple[str, int], dict] = {}
+    answers: list[tuple[str, int]] = []
+
+    def receive(timeout_ms: int) -> None:
+        while sub.poll(timeout_ms):
+            msg = codec.decode(sub.recv_multipart())
+            timeout_ms = 0
+            if msg.kind != "class":  # the SUB sees the published capture messages too
+                continue
+            body = json.loads(msg.text())
+            got[(body["source"], body["t_start_ns"])] = body
+            answers.append((body["source"], body["t_start_ns"]))
+
+    try:
+        seq = [0]
+
+        def warm() -> bool:  # until the chain (subscriptions, model) carries a window end to end
+            pub.send_multipart(codec.encode(codec.text_message("warm", seq[0], clock.now_ns(), "hello")))
+            seq[0] += 1
+            receive(50)
+            return any(s == "warm" for s, _ in got)
+
+        wait_for(warm, timeout=60, interval=0, what="a warm-up classification")
+        hop = 500 * MS
+        t0 = (clock.now_ns() - 10_000 * MS) // hop * hop + 120 * MS
+        msgs = recording(t0, 3)
+        for m in msgs:
+            pub.send_multipart(codec.encode(m), copy=False)
+        want = {(w.source, w.t_start_ns): w for w in windows_from_messages(msgs, broker.cfg.align, sources=["r1", "r2"])}
+        wait_for(lambda: receive(50) is None and set(want) <= set(got), timeout=30,
+                 what=f"{len(want)} classifications")
+        receive(300)
+    finally:
+        codes = [stop(p, timeout=20) for p in procs]
+        pub.close(linger=0)
+        sub.close()
+        ctx.term()
+        log.close()
+    assert codes == [0, 0]
+    mine = [a for a in answers if a[0] in ("r1", "r2")]
+    assert len(mine) == len(set(mine)) == len(want), "a window was lost or answered twice"
+    for key, w in want.items():
+        body = got[key]
+        assert body["model"] == model_id and body["t_end_ns"] == w.t_end_ns
+        video = w.present["video"] and w.source == "r1"  # r2's "JPEGs" are 8 fake bytes: they don't decode
+        assert body["present"] == {"video": video, "audio": w.present["audio"],
+                                   "text": w.present.get("text", False) and bool(w.texts)}, key
+        assert body["latency_ms"]["align"] >= 0 and set(body["scores"]) == set(CLASSES)
