@@ -44,7 +44,8 @@ def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
     if problem:
         pytest.fail(problem)  # node and npm are part of the set-up (scripts/setup.sh)
     port = _free_port()
-    daemon = Daemon(bus_env, f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    # with the recorder on: SIGTERM must leave a finished recording holding the classifications
+    daemon = Daemon(bus_env, f'[metrics]\nlisten = "127.0.0.1:{port}"\n[record]\nenabled = true\n')
     subs: list[subprocess.Popen] = []
     try:
         daemon.wait_ready()
@@ -86,3 +87,8 @@ def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
                 p.kill()
                 p.wait(5)
         assert daemon.close() == 0
+    from streamfuse.record.reader import read_messages
+
+    recorded = list(read_messages(sorted((bus_env.root / "recordings").glob("**/*.mcap"))))
+    topics = {m.topic for m in recorded}
+    assert {"room1/video", "room1/audio", "room1/class"} <= topics, topics
