@@ -93,9 +93,13 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def thread_count(configured: int) -> int:
-    """torch CPU threads: ``fusion.threads``, or ``min(4, cores)`` when 0."""
-    return configured if configured > 0 else max(1, min(4, os.cpu_count() or 1))
+def thread_count(configured: int, workers: int = 1) -> int:
+    """torch CPU threads: ``fusion.threads``, or when 0 ``min(4, cores // fusion.workers)``
+    (at least 1): workers sharing the machine must not oversubscribe it (on 2 loaded
+    cores, 2 threads instead of 1 made inference ~10x slower here)."""
+    if configured > 0:
+        return configured
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, workers)))
 
 
 def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
@@ -351,7 +355,7 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
     """Run the worker until ``stop`` is set; returns the exit code (0 after draining)."""
     stop = stop or threading.Event()
     reload = reload or threading.Event()
-    torch.set_num_threads(thread_count(cfg.fusion.threads))
+    torch.set_num_threads(thread_count(cfg.fusion.threads, cfg.fusion.workers))
     device = resolve_device(cfg.fusion.device)
     ctx = zmq.Context() if (pull is None or pub is None) else None
     own_pull, own_pub = pull is None, pub is None

@@ -142,8 +142,9 @@ def test_device_and_threads():
     if not torch.cuda.is_available():
         with pytest.raises(node.WorkerError, match="CUDA is not available"):
             node.resolve_device("cuda:0")
-    assert node.thread_count(3) == 3
+    assert node.thread_count(3) == 3 and node.thread_count(3, workers=8) == 3
     assert 1 <= node.thread_count(0) <= 4
+    assert node.thread_count(0, workers=1000) == 1
 
 
 def test_a_failing_batch_is_dropped_and_counted_not_fatal(tmp_path, monkeypatch):
