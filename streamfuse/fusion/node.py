@@ -375,7 +375,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
         while not stop.is_set():
             now = clock.now_ns()
             deadline = batcher.next_deadline()
-            wait_ms = IDLE_POLL_MS if deadline is None else max(0, min(IDLE_POLL_MS, (deadline - now) // 1_000_000))
+            # rounded up: waking before the deadline would only spin
+            wait_ms = IDLE_POLL_MS if deadline is None else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // 1_000_000)))
             if batcher.room and poller.poll(wait_ms):
                 _receive(pull, batcher, batcher.room, worker)
             worker.handle(batcher.pop_batch(clock.now_ns()))
