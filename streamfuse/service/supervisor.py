@@ -460,7 +460,10 @@ class Supervisor:
         server = None
         sub = connect_sub(ctx, self.cfg.bus, self._monitor_topics(), hwm=100)
         try:
-            server = service_metrics.serve(self.cfg.metrics.listen, self.metrics_dir)
+            try:
+                server = service_metrics.serve(self.cfg.metrics.listen, self.metrics_dir)
+            except RuntimeError as e:  # port taken: one line, exit 1
+                raise RuntimeFailure(str(e)) from None
             specs = self._fixed_specs if self._fixed_specs is not None else table(self.cfg)
             # start in reverse stop order: the recorder and workers listen before data flows
             for spec in sorted(specs, key=lambda s: -s.stop_phase):
