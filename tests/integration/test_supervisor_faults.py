@@ -20,6 +20,7 @@ import zmq
 from streamfuse.config import AlignConfig
 from tests.helpers.mjpeg import MjpegCamera
 from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
+from tests.integration.supervised import NotifySocket
 
 SOURCE = "room1"
 # Short windows, so that the second or so a restarted capture needs leaves whole windows without video.
@@ -70,8 +71,10 @@ def test_faults_in_a_running_daemon(bus_env) -> None:
         '[sources.text]\ninput = "zmq"\n'
     )
     log = bus_env.root / "daemon.log"
+    ns = NotifySocket(bus_env.root / "notify.sock")
     with open(log, "w") as err:
-        proc = streamfuse(["run", "--config", str(bus_env.path)], stderr=err)
+        proc = streamfuse(["run", "--config", str(bus_env.path)], stderr=err,
+                          env={"NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "1000000"})
     try:
         with zmq.Context() as ctx:
             w = Watch(ctx, bus_env.cfg.bus.output)
@@ -79,6 +82,7 @@ def test_faults_in_a_running_daemon(bus_env) -> None:
                 def windows_from(t_ns: int) -> list[dict]:
                     """Classifications of windows starting at or after epoch ``t_ns``."""
                     w.pump()
+                    ns.drain()  # read like systemd does: an unread queue drops notifications
                     if proc.poll() is not None:
                         raise AssertionError(log.read_text()[-3000:])
                     return [c for _, c in w.classes if c["t_start_ns"] >= t_ns]
@@ -137,9 +141,26 @@ def test_faults_in_a_running_daemon(bus_env) -> None:
                          what="classifications from the restarted worker")
                 keys = [(c["source"], c["t_start_ns"]) for _, c in w.classes]
                 assert len(keys) == len(set(keys)), "a window was answered twice"
+
+                # 5. The real aligner stopped with SIGSTOP: the watchdog pings stop, and resume.
+                assert ns.times("READY") and ns.times("WATCHDOG")
+                (apid,) = _pids(log, "aligner")
+                os.kill(apid, signal.SIGSTOP)
+                try:
+                    stopped_at = time.monotonic()
+                    wait_for(lambda: any("aligner is stopped" in f.get("STATUS", "") for _, f in ns.drain()),
+                             timeout=5, what="STATUS naming the stopped aligner")
+                    time.sleep(1.5)  # a silence window, not a wait for readiness
+                    assert not [t for t in ns.times("WATCHDOG") if t > stopped_at + 0.6]
+                finally:
+                    os.kill(apid, signal.SIGCONT)
+                resumed = time.monotonic()
+                wait_for(lambda: [t for t in ns.times("WATCHDOG") if t > resumed], timeout=10, what="pings again")
             finally:
                 w.sub.close()
         assert stop(proc, timeout=15) == 0
+        assert ns.times("STOPPING")
     finally:
         stop(proc)
         cam.stop()
+        ns.close()
