@@ -14,8 +14,9 @@ its own with CUDA events (median and p99 over ``--iters``):
 - ``e2e``: h2d + prep + AMP forward + copying the scores back (what the worker
   pays per batch after collate), giving windows/s.
 
-Same windows and model as ``bench/infer.py`` (default architecture, attention
-fusion, 10 classes, avdigits-like 128x128 JPEG frames, 1 s of 16 kHz audio).
+Same windows and model as ``bench/infer.py`` (what ``streamfuse train`` builds by
+default, random weights, or ``--model DIR``; avdigits-like 128x128 JPEG frames,
+1 s of 16 kHz audio).
 ``--device cpu`` runs the same code without CUDA (a smoke test, no events).
 """
 
@@ -35,11 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from infer import CLASSES, make_windows  # noqa: E402
+from infer import build_model, make_windows  # noqa: E402
 
-from streamfuse.config import AlignConfig  # noqa: E402
 from streamfuse.fusion.features import Preprocessing, RawBatch, _move, collate, to_device  # noqa: E402
-from streamfuse.fusion.model import FusionModel, ModelConfig  # noqa: E402
+from streamfuse.fusion.model import FusionModel  # noqa: E402
 from streamfuse.fusion.node import _autocast  # noqa: E402
 
 
@@ -123,7 +123,9 @@ def main() -> int:
     ap.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--fusion", default="attention")
+    ap.add_argument("--fusion", choices=["concat", "mean", "weighted", "attention"], default=None)
+    ap.add_argument("--encoder", choices=["stride", "pool"], default=None)
+    ap.add_argument("--model", type=Path, default=None, help="a trained artifact (default: trainer defaults)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -131,18 +133,17 @@ def main() -> int:
         print("gpu_infer: CUDA is not available here (use --device cpu for a smoke test)", file=sys.stderr)
         return 1
     batches = [int(b) for b in args.batches.split(",")]
-    align = AlignConfig()
-    prep = Preprocessing.from_align(align)
-    torch.manual_seed(0)
-    model = FusionModel(ModelConfig.for_preprocessing(CLASSES, prep, fusion=args.fusion)).eval().to(dev)
-    windows = make_windows(max(batches))
+    model, prep, align = build_model(args.model, encoder=args.encoder, fusion=args.fusion)
+    model = model.to(dev)
+    windows = make_windows(max(batches), frames_per_window=prep.frames_per_window, window_ms=align["window_ms"])
     timer = Timer(dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     amp_dtype = "none"
     if dev.type == "cuda":
         amp_dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     print(f"# {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, AMP {amp_dtype}, "
-          f"{args.iters} iterations per stage", flush=True)
+          f"{args.iters} iterations per stage; model {args.model or 'trainer defaults'}: {model.cfg.fusion} "
+          f"fusion, encoder {model.cfg.encoder}, {prep.image_size} px, {prep.n_mels} mels", flush=True)
     print("\n| batch | collate ms | h2d ms (KB) | prep ms | fwd amp ms | fwd fp32 ms | e2e ms p50 / p99 | windows/s |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []

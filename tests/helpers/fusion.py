@@ -27,10 +27,12 @@ def tiny_prep(align: AlignConfig | None = None) -> Preprocessing:
 
 
 def tiny_model(prep: Preprocessing, fusion: str = "attention", *, classes: Sequence[str] = CLASSES,
-               seed: int = 0, modalities: Sequence[str] = ("video", "audio", "text")) -> FusionModel:
+               seed: int = 0, modalities: Sequence[str] = ("video", "audio", "text"),
+               encoder: str = "stride") -> FusionModel:
     torch.manual_seed(seed)
     cfg = ModelConfig.for_preprocessing(classes, prep, fusion=fusion, modalities=tuple(modalities), embed_dim=16,
-                                        video_channels=(4, 8), audio_channels=(4, 8), dropout=0.0)
+                                        video_channels=(4, 8), audio_channels=(4, 8), dropout=0.0,
+                                        encoder=encoder)
     return FusionModel(cfg).eval()
 
 

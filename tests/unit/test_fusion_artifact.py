@@ -31,9 +31,10 @@ def art(tmp_path):
     return d, save_tiny(d, ALIGN, fusion="weighted", seed=3)
 
 
-def test_round_trip_gives_the_same_scores(tmp_path):
+@pytest.mark.parametrize("encoder", ["stride", "pool"])
+def test_round_trip_gives_the_same_scores(tmp_path, encoder):
     prep = tiny_prep()
-    model = tiny_model(prep, "attention", seed=4)
+    model = tiny_model(prep, "attention", seed=4, encoder=encoder)
     model.set_temperature(1.5)
     mid = A.save_artifact(tmp_path / "m", model, prep, align=ALIGN,
                           extra={"training": {"windows": 10}, "metrics": {"accuracy": 0.5}, "note": "x"})

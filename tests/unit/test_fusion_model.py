@@ -45,12 +45,12 @@ CARRIER = {"concat": "video", "mean": "audio", "weighted": "text", "attention": 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_each_fusion_learns_a_tiny_problem(prep, fusion):
+@pytest.mark.parametrize("fusion,encoder", [(f, "stride") for f in FUSIONS] + [("attention", "pool"), ("mean", "pool")])
+def test_each_fusion_learns_a_tiny_problem(prep, fusion, encoder):
     torch.manual_seed(0)
     train, y = _dataset(prep, 96, CARRIER[fusion], seed=1)
     test, y_test = _dataset(prep, 48, CARRIER[fusion], seed=2)
-    model = tiny_model(prep, fusion).train()
+    model = tiny_model(prep, fusion, encoder=encoder).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
     for _ in range(60):
@@ -62,7 +62,7 @@ def test_each_fusion_learns_a_tiny_problem(prep, fusion):
     model.eval()
     with torch.inference_mode():
         acc = (model.predict_proba(test).argmax(1) == y_test).float().mean().item()
-    assert acc >= 0.9, f"{fusion} reached only {acc:.2f} (chance is {1 / len(CLASSES):.2f})"
+    assert acc >= 0.9, f"{fusion}/{encoder} reached only {acc:.2f} (chance is {1 / len(CLASSES):.2f})"
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
