@@ -19,17 +19,10 @@ import signal
 import sys
 import threading
 
-import zmq
-
-from streamfuse import config, readiness
-from streamfuse.wire import codec
-from streamfuse.wire.sockets import connect_pub, connect_sub
-
 
 def main() -> int:
     role, events, cfg_path = sys.argv[1:4]
     source = sys.argv[4] if len(sys.argv) > 4 else "room1"
-    cfg = config.load(cfg_path)
     stop = threading.Event()
 
     def log(what: str) -> None:
@@ -40,7 +33,14 @@ def main() -> int:
     signal.signal(signal.SIGHUP, lambda *_: log("hup"))
     log("start")
     if role == "crasher":
-        return 1
+        return 1  # before the imports below: crash loops stay fast on a loaded machine
+    import zmq
+
+    from streamfuse import config, readiness
+    from streamfuse.wire import codec
+    from streamfuse.wire.sockets import connect_pub, connect_sub
+
+    cfg = config.load(cfg_path)
     if role == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if role == "worker":
