@@ -110,7 +110,7 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--fusion", choices=["concat", "mean", "weighted", "attention"], default="attention")
     p.add_argument("--modalities", nargs="+", choices=["video", "audio", "text"], default=None)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

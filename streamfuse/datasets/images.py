@@ -78,12 +78,12 @@ def render_scene(ink: np.ndarray, rng: np.random.Generator, *, size: int = 128,
                  occlude: bool = False) -> Scene:
     """A digit on paper as the camera sees it for one segment.
 
-    ``ink``: ``(h, w)`` in [0, 1]. The digit's height is 35-80 % of the view,
+    ``ink``: ``(h, w)`` in [0, 1]. The digit's height is 45-85 % of the view,
     anywhere that keeps most of it in view, rotated up to 15 degrees; the
     paper is lit unevenly (a linear gradient), tinted, and slightly blurred.
     """
     h, w = ink.shape
-    scale = rng.uniform(0.35, 0.8) * size / max(h, w)
+    scale = rng.uniform(0.45, 0.85) * size / max(h, w)
     angle = rng.uniform(-15, 15)
     extent = scale * max(h, w)
     cx = rng.uniform(extent * 0.45, size - extent * 0.45)
@@ -100,7 +100,7 @@ def render_scene(ink: np.ndarray, rng: np.random.Generator, *, size: int = 128,
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     gx, gy = rng.uniform(-0.35, 0.35, size=2)
     light = 1.0 + gx * (xx - 0.5) + gy * (yy - 0.5)
-    gain = rng.uniform(0.45, 1.1)  # dim rooms as well as bright ones
+    gain = rng.uniform(0.5, 1.1)  # dim rooms as well as bright ones
     tint = rng.uniform(0.85, 1.15, size=3).astype(np.float32)
     grey = (paper * (1 - mask) + ink_level * mask) * light * gain
     base = grey[..., None] * tint[None, None, :]

@@ -95,7 +95,7 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor, *, max_iter: int = 10
         return loss
 
     opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     if not (t > 0 and t < 1e3 and t == t):
         grid = torch.logspace(-1.5, 1.5, 121)
         losses = torch.stack([F.cross_entropy(logits / g, y) for g in grid])

@@ -1,0 +1,91 @@
+"""Pure parts of the trainer: metrics, temperature, modality dropout, splits, feature slicing."""
+
+from __future__ import annotations
+
+import torch
+
+from streamfuse.fusion.features import Features
+from streamfuse.train import metrics
+from streamfuse.train.dataset import class_order, concat_features, select_features
+from streamfuse.train.loop import augment, class_weights, holdout_split, modality_dropout
+
+
+def test_ece_and_per_class_on_hand_made_predictions():
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    y = torch.tensor([0, 1, 0, 1])
+    # bins: 0.9 (2 windows, 50 % right), 0.6 (1, right), 0.8 (1, right)
+    expected = (2 / 4) * abs(0.5 - 0.9) + (1 / 4) * abs(1 - 0.6) + (1 / 4) * abs(1 - 0.8)
+    assert abs(metrics.ece(probs, y) - expected) < 1e-6
+    s = metrics.summary(probs, y, ["a", "b"])
+    assert s["accuracy"] == 0.75 and s["confusion"] == [[2, 0], [1, 1]]
+    assert s["per_class"]["a"] == {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
+    assert abs(s["macro_f1"] - (0.8 + 2 / 3) / 2) < 1e-9
+
+
+def test_temperature_fixes_overconfidence():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (2000,), generator=gen)
+    logits = torch.randn(2000, 5, generator=gen)
+    logits[torch.arange(2000), y] += 1.5  # right ~65 % of the time...
+    logits *= 4  # ...but far too sure
+    t = metrics.fit_temperature(logits, y)
+    assert 2.5 < t < 6
+    assert metrics.ece(torch.softmax(logits / t, 1), y) < 0.5 * metrics.ece(torch.softmax(logits, 1), y)
+
+
+def test_modality_dropout_never_empties_a_row():
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.ones(4000, 3, dtype=torch.bool)
+    mask[:1000, 2] = False
+    mask[1000:1500, 1:] = False  # video only: nothing may be dropped
+    out = modality_dropout(mask, gen, p_drop_one=0.3, p_keep_one=0.2, columns=torch.tensor([0, 1, 2]))
+    assert not (out & ~mask).any()  # never adds a modality
+    assert out.any(dim=1).all()
+    assert torch.equal(out[1000:1500], mask[1000:1500])
+    changed = (out != mask).any(dim=1).float().mean()
+    assert 0.35 < float(changed) < 0.55
+    # only the model's own columns are touched
+    out2 = modality_dropout(mask, gen, p_drop_one=1.0, p_keep_one=0.0, columns=torch.tensor([0, 1]))
+    assert torch.equal(out2[:, 2], mask[:, 2])
+
+
+def test_class_weights_balance_and_skip_missing_classes():
+    y = torch.tensor([0] * 90 + [1] * 10)
+    w = class_weights(y, 3)
+    assert w[2] == 0 and w[1] > w[0]
+    assert abs(float(w[y][:90].sum()) - float(w[y][90:].sum())) < 1e-3  # each class weighs the same
+
+
+def test_holdout_takes_whole_time_blocks():
+    s = 1_000_000_000
+    keys = [("room1", 1_767_225_600 * s + i * s // 2) for i in range(600)] + \
+           [("room2", 1_767_225_600 * s + i * s // 2) for i in range(600)]
+    tr, va = holdout_split(keys, 0.15, seed=0)
+    assert len(tr) + len(va) == 1200 and not set(tr.tolist()) & set(va.tolist())
+    blocks = lambda rows: {(keys[i][0], keys[i][1] // (30 * s)) for i in rows.tolist()}  # noqa: E731
+    assert not blocks(tr) & blocks(va)
+    assert 0.08 < len(va) / 1200 < 0.25
+
+
+def _features(n: int, offset: int) -> Features:
+    tokens = torch.arange(offset, offset + 2 * n)
+    return Features(frames=torch.randn(n, 4, 1, 8, 8), logmel=torch.randn(n, 1, 6, 10), tokens=tokens,
+                    offsets=torch.arange(0, 2 * n, 2), mask=torch.ones(n, 3, dtype=torch.bool))
+
+
+def test_concat_and_select_keep_each_rows_tokens():
+    f = concat_features([_features(3, 100), _features(2, 200)])
+    assert f.offsets.tolist() == [0, 2, 4, 6, 8]
+    sub = select_features(f, torch.tensor([4, 0, 3]))
+    assert sub.offsets.tolist() == [0, 2, 4]
+    assert sub.tokens.tolist() == [202, 203, 100, 101, 200, 201]
+    assert torch.equal(sub.frames[1], f.frames[0])
+    aug = augment(sub, torch.Generator().manual_seed(0))
+    assert aug.frames.shape == sub.frames.shape and aug.logmel.shape == sub.logmel.shape
+    assert torch.equal(aug.tokens, sub.tokens)
+
+
+def test_class_order():
+    assert class_order(["two", "zero", "ten"]) == ["ten", "two", "zero"]
+    assert class_order(["nine", "one", "zero"]) == ["zero", "one", "nine"]
+    assert class_order(["10", "2", "1"]) == ["1", "2", "10"]
