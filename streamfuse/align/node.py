@@ -99,11 +99,15 @@ def _send(push: zmq.Socket, windows: list[Window], counts: _Counts) -> None:
 
 
 def _push_socket(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
+    prepare_endpoint(cfg.align.output)
     sock = ctx.socket(zmq.PUSH)
     sock.linger = 500
     sock.sndhwm = WINDOW_HWM
-    prepare_endpoint(cfg.align.output)
-    sock.bind(cfg.align.output)
+    try:
+        sock.bind(cfg.align.output)
+    except zmq.ZMQError:
+        sock.close(linger=0)  # else the context could never terminate
+        raise
     return sock
 
 
@@ -131,14 +135,16 @@ def main(cfg: Config, *, sub: zmq.Socket | None = None, push: zmq.Socket | None 
             push = _push_socket(ctx, cfg)  # type: ignore[arg-type]
         if sub is None:
             sub = connect_sub(ctx, cfg.bus, subscriptions(cfg))  # type: ignore[arg-type]
-    except zmq.ZMQError as e:
-        log.error("cannot open %s: %s", cfg.align.output, e)
+    except BaseException as e:  # noqa: BLE001 - close what was opened, then report or re-raise
         for sock, own in ((sub, own_sub), (push, own_push)):
             if sock is not None and own:
                 sock.close(linger=0)
         if ctx is not None:
-            ctx.term()
-        return 1
+            ctx.destroy(linger=0)  # also a socket connect_sub made before it raised
+        if isinstance(e, (zmq.ZMQError, OSError)):
+            log.error("cannot open %s or %s: %s", cfg.align.output, cfg.bus.output, e)
+            return 1
+        raise  # a ConfigError (exit 2) or an interrupt
     al = make_aligner(cfg)
     counts = _Counts(al)
     max_bytes = max_message_bytes(cfg.bus)

@@ -307,3 +307,15 @@ def check_real_windows(cfg, truth: list[Message], got: list[Window]) -> None:
     assert len(good) >= len(steady) / 2, [(w.present, w.audio_coverage) for w in steady]
     texts = [t for w in got for t in w.texts]
     assert {"seven", "three", "one"} <= set(texts), texts
+
+
+def test_exit_codes_on_bad_endpoints(bus_env) -> None:
+    from tests.helpers.proc import run_streamfuse
+
+    bus_env.write('[align]\noutput = "ipc:///proc/streamfuse-nope/windows"\n')
+    r = run_streamfuse(["align", "--config", str(bus_env.path)], timeout=30)
+    assert r.returncode == 1 and "cannot open ipc:///proc/streamfuse-nope/windows" in r.stderr
+    assert "Traceback" not in r.stderr
+    bus_env.write(f'[align]\noutput = "ipc://{bus_env.run_dir}/w"\n[bus]\noutput = "tcp://10.1.2.3:5555"\n')
+    r = run_streamfuse(["align", "--config", str(bus_env.path)], timeout=30)
+    assert r.returncode == 2 and "bus: tcp://10.1.2.3:5555 is not local" in r.stderr
