@@ -59,7 +59,11 @@ def connect_pub(ctx: zmq.Context, bus: BusConfig, *, endpoint: str | None = None
     sock = ctx.socket(zmq.PUB)
     sock.linger = LINGER_MS
     sock.sndhwm = hwm or bus.hwm
-    _connect(sock, endpoint or bus.input, bus)
+    try:
+        _connect(sock, endpoint or bus.input, bus)
+    except BaseException:
+        sock.close(linger=0)  # a socket left open would block Context.term() forever
+        raise
     return sock
 
 
@@ -72,7 +76,11 @@ def connect_sub(ctx: zmq.Context, bus: BusConfig, prefixes: list[str] | tuple[st
     sock.maxmsgsize = max_message_bytes(bus)
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p.encode())
-    _connect(sock, endpoint or bus.output, bus)
+    try:
+        _connect(sock, endpoint or bus.output, bus)
+    except BaseException:
+        sock.close(linger=0)  # a socket left open would block Context.term() forever
+        raise
     return sock
 
 
