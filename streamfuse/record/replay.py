@@ -183,6 +183,8 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
         items = reader.read_raw(plan.paths, topics=plan.topics, start_ns=start_ns, end_ns=end_ns,
                                 errors=stats.errors)
         for _topic, t_ns, parts in _prefetched(items):
+            if stop.is_set():
+                break
             try:
                 codec.decode(parts)
             except codec.DecodeError as e:
@@ -262,6 +264,19 @@ def _sender(sock: zmq.Socket, stop: threading.Event) -> Callable[[Parts], bool]:
     return send
 
 
+def _interruptible_sleep(stop: threading.Event) -> Callable[[int], None]:
+    """Pacing that a SIGTERM cuts short (a long gap in a recording must not delay the stop)."""
+
+    def sleep_until(deadline_ns: int) -> None:
+        remaining = deadline_ns - clock.now_ns()
+        if remaining > 2 * clock.NS_PER_MS:
+            stop.wait((remaining - clock.NS_PER_MS) / clock.NS_PER_S)
+        if not stop.is_set():
+            clock.sleep_until_ns(deadline_ns)  # the last millisecond precisely
+
+    return sleep_until
+
+
 def _progress_printer() -> Callable[[Stats, int], None] | None:
     if not sys.stderr.isatty():
         return None
@@ -315,7 +330,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
             return 1
         progress = _progress_printer()
         try:
-            stats = run(plan, _sender(sock, sig.stop), stop=sig.stop, progress=progress)
+            stats = run(plan, _sender(sock, sig.stop), stop=sig.stop, progress=progress,
+                        sleep_until=_interruptible_sleep(sig.stop))
         except reader.RecordingError as e:
             print(f"streamfuse replay: {e}", file=sys.stderr)
             return 1

@@ -214,3 +214,38 @@ def test_inspect_reports_topics_counts_and_gaps(tmp_path: Path) -> None:
     assert 1.9 < st["duration_s"] < 2.1
     text = run_streamfuse(["inspect", str(path)])
     assert text.returncode == 0 and "room1/audio" in text.stdout and "compression ratio" in text.stdout
+
+
+def test_replay_loop_stops_promptly_on_sigterm(broker, tmp_path: Path) -> None:
+    """A looping, restamped replay (what the demo and the soak run) stops on SIGTERM
+    mid-pass, not at the end of the pass; a long recorded gap does not delay it."""
+    msgs = irregular(1.0)
+    # a 30 s silence after the first second: a paced replay sleeps through it
+    msgs.append(codec.text_message("room1", 99, T0 + 31_000 * MS, "after the gap"))
+    path = record(tmp_path / "loop.mcap", msgs)
+    with zmq.Context() as ctx:
+        sub = connect_sub(ctx, broker.cfg.bus, ["room1/"])
+        probe = Probe(ctx, broker.cfg.bus)
+        try:
+            probe.wait_subscribers(b"room1/")
+            proc = streamfuse(["replay", str(path), "--loop", "--restamp", "--rate", "4",
+                               "--config", str(broker.path)], stderr=subprocess.PIPE, text=True)
+            try:
+                n = 0
+                while n < len(msgs) - 1:  # the whole first second of the first pass
+                    assert sub.poll(10_000), "replay published nothing"
+                    sub.recv_multipart()
+                    n += 1
+                t0 = clock.monotonic_ns()
+                proc.terminate()
+                proc.wait(10)
+                took_s = (clock.monotonic_ns() - t0) / 1e9
+                assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+                assert took_s < 3.0, f"replay took {took_s:.1f} s to stop"
+            finally:
+                stop(proc)
+                if proc.stderr:
+                    proc.stderr.close()
+        finally:
+            probe.close()
+            sub.close()
