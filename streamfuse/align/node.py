@@ -10,7 +10,8 @@ even when nothing arrives).
 
 A window that no worker can take at once (none connected, or all queues at
 ``WINDOW_HWM``) is dropped and counted: the aligner never stalls on a slow
-worker. Counters go to Prometheus once a second from plain integers.
+worker. Messages lost on the way in show as ``seq`` gaps per topic. Counters
+go to Prometheus once a second from plain integers.
 SIGTERM/SIGINT: exit 0 within one tick.
 
 Entry points: :func:`cli` and :func:`main` ``(cfg, *, sub=None, push=None,
@@ -54,7 +55,17 @@ class _Counts:
         self.decode_errors: Counter[tuple[str, str]] = Counter()
         self.sent: Counter[str] = Counter()
         self.unsent: Counter[str] = Counter()
+        self.gaps: Counter[str] = Counter()  # messages missing by seq, per topic
+        self.last_seq: dict[str, int] = {}
         self._seen: dict[str, Counter[Any]] = {}
+
+    def seq(self, topic: str, seq: int) -> None:
+        """Count messages lost on the way (a topic's data and heartbeats share one
+        counter); a smaller seq is a restarted capture, not a loss."""
+        last = self.last_seq.get(topic)
+        if last is not None and seq > last + 1:
+            self.gaps[topic] += seq - last - 1
+        self.last_seq[topic] = seq
 
     def _delta(self, name: str, now: Counter[Any]) -> dict[Any, int]:
         before = self._seen.setdefault(name, Counter())
@@ -74,6 +85,8 @@ class _Counts:
             metrics.dropped.labels(node=NODE, topic=topics.topic(src, stream), reason=reason).inc(n)
         for topic, n in self._delta("unsent", self.unsent).items():
             metrics.dropped.labels(node=NODE, topic=topic, reason="no_worker").inc(n)
+        for topic, n in self._delta("gaps", self.gaps).items():
+            metrics.seq_gaps.labels(node=NODE, topic=topic).inc(n)
         for topic, n in self._delta("sent", self.sent).items():
             metrics.messages_out.labels(node=NODE, topic=topic).inc(n)
         for src, n in self._delta("windows", s.windows).items():
@@ -170,6 +183,7 @@ def main(cfg: Config, *, sub: zmq.Socket | None = None, push: zmq.Socket | None 
                         counts.decode_errors[(_topic_of(parts), e.reason)] += 1
                         continue
                     counts.messages_in[msg.topic] += 1
+                    counts.seq(msg.topic, msg.header.seq)
                     al.push(msg, recv)
                     ready = al.pop_ready(recv)
                     if ready:
@@ -185,8 +199,9 @@ def main(cfg: Config, *, sub: zmq.Socket | None = None, push: zmq.Socket | None 
                 counts.flush()
         counts.flush()
         st = al.stats
-        log.info("aligner stopped: %d windows sent, %d not taken by any worker, %d late, %d rejected",
-                 sum(counts.sent.values()), sum(counts.unsent.values()), sum(st.late.values()),
+        log.info("aligner stopped: %d windows sent, %d not taken by any worker, %d messages lost "
+                 "on the way (seq gaps), %d late, %d rejected", sum(counts.sent.values()),
+                 sum(counts.unsent.values()), sum(counts.gaps.values()), sum(st.late.values()),
                  sum(st.rejected.values()))
         return 0
     finally:

@@ -34,6 +34,7 @@ def test_main_with_injected_sockets() -> None:
     rc: list[int] = []
     t = threading.Thread(target=lambda: rc.append(node.main(cfg, sub=sub, push=push, stop=stop)))
     before = metrics.dropped.labels(node="align", topic="r1/audio", reason="header")._value.get()
+    gaps_before = metrics.seq_gaps.labels(node="align", topic="r1/audio")._value.get()
     t.start()
     try:
         # Two seconds of audio in the past, sent at once; plus garbage and another source.
@@ -46,6 +47,9 @@ def test_main_with_injected_sockets() -> None:
             for m in msgs:
                 pub.send_multipart(codec.encode(m))
             pub.send_multipart([b"r1/audio", b"\xc1", b"x"])  # not MessagePack
+            # 400 blocks lost on the way (seq 99 -> 500), a silence in the audio
+            pub.send_multipart(codec.encode(codec.audio_message("r1", 500, t0 + 2200 * MS,
+                                                                np.zeros((320, 1), np.float32), 16000)))
             pub.send_multipart(codec.encode(codec.text_message("r9", 0, t0, "not configured")))
             while pull.poll(300):
                 got.append(codec.decode_window(pull.recv_multipart()))
@@ -71,3 +75,4 @@ def test_main_with_injected_sockets() -> None:
     assert full and all(w.audio.shape == (16000, 1) and w.emit_ns > 0 for w in full)
     after = metrics.dropped.labels(node="align", topic="r1/audio", reason="header")._value.get()
     assert after > before  # the garbage was counted (metrics flushed at exit)
+    assert metrics.seq_gaps.labels(node="align", topic="r1/audio")._value.get() - gaps_before >= 400
