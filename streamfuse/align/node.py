@@ -51,7 +51,6 @@ class _Counts:
     def __init__(self, al: Aligner) -> None:
         self.al = al
         self.messages_in: Counter[str] = Counter()
-        self.bytes_in: Counter[str] = Counter()
         self.decode_errors: Counter[tuple[str, str]] = Counter()
         self.sent: Counter[str] = Counter()
         self.unsent: Counter[str] = Counter()
@@ -77,8 +76,6 @@ class _Counts:
         s = self.al.stats
         for topic, n in self._delta("in", self.messages_in).items():
             metrics.messages_in.labels(node=NODE, topic=topic).inc(n)
-        for topic, n in self._delta("bytes", self.bytes_in).items():
-            metrics.bytes_in.labels(node=NODE, topic=topic).inc(n)
         for (topic, reason), n in self._delta("decode", self.decode_errors).items():
             metrics.dropped.labels(node=NODE, topic=topic, reason=reason).inc(n)
         for (src, stream, reason), n in self._delta("rejected", s.rejected).items():
