@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import zmq
 
-from streamfuse import clock, metrics
+from streamfuse import clock, metrics, readiness
 from streamfuse.config import Config
 from streamfuse.fusion.artifact import (
     MANIFEST,
@@ -226,6 +226,7 @@ class Worker:
         metrics.model_info.labels(model_id=new.model_id).set(1)
         metrics.model_load_seconds.set(seconds)
         metrics.model_reloads.labels(outcome="ok").inc()
+        readiness.report("model", model_id=new.model_id)
         log.info("serving model %s from %s (%s fusion of %s; %d classes; %s; loaded in %.0f ms)%s",
                  new.model_id, self.model_dir, new.manifest["fusion"], "+".join(new.model.modalities),
                  len(new.classes), self.device, seconds * 1e3,
@@ -233,6 +234,9 @@ class Worker:
         return True
 
     def _failed(self, e: ArtifactError, reason: str) -> bool:
+        if self.loaded is None:
+            # Tell the supervisor this worker is up and has said why no model serves.
+            readiness.report("no-model", looked=str(self.model_dir), error=str(e))
         if isinstance(e, ArtifactMissing):
             if self.loaded is None and not self._said_missing:
                 log.warning("no model loaded: %s; publishing nothing until a valid artifact "
