@@ -170,8 +170,8 @@ def plot_reliability(path: Path, rel: dict[str, list[float]], ece: float) -> Non
     ax.bar([centers[i] for i in used], [rel["accuracy"][i] for i in used], width=width * 0.9,
            edgecolor="black", label="accuracy")
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    ax.plot([rel["confidence"][i] for i in used], [rel["accuracy"][i] for i in used], "o", color="red",
-            label="mean confidence")
+    ax.plot([centers[i] for i in used], [rel["confidence"][i] for i in used], "o", color="red",
+            label="mean confidence in bin")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
