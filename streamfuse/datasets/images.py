@@ -39,6 +39,8 @@ def load_images(spec: str) -> DigitImages:
         d = load_digits()
         return DigitImages((d.images / 16.0).astype(np.float32), d.target.astype(np.int64), "sklearn")
     path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"--images {spec}: expected 'sklearn' or an MNIST *-images-idx3-ubyte[.gz] file")
     labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
     if labels_path == path or not labels_path.exists():
         raise ValueError(f"{path}: need the MNIST labels file beside it ({labels_path.name})")
