@@ -52,7 +52,7 @@ def main() -> int:
         t += 20_000_000
     pub.close(linger=2000)
     ctx.term()
-    print(json.dumps({"source": source, "sent": seq, "worst_lag_ms": worst_lag_ms}), flush=True)
+    print(json.dumps({"source": source, "sent": seq, "worst_lag_ms": worst_lag_ms, "end_ns": end}), flush=True)
     return 0
 
 
