@@ -53,7 +53,7 @@ class Size:
     replay_s: float = 0.0  # seconds of the test split to replay (0 = all of it)
 
 
-FULL = Size(segments=160, epochs=6)
+FULL = Size(segments=600, epochs=20, replay_s=60.0)  # about 3 min to build and train on 2 cores
 SMALL = Size(segments=60, epochs=4, replay_s=8.0)
 
 
