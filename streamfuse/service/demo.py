@@ -322,7 +322,11 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
                     finally:
                         if replay.poll() is None:
                             replay.send_signal(signal.SIGTERM)
-                        _, err = replay.communicate(timeout=15)
+                        try:
+                            _, err = replay.communicate(timeout=15)
+                        except subprocess.TimeoutExpired:  # two-phase stop: SIGTERM, then SIGKILL
+                            replay.kill()
+                            _, err = replay.communicate()
                     if replay.returncode != 0 and not stop.stop.is_set():
                         raise DemoFailure(f"replay failed (exit {replay.returncode}): {err.strip()[-400:]}")
                     # the last windows close after the replay's final heartbeats
