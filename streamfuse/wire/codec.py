@@ -20,6 +20,7 @@ import numpy as np
 from streamfuse.wire import topics
 from streamfuse.wire.schema import (
     ARRAY_DTYPES,
+    KINDS,
     SCHEMA_VERSION,
     AudioHeader,
     ClassHeader,
@@ -232,19 +233,13 @@ def _decode_header(buf: Buffer) -> Header:
             raw = {}
         if isinstance(raw.get("v"), int) and raw["v"] != SCHEMA_VERSION:
             raise DecodeError("version", f"schema version {raw['v']}, this build reads {SCHEMA_VERSION}") from None
-        if "kind" in str(e) or (raw and raw.get("kind") not in (None, *_kinds())):
+        if "kind" in str(e) or (raw and raw.get("kind") not in (None, *KINDS)):
             raise DecodeError("kind", str(e)) from None
         raise DecodeError("header", str(e)) from None
     except msgspec.DecodeError as e:
         raise DecodeError("header", f"not MessagePack: {e}") from None
     except UnicodeDecodeError as e:  # msgspec raises it for a non-UTF-8 string in the map
         raise DecodeError("header", f"a header string is not UTF-8 ({e.reason})") from None
-
-
-def _kinds() -> tuple[str, ...]:
-    from streamfuse.wire.schema import KINDS
-
-    return KINDS
 
 
 # ----------------------------------------------------------------------------- windows
@@ -273,7 +268,7 @@ def encode_window(w: Window) -> list[Buffer]:
         audio_frames=frames, audio_coverage=float(w.audio_coverage), texts=list(w.texts),
         text_t_ns=list(w.text_t_ns), close_ns=w.close_ns, emit_ns=w.emit_ns,
     )
-    return [topics.topic(w.source, "window").encode(), _encoder.encode(hdr), *parts]
+    return [topics.topic(w.source, topics.WINDOW_STREAM).encode(), _encoder.encode(hdr), *parts]
 
 
 def decode_window(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Window:

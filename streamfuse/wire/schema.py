@@ -105,8 +105,6 @@ class WindowHeader(Envelope, tag="window", frozen=True):
 
 Header = FrameHeader | AudioHeader | TextHeader | HeartbeatHeader | ClassHeader | LabelHeader | WindowHeader
 KINDS = ("frame", "audio", "text", "heartbeat", "class", "label", "window")
-# kinds a stream may carry (heartbeats may travel on any stream)
-STREAM_KINDS = {"video": "frame", "audio": "audio", "text": "text", "class": "class", "label": "label"}
 
 
 @dataclass(frozen=True, eq=False)

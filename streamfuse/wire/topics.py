@@ -27,11 +27,5 @@ def capture_topics(sources: list[str], streams: tuple[str, ...] = CAPTURE_STREAM
     return [topic(s, st) for s in sources for st in streams]
 
 
-def class_prefix(source: str = "") -> str:
-    """Subscription prefix for classifications ("" source = all is not possible
-    with prefix matching, so callers subscribe to everything and filter)."""
-    return topic(source, "class") if source else ""
-
-
 def is_class_topic(t: str) -> bool:
     return t.endswith("/class")
