@@ -366,7 +366,9 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
     pull = pull if pull is not None else _pull_socket(ctx, cfg)  # type: ignore[arg-type]
     pub = pub if pub is not None else connect_pub(ctx, cfg.bus)  # type: ignore[arg-type]
     worker = Worker(cfg, device, pub)
-    batcher = Batcher(cfg.fusion.max_batch, clock.ms_to_ns(cfg.fusion.max_delay_ms))
+    # A live source has a window every hop: one missed hop is tolerated before it stops being waited for.
+    batcher = Batcher(cfg.fusion.max_batch, clock.ms_to_ns(cfg.fusion.max_delay_ms),
+                      horizon_ns=2 * clock.ms_to_ns(cfg.align.hop_ms))
     poll_ns = round(cfg.fusion.reload_poll_s * clock.NS_PER_S)
     log.info("fusion worker up: windows from %s, classifications to %s, device %s, %d threads, "
              "batches of up to %d or %.1f ms", cfg.align.output, cfg.bus.input, device,

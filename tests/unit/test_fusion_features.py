@@ -137,25 +137,63 @@ def test_preprocessing_round_trip_and_validation():
 # ----------------------------------------------------------------------------- batcher
 
 
+def _two_sources_heard(b: Batcher, rng) -> None:
+    """Windows 0 of sources a and b, answered: both are expected from now on."""
+    b.push(make_window(rng, source="a", index=0), now_ns=0)
+    b.push(make_window(rng, source="b", index=0), now_ns=0)
+    assert len(b.pop_batch(0)) == 2
+
+
 def test_batcher_full_batch_goes_at_once():
     b = Batcher(max_batch=3, max_delay_ns=1_000)
     rng = np.random.default_rng(0)
-    for i in range(4):
-        assert b.push(make_window(rng, index=i), now_ns=100)
+    _two_sources_heard(b, rng)
+    for i in range(1, 5):
+        assert b.push(make_window(rng, source="a", index=i), now_ns=100)
     batch = b.pop_batch(100)
-    assert [p.window.seq for p in batch] == [0, 1, 2]
-    assert b.pop_batch(100) == [] and len(b) == 1
+    assert [p.window.seq for p in batch] == [1, 2, 3]
+    assert b.pop_batch(100) == [] and len(b) == 1  # source b's window 4 may still come
 
 
 def test_batcher_deadline_from_the_oldest():
     b = Batcher(max_batch=8, max_delay_ns=1_000)
     rng = np.random.default_rng(0)
-    b.push(make_window(rng, index=0), now_ns=100)
-    b.push(make_window(rng, index=1), now_ns=900)
+    _two_sources_heard(b, rng)
+    b.push(make_window(rng, source="a", index=1), now_ns=100)
+    b.push(make_window(rng, source="a", index=2), now_ns=900)
     assert b.next_deadline() == 1_100
-    assert b.pop_batch(1_099) == []
+    assert b.pop_batch(1_099) == []  # source b's window 1 may still come
     assert [p.arrived_ns for p in b.pop_batch(1_100)] == [100, 900]
     assert b.next_deadline() is None and b.room == 8
+
+
+def test_batcher_goes_once_every_expected_source_has_its_window():
+    b = Batcher(max_batch=8, max_delay_ns=10**12)
+    rng = np.random.default_rng(0)
+    _two_sources_heard(b, rng)
+    b.push(make_window(rng, source="a", index=1), now_ns=100)
+    assert b.pop_batch(100) == []
+    b.push(make_window(rng, source="b", index=1), now_ns=200)
+    assert [p.window.source for p in b.pop_batch(200)] == ["a", "b"]
+
+
+def test_batcher_one_source_never_waits():
+    b = Batcher(max_batch=8, max_delay_ns=10**12)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        b.push(make_window(rng, index=i), now_ns=i)
+        assert [p.window.seq for p in b.pop_batch(i)] == [i]
+
+
+def test_batcher_stops_expecting_a_quiet_source():
+    b = Batcher(max_batch=8, max_delay_ns=10**12, horizon_ns=1_000_000_000)
+    rng = np.random.default_rng(0)
+    _two_sources_heard(b, rng)  # b's last window starts at 0
+    b.push(make_window(rng, source="a", index=2), now_ns=100)  # starts at 1 s: b is 1 s behind, still expected
+    assert b.pop_batch(100) == []
+    assert len(b.drain()) == 1
+    b.push(make_window(rng, source="a", index=3), now_ns=200)  # starts at 1.5 s: b has gone quiet
+    assert len(b.pop_batch(200)) == 1
 
 
 def test_batcher_refuses_a_queued_duplicate_and_drains():
