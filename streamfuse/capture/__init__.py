@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from streamfuse.clock import NS_PER_MS
 from streamfuse.config import Config, ConfigError
 from streamfuse.signals import Signals
 
@@ -29,4 +30,6 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
                           f"table (it has: {have})")
     signals = Signals()
     module = importlib.import_module(MODULES[args.stream])
-    return int(module.main(src.name, stream_cfg, cfg.bus, signals.stop))
+    # The aligner's window grid: captures send a heartbeat just after each window end.
+    grid = (cfg.align.window_ms * NS_PER_MS, cfg.align.hop_ms * NS_PER_MS)
+    return int(module.main(src.name, stream_cfg, cfg.bus, signals.stop, grid=grid))

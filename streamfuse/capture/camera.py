@@ -8,12 +8,21 @@ exponential backoff up to ``reconnect_max_s`` and publishes heartbeats on
 
 Pure parts (source kind, pacing schedule, resize decision) are functions and
 small classes; :class:`VideoCapture` is the thin loop around them.
+
+Between frames the capture sends heartbeats (watermark = now) just after each
+end of the aligner's windows, so a window closes as soon as its time has
+passed instead of when the next frame arrives (up to a frame period later).
+A file is paced in the publishing thread, which heartbeats while it waits. A
+camera or URL blocks inside ``grab()``, so a :class:`Grabber` thread grabs and
+stamps while the publishing thread heartbeats; a heartbeat's watermark never
+passes a frame already stamped but not yet published.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 from dataclasses import dataclass
 
@@ -37,6 +46,8 @@ READ_TIMEOUT_MS = 1000
 # A paced file that falls this far behind its schedule restarts the schedule
 # instead of bursting frames to catch up.
 MAX_BEHIND_NS = 500 * clock.NS_PER_MS
+# A live source's frames waiting for the publishing thread; more are grabbed and skipped.
+MAX_QUEUED_FRAMES = 2
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -112,6 +123,67 @@ def fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- the node
 
 
+class Grabber(threading.Thread):
+    """Grabs, stamps and decodes frames of a live source in its own thread.
+
+    Frames go to :attr:`frames` as ``(t_ns, image)``; ``image`` None means the
+    source failed and the thread has ended. :meth:`watermark` is the time the
+    publishing thread may promise in a heartbeat: now, unless a frame has been
+    stamped and not yet taken (then None). The stamp and that check share a
+    lock, so a frame stamped after a heartbeat is never older than it.
+    """
+
+    def __init__(self, cap: cv2.VideoCapture, name: str) -> None:
+        super().__init__(name=f"grab-{name}", daemon=True)
+        self.cap = cap
+        self.frames: queue.SimpleQueue[tuple[int, np.ndarray | None]] = queue.SimpleQueue()
+        self.halt = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight = 0  # stamped, not yet taken by the publishing thread
+        self.skipped = 0  # frames grabbed but not decoded: the publishing thread was behind (grab thread writes)
+        self._skips_reported = 0  # (publishing thread writes)
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            ok = self.cap.grab()
+            if ok and self._in_flight >= MAX_QUEUED_FRAMES:
+                self.skipped += 1  # keep draining the device, as the camera would drop them anyway
+                continue
+            with self._lock:
+                t_ns = clock.now_ns()  # the grab time is the frame's capture time
+                self._in_flight += 1
+            image = self.cap.retrieve()[1] if ok else None
+            self.frames.put((t_ns, image))
+            if image is None:
+                return
+
+    def take(self, timeout_s: float) -> tuple[int, np.ndarray | None] | None:
+        """The next frame, or None after ``timeout_s`` without one."""
+        try:
+            item = self.frames.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            return None
+        with self._lock:
+            self._in_flight -= 1
+        return item
+
+    def unreported_skips(self) -> int:
+        """Frames skipped since the last call (called by the publishing thread only)."""
+        n = self.skipped - self._skips_reported
+        self._skips_reported += n
+        return n
+
+    def watermark(self) -> int | None:
+        with self._lock:
+            return None if self._in_flight else clock.now_ns()
+
+    def finish(self, timeout_s: float = 1.0) -> bool:
+        """Ask the thread to stop; True once it has (the capture may then be released)."""
+        self.halt.set()
+        self.join(timeout_s)
+        return not self.is_alive()
+
+
 def quiet_opencv() -> None:
     """Keep FFmpeg's and OpenCV's per-attempt chatter off stderr: we log one line per event.
 
@@ -150,7 +222,8 @@ class VideoCapture:
     (no source: heartbeats, and open attempts on the backoff schedule).
     """
 
-    def __init__(self, source: str, cfg: VideoConfig, bus: BusConfig) -> None:
+    def __init__(self, source: str, cfg: VideoConfig, bus: BusConfig, *,
+                 grid: tuple[int, int] | None = None) -> None:
         self.source = source
         self.cfg = cfg
         self.bus = bus
@@ -159,7 +232,8 @@ class VideoCapture:
         self.pub: StreamPublisher | None = None
         self.cap: cv2.VideoCapture | None = None
         self.pacer: Pacer | None = None
-        self.hb = Heartbeats(HEARTBEAT_NS)
+        self.hb = Heartbeats(HEARTBEAT_NS, grid)
+        self.grabber: Grabber | None = None
         self.retry_at_ns = 0
         self.attempts = 0
         self.played: tuple[float, int] | None = None  # (mtime, size) of a file played to its end
@@ -180,8 +254,7 @@ class VideoCapture:
                 else:
                     self._stream_one(stop, pub, self.cap)
         finally:
-            if self.cap is not None:
-                self.cap.release()
+            self._release()
             sock.close(linger=500)
             if own:
                 ctx.term()
@@ -232,25 +305,64 @@ class VideoCapture:
     # ------------------------------------------------------------------ streaming
 
     def _stream_one(self, stop: threading.Event, pub: StreamPublisher, cap: cv2.VideoCapture) -> None:
-        """Pace (files), grab, stamp and publish one frame; handle the source's end."""
+        """Publish one frame, or heartbeats while none is due; handle the source's end."""
         if self.pacer is not None:
             due = self.pacer.deadline_ns(clock.now_ns())
-            wait_s = (due - clock.now_ns()) / clock.NS_PER_S
-            if wait_s > 0 and stop.wait(wait_s):
+            if not self._wait_until(stop, pub, due):
                 return
             self.pacer.advance()
-        ok = cap.grab()
-        t_ns = clock.now_ns()  # the grab time is the frame's capture time
-        image = cap.retrieve()[1] if ok else None
+            ok = cap.grab()
+            t_ns = clock.now_ns()  # the grab time is the frame's capture time
+            image = cap.retrieve()[1] if ok else None
+        else:
+            if self.grabber is None:
+                self.grabber = Grabber(cap, f"{self.source}-video")
+                self.grabber.start()
+            got = self.grabber.take(self.hb.wait_s(clock.now_ns()))
+            for _ in range(self.grabber.unreported_skips()):
+                pub.drop("backlog")
+            if got is None:
+                wm = self.grabber.watermark()
+                if wm is not None and self.hb.due(wm):
+                    self._heartbeat(pub, wm)
+                return
+            t_ns, image = got
         if image is not None:
             self.backoff.reset()
             pub.grabbed()
             self._publish(pub, image, t_ns)
             self.hb.sent(t_ns)
             return
-        cap.release()
-        self.cap = None
+        self._release()
         self._source_ended()
+
+    def _wait_until(self, stop: threading.Event, pub: StreamPublisher, due_ns: int) -> bool:
+        """Heartbeat until ``due_ns``; False if ``stop`` was set meanwhile."""
+        while True:
+            now = clock.now_ns()
+            if now >= due_ns:
+                return True
+            if self.hb.due(now):
+                self._heartbeat(pub, now)
+            if stop.wait(min((due_ns - now) / clock.NS_PER_S, self.hb.wait_s(clock.now_ns()))):
+                return False
+
+    def _heartbeat(self, pub: StreamPublisher, watermark_ns: int) -> None:
+        pub.heartbeat(watermark_ns)
+        self.hb.sent(watermark_ns)
+
+    def _release(self) -> None:
+        """Stop the grabber (if any) and release the source."""
+        grabber, self.grabber = self.grabber, None
+        if grabber is not None and not grabber.finish():
+            # Stuck in a network read: leave the capture to the daemon thread rather than
+            # release it under its feet (READ_TIMEOUT_MS bounds how long it stays).
+            log.warning("video %s: the grab thread did not stop within 1 s", self.source)
+            self.cap = None
+            return
+        if self.cap is not None:
+            self.cap.release()
+        self.cap = None
 
     def _source_ended(self) -> None:
         dev, cfg = self.device, self.cfg
@@ -293,5 +405,6 @@ def _file_signature(dev: Device) -> tuple[float, int] | None:
     return (st.st_mtime, st.st_size)
 
 
-def main(source: str, cfg: VideoConfig, bus: BusConfig, stop: threading.Event) -> int:
-    return VideoCapture(source, cfg, bus).run(stop)
+def main(source: str, cfg: VideoConfig, bus: BusConfig, stop: threading.Event, *,
+         grid: tuple[int, int] | None = None) -> int:
+    return VideoCapture(source, cfg, bus, grid=grid).run(stop)

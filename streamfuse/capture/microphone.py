@@ -203,5 +203,7 @@ class AudioCapture:
         return codec.audio_message(self.source, seq, t_ns, data, self.cfg.samplerate)
 
 
-def main(source: str, cfg: AudioConfig, bus: BusConfig, stop: threading.Event) -> int:
+def main(source: str, cfg: AudioConfig, bus: BusConfig, stop: threading.Event, *,
+         grid: tuple[int, int] | None = None) -> int:
+    # ``grid`` is unused: blocks come every ``block_ms`` and each one's end is the watermark.
     return AudioCapture(source, cfg, bus).run(stop)

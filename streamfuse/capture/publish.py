@@ -124,20 +124,45 @@ class Backoff:
 
 
 class Heartbeats:
-    """When a heartbeat is due: at least every ``interval_ns`` since the last message."""
+    """When a heartbeat is due: at least every ``interval_ns`` since the last
+    message, and just after each window end on the aligner's grid.
 
-    def __init__(self, interval_ns: int) -> None:
+    ``grid = (window_ns, hop_ns)`` of ``[align]``: windows end at
+    ``k * hop + window``. A window closes when every stream's watermark has
+    passed its end (DESIGN.md section 4), so a heartbeat right after each end
+    closes it at once instead of after the stream's next frame (67 ms at 15
+    fps) or its next periodic heartbeat. Pure: the caller passes ``now_ns``.
+    """
+
+    def __init__(self, interval_ns: int, grid: tuple[int, int] | None = None) -> None:
         self.interval_ns = interval_ns
+        self.grid = grid
         self.last_ns: int | None = None
 
+    def _next_end(self, t_ns: int) -> int | None:
+        """The first window end strictly after ``t_ns``, or None without a grid."""
+        if self.grid is None:
+            return None
+        window, hop = self.grid
+        return ((t_ns - window) // hop + 1) * hop + window
+
+    def _due_at(self) -> int | None:
+        if self.last_ns is None:
+            return None
+        due = self.last_ns + self.interval_ns
+        end = self._next_end(self.last_ns)
+        return due if end is None else min(due, end)
+
     def due(self, now_ns: int) -> bool:
-        return self.last_ns is None or now_ns - self.last_ns >= self.interval_ns
+        at = self._due_at()
+        return at is None or now_ns >= at
 
     def sent(self, now_ns: int) -> None:
         self.last_ns = now_ns
 
     def wait_s(self, now_ns: int) -> float:
         """Seconds until the next heartbeat is due (0 when due now)."""
-        if self.last_ns is None:
+        at = self._due_at()
+        if at is None:
             return 0.0
-        return max(0.0, (self.last_ns + self.interval_ns - now_ns) / clock.NS_PER_S)
+        return max(0.0, (at - now_ns) / clock.NS_PER_S)

@@ -14,7 +14,8 @@ Inputs (``sources.text.input``):
 Invalid UTF-8 and messages over ``max_bytes`` are rejected and counted
 (``streamfuse_messages_dropped_total{reason="text"|"too_large"}`` and the exit
 line). Heartbeats go out at least every ``heartbeat_ms`` with watermark = now,
-so windows close when nobody types. ``t_ns`` is the receive time.
+and just after each end of the aligner's windows, so windows close when nobody
+types, without waiting for the next periodic heartbeat. ``t_ns`` is the receive time.
 """
 
 from __future__ import annotations
@@ -316,10 +317,12 @@ Input = ZmqInput | StreamInput | FileInput
 class TextCapture:
     """Read the configured input, publish texts and heartbeats until ``stop``."""
 
-    def __init__(self, source: str, cfg: TextConfig, bus: BusConfig) -> None:
+    def __init__(self, source: str, cfg: TextConfig, bus: BusConfig, *,
+                 grid: tuple[int, int] | None = None) -> None:
         self.source = source
         self.cfg = cfg
         self.bus = bus
+        self.grid = grid  # (window_ns, hop_ns): heartbeats also go just after each window end
         self.pub: StreamPublisher | None = None
         self._last_reject_log: dict[str, int] = {}
 
@@ -359,7 +362,7 @@ class TextCapture:
         return 0
 
     def _loop(self, stop: threading.Event, pub: StreamPublisher, inp: Input) -> None:
-        hb = Heartbeats(round(self.cfg.heartbeat_ms * clock.NS_PER_MS))
+        hb = Heartbeats(round(self.cfg.heartbeat_ms * clock.NS_PER_MS), self.grid)
         while not stop.is_set():
             now = clock.now_ns()
             if hb.due(now):
@@ -394,5 +397,6 @@ class TextCapture:
         return "ok" if sent else "rejected: hwm: the bus is not keeping up"
 
 
-def main(source: str, cfg: TextConfig, bus: BusConfig, stop: threading.Event) -> int:
-    return TextCapture(source, cfg, bus).run(stop)
+def main(source: str, cfg: TextConfig, bus: BusConfig, stop: threading.Event, *,
+         grid: tuple[int, int] | None = None) -> int:
+    return TextCapture(source, cfg, bus, grid=grid).run(stop)

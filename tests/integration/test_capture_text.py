@@ -171,3 +171,23 @@ def test_stdin_input_ends_cleanly_at_end_of_input(broker) -> None:
         finally:
             bus.close()
     assert "end of input" in proc.stderr.read()
+
+
+@pytest.mark.slow
+def test_heartbeats_follow_each_window_end(broker) -> None:
+    """Windows end every 500 ms ([align] defaults): a heartbeat comes just after each end, so
+    the aligner need not wait for the next periodic one (set to a slow 1 s here)."""
+    with zmq.Context() as ctx:
+        bus = Bus(ctx, broker, "room1/text")
+        proc = _capture(broker, 'input = "zmq"\nheartbeat_ms = 1000')
+        try:
+            wait_for(bus.heartbeats, timeout=15, what="text capture heartbeats")
+            wait_for(lambda: bus.heartbeats() >= 6, timeout=15, what="six heartbeats")
+        finally:
+            bus.close()
+            _stop(proc)
+    hop = 500_000_000
+    t = [m.t_ns for m in bus.messages]
+    ends = range((t[0] // hop + 1) * hop, t[-1], hop)
+    lags_ms = sorted(min(x - e for x in t if x >= e) / 1e6 for e in ends)
+    assert len(lags_ms) >= 4 and lags_ms[len(lags_ms) // 2] < 5.0, lags_ms

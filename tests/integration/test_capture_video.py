@@ -145,3 +145,35 @@ def test_video_file_loops(broker, tmp_path: Path) -> None:
         finally:
             bus.close()
             assert stop(proc) == 0
+
+
+@pytest.mark.parametrize("kind", ["camera", "file"])
+def test_heartbeats_close_each_window_between_frames(broker, tmp_path: Path, kind: str) -> None:
+    """At 4 fps a frame comes every 250 ms; windows end every 500 ms ([align] defaults). Just
+    after each end a heartbeat (or a frame) must say the stream has passed it, and no heartbeat
+    may promise more than the next frame keeps: its t_ns is never newer than that frame's."""
+    hop = 500_000_000
+    with MjpegCamera(fps=4, width=160, height=120) as cam, zmq.Context() as ctx:
+        video = media.make_video(tmp_path / "slow.avi", n_frames=12, fps=4, width=160, height=120)
+        device = cam.url if kind == "camera" else str(video)
+        bus = Frames(ctx, broker)
+        proc = _capture(broker, f'device = "{device}"\nwidth = 160\nheight = 120\nloop = true\n')
+        try:
+            wait_for(lambda: len(bus.frames()) >= 14, timeout=30, what="14 frames at 4 fps")
+        finally:
+            bus.close()
+            assert stop(proc) == 0
+    msgs = bus.messages
+    start = next(i for i, m in enumerate(msgs) if m.kind == "frame")
+    msgs = msgs[start:]
+    for i, m in enumerate(msgs):
+        if m.kind == "heartbeat":
+            nxt = next((x for x in msgs[i + 1:] if x.kind == "frame"), None)
+            assert nxt is None or nxt.t_ns >= m.t_ns, "a heartbeat passed a frame not yet published"
+    times = [m.t_ns for m in msgs]
+    ends = range((times[0] // hop + 1) * hop, times[-1], hop)
+    lags = [min(t - e for t in times if t >= e) for e in ends]
+    assert len(lags) >= 5
+    lags_ms = sorted(x / 1e6 for x in lags)
+    # Without end-of-window heartbeats the wait is up to a heartbeat interval (100 ms) or a frame.
+    assert lags_ms[len(lags_ms) // 2] < 5.0 and sum(x < 30 for x in lags_ms) >= 0.8 * len(lags_ms), lags_ms

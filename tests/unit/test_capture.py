@@ -28,6 +28,18 @@ def test_heartbeats_are_due_every_interval() -> None:
     assert hb.due(1100 * MS) and hb.wait_s(1200 * MS) == 0.0
 
 
+def test_heartbeat_due_just_after_each_window_end() -> None:
+    hb = Heartbeats(100 * MS, grid=(1000 * MS, 500 * MS))  # windows end at every 500 ms
+    hb.sent(1460 * MS)
+    assert hb.wait_s(1470 * MS) == pytest.approx(0.03)  # the end at 1500 comes before 1560
+    assert not hb.due(1499 * MS) and hb.due(1500 * MS)
+    hb.sent(1500 * MS)  # a heartbeat exactly at the end: the next end is 2000, the interval first
+    assert hb.wait_s(1500 * MS) == pytest.approx(0.1)
+    odd = Heartbeats(10_000 * MS, grid=(700 * MS, 500 * MS))  # ends at 700, 1200, 1700, ...
+    odd.sent(1000 * MS)
+    assert odd.wait_s(1000 * MS) == pytest.approx(0.2) and odd.due(1200 * MS)
+
+
 def test_counts_line() -> None:
     c = Counts(grabbed=3, published=2, dropped={"text": 1})
     assert "grabbed=3 published=2" in c.line() and "dropped=1 (text=1)" in c.line()
