@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from streamfuse.fusion.features import Features
 from streamfuse.train import metrics
 from streamfuse.train.dataset import class_order, concat_features, select_features
-from streamfuse.train.loop import augment, class_weights, holdout_split, modality_dropout
+from streamfuse.train.loop import augment, aux_loss, class_weights, holdout_split, modality_dropout
 
 
 def test_ece_and_per_class_on_hand_made_predictions():
@@ -89,3 +90,80 @@ def test_class_order():
     assert class_order(["two", "zero", "ten"]) == ["ten", "two", "zero"]
     assert class_order(["nine", "one", "zero"]) == ["zero", "one", "nine"]
     assert class_order(["10", "2", "1"]) == ["1", "2", "10"]
+
+
+def test_modality_dropout_weights_pick_the_dominant_modality_to_drop():
+    gen = torch.Generator().manual_seed(2)
+    mask = torch.ones(6000, 3, dtype=torch.bool)
+    cols = torch.tensor([0, 1, 2])
+    out = modality_dropout(mask, gen, p_drop_one=1.0, p_keep_one=0.0, columns=cols,
+                           drop_weights=torch.tensor([4.0, 1.0, 1.0]))
+    assert (out.sum(1) == 2).all()  # exactly one dropped per row
+    share = (~out).float().mean(0)  # fraction of rows that lost each column
+    assert abs(float(share[0]) - 4 / 6) < 0.03 and abs(float(share[1]) - 1 / 6) < 0.03
+    # never drops an absent column, never empties a row, "keep one" stays uniform
+    mask[:, 0] = False
+    out = modality_dropout(mask, gen, p_drop_one=0.5, p_keep_one=0.5, columns=cols,
+                           drop_weights=torch.tensor([100.0, 1.0, 1.0]))
+    assert not out[:, 0].any() and out.any(dim=1).all()
+    # uniform weights give exactly the unweighted draw (same random stream)
+    a = modality_dropout(torch.ones(500, 3, dtype=torch.bool), torch.Generator().manual_seed(5), p_drop_one=0.3,
+                         p_keep_one=0.2, columns=cols)
+    b = modality_dropout(torch.ones(500, 3, dtype=torch.bool), torch.Generator().manual_seed(5), p_drop_one=0.3,
+                         p_keep_one=0.2, columns=cols, drop_weights=torch.ones(3))
+    assert torch.equal(a, b)
+
+
+def test_aux_loss_counts_only_windows_where_the_modality_is_present():
+    y = torch.tensor([0, 1, 2, 1])
+    good = torch.full((4, 3), -5.0)
+    good[torch.arange(4), y] = 5.0
+    bad = -good  # confidently wrong
+    present = torch.tensor([[True, True], [True, False], [False, False], [True, True]])
+    # modality "a": rows 0, 1, 3 present and right, row 2 absent and wrong
+    la = good.clone()
+    la[2] = bad[2]
+    la.requires_grad_(True)
+    # modality "b": rows 0 and 3 present; the absent rows are wrong
+    lb = bad.clone()
+    lb[[0, 3]] = good[[0, 3]]
+    lb.requires_grad_(True)
+    loss = aux_loss({"a": la, "b": lb}, present, y, ("a", "b"))
+    expected = F.cross_entropy(good[[0, 1, 3]], y[[0, 1, 3]]) + F.cross_entropy(good[[0, 3]], y[[0, 3]])
+    assert abs(float(loss.detach()) - float(expected)) < 1e-6
+    loss.backward()
+    assert la.grad is not None and lb.grad is not None
+    assert not la.grad[2].any() and not lb.grad[[1, 2]].any()  # absent windows get no gradient
+    # a modality present nowhere adds nothing
+    none = aux_loss({"a": la, "b": lb}, torch.zeros(4, 2, dtype=torch.bool), y, ("a", "b"))
+    assert float(none) == 0.0
+
+
+def test_training_with_aux_heads_saves_an_artifact_the_worker_loads(tmp_path):
+    from streamfuse.config import AlignConfig
+    from streamfuse.fusion.artifact import load_artifact, save_artifact
+    from streamfuse.fusion.features import Preprocessing
+    from streamfuse.train.dataset import WindowSet
+    from streamfuse.train.loop import TrainOptions, train
+
+    torch.set_num_threads(1)
+    prep = Preprocessing.from_align(AlignConfig(), image_size=8, n_mels=6, text_buckets=512)
+    gen = torch.Generator().manual_seed(0)
+    n = 24
+    y = torch.arange(n) % 3
+    f = _features(n, 0)
+    frames = torch.randn(n, 4, 1, 8, 8, generator=gen) * 0.1
+    frames[torch.arange(n), :, :, :, 0] += y.view(n, 1, 1, 1).float()  # a learnable cue
+    f = Features(frames=frames, logmel=f.logmel, tokens=f.tokens % 512, offsets=f.offsets, mask=f.mask.clone())
+    f.mask[::4, 0] = False  # camera covered in some windows
+    ws = WindowSet(f, y, [("room", i) for i in range(n)], ["a", "b", "c"])
+    opts = TrainOptions(epochs=2, batch_size=8, image_size=8, n_mels=6, aux_weight=0.5,
+                        drop_weights=(3.0, 1.0, 1.0), video_channels=(4,), audio_channels=(4,), embed_dim=8)
+    model, result = train(ws, ws, prep, opts, quiet=True)
+    assert all(h["aux_loss"] > 0 for h in result["history"])
+    save_artifact(tmp_path / "m", model, prep, align=AlignConfig(), extra={"training": {}, "metrics": {}})
+    loaded = load_artifact(tmp_path / "m", align=AlignConfig())  # strict: no aux tensors in the file
+    assert set(loaded.model.state_dict()) == set(model.state_dict())
+    assert not any(k.startswith("aux") for k in model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.calibrated_logits(f), model.eval().calibrated_logits(f), atol=1e-5)
