@@ -114,6 +114,10 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aux-weight", type=float, default=None, metavar="W",
+                   help="weight of the per-modality auxiliary losses (0 = off; default 0.5)")
+    p.add_argument("--drop-weights", type=float, nargs=3, default=None, metavar=("VIDEO", "AUDIO", "TEXT"),
+                   help="odds of each modality being the one modality dropout clears (default 4 1 1)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _config_arg(p)

@@ -83,9 +83,11 @@ class TrainOptions:
     augment: bool = True
     p_drop_one: float = 0.3  # per window: drop one present modality (when two or more are present)...
     p_keep_one: float = 0.2  # ...or keep only one
-    # Relative odds of each of MODALITIES (video, audio, text) being the one "drop one" clears:
-    # > 1 for video hides the dominant modality more often, so the fusion head learns the others.
-    drop_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Relative odds of each of MODALITIES (video, audio, text) being the one "drop one" clears.
+    # Video, the dominant modality, 4x: the fusion head then sees audio+text alone often enough
+    # to match a model trained without video (avdigits: 55.3 % vs 53.0 % at 1:1:1 with video
+    # removed at test); (1, 1, 1) is the uniform draw of the previous recipe.
+    drop_weights: tuple[float, float, float] = (4.0, 1.0, 1.0)
     # Weight of the auxiliary unimodal losses (0 = off); see the module docstring.
     aux_weight: float = 0.5
     image_size: int = 28
@@ -528,8 +530,19 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
 
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
         raise UsageError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    extra: dict[str, Any] = {}
+    aux_weight = getattr(args, "aux_weight", None)
+    if aux_weight is not None:
+        if not (math.isfinite(aux_weight) and aux_weight >= 0):
+            raise UsageError(f"--aux-weight: expected a number >= 0, got {aux_weight}")
+        extra["aux_weight"] = float(aux_weight)
+    drop_weights = getattr(args, "drop_weights", None)
+    if drop_weights is not None:
+        if not all(math.isfinite(w) and w > 0 for w in drop_weights):
+            raise UsageError(f"--drop-weights: expected three numbers > 0, got {' '.join(map(str, drop_weights))}")
+        extra["drop_weights"] = tuple(float(w) for w in drop_weights)
     opts = TrainOptions(fusion=args.fusion, modalities=tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES)),
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, **extra)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return run(args, cfg, opts)
