@@ -178,7 +178,7 @@ class FusionConfig:
     max_delay_ms: float = _check(_non_negative, 5.0)
     workers: int = _check(_positive, 1)
     reload_poll_s: float = _check(_positive, 2.0)
-    threads: int = _check(_non_negative, 0)  # torch CPU threads per worker (0 = min(4, cores // workers))
+    threads: int = _check(_non_negative, 0)  # torch CPU threads per worker (0 = min(4, (cores - 1) // workers), at least 1)
 
 
 @dataclass(frozen=True)

@@ -93,13 +93,16 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def thread_count(configured: int, workers: int = 1) -> int:
-    """torch CPU threads: ``fusion.threads``, or when 0 ``min(4, cores // fusion.workers)``
-    (at least 1): workers sharing the machine must not oversubscribe it (on 2 loaded
-    cores, 2 threads instead of 1 made inference ~10x slower here)."""
+def thread_count(configured: int, workers: int = 1, cores: int | None = None) -> int:
+    """torch CPU threads: ``fusion.threads``, or when 0 ``min(4, (cores - 1) // fusion.workers)``
+    (at least 1). One core is left to the broker, the aligner and the captures: an
+    OpenMP thread that has to wait for a core stalls every operator of the batch (on
+    this 2-core machine with the other core busy, 2 threads made a batch-1 forward
+    ~270 ms against ~5 ms with 1 thread)."""
     if configured > 0:
         return configured
-    return max(1, min(4, (os.cpu_count() or 1) // max(1, workers)))
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(4, (cores - 1) // max(1, workers)))
 
 
 def _autocast(device: torch.device):  # type: ignore[no-untyped-def]

@@ -145,6 +145,9 @@ def test_device_and_threads():
     assert node.thread_count(3) == 3 and node.thread_count(3, workers=8) == 3
     assert 1 <= node.thread_count(0) <= 4
     assert node.thread_count(0, workers=1000) == 1
+    # one core is left to the rest of the pipeline
+    assert [node.thread_count(0, cores=c) for c in (1, 2, 3, 8, 16)] == [1, 1, 2, 4, 4]
+    assert node.thread_count(0, workers=2, cores=8) == 3
 
 
 def test_a_failing_batch_is_dropped_and_counted_not_fatal(tmp_path, monkeypatch):
