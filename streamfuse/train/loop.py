@@ -317,7 +317,8 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
                                         encoder=opts.encoder)
     model = FusionModel(cfg).to(dev)
     use_aux = opts.aux_weight > 0
-    aux = AuxHeads(model).to(dev)  # built either way: the same random draws, with or without it
+    # Built even when unused, so that aux_weight alone does not shift the later random draws.
+    aux = AuxHeads(model).to(dev)
     net: torch.nn.Module = TrainNet(model, aux) if use_aux else model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
