@@ -117,16 +117,17 @@ def test_main_drains_on_stop_with_injected_sockets(tmp_path):
     t = threading.Thread(target=lambda: rc.append(node.main(cfg, pull=pull, pub=pub, stop=stop)))
     try:
         rng = np.random.default_rng(0)
-        for i in range(5):
-            push.send_multipart(codec.encode_window(make_window(rng, index=i)))
+        # Source b's window 0 comes last: its window 1 may still come, so the batcher waits for it.
+        for src, i in [("a", 1), ("a", 2), ("a", 3), ("a", 4), ("a", 5), ("b", 0)]:
+            push.send_multipart(codec.encode_window(make_window(rng, source=src, index=i)))
         t.start()
-        assert not sub.poll(300)  # held: 5 < max_batch and the delay is a minute
+        assert not sub.poll(300)  # held: 6 < max_batch, the delay is a minute, b's window 1 is missing
         stop.set()
         t.join(30)
         got = []
         while sub.poll(100):
             got.append(codec.decode(sub.recv_multipart()).header.t_start_ns)
-        assert rc == [0] and sorted(got) == [i * 500_000_000 for i in range(5)]
+        assert rc == [0] and sorted(got) == [i * 500_000_000 for i in range(6)]
     finally:
         stop.set()
         if t.is_alive():
