@@ -314,6 +314,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     if not args.max:
         # A waking sender must not wait for the reader thread's GIL time slice (5 ms by default).
         sys.setswitchinterval(0.0005)
+    reader.reuse_freed_memory()  # every chunk would otherwise page-fault fresh buffers in
     plan = Plan(paths, rate=None if args.max else args.rate, loop=args.loop, start_s=args.start,
                 end_s=args.end, topics=args.topics, restamp=args.restamp)
     ctx = zmq.Context()
