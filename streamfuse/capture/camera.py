@@ -274,8 +274,7 @@ class VideoCapture:
                 self._try_open(pub)
                 return
         if self.hb.due(now):
-            pub.heartbeat(now)
-            self.hb.sent(now)
+            self._heartbeat(pub, now)
         stop.wait(max(0.0, min(self.hb.wait_s(clock.now_ns()),
                                (self.retry_at_ns - now) / clock.NS_PER_S, 0.1)))
 
