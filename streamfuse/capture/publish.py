@@ -58,6 +58,7 @@ class StreamPublisher:
         self.stream = stream
         self.topic = topics.topic(source, stream)
         self.seq = 0
+        self.last_t_ns: int | None = None  # t_ns of the last message sent: the stream's watermark
         self.counts = Counts()
         self._out = metrics.messages_out.labels(NODE, self.topic)
         self._bytes = metrics.bytes_out.labels(NODE, self.topic)
@@ -75,6 +76,7 @@ class StreamPublisher:
         except zmq.Again:
             self.drop("hwm")
             return False
+        self.last_t_ns = msg.t_ns
         if msg.kind == "heartbeat":
             self.counts.heartbeats += 1
         else:

@@ -375,8 +375,10 @@ class TextCapture:
             for item in items:
                 answer = self._handle(pub, item)
                 inp.reply(answer)
-                if answer == "ok":
-                    hb.sent(clock.now_ns())
+                if answer == "ok" and pub.last_t_ns is not None:
+                    # the watermark this text promised (its receive time), not a later clock
+                    # read: a window end between the two still gets its heartbeat
+                    hb.sent(pub.last_t_ns)
 
     def _handle(self, pub: StreamPublisher, item: Item) -> str:
         t_ns = clock.now_ns()
