@@ -20,6 +20,7 @@ import zmq
 from streamfuse import clock, metrics
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import Message
+from streamfuse.wire.sockets import send_parts
 
 NODE = "capture"
 
@@ -47,7 +48,7 @@ class StreamPublisher:
     """Publish one stream of one source on a PUB socket (created by the caller's thread).
 
     ``build(seq)`` callables get the next sequence number; :meth:`send` encodes
-    (validating) and sends with ``copy=False``. A send that would block at the
+    (validating) and sends with ``copy=False`` (:func:`~streamfuse.wire.sockets.send_parts`). A send that would block at the
     high-water mark drops the message and counts it (``reason="hwm"``): a
     capture must never stall its device.
     """
@@ -72,7 +73,7 @@ class StreamPublisher:
         parts = codec.encode(msg)
         self.seq += 1  # a dropped message still takes its number: the gap shows the loss
         try:
-            self.sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+            send_parts(self.sock, parts, zmq.NOBLOCK)
         except zmq.Again:
             self.drop("hwm")
             return False

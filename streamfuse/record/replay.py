@@ -42,7 +42,7 @@ from streamfuse.config import Config
 from streamfuse.record import reader
 from streamfuse.signals import Signals
 from streamfuse.wire import codec
-from streamfuse.wire.sockets import LINGER_MS, _connect
+from streamfuse.wire.sockets import LINGER_MS, _connect, send_parts
 
 log = logging.getLogger("streamfuse.replay")
 
@@ -252,7 +252,7 @@ def _sender(sock: zmq.Socket, stop: threading.Event) -> Callable[[Parts], bool]:
     def send(parts: Parts) -> bool:
         while True:
             try:
-                sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+                send_parts(sock, parts, zmq.NOBLOCK)
                 return True
             except zmq.Again:
                 # XPUB_NODROP: the queue to the broker is full -- wait, never drop.

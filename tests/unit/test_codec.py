@@ -200,3 +200,36 @@ def test_decode_window_rejects_inconsistent_parts() -> None:
         codec.decode_window([parts[0], parts[1], bytes(parts[2])[:-3]])
     with pytest.raises(DecodeError):
         codec.decode_window(codec.encode(codec.text_message("room1", 0, 1, "x")))
+
+
+# ----------------------------------------------------------------------------- sending
+
+
+def test_send_parts_delivers_the_multipart_message_whole() -> None:
+    from streamfuse.wire.sockets import send_parts
+
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        push.sndhwm = pull.rcvhwm = 1
+        pull.bind("inproc://send-parts")
+        push.connect("inproc://send-parts")
+        big = _frame(300, 300)  # over pyzmq's copy threshold: sent zero-copy
+        send_parts(push, codec.encode(codec.frame_message("cam", 3, 7, big)))
+        got = codec.decode(pull.recv_multipart())
+        assert got.header.seq == 3 and np.array_equal(got.array(), big)
+        # Fill the queue without reading: NOBLOCK raises zmq.Again on the first part and
+        # leaves no half message behind.
+        sent = 0
+        with pytest.raises(zmq.Again):
+            for seq in range(100):
+                send_parts(push, codec.encode(codec.text_message("chat", seq, 1, "x")), zmq.NOBLOCK)
+                sent += 1
+        received = []
+        while pull.poll(100):
+            received.append(codec.decode(pull.recv_multipart()).header.seq)
+        assert received == list(range(sent)) and 0 < sent < 100
+    finally:
+        push.close(0)
+        pull.close(0)
+        ctx.term()
