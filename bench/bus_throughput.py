@@ -2,10 +2,12 @@
 
 Three legs per payload, each a sender process and a receiver process over ipc://:
 
-- ``raw``:   pyzmq PUB -> SUB directly, ``[topic, payload]`` sent with ``copy=False``;
+- ``raw``:   pyzmq PUB -> SUB directly, ``[topic, payload]`` sent part by part with
+  ``copy=False`` (``wire.sockets.send_parts``, the call the captures use);
 - ``proxy``: the same through a bare XSUB/XPUB ``zmq.proxy`` process (the ceiling of any
   brokered path on this machine, TESTING.md);
-- ``streamfuse``: ``codec.frame_message``/``audio_message`` + ``codec.encode`` in the sender,
+- ``streamfuse``: ``capture.publish.StreamPublisher.send`` of ``codec.frame_message`` /
+  ``audio_message`` in the sender (build, encode with validation, send, count),
   a real ``streamfuse broker`` process, ``codec.decode`` (full validation) in the receiver.
 
 Payloads: a 640x480x3 uint8 frame (922 KB) and a 20 ms 16 kHz audio block (320 float32).
@@ -52,7 +54,10 @@ def sender(leg: str, payload: str, endpoint: str, ready, done, out) -> None:
     """Publish as fast as possible once the receiver has seen a warm-up message."""
     import zmq
 
+    from streamfuse.capture.publish import StreamPublisher
     from streamfuse.wire import codec
+    from streamfuse.wire.schema import Message
+    from streamfuse.wire.sockets import send_parts
 
     arr = _array(payload)
     raw = memoryview(arr).cast("B")
@@ -62,28 +67,35 @@ def sender(leg: str, payload: str, endpoint: str, ready, done, out) -> None:
     sock.linger = 0
     sock.connect(endpoint)
     if leg == "streamfuse":
-        src = "bench"
+        # What a capture does per message: StreamPublisher.send builds, encodes (validating),
+        # sends and counts (Prometheus counters included).
+        pub = StreamPublisher(sock, "bench", "video" if payload == "frame" else "audio")
         if payload == "frame":
-            def build(seq: int) -> list:
-                return codec.encode(codec.frame_message(src, seq, time.time_ns(), arr))
+            def build(seq: int) -> Message:
+                return codec.frame_message("bench", seq, time.time_ns(), arr)
         else:
-            def build(seq: int) -> list:
-                return codec.encode(codec.audio_message(src, seq, time.time_ns(), arr, 16000))
-    else:
-        topic = TOPIC if payload == "frame" else b"bench/audio"
+            def build(seq: int) -> Message:
+                return codec.audio_message("bench", seq, time.time_ns(), arr, 16000)
 
-        def build(seq: int) -> list:
-            return [topic, raw]
+        def send() -> None:
+            pub.send(build)
+    else:
+        # Raw pyzmq: the same per-part zmq.Socket.send calls the captures make
+        # (wire.sockets.send_parts; pyzmq's send_multipart costs ~1 us more per part).
+        parts = [TOPIC if payload == "frame" else b"bench/audio", raw]
+
+        def send() -> None:
+            send_parts(sock, parts)
     seq = 0
     while not ready.is_set():  # slow joiner: wait until messages reach the receiver
-        sock.send_multipart(build(seq), copy=False)
+        send()
         seq += 1
         time.sleep(0.01)
     cpu0, seq0 = time.process_time(), seq
     while True:
         for _ in range(64):
-            sock.send_multipart(build(seq), copy=False)
-            seq += 1
+            send()
+        seq += 64
         if done.is_set():
             break
     out.put(("sender", (time.process_time() - cpu0) / max(seq - seq0, 1)))
