@@ -31,6 +31,14 @@ embedding from the fusion), which costs some CPU. The auxiliary heads are a
 training device only: they live outside :class:`FusionModel` and are never
 saved, so the artifact is the same format as without them.
 
+Video (avdigits, docs/results.md): 48 px frames through the pool-first stack
+(conv, max-pool, BatchNorm, ReLU; 16-32-64-128 channels). A window's T frames
+show the same digit a fraction of a second apart, so a training step encodes
+one of them, drawn at random (``train_frames``; evaluation and the worker use
+all T): a quarter of the video encoder's work, which pays for the larger
+frames. Early stopping keeps the best epoch by validation accuracy
+(``select="loss"``: by validation NLL instead).
+
 Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) it trains with
 DistributedDataParallel (gloo on CPU, nccl on CUDA): every rank featurises the
 data, a DistributedSampler splits each epoch, the global batch stays
@@ -90,14 +98,24 @@ class TrainOptions:
     drop_weights: tuple[float, float, float] = (4.0, 1.0, 1.0)
     # Weight of the auxiliary unimodal losses (0 = off); see the module docstring.
     aux_weight: float = 0.5
-    image_size: int = 28
+    # 48 px frames (the digit 22-41 px), a fourth video block, and the pool-first stack trained on one
+    # frame per window: +2.6 points fused on avdigits (94.8 % vs 92.2 %) at the old recipe's CPU time.
+    image_size: int = 48
     hop_length: int = 320  # 20 ms log-mel frames: half the audio encoder's work of 10 ms
     n_mels: int = 32
-    encoder: str = "pool"  # conv + BatchNorm + max-pool: learns far faster than stride-2 + GroupNorm here
-    video_channels: tuple[int, ...] = (16, 32, 64)
+    encoder: str = "pool_first"  # conv + max-pool + BatchNorm: learns far faster than stride-2 + GroupNorm here
+    video_stem: int = 0  # channels of a stride-2 stem before the video stack (0 = none)
+    video_channels: tuple[int, ...] = (16, 32, 64, 128)
     audio_channels: tuple[int, ...] = (16, 32, 64)
     embed_dim: int = 64
     dropout: float = 0.1
+    # Which epoch early stopping keeps: "accuracy" (validation accuracy, then loss) or "loss"
+    # (validation NLL, which the temperature is then fitted on; see docs/results.md, calibration).
+    select: str = "accuracy"
+    elastic: float = 0.0  # smooth random frame displacement (see augment); 0 = off
+    # Frames of each window the video encoder sees in a training step (0 = all T): a window's
+    # frames show one digit, so a random subset per step is augmentation that costs less.
+    train_frames: int = 1
 
     def preprocessing(self, align: AlignConfig) -> Preprocessing:
         return Preprocessing.from_align(align, image_size=self.image_size, hop_length=self.hop_length,
@@ -155,8 +173,14 @@ def modality_dropout(mask: torch.Tensor, gen: torch.Generator, *, p_drop_one: fl
     return mask
 
 
-def augment(f: Features, gen: torch.Generator) -> Features:
-    """Random feature-space augmentation of a training batch (see module docstring)."""
+def augment(f: Features, gen: torch.Generator, *, elastic: float = 0.0) -> Features:
+    """Random feature-space augmentation of a training batch (see module docstring).
+
+    ``elastic`` > 0: also a smooth random displacement of the frames (a 4x4 grid of
+    offsets, up to ``elastic`` in [-1, 1] image coordinates, interpolated over the image; the
+    same for the window's T frames): new handwriting from the same digit, the classic
+    remedy for a small set of distinct MNIST images. 0 draws nothing extra (same stream).
+    """
     b = f.batch_size
     dev = f.frames.device
     frames = f.frames
@@ -170,6 +194,10 @@ def augment(f: Features, gen: torch.Generator) -> Features:
         theta = theta.to(dev, frames.dtype).repeat_interleave(t, dim=0)  # same motion for all T frames
         flat = frames.flatten(0, 1)
         grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+        if elastic > 0:
+            coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * elastic
+            field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+            grid = grid + field.to(dev, frames.dtype).permute(0, 2, 3, 1).repeat_interleave(t, dim=0)
         flat = F.grid_sample(flat, grid, padding_mode="border", align_corners=False)
         frames = flat.view_as(frames)
         # Erase a random box in 25 % of windows (fingers, glare).
@@ -199,6 +227,14 @@ def augment(f: Features, gen: torch.Generator) -> Features:
               ((times >= t0.view(b, 1, 1)) & (times < (t0 + tw).view(b, 1, 1)))
         logmel = logmel.masked_fill(cut.to(dev).unsqueeze(1), 0.0)
     return replace(f, frames=frames, logmel=logmel)
+
+
+def subsample_frames(f: Features, k: int, gen: torch.Generator) -> Features:
+    """``f`` with ``k`` of its T frames, drawn at random (the same ones for the whole batch,
+    kept in time order): frames ``(B, T, 1, H, W)`` -> ``(B, k, 1, H, W)``."""
+    t = f.frames.shape[1]
+    idx = torch.randperm(t, generator=gen)[:k].sort().values
+    return replace(f, frames=f.frames.index_select(1, idx.to(f.frames.device)))
 
 
 def class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -307,6 +343,8 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
 
     Under DDP every rank calls this; only rank 0's returned metrics are complete.
     """
+    if opts.select not in ("accuracy", "loss"):
+        raise ValueError(f"select: expected 'accuracy' or 'loss', got {opts.select!r}")
     dist = dist or Dist()
     dev = dist.device
     torch.manual_seed(opts.seed)
@@ -314,7 +352,7 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
     cfg = ModelConfig.for_preprocessing(classes, prep, fusion=opts.fusion, modalities=opts.modalities,
                                         embed_dim=opts.embed_dim, dropout=opts.dropout,
                                         video_channels=opts.video_channels, audio_channels=opts.audio_channels,
-                                        encoder=opts.encoder)
+                                        encoder=opts.encoder, video_stem=opts.video_stem)
     model = FusionModel(cfg).to(dev)
     use_aux = opts.aux_weight > 0
     # Built even when unused, so that aux_weight alone does not shift the later random draws.
@@ -358,8 +396,10 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
             if rows.numel() == 0:
                 rows = order[:1]
             batch = select_features(feats, rows)
+            if 0 < opts.train_frames < batch.frames.shape[1]:
+                batch = subsample_frames(batch, opts.train_frames, gen)
             if opts.augment:
-                batch = augment(batch, gen)
+                batch = augment(batch, gen, elastic=opts.elastic)
             dropped = modality_dropout(batch.mask.cpu(), gen, p_drop_one=opts.p_drop_one,
                                        p_keep_one=opts.p_keep_one, columns=columns, drop_weights=drop_weights)
             yb = y[rows.to(dev)]
@@ -393,7 +433,10 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
             history.append({"epoch": epoch + 1, "loss": total / max(1, count),
                             "aux_loss": total_aux / max(1, count), "val_accuracy": val_acc,
                             "val_loss": val_loss, "lr": sched.get_last_lr()[0], "elapsed_s": elapsed})
-            improved = (val_acc, -val_loss) > (best[0], -best[1])
+            if opts.select == "loss":
+                improved = val_loss < best[1]
+            else:
+                improved = (val_acc, -val_loss) > (best[0], -best[1])
             if improved:
                 best, best_epoch, bad_epochs = (val_acc, val_loss), epoch + 1, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -545,6 +588,10 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     opts = TrainOptions(fusion=args.fusion, modalities=tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES)),
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, **extra)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every new tensor with NaN (to expose reads of uninitialised
+    # memory); it cost ~12 % of a training step here (tens of thousands of fills per epoch)
+    # and changes no result: the kernels overwrite what they allocate.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         return run(args, cfg, opts)
     except (DataError, LabelError) as e:

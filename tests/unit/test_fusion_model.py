@@ -9,6 +9,7 @@ import torch
 from streamfuse.fusion.features import Features, collate, to_device
 from streamfuse.fusion.model import (
     FUSIONS,
+    FusionModel,
     ModelConfig,
     ModelConfigError,
     masked_softmax,
@@ -45,7 +46,8 @@ CARRIER = {"concat": "video", "mean": "audio", "weighted": "text", "attention": 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fusion,encoder", [(f, "stride") for f in FUSIONS] + [("attention", "pool"), ("mean", "pool")])
+@pytest.mark.parametrize("fusion,encoder", [(f, "stride") for f in FUSIONS]
+                         + [("attention", "pool"), ("mean", "pool"), ("attention", "pool_first")])
 def test_each_fusion_learns_a_tiny_problem(prep, fusion, encoder):
     torch.manual_seed(0)
     train, y = _dataset(prep, 96, CARRIER[fusion], seed=1)
@@ -137,6 +139,47 @@ def test_model_config_validation(prep):
     cfg = ModelConfig.for_preprocessing(CLASSES, prep, modalities=("text", "video"))
     assert cfg.modalities == ("video", "text")  # canonical order
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ModelConfigError, match="model.video_stem"):
+        ModelConfig.for_preprocessing(CLASSES, prep, video_stem=-1, encoder="pool")
+    with pytest.raises(ModelConfigError, match="model.video_stem"):
+        ModelConfig.for_preprocessing(CLASSES, prep, video_stem=8, encoder="stride")
+    stem = ModelConfig.for_preprocessing(CLASSES, prep, video_stem=8, encoder="pool_first")
+    assert ModelConfig.from_dict(stem.to_dict()) == stem
+
+
+def test_configs_saved_before_video_stem_build_the_same_model(prep):
+    """Manifests written before ``video_stem`` existed have no such key: they must build the
+    model they were saved from (the worker loads its state dict strictly)."""
+    cfg = ModelConfig.for_preprocessing(CLASSES, prep, encoder="pool", video_channels=(4, 8), embed_dim=16)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "video_stem"}
+    rebuilt = ModelConfig.from_dict(old)
+    assert rebuilt.video_stem == 0
+    torch.manual_seed(0)
+    saved = FusionModel(cfg).state_dict()
+    FusionModel(rebuilt).load_state_dict(saved, strict=True)
+
+
+@pytest.mark.parametrize("encoder,stem", [("pool", 6), ("pool_first", 0), ("pool_first", 6)])
+def test_video_stem_and_pool_first_shapes_and_batch_independence(prep, encoder, stem):
+    """A stride-2 stem and the pool-first stack give (B, D) embeddings; in eval mode a
+    window's scores do not depend on the rest of its batch (BatchNorm's running statistics)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_preprocessing(CLASSES, prep, encoder=encoder, video_stem=stem, embed_dim=16,
+                                        video_channels=(4, 8), audio_channels=(4, 8))
+    model = FusionModel(cfg)
+    if stem:
+        first = model.encoders["video"].cnn[0]
+        assert first.out_channels == stem and first.stride == (2, 2)
+    feats, _ = _dataset(prep, 6, "video", seed=3)
+    model.train()
+    model(feats).sum().backward()  # one step of BatchNorm statistics
+    model.eval()
+    with torch.inference_mode():
+        emb = model.encode(feats)
+        assert emb["video"].shape == (6, 16)
+        whole = model(feats)
+        alone = model(_rows(feats, torch.tensor([2])))
+    torch.testing.assert_close(whole[2:3], alone, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from streamfuse.fusion.features import Features
 from streamfuse.train import metrics
 from streamfuse.train.dataset import class_order, concat_features, select_features
-from streamfuse.train.loop import augment, aux_loss, class_weights, holdout_split, modality_dropout
+from streamfuse.train.loop import (
+    augment,
+    aux_loss,
+    class_weights,
+    holdout_split,
+    modality_dropout,
+    subsample_frames,
+)
 
 
 def test_ece_and_per_class_on_hand_made_predictions():
@@ -112,6 +119,42 @@ def test_modality_dropout_weights_pick_the_dominant_modality_to_drop():
     b = modality_dropout(torch.ones(500, 3, dtype=torch.bool), torch.Generator().manual_seed(5), p_drop_one=0.3,
                          p_keep_one=0.2, columns=cols, drop_weights=torch.ones(3))
     assert torch.equal(a, b)
+
+
+def test_elastic_augmentation_moves_a_windows_frames_together():
+    """The smooth displacement is drawn per window and applied to its T frames alike: frames
+    that were identical differ afterwards only by the per-frame sensor noise (std 0.1)."""
+    b, t, h = 6, 4, 24
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, h), indexing="ij")
+    digit = ((xx.abs() < 0.15) | (yy.abs() < 0.15)).float()  # a cross: edges show any displacement
+    frames = digit.expand(b, t, 1, h, h).clone()
+    f = Features(frames=frames, logmel=torch.zeros(b, 1, 4, 4), tokens=torch.zeros(0, dtype=torch.int64),
+                 offsets=torch.zeros(b, dtype=torch.int64), mask=torch.ones(b, 3, dtype=torch.bool))
+    plain = augment(f, torch.Generator().manual_seed(3)).frames
+    warped = augment(f, torch.Generator().manual_seed(3), elastic=0.1).frames
+    assert warped.shape == frames.shape and torch.isfinite(warped).all()
+    assert (warped - warped.mean(dim=1, keepdim=True)).std() < 0.15  # only noise between a window's frames
+    assert (warped.mean(dim=1) - plain.mean(dim=1)).abs().mean() > 0.02  # the displacement changed the digit
+    # elastic=0 draws nothing extra: the same stream as before the option existed
+    assert torch.equal(augment(f, torch.Generator().manual_seed(3), elastic=0.0).frames, plain)
+
+
+def test_subsample_frames_keeps_k_frames_in_time_order():
+    b, t = 5, 4
+    frames = torch.arange(t, dtype=torch.float32).view(1, t, 1, 1, 1).expand(b, t, 1, 3, 3).clone()
+    f = Features(frames=frames, logmel=torch.zeros(b, 1, 2, 2), tokens=torch.zeros(0, dtype=torch.int64),
+                 offsets=torch.zeros(b, dtype=torch.int64), mask=torch.ones(b, 3, dtype=torch.bool))
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        out = subsample_frames(f, 2, gen)
+        assert out.frames.shape == (b, 2, 1, 3, 3)
+        idx = out.frames[0, :, 0, 0, 0].tolist()
+        assert idx == sorted(idx) and len(set(idx)) == 2  # distinct frames, in time order
+        assert all(torch.equal(out.frames[r], out.frames[0]) for r in range(b))  # same frames for every row
+        seen.add(tuple(idx))
+        assert out.logmel is f.logmel and torch.equal(out.mask, f.mask)
+    assert len(seen) == 6  # every pair of the 4 frames gets drawn
 
 
 def test_aux_loss_counts_only_windows_where_the_modality_is_present():
