@@ -9,12 +9,14 @@ from streamfuse.fusion.features import Features
 from streamfuse.train import metrics
 from streamfuse.train.dataset import class_order, concat_features, select_features
 from streamfuse.train.loop import (
+    TrainOptions,
     augment,
     aux_loss,
     class_weights,
     holdout_split,
     modality_dropout,
     subsample_frames,
+    train,
 )
 
 
@@ -210,3 +212,10 @@ def test_training_with_aux_heads_saves_an_artifact_the_worker_loads(tmp_path):
     assert not any(k.startswith("aux") for k in model.state_dict())
     with torch.no_grad():
         assert torch.allclose(loaded.model.calibrated_logits(f), model.eval().calibrated_logits(f), atol=1e-5)
+
+
+def test_unknown_epoch_selection_is_refused_before_training():
+    import pytest
+
+    with pytest.raises(ValueError, match="select"):
+        train(None, None, None, TrainOptions(select="f1"))  # type: ignore[arg-type]
