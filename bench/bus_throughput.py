@@ -6,17 +6,20 @@ Three legs per payload, each a sender process and a receiver process over ipc://
   ``copy=False`` (``wire.sockets.send_parts``, the call the captures use);
 - ``proxy``: the same through a bare XSUB/XPUB ``zmq.proxy`` process (the ceiling of any
   brokered path on this machine, TESTING.md);
+- ``proxy3``: the bare proxy carrying DESIGN.md section 3's ``[topic, header, payload]``,
+  the header encoded once up front and never decoded: the ceiling of this wire layout
+  through any broker, with no codec work at all;
 - ``streamfuse``: ``capture.publish.StreamPublisher.send`` of ``codec.frame_message`` /
   ``audio_message`` in the sender (build, encode with validation, send, count),
   a real ``streamfuse broker`` process, ``codec.decode`` (full validation) in the receiver.
 
 Payloads: a 640x480x3 uint8 frame (922 KB) and a 20 ms 16 kHz audio block (320 float32).
 Legs run in rotated order over ``--rounds`` rounds; the median receiver rate of each leg
-is reported with its ratio to ``raw`` and to ``proxy``. Then 8 paced senders publish
+is reported with its ratio to ``raw``, ``proxy`` and ``proxy3``. Then 8 paced senders publish
 640x480 frames at 30 fps each through the broker for ``--cameras-s`` seconds, and the
 receiver counts sequence gaps (the goal: none lost).
 
-    .venv/bin/python bench/bus_throughput.py            # ~1.5 min on 2 cores
+    .venv/bin/python bench/bus_throughput.py            # ~2 min on 2 cores
     .venv/bin/python bench/bus_throughput.py --leg-s 1 --rounds 2 --json out.json
 """
 
@@ -35,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PAYLOADS = {"frame": (480, 640, 3), "audio": (320, 1)}
-LEGS = ("raw", "proxy", "streamfuse")
+LEGS = ("raw", "proxy", "proxy3", "streamfuse")
 TOPIC = b"bench/video"
 
 
@@ -83,6 +86,9 @@ def sender(leg: str, payload: str, endpoint: str, ready, done, out) -> None:
         # Raw pyzmq: the same per-part zmq.Socket.send calls the captures make
         # (wire.sockets.send_parts; pyzmq's send_multipart costs ~1 us more per part).
         parts = [TOPIC if payload == "frame" else b"bench/audio", raw]
+        if leg == "proxy3":
+            parts = codec.encode(codec.frame_message("bench", 0, 1, arr) if payload == "frame"
+                                 else codec.audio_message("bench", 0, 1, arr, 16000))
 
         def send() -> None:
             send_parts(sock, parts)
@@ -204,7 +210,7 @@ def run_leg(leg: str, payload: str, duration_s: float) -> tuple[float, float, fl
         if leg == "raw":
             pub_ep = sub_ep = f"ipc://{root}/direct"
         else:
-            bus = Bus("proxy" if leg == "proxy" else "streamfuse", root)
+            bus = Bus("streamfuse" if leg == "streamfuse" else "proxy", root)
             pub_ep, sub_ep = bus.front, bus.back
         ready, done, out = ctx.Event(), ctx.Event(), ctx.Queue()
         r = ctx.Process(target=receiver, args=(leg, sub_ep, duration_s, ready, done, out, leg == "raw"))
@@ -334,7 +340,7 @@ def main() -> int:
     for payload in args.payloads:
         runs: dict[str, list[tuple[float, float, float]]] = {leg: [] for leg in LEGS}
         for r in range(args.rounds):
-            order = LEGS[r % 3:] + LEGS[:r % 3]
+            order = LEGS[r % len(LEGS):] + LEGS[:r % len(LEGS)]
             for leg in order:
                 rate, send_us, recv_us = run_leg(leg, payload, args.leg_s)
                 runs[leg].append((rate, send_us, recv_us))
@@ -346,14 +352,17 @@ def main() -> int:
         results["legs"][payload] = {"median_msg_s": med, "runs": runs, "cpu_us_per_msg": cpu,
                                     "streamfuse_vs_raw": med["streamfuse"] / med["raw"],
                                     "streamfuse_vs_proxy": med["streamfuse"] / med["proxy"],
-                                    "proxy_vs_raw": med["proxy"] / med["raw"]}
+                                    "streamfuse_vs_proxy3": med["streamfuse"] / med["proxy3"],
+                                    "proxy_vs_raw": med["proxy"] / med["raw"],
+                                    "proxy3_vs_raw": med["proxy3"] / med["raw"]}
     print()
-    print(f"{'payload':8} {'raw':>10} {'proxy':>10} {'streamfuse':>11} {'sf/raw':>7} {'sf/proxy':>9} "
-          f"{'proxy/raw':>10}   (median msg/s)")
+    print(f"{'payload':8} {'raw':>10} {'proxy':>10} {'proxy3':>10} {'streamfuse':>11} {'sf/raw':>7} "
+          f"{'sf/proxy':>9} {'sf/proxy3':>10} {'proxy/raw':>10} {'proxy3/raw':>11}   (median msg/s)")
     for payload, res in results["legs"].items():
         m = res["median_msg_s"]
-        print(f"{payload:8} {m['raw']:10.0f} {m['proxy']:10.0f} {m['streamfuse']:11.0f} "
-              f"{res['streamfuse_vs_raw']:7.2f} {res['streamfuse_vs_proxy']:9.2f} {res['proxy_vs_raw']:10.2f}")
+        print(f"{payload:8} {m['raw']:10.0f} {m['proxy']:10.0f} {m['proxy3']:10.0f} {m['streamfuse']:11.0f} "
+              f"{res['streamfuse_vs_raw']:7.2f} {res['streamfuse_vs_proxy']:9.2f} "
+              f"{res['streamfuse_vs_proxy3']:10.2f} {res['proxy_vs_raw']:10.2f} {res['proxy3_vs_raw']:11.2f}")
     print("\nCPU microseconds per message (median; sender / receiver):")
     for payload, res in results["legs"].items():
         c = res["cpu_us_per_msg"]
