@@ -101,8 +101,9 @@ def prepare(cache: Path, size: Size, data: Path | None, config_path: Path) -> tu
     """Build the data set and train the model unless cached; returns (data dir, model dir)."""
     ds_args = _dataset_args(data)
     key = hashlib.sha256(json.dumps([size.segments, ds_args]).encode()).hexdigest()[:10]
+    mkey = hashlib.sha256(f"{key} {_trainer_fingerprint()}".encode()).hexdigest()[:10]
     ddir = cache / f"avdigits-{size.segments}-{key}"
-    mdir = cache / f"model-{size.segments}-{size.epochs}-{key}"
+    mdir = cache / f"model-{size.segments}-{size.epochs}-{mkey}"
     print(f"demo: cache {cache} (data {ddir.name}, model {mdir.name})", flush=True)
     if not (ddir / "avdigits.json").exists():
         tmp = ddir.with_name(ddir.name + ".partial")
@@ -126,6 +127,22 @@ def prepare(cache: Path, size: Size, data: Path | None, config_path: Path) -> tu
     else:
         print(f"demo: reusing model {mdir}", flush=True)
     return ddir, mdir
+
+
+def _trainer_fingerprint() -> str:
+    """A hash of the trainer's and the model's source code.
+
+    A cached model trained by another version of the trainer is not reused: a new default
+    recipe (frame size, encoder, augmentation) changes what the demo should show, and an old
+    model would still load (``_loads``) and be kept forever. Hashing the source rather than
+    ``TrainOptions`` also catches recipe changes that are code, not options, and keeps torch
+    out of this process.
+    """
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted([*(root / "train").glob("*.py"), root / "fusion" / "model.py", root / "fusion" / "features.py"]):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def _loads(model: Path) -> bool:
