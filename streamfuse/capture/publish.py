@@ -48,9 +48,9 @@ class StreamPublisher:
     """Publish one stream of one source on a PUB socket (created by the caller's thread).
 
     ``build(seq)`` callables get the next sequence number; :meth:`send` encodes
-    (validating) and sends with ``copy=False`` (:func:`~streamfuse.wire.sockets.send_parts`). A send that would block at the
-    high-water mark drops the message and counts it (``reason="hwm"``): a
-    capture must never stall its device.
+    (validating) and sends with ``copy=False`` (:func:`~streamfuse.wire.sockets.send_parts`).
+    A send that would block at the high-water mark drops the message and counts it
+    (``reason="hwm"``): a capture must never stall its device.
     """
 
     def __init__(self, sock: zmq.Socket, source: str, stream: str) -> None:

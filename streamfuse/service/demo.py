@@ -140,7 +140,8 @@ def _trainer_fingerprint() -> str:
     """
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for f in sorted([*(root / "train").glob("*.py"), root / "fusion" / "model.py", root / "fusion" / "features.py"]):
+    sources = [*(root / "train").glob("*.py"), root / "fusion" / "model.py", root / "fusion" / "features.py"]
+    for f in sorted(sources):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
