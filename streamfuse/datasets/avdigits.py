@@ -97,6 +97,8 @@ class Segment:
     audio: bool = True
     occluded: bool = False
     texts: list[tuple[int, str]] = field(default_factory=list)  # (t_ns, text)
+    named: int | None = None  # the digit the chat line names (wrong in P_TEXT_WRONG of them)
+    speech_ns: tuple[int, int] | None = None  # audible part of the spoken digit, set by segment_events
 
 
 @dataclass
@@ -159,7 +161,9 @@ def _plan_split(params: Params, split_idx: int, count: int, images: img.DigitIma
         s.audio = not (P_CAMERA_COVERED <= r < P_CAMERA_COVERED + P_MIC_MUTED)
         s.occluded = bool(srng.random() < P_OCCLUDED)
         if srng.random() < P_TEXT:
-            s.texts.append((_text_time(srng), chat_line(s.digit, srng)))
+            t = _text_time(srng)
+            line, s.named = chat_mention(s.digit, srng)
+            s.texts.append((t, line))
         if srng.random() < P_CHATTER:
             s.texts.append((_text_time(srng), str(srng.choice(CHATTER))))
     return segs
@@ -183,13 +187,18 @@ CHATTER = ("hello", "can you hear me", "lol", "brb", "one sec", "ok", "nice", "w
 
 def chat_line(digit: int, rng: np.random.Generator) -> str:
     """A chat message about ``digit``: sometimes wrong, sometimes with a typo."""
+    return chat_mention(digit, rng)[0]
+
+
+def chat_mention(digit: int, rng: np.random.Generator) -> tuple[str, int]:
+    """:func:`chat_line` and the digit it names (``digit``, or another when it is wrong)."""
     if rng.random() < P_TEXT_WRONG:
         digit = int((digit + rng.integers(1, 10)) % 10)
     word = LABELS[digit]
     if rng.random() < P_TYPO:
         word = typo(word, rng)
     t = str(rng.choice(TEMPLATES))
-    return t.format(w=word, W=word.upper(), n=digit)
+    return t.format(w=word, W=word.upper(), n=digit), digit
 
 
 def typo(word: str, rng: np.random.Generator) -> str:
@@ -241,6 +250,9 @@ def segment_events(seg: Segment, t0: int, media: Media, *, seed: int, split_idx:
         bg = media.noise.background(n_samples, rng)
         pcm = sound.mix(speech, bg, offset=offset, snr_db=float(rng.uniform(*SNR_DB)),
                         level=float(rng.uniform(0.03, 0.25)))
+        a, b = sound.audible_span(speech)
+        seg.speech_ns = (t0 + (offset + a) * 1_000_000_000 // sound.RATE_HZ,
+                         t0 + (offset + b) * 1_000_000_000 // sound.RATE_HZ)
         for j in range(n_samples // BLOCK_FRAMES):
             ev.append((t0 + j * BLOCK_NS, 1, "audio", pcm[j * BLOCK_FRAMES:(j + 1) * BLOCK_FRAMES].reshape(-1, 1)))
     else:
@@ -330,6 +342,7 @@ def build(out: Path, params: Params) -> dict:
             files.append(path.name)
             log.info("%s: %d segments (%d/%d files of %s)", path, len(segs), k + 1, n_files, p.name)
         write_labels(d / "labels.csv", rows)
+        write_segments(d / SEGMENTS_FILE, p.segments, per_file)
         summary["splits"][p.name] = _split_summary(p, files)
     (out / "avdigits.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -340,6 +353,93 @@ def write_labels(path: Path, rows: list[tuple[str, int, int, str]]) -> None:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["source", "start", "end", "label"])
         w.writerows(rows)
+
+
+SEGMENTS_FILE = "segments.csv"
+SEGMENT_COLUMNS = ("source", "start", "end", "label", "image", "speaker", "camera", "microphone", "occluded",
+                   "speech_start", "speech_end", "chat_time", "chat_names", "chat")
+
+
+def write_segments(path: Path, segs: list[Segment], per_file: int) -> None:
+    """What each segment holds (``segments.csv``, beside ``labels.csv``): its label, the
+    MNIST image index and speaker, which streams are present, the audible span of the
+    spoken digit and the chat line about the digit, if any, with the digit it names
+    (absolute ``t_ns``; empty where there is none). Read by :func:`read_segments` to
+    tell which windows carry their label in some modality (:func:`window_evidence`)."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(SEGMENT_COLUMNS)
+        for s in segs:
+            t_chat, line = next(((s.t_start_ns + dt, text) for dt, text in s.texts[:1] if s.named is not None),
+                                ("", ""))
+            w.writerow([SOURCES[(s.index // per_file) % len(SOURCES)], s.t_start_ns, s.t_start_ns + SEGMENT_NS,
+                        LABELS[s.digit], s.image, s.speaker, int(s.video), int(s.audio), int(s.occluded),
+                        *(s.speech_ns or ("", "")), t_chat, "" if s.named is None else LABELS[s.named], line])
+
+
+@dataclass(frozen=True)
+class SegmentRow:
+    """One line of ``segments.csv`` (times are absolute ``t_ns``)."""
+
+    start: int
+    end: int
+    label: str
+    camera: bool
+    occluded: bool
+    speech: tuple[int, int] | None
+    chat_time: int | None
+    chat_names: str | None
+
+
+def read_segments(paths: list[Path]) -> dict[str, list[SegmentRow]]:
+    """The ``segments.csv`` files ``paths`` as rows per source, in time order."""
+    out: dict[str, list[SegmentRow]] = {}
+    for path in paths:
+        with path.open(newline="") as f:
+            for r in csv.DictReader(f):
+                speech = (int(r["speech_start"]), int(r["speech_end"])) if r["speech_start"] else None
+                out.setdefault(r["source"], []).append(SegmentRow(
+                    int(r["start"]), int(r["end"]), r["label"], r["camera"] == "1", r["occluded"] == "1", speech,
+                    int(r["chat_time"]) if r["chat_time"] else None, r["chat_names"] or None))
+    for rows in out.values():
+        rows.sort(key=lambda r: r.start)
+    return out
+
+
+def find_segment_files(recordings: list[str]) -> list[Path]:
+    """``segments.csv`` of every directory among ``recordings`` (as for ``labels.csv``)."""
+    return [Path(p) / SEGMENTS_FILE for p in recordings if (Path(p) / SEGMENTS_FILE).is_file()]
+
+
+# What in a window shows its label, strongest first (see window_evidence).
+EVIDENCE = ("camera", "camera, finger over the digit", "speech", "chat", "speech fragment", "none")
+SPEECH_MIN_NS = 150 * NS_PER_MS
+
+
+def window_evidence(rows: list[SegmentRow], start: int, window_ns: int, context_ns: int, label: str) -> str:
+    """Which modality carries ``label`` in the window ``[start, start + window_ns)``.
+
+    ``camera``: a segment with that label is in view, uncovered (``camera, finger over
+    the digit``: only with a finger over part of it); else ``speech``: at least 150 ms
+    of its audible spoken digit falls in the window; else ``chat``: a chat line naming
+    the label is in the window's text context ``[end - context_ns, end)``; else
+    ``speech fragment``: under 150 ms of speech; else ``none``: nothing in the window
+    shows its label (camera covered, no speech, no chat naming it), so no model can
+    do better than a guess there.
+    """
+    end = start + window_ns
+    mine = [r for r in rows if r.start < end and r.end > start and r.label == label]
+    if any(r.camera and not r.occluded for r in mine):
+        return "camera"
+    if any(r.camera for r in mine):
+        return "camera, finger over the digit"
+    heard = max((min(end, r.speech[1]) - max(start, r.speech[0]) for r in mine if r.speech), default=0)
+    if heard >= SPEECH_MIN_NS:
+        return "speech"
+    if any(r.chat_time is not None and end - context_ns <= r.chat_time < end and r.chat_names == label
+           for r in rows):
+        return "chat"
+    return "speech fragment" if heard > 0 else "none"
 
 
 def _split_summary(p: SplitPlan, files: list[str]) -> dict:

@@ -224,6 +224,21 @@ def generated_noise(n: int, rng: np.random.Generator, *, kind: str | None = None
     return (x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32)
 
 
+def audible_span(speech: np.ndarray, *, floor_db: float = 30.0, frame: int = RATE_HZ // 100) -> tuple[int, int]:
+    """``[start, end)`` samples of ``speech`` from its first to its last 10 ms frame whose
+    energy is within ``floor_db`` of the loudest frame: the spoken part of a recording
+    with its leading and trailing silence left out. ``(0, 0)`` for silence."""
+    n = len(speech) // frame
+    if n == 0:
+        return 0, 0
+    energy = np.square(speech[: n * frame].astype(np.float64)).reshape(n, frame).mean(axis=1)
+    peak = float(energy.max())
+    if peak <= 0.0:
+        return 0, 0
+    loud = np.flatnonzero(energy >= peak * 10 ** (-floor_db / 10))
+    return int(loud[0]) * frame, int(loud[-1] + 1) * frame
+
+
 def mix(speech: np.ndarray, background: np.ndarray, *, offset: int, snr_db: float, level: float) -> np.ndarray:
     """``speech`` placed at sample ``offset`` over unit-RMS ``background`` at ``snr_db``.
 

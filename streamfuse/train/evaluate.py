@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from streamfuse.config import Config
+from streamfuse.config import AlignConfig, Config
+from streamfuse.datasets import avdigits
 from streamfuse.fusion.features import MODALITIES
 from streamfuse.train import metrics
 from streamfuse.train.dataset import DataError, WindowSet
@@ -44,8 +45,12 @@ def presence_pattern(mask_row: list[bool]) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """All metrics of ``model`` (a :class:`FusionModel` with its temperature) on ``ws``."""
+def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu",
+             segments: dict[str, list[avdigits.SegmentRow]] | None = None,
+             align: AlignConfig | None = None) -> dict[str, Any]:
+    """All metrics of ``model`` (a :class:`FusionModel` with its temperature) on ``ws``;
+    with avdigits ``segments`` (and the ``align`` that made the windows) also accuracy by
+    what shows each window's label (:func:`by_evidence`)."""
     from streamfuse.train.loop import predict_logits
 
     feats = ws.features.to(device)
@@ -84,7 +89,29 @@ def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu") -
         d["correct"] += int(ok)
     report["by_presence"] = {k: {"n": v["n"], "accuracy": v["correct"] / v["n"]}
                              for k, v in sorted(patterns.items(), key=lambda kv: -kv[1]["n"])}
+    if segments is not None and align is not None:
+        report.update(by_evidence((pred == y).cpu().tolist(), ws.keys, segments, align, ws.classes, ws.y.tolist()))
     return report
+
+
+def by_evidence(correct: list[bool], keys: list[tuple[str, int]], segments: dict[str, list[avdigits.SegmentRow]],
+                align: AlignConfig, classes: list[str], y: list[int]) -> dict[str, Any]:
+    """Accuracy by what in each window shows its label (avdigits ``segments.csv``, see
+    :func:`streamfuse.datasets.avdigits.window_evidence`), and the accuracy over the
+    windows where something does (``accuracy_observable``)."""
+    window_ns, context_ns = align.window_ms * 1_000_000, align.text_context_ms * 1_000_000
+    groups: dict[str, list[int]] = {}
+    for ok, (source, start), label in zip(correct, keys, y, strict=True):
+        kind = avdigits.window_evidence(segments.get(source, []), start, window_ns, context_ns, classes[label])
+        groups.setdefault(kind, [0, 0])
+        groups[kind][0] += 1
+        groups[kind][1] += int(ok)
+    seen = [v for k, v in groups.items() if k != "none"]
+    n_seen = sum(v[0] for v in seen)
+    return {"by_evidence": {k: {"n": groups[k][0], "accuracy": groups[k][1] / groups[k][0]}
+                            for k in avdigits.EVIDENCE if k in groups},
+            "accuracy_observable": sum(v[1] for v in seen) / n_seen if n_seen else None,
+            "n_unobservable": groups.get("none", [0])[0]}
 
 
 # ----------------------------------------------------------------------------- report files
@@ -123,6 +150,14 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "## Accuracy by the modalities present", "", "| present | windows | accuracy |", "|---|---|---|"]
     for k, v in r["by_presence"].items():
         lines.append(f"| {k} | {v['n']} | {v['accuracy']:.4f} |")
+    if r.get("by_evidence"):
+        lines += ["", "## Accuracy by what shows the label (avdigits segments.csv)", "",
+                  "| evidence in the window | windows | accuracy |", "|---|---|---|"]
+        for k, v in r["by_evidence"].items():
+            lines.append(f"| {k} | {v['n']} | {v['accuracy']:.4f} |")
+        if r.get("accuracy_observable") is not None:
+            lines += ["", f"Accuracy over the windows where some modality shows the label: "
+                          f"{r['accuracy_observable']:.4f} ({r['n_unobservable']} windows show it nowhere)."]
     lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c, v in r["per_class"].items():
         lines.append(f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |")
@@ -203,12 +238,17 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
                           classes=list(loaded.model.cfg.classes))
     except (ArtifactError, DataError, LabelError) as e:
         raise UsageError(str(e)) from None
-    report = evaluate(loaded.model, ws, device=device)
+    segment_files = avdigits.find_segment_files(list(args.recordings))
+    segments = avdigits.read_segments(segment_files) if segment_files else None
+    report = evaluate(loaded.model, ws, device=device, segments=segments, align=cfg.align)
     report["model"] = {"id": loaded.model_id, "path": str(args.model), "fusion": loaded.model.cfg.fusion,
                        "modalities": list(loaded.model.cfg.modalities), "temperature": float(loaded.model.temperature)}
     report["data"] = ws.summary
     print(f"{args.model} on {len(ws)} windows: accuracy {report['accuracy']:.4f}, macro-F1 "
           f"{report['macro_f1']:.4f}, ECE {report['ece']:.4f}")
+    if "by_evidence" in report:
+        print("  by evidence: " + ", ".join(f"{k} {v['accuracy']:.4f} ({v['n']})"
+                                            for k, v in report["by_evidence"].items()))
     for m, a in report["ablation"].items():
         print(f"  {m:5s} alone {a['alone']:.4f}  removed {a['removed']:.4f}")
     if args.report:

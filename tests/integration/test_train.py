@@ -108,6 +108,15 @@ def test_eval_writes_every_report_file(model: Path, data: Path, tmp_path: Path):
     assert all(set(v) >= {"alone", "removed"} for v in rep["ablation"].values())
     assert rep["n_windows"] == sum(v["support"] for v in rep["per_class"].values())
     assert "| accuracy |" in (report / "report.md").read_text()
+    # The data set's segments.csv beside labels.csv: accuracy by what shows each window's label.
+    ev = rep["by_evidence"]
+    assert set(ev) <= set(avdigits.EVIDENCE) and "camera" in ev
+    assert sum(v["n"] for v in ev.values()) == rep["n_windows"]
+    n_seen = rep["n_windows"] - rep["n_unobservable"]
+    assert rep["n_unobservable"] == ev.get("none", {"n": 0})["n"]
+    correct_seen = sum(round(v["accuracy"] * v["n"]) for k, v in ev.items() if k != "none")
+    assert rep["accuracy_observable"] == pytest.approx(correct_seen / n_seen)
+    assert "## Accuracy by what shows the label" in (report / "report.md").read_text()
     assert "accuracy" in r.stdout
 
 

@@ -6,6 +6,7 @@ noise), so it runs without ../shared/data.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -120,3 +121,69 @@ def test_chat_lines_and_typos_are_deterministic():
     assert any(("seven" not in x.lower() and "7" not in x) for x in lines)  # typos or wrong digits happen
     rng2 = np.random.default_rng(0)
     assert lines == [avdigits.chat_line(7, rng2) for _ in range(200)]
+
+
+def test_segments_file_says_what_each_segment_holds(built):
+    out, summary = built
+    for split in avdigits.SPLITS:
+        d = out / split
+        labels = (d / "labels.csv").read_text().splitlines()[1:]
+        rows = avdigits.read_segments([d / avdigits.SEGMENTS_FILE])
+        flat = [r for rs in rows.values() for r in rs]
+        # One row per label span, with the same source, times and label.
+        assert sorted(f"{s},{r.start},{r.end},{r.label}" for s, rs in rows.items() for r in rs) == sorted(labels)
+        assert sum(not r.camera for r in flat) == summary["splits"][split]["camera_covered"]
+        assert sum(r.speech is None for r in flat) == summary["splits"][split]["mic_muted"]
+        for r in flat:
+            if r.speech:  # the audible digit lies inside its segment, 0.1-1.5 s long
+                assert r.start <= r.speech[0] < r.speech[1] <= r.end
+                assert 100_000_000 <= r.speech[1] - r.speech[0] <= 1_500_000_000
+            if r.chat_time is not None:
+                assert r.start <= r.chat_time < r.end and r.chat_names in avdigits.LABELS
+    # The chat lines in the file are the text messages in the recording.
+    d = out / "train"
+    texts = {(m.t_ns, m.text()) for m in _messages(d) if isinstance(m.header, TextHeader)}
+    with (d / avdigits.SEGMENTS_FILE).open() as f:
+        chat = {(int(r["chat_time"]), r["chat"]) for r in csv.DictReader(f) if r["chat_time"]}
+    assert chat <= texts
+
+
+def test_audible_span_leaves_out_silence():
+    from streamfuse.datasets import sound
+
+    x = np.zeros(16000, dtype=np.float32)
+    x[4000:8000] = np.sin(np.arange(4000) / 5.0)
+    x[8000:8160] = 0.02 * np.sin(np.arange(160) / 5.0)  # -34 dB: below the 30 dB floor
+    assert sound.audible_span(x) == (4000, 8000)
+    assert sound.audible_span(np.zeros(800, dtype=np.float32)) == (0, 0)
+
+
+def _row(start_s: float, label: str, *, camera: bool = True, occluded: bool = False,
+         speech: tuple[float, float] | None = None, chat: tuple[float, str] | None = None) -> avdigits.SegmentRow:
+    ns = 1_000_000_000
+    return avdigits.SegmentRow(int(start_s * ns), int((start_s + 2) * ns), label, camera, occluded,
+                               None if speech is None else (int(speech[0] * ns), int(speech[1] * ns)),
+                               None if chat is None else int(chat[0] * ns), None if chat is None else chat[1])
+
+
+def test_window_evidence_names_what_shows_the_label():
+    ns = 1_000_000_000
+
+    def ev(rows: list[avdigits.SegmentRow], start_s: float, label: str) -> str:
+        return avdigits.window_evidence(rows, int(start_s * ns), ns, 5 * ns, label)
+
+    assert ev([_row(0, "one")], 0.5, "one") == "camera"
+    assert ev([_row(0, "one", occluded=True)], 0.5, "one") == "camera, finger over the digit"
+    covered = [_row(0, "two", camera=False, speech=(1.2, 1.6))]
+    assert ev(covered, 1.0, "two") == "speech"  # 0.4 s heard
+    assert ev(covered, 0.5, "two") == "speech"  # 0.3 s heard
+    assert ev(covered, 0.0, "two") == "none"  # the word comes after the window
+    fragment = [_row(0, "two", camera=False, speech=(0.9, 1.3))]
+    assert ev(fragment, 0.0, "two") == "speech fragment"  # 0.1 s heard
+    # A chat line naming the label in the text context; one naming another digit does not count.
+    chat = [_row(0, "three", chat=(0.5, "three")), _row(2, "three", camera=False, speech=(3.5, 3.9))]
+    assert ev(chat, 2.0, "three") == "chat"
+    wrong = [_row(0, "three", chat=(0.5, "eight")), _row(2, "three", camera=False, speech=(3.5, 3.9))]
+    assert ev(wrong, 2.0, "three") == "none"
+    # A window straddling two segments of the same digit: either one's camera counts.
+    assert ev([_row(0, "four", camera=False), _row(2, "four")], 1.5, "four") == "camera"
