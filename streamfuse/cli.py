@@ -118,6 +118,8 @@ def _train(p: argparse.ArgumentParser) -> None:
                    help="weight of the per-modality auxiliary losses (0 = off; default 0.5)")
     p.add_argument("--drop-weights", type=float, nargs=3, default=None, metavar=("VIDEO", "AUDIO", "TEXT"),
                    help="odds of each modality being the one modality dropout clears (default 4 1 1)")
+    p.add_argument("--occlude", type=float, default=None, metavar="SHARE",
+                   help="share of training windows with a bar drawn over part of the view (0 = off; default 0.5)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _config_arg(p)

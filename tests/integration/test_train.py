@@ -120,6 +120,15 @@ def test_eval_writes_every_report_file(model: Path, data: Path, tmp_path: Path):
     assert "accuracy" in r.stdout
 
 
+def test_bad_training_options_exit_2_naming_the_flag(data: Path, tmp_path: Path):
+    for flag, value in (("--occlude", "1.5"), ("--aux-weight", "-1")):
+        r = _run([sys.executable, "-m", "streamfuse", "train", "--recordings", str(data), "--out",
+                  str(tmp_path / "m"), flag, value], timeout=120)
+        assert r.returncode == 2, (flag, r.stderr[-2000:])
+        assert flag in r.stderr
+        assert not (tmp_path / "m").exists()
+
+
 def test_bad_labels_exit_2_naming_the_line(data: Path, tmp_path: Path):
     rows = (data / "train" / "labels.csv").read_text().splitlines()
     bad = tmp_path / "labels.csv"

@@ -15,6 +15,7 @@ from streamfuse.train.loop import (
     class_weights,
     holdout_split,
     modality_dropout,
+    occlude_bars,
     subsample_frames,
     train,
 )
@@ -139,6 +140,28 @@ def test_elastic_augmentation_moves_a_windows_frames_together():
     assert (warped.mean(dim=1) - plain.mean(dim=1)).abs().mean() > 0.02  # the displacement changed the digit
     # elastic=0 draws nothing extra: the same stream as before the option existed
     assert torch.equal(augment(f, torch.Generator().manual_seed(3), elastic=0.0).frames, plain)
+
+
+def test_occlude_bars_cover_part_of_the_digit_alike_on_every_frame():
+    b, t, h = 64, 4, 32
+    frames = torch.ones(b, t, 1, h, h)
+    frames[:, :, :, 12:20, 14:18] = -3.0  # dark ink, centred near (16, 16)
+    out = occlude_bars(frames, torch.Generator().manual_seed(0), 1.0)
+    changed = (out != frames).any(dim=2)  # (B, T, H, W)
+    assert all(torch.equal(changed[i, 0], changed[i, k]) for i in range(b) for k in range(t))
+    for i in range(b):
+        area = int(changed[i, 0].sum())
+        assert 0 < area < h * h // 2  # a bar, not the whole view
+        bar = out[i, 0, 0][changed[i, 0]]
+        assert torch.all(bar == bar[0])  # one level per bar
+        ys, xs = changed[i, 0].nonzero(as_tuple=True)
+        # it reaches close to the ink's centre (within 0.15 of the size plus half its width)
+        d = torch.hypot(ys.float() - 15.5, xs.float() - 15.5).min()
+        assert d < 0.15 * h + 0.13 * h + 1
+    # share 0.5: about half the windows; share 0: none, and nothing else changes
+    some = (occlude_bars(frames, torch.Generator().manual_seed(1), 0.5) != frames).flatten(1).any(1).float().mean()
+    assert 0.3 < some < 0.7
+    assert torch.equal(occlude_bars(frames, torch.Generator().manual_seed(1), 0.0), frames)
 
 
 def test_subsample_frames_keeps_k_frames_in_time_order():
