@@ -377,6 +377,10 @@ def write_segments(path: Path, segs: list[Segment], per_file: int) -> None:
                         *(s.speech_ns or ("", "")), t_chat, "" if s.named is None else LABELS[s.named], line])
 
 
+class SegmentsError(ValueError):
+    """A ``segments.csv`` that cannot be read (the message names the file and line)."""
+
+
 @dataclass(frozen=True)
 class SegmentRow:
     """One line of ``segments.csv`` (times are absolute ``t_ns``)."""
@@ -392,15 +396,25 @@ class SegmentRow:
 
 
 def read_segments(paths: list[Path]) -> dict[str, list[SegmentRow]]:
-    """The ``segments.csv`` files ``paths`` as rows per source, in time order."""
+    """The ``segments.csv`` files ``paths`` as rows per source, in time order.
+
+    Raises :class:`SegmentsError` naming the file and line of a row it cannot read."""
     out: dict[str, list[SegmentRow]] = {}
     for path in paths:
         with path.open(newline="") as f:
-            for r in csv.DictReader(f):
-                speech = (int(r["speech_start"]), int(r["speech_end"])) if r["speech_start"] else None
-                out.setdefault(r["source"], []).append(SegmentRow(
-                    int(r["start"]), int(r["end"]), r["label"], r["camera"] == "1", r["occluded"] == "1", speech,
-                    int(r["chat_time"]) if r["chat_time"] else None, r["chat_names"] or None))
+            reader = csv.DictReader(f)
+            missing = [c for c in SEGMENT_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise SegmentsError(f"{path}:1: missing column {missing[0]!r}")
+            for r in reader:
+                try:
+                    speech = (int(r["speech_start"]), int(r["speech_end"])) if r["speech_start"] else None
+                    row = SegmentRow(int(r["start"]), int(r["end"]), r["label"], r["camera"] == "1",
+                                     r["occluded"] == "1", speech, int(r["chat_time"]) if r["chat_time"] else None,
+                                     r["chat_names"] or None)
+                except (TypeError, ValueError) as e:
+                    raise SegmentsError(f"{path}:{reader.line_num}: {e}") from None
+                out.setdefault(r["source"], []).append(row)
     for rows in out.values():
         rows.sort(key=lambda r: r.start)
     return out

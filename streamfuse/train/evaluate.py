@@ -238,8 +238,11 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
                           classes=list(loaded.model.cfg.classes))
     except (ArtifactError, DataError, LabelError) as e:
         raise UsageError(str(e)) from None
-    segment_files = avdigits.find_segment_files(list(args.recordings))
-    segments = avdigits.read_segments(segment_files) if segment_files else None
+    try:
+        segment_files = avdigits.find_segment_files(list(args.recordings))
+        segments = avdigits.read_segments(segment_files) if segment_files else None
+    except avdigits.SegmentsError as e:
+        raise UsageError(str(e)) from None
     report = evaluate(loaded.model, ws, device=device, segments=segments, align=cfg.align)
     report["model"] = {"id": loaded.model_id, "path": str(args.model), "fusion": loaded.model.cfg.fusion,
                        "modalities": list(loaded.model.cfg.modalities), "temperature": float(loaded.model.temperature)}

@@ -187,3 +187,14 @@ def test_window_evidence_names_what_shows_the_label():
     assert ev(wrong, 2.0, "three") == "none"
     # A window straddling two segments of the same digit: either one's camera counts.
     assert ev([_row(0, "four", camera=False), _row(2, "four")], 1.5, "four") == "camera"
+
+
+def test_unreadable_segments_file_names_the_line(tmp_path):
+    good = "source,start,end,label,image,speaker,camera,microphone,occluded,speech_start,speech_end,chat_time,chat_names,chat\n"
+    p = tmp_path / "segments.csv"
+    p.write_text(good + "room1,0,2000000000,one,5,lucas,1,1,0,,,,,\nroom1,2000000000,x,two,6,lucas,1,1,0,,,,,\n")
+    with pytest.raises(avdigits.SegmentsError, match=r"segments.csv:3: .*'x'"):
+        avdigits.read_segments([p])
+    p.write_text("source,start,end\nroom1,0,1\n")
+    with pytest.raises(avdigits.SegmentsError, match=r"segments.csv:1: missing column 'label'"):
+        avdigits.read_segments([p])
