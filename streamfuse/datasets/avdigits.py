@@ -97,7 +97,7 @@ class Segment:
     audio: bool = True
     occluded: bool = False
     texts: list[tuple[int, str]] = field(default_factory=list)  # (t_ns, text)
-    named: int | None = None  # the digit the chat line names (wrong in P_TEXT_WRONG of them)
+    mention: tuple[int, str, int] | None = None  # chat line about the digit: (offset ns, text, digit named)
     speech_ns: tuple[int, int] | None = None  # audible part of the spoken digit, set by segment_events
 
 
@@ -162,8 +162,9 @@ def _plan_split(params: Params, split_idx: int, count: int, images: img.DigitIma
         s.occluded = bool(srng.random() < P_OCCLUDED)
         if srng.random() < P_TEXT:
             t = _text_time(srng)
-            line, s.named = chat_mention(s.digit, srng)
+            line, named = chat_mention(s.digit, srng)
             s.texts.append((t, line))
+            s.mention = (t, line, named)
         if srng.random() < P_CHATTER:
             s.texts.append((_text_time(srng), str(srng.choice(CHATTER))))
     return segs
@@ -326,6 +327,7 @@ def build(out: Path, params: Params) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         files = []
         rows: list[tuple[str, int, int, str]] = []
+        sourced: list[tuple[str, Segment]] = []
         per_file = max(1, params.segments_per_file)
         n_files = (len(p.segments) + per_file - 1) // per_file
         for k in range(n_files):
@@ -339,10 +341,11 @@ def build(out: Path, params: Params) -> dict:
                 for msg in recording_messages(segs, source, t0, media, seed=params.seed, split_idx=split_idx):
                     w.write_message(msg)
             rows += [(source, s.t_start_ns, s.t_start_ns + SEGMENT_NS, LABELS[s.digit]) for s in segs]
+            sourced += [(source, s) for s in segs]
             files.append(path.name)
             log.info("%s: %d segments (%d/%d files of %s)", path, len(segs), k + 1, n_files, p.name)
         write_labels(d / "labels.csv", rows)
-        write_segments(d / SEGMENTS_FILE, p.segments, per_file)
+        write_segments(d / SEGMENTS_FILE, sourced)
         summary["splits"][p.name] = _split_summary(p, files)
     (out / "avdigits.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -360,7 +363,7 @@ SEGMENT_COLUMNS = ("source", "start", "end", "label", "image", "speaker", "camer
                    "speech_start", "speech_end", "chat_time", "chat_names", "chat")
 
 
-def write_segments(path: Path, segs: list[Segment], per_file: int) -> None:
+def write_segments(path: Path, segs: list[tuple[str, Segment]]) -> None:
     """What each segment holds (``segments.csv``, beside ``labels.csv``): its label, the
     MNIST image index and speaker, which streams are present, the audible span of the
     spoken digit and the chat line about the digit, if any, with the digit it names
@@ -369,12 +372,11 @@ def write_segments(path: Path, segs: list[Segment], per_file: int) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(SEGMENT_COLUMNS)
-        for s in segs:
-            t_chat, line = next(((s.t_start_ns + dt, text) for dt, text in s.texts[:1] if s.named is not None),
-                                ("", ""))
-            w.writerow([SOURCES[(s.index // per_file) % len(SOURCES)], s.t_start_ns, s.t_start_ns + SEGMENT_NS,
-                        LABELS[s.digit], s.image, s.speaker, int(s.video), int(s.audio), int(s.occluded),
-                        *(s.speech_ns or ("", "")), t_chat, "" if s.named is None else LABELS[s.named], line])
+        for source, s in segs:
+            chat = ("", "", "") if s.mention is None else \
+                (s.t_start_ns + s.mention[0], LABELS[s.mention[2]], s.mention[1])
+            w.writerow([source, s.t_start_ns, s.t_start_ns + SEGMENT_NS, LABELS[s.digit], s.image, s.speaker,
+                        int(s.video), int(s.audio), int(s.occluded), *(s.speech_ns or ("", "")), *chat])
 
 
 class SegmentsError(ValueError):
