@@ -73,6 +73,7 @@ log = logging.getLogger("streamfuse.train")
 
 VAL_FRACTION = 0.15
 VAL_BLOCK_NS = 30 * 1_000_000_000
+WARMUP_FRACTION = 0.25  # of the one-cycle schedule's steps with a rising learning rate
 
 
 @dataclass(frozen=True)
@@ -418,7 +419,10 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
     params = list(net.parameters())
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr, total_steps=opts.epochs * steps,
-                                                pct_start=0.25)
+                                                pct_start=WARMUP_FRACTION)
+    # Early stopping waits for the learning rate's warm-up to end: while it is still rising a
+    # small data set can sit at chance for several epochs before it starts to learn.
+    warmup_epochs = math.ceil(WARMUP_FRACTION * opts.epochs)
     gen = torch.Generator().manual_seed(opts.seed * 1000 + dist.rank)
     columns = model.mask_columns.cpu()
     drop_weights = torch.tensor(opts.drop_weights, dtype=torch.float32)[columns]
@@ -485,7 +489,7 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
             _progress(dist, quiet, f"epoch {epoch + 1}/{opts.epochs} loss {total / max(1, count):.4f} "
                                    f"val_acc {val_acc:.4f} val_loss {val_loss:.4f} {elapsed:.0f}s"
                                    f"{' *' if improved else ''}", end=True)
-            stop[0] = float(bad_epochs >= opts.patience)
+            stop[0] = float(bad_epochs >= opts.patience and epoch + 1 >= warmup_epochs + opts.patience)
         if dist.world > 1:
             import torch.distributed as tdist
 

@@ -242,3 +242,24 @@ def test_unknown_epoch_selection_is_refused_before_training():
 
     with pytest.raises(ValueError, match="select"):
         train(None, None, None, TrainOptions(select="f1"))  # type: ignore[arg-type]
+
+
+def test_early_stopping_waits_for_the_warm_up_to_end():
+    """Labels that no input predicts: validation never improves after epoch 1, so patience 1
+    would stop at epoch 2; the learning rate rises for ceil(0.25 * 12) = 3 epochs, so training
+    runs 3 + 1 = 4 epochs and no fewer."""
+    from streamfuse.config import AlignConfig
+    from streamfuse.fusion.features import Preprocessing
+    from streamfuse.train.dataset import WindowSet
+
+    torch.set_num_threads(1)
+    prep = Preprocessing.from_align(AlignConfig(), image_size=8, n_mels=6, text_buckets=512)
+    n = 16
+    f = _features(n, 0)
+    f = Features(frames=torch.zeros(n, 4, 1, 8, 8), logmel=f.logmel, tokens=f.tokens % 512, offsets=f.offsets,
+                 mask=f.mask.clone())
+    ws = WindowSet(f, torch.arange(n) % 2, [("room", i) for i in range(n)], ["a", "b"])
+    opts = TrainOptions(epochs=12, patience=1, batch_size=8, image_size=8, n_mels=6, video_channels=(4,),
+                        audio_channels=(4,), embed_dim=8, lr=1e-6)
+    _model, result = train(ws, ws, prep, opts, quiet=True)
+    assert result["epochs_run"] == 4
