@@ -55,12 +55,22 @@ def _apply_curve_server(sock: zmq.Socket, keys: tuple[bytes, bytes]) -> None:
 
 
 SUBSCRIPTION_MAX_BYTES = 64 * 1024
-_REJECT_EVENTS = {
-    # a client without keys speaks the NULL mechanism: libzmq reports no detail
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no CurveZMQ key: handshake failed",
+_NO_KEY = "no CurveZMQ key: handshake failed"
+_REJECT_EVENTS: dict[int, str] = {
+    # a client without keys speaks the NULL mechanism: libzmq reports no detail, or (depending
+    # on how the greetings cross) a protocol error with the value MECHANISM_MISMATCH
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: _NO_KEY,
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "CurveZMQ protocol error",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "key not authorised",
 }
+
+
+def reject_reason(event: int, value: int) -> str | None:
+    """Why a CurveZMQ endpoint turned a client away, from a socket-monitor event and its
+    value; None for events that are not a rejection."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return _NO_KEY
+    return _REJECT_EVENTS.get(event)
 REJECT_LOG_EVERY_S = 10.0
 
 
@@ -74,25 +84,27 @@ class _RejectionLog:
 
     def __init__(self, ctx: zmq.Context, socks: dict[str, zmq.Socket], tag: int) -> None:
         self._stop = threading.Event()
-        self._eps: dict[str, str] = {}
+        # The readers connect here, before the broker says it is ready: libzmq drops monitor
+        # events while no reader is connected, and a client turned away in that gap (one that
+        # does not retry) would never be logged. The thread takes the sockets over; starting
+        # it is the memory barrier libzmq asks for when a socket changes threads.
+        self._socks: dict[zmq.Socket, str] = {}
         for name, sock in socks.items():
             ep = f"inproc://broker-monitor-{tag}-{name}"
             sock.monitor(ep, sum(_REJECT_EVENTS))  # set up in the thread that owns sock
-            self._eps[name] = ep
-        self._ctx = ctx
+            reader = ctx.socket(zmq.PAIR)
+            reader.linger = 0
+            reader.connect(ep)
+            self._socks[reader] = name
         self._thread = threading.Thread(target=self._run, name="broker-auth-log", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
 
-        socks = {}
+        socks = self._socks
         poller = zmq.Poller()
-        for name, ep in self._eps.items():
-            s = self._ctx.socket(zmq.PAIR)
-            s.linger = 0
-            s.connect(ep)
-            socks[s] = name
+        for s in socks:
             poller.register(s, zmq.POLLIN)
         counts: dict[tuple[str, str], int] = {}
         last: dict[tuple[str, str], int] = {}
@@ -100,7 +112,7 @@ class _RejectionLog:
             while not self._stop.is_set():
                 for s, _ in poller.poll(200):
                     ev = recv_monitor_message(s)
-                    reason = _REJECT_EVENTS.get(ev["event"])
+                    reason = reject_reason(ev["event"], ev["value"])
                     if reason is None:
                         continue
                     key = (socks[s], reason)

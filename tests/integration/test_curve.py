@@ -98,3 +98,18 @@ def test_run_refuses_non_loopback_tcp_without_keys(bus_env) -> None:
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("streamfuse run: bus.public: tcp://0.0.0.0:45612 is reachable")
     assert "Traceback" not in r.stderr
+
+
+def test_a_keyless_client_is_named_whichever_way_libzmq_reports_it() -> None:
+    """libzmq reports a client without keys (NULL mechanism) at a CurveZMQ endpoint either
+    as a handshake failure with no detail or as a protocol error whose value is
+    MECHANISM_MISMATCH, depending on how the greetings cross: both are "no key"."""
+    from streamfuse.service.broker import reject_reason
+
+    no_key = reject_reason(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0)
+    assert no_key is not None and "no CurveZMQ key" in no_key
+    assert reject_reason(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) == no_key
+    assert reject_reason(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MALFORMED_COMMAND_HELLO) == \
+        "CurveZMQ protocol error"
+    assert reject_reason(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400) == "key not authorised"
+    assert reject_reason(zmq.EVENT_CONNECTED, 0) is None
