@@ -186,13 +186,9 @@ CHATTER = ("hello", "can you hear me", "lol", "brb", "one sec", "ok", "nice", "w
            "hang on", "the light is bad here", "yes", "no")
 
 
-def chat_line(digit: int, rng: np.random.Generator) -> str:
-    """A chat message about ``digit``: sometimes wrong, sometimes with a typo."""
-    return chat_mention(digit, rng)[0]
-
-
 def chat_mention(digit: int, rng: np.random.Generator) -> tuple[str, int]:
-    """:func:`chat_line` and the digit it names (``digit``, or another when it is wrong)."""
+    """A chat message about ``digit`` (sometimes wrong, sometimes with a typo) and the digit
+    it names (``digit``, or another when it is wrong)."""
     if rng.random() < P_TEXT_WRONG:
         digit = int((digit + rng.integers(1, 10)) % 10)
     word = LABELS[digit]

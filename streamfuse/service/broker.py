@@ -55,6 +55,7 @@ def _apply_curve_server(sock: zmq.Socket, keys: tuple[bytes, bytes]) -> None:
 
 
 SUBSCRIPTION_MAX_BYTES = 64 * 1024
+REJECT_LOG_EVERY_S = 10.0
 _NO_KEY = "no CurveZMQ key: handshake failed"
 _REJECT_EVENTS: dict[int, str] = {
     # a client without keys speaks the NULL mechanism: libzmq reports no detail, or (depending
@@ -71,7 +72,6 @@ def reject_reason(event: int, value: int) -> str | None:
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
         return _NO_KEY
     return _REJECT_EVENTS.get(event)
-REJECT_LOG_EVERY_S = 10.0
 
 
 class _RejectionLog:

@@ -116,11 +116,11 @@ def test_refuses_to_overwrite(built):
 
 def test_chat_lines_and_typos_are_deterministic():
     rng = np.random.default_rng(0)
-    lines = [avdigits.chat_line(7, rng) for _ in range(200)]
+    lines = [avdigits.chat_mention(7, rng)[0] for _ in range(200)]
     assert any("seven" in x or "7" in x for x in lines)
     assert any(("seven" not in x.lower() and "7" not in x) for x in lines)  # typos or wrong digits happen
     rng2 = np.random.default_rng(0)
-    assert lines == [avdigits.chat_line(7, rng2) for _ in range(200)]
+    assert lines == [avdigits.chat_mention(7, rng2)[0] for _ in range(200)]
 
 
 def test_segments_file_says_what_each_segment_holds(built):
