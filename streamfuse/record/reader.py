@@ -15,6 +15,13 @@ in ``errors`` by reason (``encoding`` for a foreign channel, ``framing``,
 ``channel``, ``corrupt``, ``truncated``, or a :class:`codec.DecodeError`
 reason) and skipped. A path that is missing or not MCAP at all raises
 :class:`RecordingError` with one clear line.
+
+Files are merged by time, as the parts of one recording (a rotated recording's
+files follow each other). Two files that both hold a topic over the same stretch
+of time are two different streams under one name (two data sets built with the
+same clock, one room's recordings from two hosts): merged, their frames and
+blocks would interleave into windows that never happened. :func:`check_disjoint`
+refuses them, from the files' summaries.
 """
 
 from __future__ import annotations
@@ -73,6 +80,54 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise RecordingError(f"{p}: no such file or directory")
     return out
+
+
+# How far two files' spans of one topic may overlap and still be parts of one recording:
+# the writer cuts files between chunks, and a chunk's span is set by its messages' t_ns,
+# which arrive up to a lateness apart.
+OVERLAP_TOLERANCE_NS = 1_000_000_000
+
+
+def topic_spans(path: str | Path) -> dict[str, tuple[int, int]]:
+    """Per topic, the ``(first, last)`` ``t_ns`` of the chunks that hold it, from the file's
+    summary (chunk indexes; nothing is decompressed). Empty for a file without a summary."""
+    with _open(Path(path)) as f:
+        summary = _summary(f)
+    if summary is None:
+        return {}
+    spans: dict[str, tuple[int, int]] = {}
+    for ci in summary.chunk_indexes:
+        ids = ci.message_index_offsets or summary.channels  # no message index: any channel
+        for cid in ids:
+            ch = summary.channels.get(cid)
+            if ch is None:
+                continue
+            lo, hi = spans.get(ch.topic, (ci.message_start_time, ci.message_end_time))
+            spans[ch.topic] = (min(lo, ci.message_start_time), max(hi, ci.message_end_time))
+    return spans
+
+
+def check_disjoint(paths: Sequence[Path]) -> None:
+    """Raise :class:`RecordingError` when a file is given twice, or when two files hold one
+    topic over overlapping times (more than :data:`OVERLAP_TOLERANCE_NS`): merged by time
+    they would interleave two streams into one. Files without a summary are not checked."""
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        key = p.resolve()
+        if key in seen:
+            raise RecordingError(f"{p}: given twice (also as {seen[key]}); its messages would be read twice")
+        seen[key] = p
+    owners: dict[str, list[tuple[int, int, Path]]] = {}
+    for p in paths:
+        for topic, (lo, hi) in topic_spans(p).items():
+            for olo, ohi, other in owners.get(topic, []):
+                if min(hi, ohi) - max(lo, olo) > OVERLAP_TOLERANCE_NS:
+                    raise RecordingError(
+                        f"{other} and {p} both hold {topic} from {_fmt_time(max(lo, olo))} to "
+                        f"{_fmt_time(min(hi, ohi))}: two streams under one name, which merged by time would "
+                        f"make windows that never happened. Read them separately, or record or replay one "
+                        f"of them under another source name or with shifted times (replay --restamp)")
+            owners.setdefault(topic, []).append((lo, hi, p))
 
 
 def _match(topic: str, prefixes: Sequence[str] | None) -> bool:

@@ -307,6 +307,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
         paths = reader.expand_paths(args.files)
         for p in paths:
             reader.check_file(p)
+        reader.check_disjoint(paths)
     except reader.RecordingError as e:
         print(f"streamfuse replay: {e}", file=sys.stderr)
         return 1

@@ -184,10 +184,11 @@ def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Pre
     Raises :class:`DataError` / :class:`streamfuse.train.labels.LabelError`.
     """
     from streamfuse.align.offline import windows_from_messages
-    from streamfuse.record.reader import RecordingError, expand_paths, read_messages
+    from streamfuse.record.reader import RecordingError, check_disjoint, expand_paths, read_messages
 
     try:
         files = expand_paths(recordings)
+        check_disjoint(files)
     except RecordingError as e:
         raise DataError(str(e)) from None
     if not files:

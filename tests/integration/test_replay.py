@@ -164,6 +164,12 @@ def test_replay_bad_input(broker, tmp_path: Path, capsys) -> None:
     assert main(["replay", str(tmp_path / "missing.mcap"), *cfg]) == 1
     assert "no such file" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "x.mcap"), "--rate", "0", *cfg]) == 2
+    # Two recordings of one source over the same seconds would interleave: refused, naming both.
+    record(tmp_path / "a.mcap", irregular(3.0))
+    record(tmp_path / "b.mcap", irregular(3.0))
+    assert main(["replay", str(tmp_path / "a.mcap"), str(tmp_path / "b.mcap"), "--max", *cfg]) == 1
+    err = capsys.readouterr().err
+    assert "a.mcap and " in err and "b.mcap both hold " in err
     r = run_streamfuse(["replay", str(tmp_path / "x.mcap"), *cfg])  # and as a process: one line, no traceback
     assert r.returncode == 1 and r.stderr.strip().endswith("not an MCAP file (bad magic)") and "Traceback" not in r.stderr
     # A truncated recording: what precedes the damage is replayed, with a warning.

@@ -86,6 +86,36 @@ def test_files_and_directories_merge_in_time_order(tmp_path: Path) -> None:
         reader.expand_paths([tmp_path / "missing.mcap"])
 
 
+def test_files_holding_one_topic_at_the_same_times_are_refused(tmp_path: Path) -> None:
+    msgs = sample(300)  # 3 s of room1
+    cut = T0 + 150 * 10 * MS
+    # One recording cut in two (as the writer rotates it): accepted, and reads back whole.
+    write(tmp_path / "part-000.mcap", [m for m in msgs if m.t_ns < cut], chunk_size=4096)
+    write(tmp_path / "part-001.mcap", [m for m in msgs if m.t_ns >= cut], chunk_size=4096)
+    parts = [tmp_path / "part-000.mcap", tmp_path / "part-001.mcap"]
+    reader.check_disjoint(parts)
+    assert list(reader.read_messages(parts)) == by_time(msgs)
+    # Another source at the same times: accepted.
+    write(tmp_path / "other.mcap", sample(300, "room2"))
+    reader.check_disjoint([*parts, tmp_path / "other.mcap"])
+    # room1 again over the same seconds (another data set built on the same clock): refused,
+    # naming both files and the topic.
+    write(tmp_path / "again.mcap", sample(300, t0=T0 + 500 * MS))
+    with pytest.raises(reader.RecordingError, match=r"part-00[01]\.mcap and .*again\.mcap both hold room1/"):
+        reader.check_disjoint([*parts, tmp_path / "again.mcap"])
+    # The same file twice (a directory and a file inside it).
+    with pytest.raises(reader.RecordingError, match="given twice"):
+        reader.check_disjoint(reader.expand_paths([tmp_path / "part-000.mcap", tmp_path]))
+    # The trainer's and the evaluator's reader refuses them before reading anything.
+    from streamfuse.config import AlignConfig
+    from streamfuse.fusion.features import Preprocessing
+    from streamfuse.train.dataset import DataError, load_windows
+
+    align = AlignConfig()
+    with pytest.raises(DataError, match="both hold room1/"):
+        load_windows([*parts, tmp_path / "again.mcap"], align, Preprocessing.from_align(align))
+
+
 def test_topic_and_time_filters_read_only_needed_chunks(tmp_path: Path, monkeypatch) -> None:
     msgs = sample(400)
     write(tmp_path / "a.mcap", msgs, chunk_size=8 * 1024)
