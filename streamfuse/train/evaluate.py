@@ -68,6 +68,7 @@ def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu",
     report["reliability"] = metrics.reliability(p.cpu(), y.cpu())
     mask = feats.mask.bool()
     ablation: dict[str, dict[str, Any]] = {}
+    any_right = pred == y  # the fused prediction, or one modality's alone, is right
     for m in model.cfg.modalities:
         col = MODALITIES.index(m)
         only = torch.zeros_like(mask)
@@ -75,6 +76,7 @@ def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu",
         alone_pred = probs(mask & only).argmax(1)
         removed_pred = probs(mask & ~only).argmax(1)
         present = mask[:, col]
+        any_right |= (alone_pred == y) & present
         ablation[m] = {
             "alone": metrics.accuracy(alone_pred, y),
             "alone_present": metrics.accuracy(alone_pred[present], y[present]) if bool(present.any()) else None,
@@ -82,6 +84,10 @@ def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu",
             "present_windows": int(present.sum()),
         }
     report["ablation"] = ablation
+    # The share of windows that the fused model or one present modality alone gets right: what
+    # a perfect choice, per window, of which of these answers to trust would reach. Beyond it
+    # lie only windows that no modality gets right alone (docs/results.md, "the oracle bound").
+    report["accuracy_any_modality"] = float(any_right.float().mean()) if any_right.numel() else 0.0
     patterns: dict[str, dict[str, Any]] = {}
     for row, ok in zip(mask.cpu().tolist(), (pred == y).cpu().tolist(), strict=True):
         d = patterns.setdefault(presence_pattern(row), {"n": 0, "correct": 0})
@@ -147,6 +153,9 @@ def markdown(r: dict[str, Any]) -> str:
     for m, a in r["ablation"].items():
         ap = "-" if a["alone_present"] is None else f"{a['alone_present']:.4f}"
         lines.append(f"| {m} | {a['alone']:.4f} | {ap} | {a['removed']:.4f} | {a['present_windows']} |")
+    if r.get("accuracy_any_modality") is not None:
+        lines += ["", f"Windows where the fused model or one modality alone is right: "
+                      f"{r['accuracy_any_modality']:.4f} (a perfect choice per window of which answer to trust would reach this)."]
     lines += ["", "## Accuracy by the modalities present", "", "| present | windows | accuracy |", "|---|---|---|"]
     for k, v in r["by_presence"].items():
         lines.append(f"| {k} | {v['n']} | {v['accuracy']:.4f} |")

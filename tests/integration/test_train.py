@@ -107,6 +107,11 @@ def test_eval_writes_every_report_file(model: Path, data: Path, tmp_path: Path):
     assert set(rep["ablation"]) == {"video", "audio", "text"}
     assert all(set(v) >= {"alone", "removed"} for v in rep["ablation"].values())
     assert rep["n_windows"] == sum(v["support"] for v in rep["per_class"].values())
+    # Fused or one present modality right: at least the fused accuracy and each modality's own.
+    assert rep["accuracy_any_modality"] >= rep["accuracy"]
+    for a in rep["ablation"].values():
+        if a["alone_present"] is not None:
+            assert rep["accuracy_any_modality"] * rep["n_windows"] >= a["alone_present"] * a["present_windows"] - 1e-6
     assert "| accuracy |" in (report / "report.md").read_text()
     # The data set's segments.csv beside labels.csv: accuracy by what shows each window's label.
     ev = rep["by_evidence"]

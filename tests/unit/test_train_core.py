@@ -263,3 +263,43 @@ def test_early_stopping_waits_for_the_warm_up_to_end():
                         audio_channels=(4,), embed_dim=8, lr=1e-6)
     _model, result = train(ws, ws, prep, opts, quiet=True)
     assert result["epochs_run"] == 4
+
+
+class _TableModel(torch.nn.Module):
+    """Answers row ``i`` (its frames' first pixel) from ``table[i]``: column 0 when two or more
+    modalities are present, else the present one's column (1 video, 2 audio, 3 text); with none
+    present it answers class 0, a prior that happens to be right for these rows."""
+
+    def __init__(self, table: list[list[int]]) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.table = torch.tensor(table)
+        self.temperature = torch.tensor(1.0)
+        self.cfg = SimpleNamespace(classes=("a", "b", "c"), modalities=("video", "audio", "text"))
+
+    def forward(self, f: Features) -> torch.Tensor:
+        rows = f.frames[:, 0, 0, 0, 0].long()
+        n = f.mask.sum(1)
+        col = torch.where(n > 1, 0, 1 + f.mask.float().argmax(1))
+        cls = torch.where(n == 0, 0, self.table[rows, col])
+        return F.one_hot(cls, 3).float() * 5
+
+
+def test_any_modality_accuracy_counts_fused_or_a_present_modality_right():
+    from streamfuse.train.dataset import WindowSet
+    from streamfuse.train.evaluate import evaluate
+
+    f = _features(4, 0)
+    f.frames[:, 0, 0, 0, 0] = torch.arange(4).float()
+    f.mask[2, 1] = False  # row 2: no audio
+    # Every label is class 0. Columns: fused, video alone, audio alone, text alone.
+    table = [[0, 1, 1, 1],   # fused right
+             [1, 0, 1, 1],   # only video alone right
+             [1, 1, 0, 1],   # only audio right, but its audio is absent: not counted
+             [1, 2, 2, 2]]   # wrong everywhere
+    ws = WindowSet(f, torch.zeros(4, dtype=torch.int64), [("s", i) for i in range(4)], ["a", "b", "c"], {})
+    report = evaluate(_TableModel(table), ws)
+    assert report["accuracy"] == 0.25
+    assert report["accuracy_any_modality"] == 0.5
+    assert report["ablation"]["video"]["alone"] == 0.25
