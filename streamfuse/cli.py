@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from streamfuse import __version__, logs
 from streamfuse.config import Config, ConfigError, load
@@ -24,6 +26,30 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 class UsageError(Exception):
     """Bad usage found after parsing (exit 2, one line)."""
+
+
+def check_output_dir(path: str | Path, flag: str) -> None:
+    """Raise :class:`UsageError` naming ``flag`` unless ``path`` is, or can be made, a directory
+    this process can write in; checked before a long job rather than at its end. Leaves
+    nothing behind: directories it creates to try are removed again."""
+    p = Path(path)
+    missing: list[Path] = []
+    q = p
+    while not q.exists() and q != q.parent:
+        missing.append(q)
+        q = q.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write there: {e.strerror or e}") from None
+    finally:
+        for d in reversed(created):
+            d.rmdir()
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:

@@ -473,10 +473,11 @@ def _split_summary(p: SplitPlan, files: list[str]) -> dict:
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse dataset avdigits --out DIR ...`` (exit 2 on unusable inputs)."""
-    from streamfuse.cli import UsageError
+    from streamfuse.cli import UsageError, check_output_dir
 
     if args.segments < 1:
         raise UsageError("--segments: must be at least 1")
+    check_output_dir(args.out, "--out")
     params = Params(segments=args.segments, seed=args.seed, split=args.split, images=args.images,
                     speech=args.speech, noise=args.noise)
     try:

@@ -235,11 +235,13 @@ def plot_reliability(path: Path, rel: dict[str, list[float]], ece: float) -> Non
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse eval``: exit 2 for bad labels/data/model, 0 with the summary on stdout."""
-    from streamfuse.cli import UsageError
+    from streamfuse.cli import UsageError, check_output_dir
     from streamfuse.fusion.artifact import ArtifactError, load_artifact
     from streamfuse.train.dataset import load_windows
     from streamfuse.train.loop import _pick_device
 
+    if args.report:
+        check_output_dir(args.report, "--report")
     device = _pick_device(args.device)
     try:
         loaded = load_artifact(args.model, align=cfg.align, device=device)

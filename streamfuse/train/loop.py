@@ -614,7 +614,7 @@ def _subset(ws: WindowSet, rows: torch.Tensor) -> WindowSet:
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse train`` (exit 2 on bad labels or data, 1 on other failures)."""
-    from streamfuse.cli import UsageError
+    from streamfuse.cli import UsageError, check_output_dir
 
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
         raise UsageError("--epochs and --batch-size must be >= 1 and --lr > 0")
@@ -634,6 +634,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
         if not (math.isfinite(occlude) and 0 <= occlude <= 1):
             raise UsageError(f"--occlude: expected a share between 0 and 1, got {occlude}")
         extra["occlude"] = float(occlude)
+    check_output_dir(args.out, "--out")
     opts = TrainOptions(fusion=args.fusion, modalities=tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES)),
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, **extra)
     torch.use_deterministic_algorithms(True, warn_only=True)
