@@ -65,7 +65,7 @@ def _streams(v: Any) -> str | None:
     return f"unknown stream {bad[0]!r} (expected video, audio, text)" if bad else None
 
 
-def _device(v: Any) -> str | None:
+def device_problem(v: Any) -> str | None:
     if v == "auto" or v == "cpu" or re.match(r"^cuda(:\d+)?$", v):
         return None
     return f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}"
@@ -173,7 +173,7 @@ class AlignConfig:
 @dataclass(frozen=True)
 class FusionConfig:
     model: str = "/var/lib/streamfuse/model"
-    device: str = _check(_device, "auto")
+    device: str = _check(device_problem, "auto")
     max_batch: int = _check(_positive, 32)
     max_delay_ms: float = _check(_non_negative, 5.0)
     workers: int = _check(_positive, 1)

@@ -517,6 +517,13 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
 
 
 def _pick_device(name: str, local_rank: int = 0) -> torch.device:
+    from streamfuse.config import device_problem
+
+    problem = device_problem(name)
+    if problem:
+        from streamfuse.cli import UsageError
+
+        raise UsageError(f"--device: {problem}")
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)

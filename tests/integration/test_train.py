@@ -126,7 +126,7 @@ def test_eval_writes_every_report_file(model: Path, data: Path, tmp_path: Path):
 
 
 def test_bad_training_options_exit_2_naming_the_flag(data: Path, tmp_path: Path):
-    for flag, value in (("--occlude", "1.5"), ("--aux-weight", "-1")):
+    for flag, value in (("--occlude", "1.5"), ("--aux-weight", "-1"), ("--device", "tpu")):
         r = _run([sys.executable, "-m", "streamfuse", "train", "--recordings", str(data), "--out",
                   str(tmp_path / "m"), flag, value], timeout=120)
         assert r.returncode == 2, (flag, r.stderr[-2000:])
