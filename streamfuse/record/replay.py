@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import threading
 from collections import Counter, deque
@@ -297,9 +298,13 @@ def _progress_printer() -> Callable[[Stats, int], None] | None:
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse replay FILE... [--rate R | --max] [--loop] [--start S] [--end S]
     [--topics PREFIX...] [--restamp]``."""
-    if not args.max and args.rate <= 0:
-        print("streamfuse replay: --rate must be > 0", file=sys.stderr)
+    if not args.max and not (math.isfinite(args.rate) and args.rate > 0):
+        print("streamfuse replay: --rate must be a number > 0", file=sys.stderr)
         return 2
+    for flag, v in (("--start", args.start), ("--end", args.end)):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            print(f"streamfuse replay: {flag} must be a number of seconds >= 0, got {v}", file=sys.stderr)
+            return 2
     if args.start is not None and args.end is not None and args.end <= args.start:
         print("streamfuse replay: --end must be after --start", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import zmq.auth
 
-from streamfuse.cli import UsageError
+from streamfuse.cli import UsageError, check_output_dir
 from streamfuse.config import Config
 
 
@@ -40,6 +40,7 @@ def generate(directory: Path, name: str) -> tuple[Path, Path]:
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     if not args.name or "/" in args.name or args.name.startswith("."):
         raise UsageError(f"--name: expected a plain file name, got {args.name!r}")
+    check_output_dir(args.dir, "DIR")
     pub, sec = generate(Path(args.dir), args.name)
     print(f"public key: {pub}")
     print(f"secret key: {sec} (mode 0600; keep it on this host)")

@@ -164,6 +164,9 @@ def test_replay_bad_input(broker, tmp_path: Path, capsys) -> None:
     assert main(["replay", str(tmp_path / "missing.mcap"), *cfg]) == 1
     assert "no such file" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "x.mcap"), "--rate", "0", *cfg]) == 2
+    for bad in (["--rate", "nan"], ["--start", "-5"], ["--end", "inf"]):
+        assert main(["replay", str(tmp_path / "x.mcap"), *bad, *cfg]) == 2, bad
+        assert f"{bad[0]} must be a number" in capsys.readouterr().err
     # Two recordings of one source over the same seconds would interleave: refused, naming both.
     record(tmp_path / "a.mcap", irregular(3.0))
     record(tmp_path / "b.mcap", irregular(3.0))

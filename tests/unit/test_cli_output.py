@@ -20,15 +20,17 @@ def test_check_output_dir_accepts_writable_places_and_leaves_nothing_behind(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--recordings", "{data}", "--out", "{bad}"],
-    ["eval", "--model", "{data}", "--recordings", "{data}", "--report", "{bad}"],
-    ["dataset", "avdigits", "--out", "{bad}", "--segments", "10"],
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["train", "--recordings", "{data}", "--out", "{bad}"], "--out"),
+    (["eval", "--model", "{data}", "--recordings", "{data}", "--report", "{bad}"], "--report"),
+    (["dataset", "avdigits", "--out", "{bad}", "--segments", "10"], "--out"),
+    (["demo", "--cache", "{bad}"], "--cache"),
+    (["keys", "generate", "{bad}"], "DIR"),
 ])
-def test_commands_refuse_an_unwritable_output_before_working(argv: list[str], tmp_path: Path, capsys) -> None:
+def test_commands_refuse_an_unwritable_output_before_working(argv: list[str], flag: str, tmp_path: Path,
+                                                             capsys) -> None:
     (tmp_path / "file").write_text("x")
     subs = {"{data}": str(tmp_path / "no-recordings"), "{bad}": str(tmp_path / "file" / "out")}
     assert main([subs.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    flag = argv[argv.index("{bad}") - 1]
     assert err[-1].startswith(f"streamfuse {argv[0]}: {flag} ") and "cannot write there" in err[-1]
