@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import zstandard
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
@@ -82,29 +83,50 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-# How far two files' spans of one topic may overlap and still be parts of one recording:
-# the writer cuts files between chunks, and a chunk's span is set by its messages' t_ns,
-# which arrive up to a lateness apart.
+# How far two files' spans of one topic may overlap and still be parts of one recording: a
+# capture's messages arrive in the order it stamped them, so the parts of one topic follow
+# each other; this only forgives a publisher whose stamps step back a little.
 OVERLAP_TOLERANCE_NS = 1_000_000_000
 
 
 def topic_spans(path: str | Path) -> dict[str, tuple[int, int]]:
-    """Per topic, the ``(first, last)`` ``t_ns`` of the chunks that hold it, from the file's
-    summary (chunk indexes; nothing is decompressed). Empty for a file without a summary."""
+    """Per topic, the first and last ``t_ns`` of its messages in the file, from the summary's
+    chunk indexes and each chunk's per-channel message index (small uncompressed records;
+    nothing is decompressed). Where a chunk has no message index, its whole span counts for
+    every channel. Empty for a file without a summary."""
     with _open(Path(path)) as f:
         summary = _summary(f)
-    if summary is None:
-        return {}
-    spans: dict[str, tuple[int, int]] = {}
-    for ci in summary.chunk_indexes:
-        ids = ci.message_index_offsets or summary.channels  # no message index: any channel
-        for cid in ids:
-            ch = summary.channels.get(cid)
-            if ch is None:
-                continue
-            lo, hi = spans.get(ch.topic, (ci.message_start_time, ci.message_end_time))
-            spans[ch.topic] = (min(lo, ci.message_start_time), max(hi, ci.message_end_time))
+        if summary is None:
+            return {}
+        spans: dict[str, tuple[int, int]] = {}
+        for ci in summary.chunk_indexes:
+            entries = ci.message_index_offsets or dict.fromkeys(summary.channels, -1)
+            for cid, offset in entries.items():
+                ch = summary.channels.get(cid)
+                if ch is None:
+                    continue
+                lo, hi = _indexed_span(f, offset) if offset >= 0 else (0, -1)
+                if lo > hi:  # no index, or an unreadable one: the chunk's span
+                    lo, hi = ci.message_start_time, ci.message_end_time
+                old = spans.get(ch.topic)
+                spans[ch.topic] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
     return spans
+
+
+def _indexed_span(f: io.BufferedReader, offset: int) -> tuple[int, int]:
+    """Earliest and latest ``log_time`` in the MessageIndex record at ``offset``; ``(0, -1)``
+    when it cannot be read or lists nothing."""
+    try:
+        f.seek(offset)
+        opcode, length = _RECORD_HEADER.unpack(f.read(_RECORD_HEADER.size))
+        if opcode != Opcode.MESSAGE_INDEX or length < 6 or length > 1 << 30:
+            return 0, -1
+        body = f.read(length)
+        (n,) = struct.unpack_from("<I", body, 2)
+        times = np.frombuffer(body, dtype="<u8", count=min(n, len(body) - 6) // 8, offset=6)[::2]
+    except (OSError, struct.error, ValueError):
+        return 0, -1
+    return (int(times.min()), int(times.max())) if times.size else (0, -1)
 
 
 def check_disjoint(paths: Sequence[Path]) -> None:
