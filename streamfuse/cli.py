@@ -41,7 +41,10 @@ def check_output_dir(path: str | Path, flag: str) -> None:
     created: list[Path] = []
     try:
         for d in reversed(missing):
-            d.mkdir()
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue  # made meanwhile by someone else: theirs to keep
             created.append(d)
         with tempfile.TemporaryFile(dir=p):
             pass
@@ -49,7 +52,10 @@ def check_output_dir(path: str | Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: cannot write there: {e.strerror or e}") from None
     finally:
         for d in reversed(created):
-            d.rmdir()
+            try:
+                d.rmdir()
+            except OSError:
+                pass  # someone else has started to use it
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:

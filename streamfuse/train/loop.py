@@ -641,7 +641,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
         if not (math.isfinite(occlude) and 0 <= occlude <= 1):
             raise UsageError(f"--occlude: expected a share between 0 and 1, got {occlude}")
         extra["occlude"] = float(occlude)
-    check_output_dir(args.out, "--out")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes the artifact
+        check_output_dir(args.out, "--out")
     opts = TrainOptions(fusion=args.fusion, modalities=tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES)),
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, **extra)
     torch.use_deterministic_algorithms(True, warn_only=True)
