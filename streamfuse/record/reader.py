@@ -41,13 +41,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import msgspec
-import numpy as np
 import zstandard
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
 from mcap.opcode import Opcode
 from mcap.reader import SeekingReader
-from mcap.records import Channel
+from mcap.records import Channel, MessageIndex
 from mcap.summary import Summary
 from mcap.writer import MCAP0_MAGIC
 
@@ -100,33 +99,30 @@ def topic_spans(path: str | Path) -> dict[str, tuple[int, int]]:
             return {}
         spans: dict[str, tuple[int, int]] = {}
         for ci in summary.chunk_indexes:
-            entries = ci.message_index_offsets or dict.fromkeys(summary.channels, -1)
-            for cid, offset in entries.items():
+            offsets: dict[int, int | None] = dict(ci.message_index_offsets) or dict.fromkeys(summary.channels)
+            for cid, offset in offsets.items():
                 ch = summary.channels.get(cid)
                 if ch is None:
                     continue
-                lo, hi = _indexed_span(f, offset) if offset >= 0 else (0, -1)
-                if lo > hi:  # no index, or an unreadable one: the chunk's span
-                    lo, hi = ci.message_start_time, ci.message_end_time
+                span = _indexed_span(f, offset) if offset is not None else None
+                lo, hi = span or (ci.message_start_time, ci.message_end_time)
                 old = spans.get(ch.topic)
                 spans[ch.topic] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
     return spans
 
 
-def _indexed_span(f: io.BufferedReader, offset: int) -> tuple[int, int]:
-    """Earliest and latest ``log_time`` in the MessageIndex record at ``offset``; ``(0, -1)``
-    when it cannot be read or lists nothing."""
+def _indexed_span(f: io.BufferedReader, offset: int) -> tuple[int, int] | None:
+    """Earliest and latest ``log_time`` in the MessageIndex record at ``offset``; None when it
+    cannot be read or lists nothing."""
     try:
         f.seek(offset)
         opcode, length = _RECORD_HEADER.unpack(f.read(_RECORD_HEADER.size))
-        if opcode != Opcode.MESSAGE_INDEX or length < 6 or length > 1 << 30:
-            return 0, -1
-        body = f.read(length)
-        (n,) = struct.unpack_from("<I", body, 2)
-        times = np.frombuffer(body, dtype="<u8", count=min(n, len(body) - 6) // 8, offset=6)[::2]
-    except (OSError, struct.error, ValueError):
-        return 0, -1
-    return (int(times.min()), int(times.max())) if times.size else (0, -1)
+        if opcode != Opcode.MESSAGE_INDEX:
+            return None
+        times = [t for t, _ in MessageIndex.read(ReadDataStream(io.BytesIO(f.read(length)))).records]
+    except _READ_ERRORS:
+        return None
+    return (min(times), max(times)) if times else None
 
 
 def check_disjoint(paths: Sequence[Path]) -> None:
