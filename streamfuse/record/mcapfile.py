@@ -23,7 +23,9 @@ import struct
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 from mcap.data_stream import RecordBuilder
@@ -45,9 +47,42 @@ from mcap.writer import MCAP0_MAGIC
 
 Buffer = bytes | memoryview
 
-_MSG_HEAD = struct.Struct("<BQHIQQ")  # opcode, length, channel, sequence, log_time, publish_time
-_MSG_FIXED = 2 + 4 + 8 + 8
-_CHUNK_HEAD = struct.Struct("<BQQQQII")  # opcode, length, start, end, uncompressed size, crc, len(compression)
+# The binary layout of the records this package reads and writes by hand (the MCAP
+# specification's field order, little-endian); the reader and the writer share these.
+RECORD_HEADER = struct.Struct("<BQ")  # opcode, length of the body that follows
+MESSAGE_FIXED = struct.Struct("<HIQQ")  # channel, sequence, log_time, publish_time; then data
+# start, end, uncompressed size, uncompressed CRC, len(compression);
+# then the compression name, a u64 size and the (compressed) records
+CHUNK_FIXED = struct.Struct("<QQQII")
+_U64 = struct.Struct("<Q")
+_MSG_HEAD = struct.Struct("<" + RECORD_HEADER.format[1:] + MESSAGE_FIXED.format[1:])
+_MSG_FIXED = MESSAGE_FIXED.size
+_CHUNK_HEAD = struct.Struct("<" + RECORD_HEADER.format[1:] + CHUNK_FIXED.format[1:])
+
+
+@dataclass(frozen=True)
+class ChunkHead:
+    """The fields of a Chunk record before its data; ``data_offset`` is where the
+    (compressed) records start in the file, ``data_size`` how many bytes they take."""
+
+    start: int
+    end: int
+    uncompressed_size: int
+    uncompressed_crc: int  # 0: the writer did not compute one
+    compression: str  # "" = stored uncompressed
+    data_offset: int
+    data_size: int
+
+
+def read_chunk_head(f: BinaryIO, offset: int) -> ChunkHead:
+    """Read the head of the Chunk record at ``offset`` (its opcode byte). Raises
+    ``struct.error`` or ``UnicodeDecodeError`` on bytes that cannot be one."""
+    f.seek(offset + RECORD_HEADER.size)
+    start, end, size, crc, n = CHUNK_FIXED.unpack(f.read(CHUNK_FIXED.size))
+    compression = f.read(n).decode("utf-8")
+    (n_data,) = _U64.unpack(f.read(_U64.size))
+    data_offset = offset + RECORD_HEADER.size + CHUNK_FIXED.size + n + _U64.size
+    return ChunkHead(start, end, size, crc, compression, data_offset, n_data)
 
 
 def _record(rec: object) -> bytes:
@@ -215,9 +250,9 @@ class McapFile:
         compression = self._compression if self._zstd is not None else ""
         comp = compression.encode()
         # The Chunk record (as mcap.records.Chunk writes it), with the data passed by reference.
-        head = _CHUNK_HEAD.pack(Opcode.CHUNK, 8 + 8 + 8 + 4 + 4 + len(comp) + 8 + len(compressed), self._c_min,
-                                self._c_max, len(data), zlib.crc32(data), len(comp)) \
-            + comp + struct.pack("<Q", len(compressed))
+        body_length = CHUNK_FIXED.size + len(comp) + _U64.size + len(compressed)
+        head = _CHUNK_HEAD.pack(Opcode.CHUNK, body_length, self._c_min, self._c_max, len(data),
+                                zlib.crc32(data), len(comp)) + comp + _U64.pack(len(compressed))
         chunk_length = len(head) + len(compressed)
         indexes: list[bytes] = []
         offsets: dict[int, int] = {}

@@ -2,18 +2,22 @@
 
 For a finished file, the summary (read with the ``mcap`` package) says which
 chunks can hold the requested topics and time range: only those are read. A
-file without a summary (its writer was killed, or it is still being written)
-is read linearly, every chunk; one that ends in the middle of a record yields
+file without a summary (its writer was killed, or it is still being written),
+or whose summary holds no copy of its channels (valid MCAP), is read linearly,
+every chunk; one that ends in the middle of a record yields
 everything before that point and counts one ``truncated`` error. Chunks are
 decompressed ahead on two threads and messages are views into them (no
 per-message copies). Within a file and across files, messages come in
 ``t_ns`` (MCAP ``log_time``) order, exactly: a message is released only when no
 chunk still to be read starts before it.
 
-Bad content never raises: a record that is not a streamfuse message is counted
-in ``errors`` by reason (``encoding`` for a foreign channel, ``framing``,
-``channel``, ``corrupt``, ``truncated``, or a :class:`codec.DecodeError`
-reason) and skipped. A path that is missing or not MCAP at all raises
+Every chunk is checked against its CRC. Bad content never raises: a record that
+is not a streamfuse message is counted in ``errors`` by reason (``encoding`` for
+a foreign channel, ``framing``, ``channel``, ``crc`` and ``corrupt`` for chunks,
+with their messages under ``skipped_messages``, ``truncated``, or a
+:class:`codec.DecodeError` reason) and skipped; a damaged chunk is also logged
+with its file and offset. A path that is missing or not MCAP at all, or a file
+whose summary lists messages of which none can be read, raises
 :class:`RecordingError` with one clear line.
 
 Files are merged by time, as the parts of one recording (a rotated recording's
@@ -34,6 +38,7 @@ import logging
 import math
 import struct
 import sys
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +58,7 @@ from mcap.writer import MCAP0_MAGIC
 from streamfuse import clock
 from streamfuse.config import Config
 from streamfuse.record import format as fmt
+from streamfuse.record.mcapfile import MESSAGE_FIXED, RECORD_HEADER, read_chunk_head
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message as WireMessage
 
@@ -60,7 +66,6 @@ log = logging.getLogger("streamfuse.record")
 
 # What a damaged file can raise from inside the mcap package.
 _READ_ERRORS = (McapError, struct.error, ValueError, EOFError, KeyError, MemoryError, OSError)
-_RECORD_HEADER = struct.Struct("<BQ")
 
 Raw = tuple[str, int, list[bytes | memoryview]]
 
@@ -116,7 +121,7 @@ def _indexed_span(f: io.BufferedReader, offset: int) -> tuple[int, int] | None:
     cannot be read or lists nothing."""
     try:
         f.seek(offset)
-        opcode, length = _RECORD_HEADER.unpack(f.read(_RECORD_HEADER.size))
+        opcode, length = RECORD_HEADER.unpack(f.read(RECORD_HEADER.size))
         if opcode != Opcode.MESSAGE_INDEX:
             return None
         times = [t for t, _ in MessageIndex.read(ReadDataStream(io.BytesIO(f.read(length)))).records]
@@ -195,21 +200,26 @@ def _scan(f: io.BufferedReader, size: int) -> tuple[list[_Rec], bool]:
     recs: list[_Rec] = []
     pos = len(MCAP0_MAGIC)
     while True:
-        if pos + _RECORD_HEADER.size > size:
+        if pos + RECORD_HEADER.size > size:
             return recs, True  # no footer: the writer did not finish
         f.seek(pos)
-        opcode, length = _RECORD_HEADER.unpack(f.read(_RECORD_HEADER.size))
-        body = pos + _RECORD_HEADER.size
+        opcode, length = RECORD_HEADER.unpack(f.read(RECORD_HEADER.size))
+        body = pos + RECORD_HEADER.size
         if body + length > size:
             return recs, True
         if opcode in (Opcode.FOOTER, Opcode.DATA_END):
             return recs, False
         rec = _Rec(pos, opcode, length, math.inf)
-        if opcode == Opcode.CHUNK and length >= 32:
-            start, end, unc, _crc, n = struct.unpack("<QQQII", f.read(32))
-            rec.t_min, rec.t_max, rec.uncompressed, rec.compressed = start, end, unc, length - 40 - n
-        elif opcode == Opcode.MESSAGE and length >= 14:
-            _ch, _seq, t = struct.unpack("<HIQ", f.read(14))
+        if opcode == Opcode.CHUNK:
+            try:
+                head = read_chunk_head(f, pos)
+            except (struct.error, UnicodeDecodeError):
+                head = None  # counted as corrupt when it is read
+            if head is not None:
+                rec.t_min, rec.t_max = head.start, head.end
+                rec.uncompressed, rec.compressed = head.uncompressed_size, head.data_size
+        elif opcode == Opcode.MESSAGE and length >= _MSG_HEAD.size:
+            _ch, _seq, t, _pub = _MSG_HEAD.unpack(f.read(_MSG_HEAD.size))
             rec.t_min = rec.t_max = t
         recs.append(rec)
         pos = body + length
@@ -225,13 +235,19 @@ def _from_index(summary: Summary, wanted: set[int], start_ns: int | None, end_ns
             continue
         if ci.message_index_offsets and not wanted.intersection(ci.message_index_offsets):
             continue
-        recs.append(_Rec(ci.chunk_start_offset, Opcode.CHUNK, ci.chunk_length - _RECORD_HEADER.size,
+        recs.append(_Rec(ci.chunk_start_offset, Opcode.CHUNK, ci.chunk_length - RECORD_HEADER.size,
                          ci.message_start_time, ci.message_end_time))
     return recs
 
 
-_CHUNK_HEAD = struct.Struct("<QQQII")
-_MSG_HEAD = struct.Struct("<HIQQ")  # channel, sequence, log_time, publish_time
+_MSG_HEAD = MESSAGE_FIXED
+
+
+class ChunkCRCError(McapError):
+    """A chunk whose records do not match the CRC its writer stored."""
+
+    def __init__(self, stored: int, computed: int) -> None:
+        super().__init__(f"CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
 
 
 def _decompress(compression: str, data: bytes, size: int) -> bytes:
@@ -246,30 +262,32 @@ def _decompress(compression: str, data: bytes, size: int) -> bytes:
     raise McapError(f"unsupported chunk compression {compression!r}")
 
 
-def _load(f: io.BufferedReader, rec: _Rec) -> tuple[str, bytes, int]:
-    """The stored bytes of a record: ``(compression, data, uncompressed size)``;
-    for a record outside chunks, ``("record", body, len)``."""
-    f.seek(rec.offset + _RECORD_HEADER.size)
+def _load(f: io.BufferedReader, rec: _Rec) -> tuple[str, bytes, int, int]:
+    """The stored bytes of a record: ``(compression, data, uncompressed size, CRC)``;
+    for a record outside chunks, ``("record", body, len, 0)``."""
     if rec.opcode != Opcode.CHUNK:
+        f.seek(rec.offset + RECORD_HEADER.size)
         body = f.read(rec.length)
-        return "record", body, len(body)
-    _start, _end, size, _crc, n = _CHUNK_HEAD.unpack(f.read(_CHUNK_HEAD.size))
-    compression = f.read(n).decode("utf-8")
-    (n_data,) = struct.unpack("<Q", f.read(8))
-    return compression, f.read(n_data), size
+        return "record", body, len(body), 0
+    head = read_chunk_head(f, rec.offset)
+    return head.compression, f.read(head.data_size), head.uncompressed_size, head.uncompressed_crc
 
 
-def _records(opcode: int, compression: str, data: bytes, size: int) -> Iterator[tuple[int, memoryview]]:
+def _records(opcode: int, compression: str, data: bytes, size: int,
+             crc: int = 0) -> Iterator[tuple[int, memoryview]]:
     """``(opcode, body)`` of the records of a chunk (or the record itself); bodies
-    are views into the decompressed chunk."""
+    are views into the decompressed chunk. A chunk that does not match its CRC
+    (0: none stored) raises :class:`ChunkCRCError` before anything is yielded."""
     if compression == "record":
         yield opcode, memoryview(data)
         return
     view = memoryview(_decompress(compression, data, size))
+    if crc and zlib.crc32(view) != crc:
+        raise ChunkCRCError(crc, zlib.crc32(view))
     pos, end = 0, len(view)
-    while pos + _RECORD_HEADER.size <= end:
-        op, length = _RECORD_HEADER.unpack_from(view, pos)
-        pos += _RECORD_HEADER.size
+    while pos + RECORD_HEADER.size <= end:
+        op, length = RECORD_HEADER.unpack_from(view, pos)
+        pos += RECORD_HEADER.size
         if pos + length > end:
             raise McapError("record overruns its chunk")
         yield op, view[pos:pos + length]
@@ -279,8 +297,9 @@ def _records(opcode: int, compression: str, data: bytes, size: int) -> Iterator[
 Loaded = Callable[[], list[tuple[int, memoryview]]]
 
 
-def _parse_all(opcode: int, compression: str, data: bytes, size: int) -> list[tuple[int, memoryview]]:
-    return list(_records(opcode, compression, data, size))
+def _parse_all(opcode: int, compression: str, data: bytes, size: int,
+               crc: int) -> list[tuple[int, memoryview]]:
+    return list(_records(opcode, compression, data, size, crc))
 
 
 def _failed(e: BaseException) -> Loaded:
@@ -349,7 +368,43 @@ def _decompressed(f: io.BufferedReader, recs: list[_Rec]) -> Iterator[Loaded]:
 _Item = tuple[int, int, str, str, bytes | memoryview]  # (t_ns, order, topic, encoding, data)
 
 
-def _ordered(f: io.BufferedReader, recs: list[_Rec], channels: dict[int, Channel],
+def _indexed_count(f: io.BufferedReader, rec: _Rec) -> int | None:
+    """How many messages the MessageIndex records right after the chunk ``rec`` list
+    (where a writer puts them); None when it wrote none or they cannot be read."""
+    pos = rec.offset + RECORD_HEADER.size + rec.length
+    n: int | None = None
+    try:
+        while True:
+            f.seek(pos)
+            head = f.read(RECORD_HEADER.size)
+            if len(head) < RECORD_HEADER.size:
+                return n
+            opcode, length = RECORD_HEADER.unpack(head)
+            if opcode != Opcode.MESSAGE_INDEX:
+                return n
+            index = MessageIndex.read(ReadDataStream(io.BytesIO(f.read(length))))
+            n = (n or 0) + len(index.records)
+            pos += RECORD_HEADER.size + length
+    except _READ_ERRORS:
+        return n
+
+
+def _skip(f: io.BufferedReader, path: Path, rec: _Rec, e: BaseException,
+          errors: Counter[str]) -> None:
+    """Count a record that cannot be read (``crc`` or ``corrupt``; for a chunk, also its
+    messages under ``skipped_messages`` when its message index says how many) and log
+    one line naming the file and the record's offset."""
+    errors["crc" if isinstance(e, ChunkCRCError) else "corrupt"] += 1
+    what = "chunk" if rec.opcode == Opcode.CHUNK else "record"
+    n = _indexed_count(f, rec) if rec.opcode == Opcode.CHUNK else None
+    if n:
+        errors["skipped_messages"] += n
+    lost = f"its {n} messages" if n is not None else "its messages (how many: no message index)"
+    log.warning("%s: %s at offset %d is damaged (%s): skipping %s", path, what, rec.offset,
+                str(e) or type(e).__name__, lost if what == "chunk" else "it")
+
+
+def _ordered(f: io.BufferedReader, path: Path, recs: list[_Rec], channels: dict[int, Channel],
              prefixes: Sequence[str] | None, start_ns: int | None, end_ns: int | None,
              errors: Counter[str]) -> Iterator[_Item]:
     """Messages of ``recs`` (in file order) in log_time order. Exact and bounded:
@@ -377,35 +432,66 @@ def _ordered(f: io.BufferedReader, recs: list[_Rec], channels: dict[int, Channel
                 elif opcode == Opcode.CHANNEL:
                     c = Channel.read(ReadDataStream(io.BytesIO(body)))
                     channels.setdefault(c.id, c)
-        except (*_READ_ERRORS, zstandard.ZstdError):
-            errors["corrupt"] += 1
+        except (*_READ_ERRORS, zstandard.ZstdError) as e:
+            _skip(f, path, recs[i], e, errors)
     while heap:
         yield heapq.heappop(heap)
 
 
+def _directs_reading(summary: Summary | None) -> bool:
+    """Whether ``summary`` can say which chunks to read: it indexes the chunks and holds a
+    copy of every channel they use. MCAP lets a writer leave the channels out of the
+    summary (the ``mcap`` package's ``repeat_channels=False``); they are then only in the
+    data section, and the file must be read linearly to meet them."""
+    if summary is None or not summary.chunk_indexes or not summary.channels:
+        return False
+    used = {cid for ci in summary.chunk_indexes for cid in ci.message_index_offsets}
+    if summary.statistics is not None:
+        used.update(summary.statistics.channel_message_counts)
+    return used <= set(summary.channels)
+
+
 def _iter_file(path: Path, prefixes: Sequence[str] | None, start_ns: int | None, end_ns: int | None,
                errors: Counter[str]) -> Iterator[_Item]:
-    """Messages of one file in log_time order. With a summary only the chunks that
-    can hold wanted messages are read; without one, the file is read linearly."""
+    """Messages of one file in log_time order. When the summary can direct it, only the
+    chunks that can hold wanted messages are read; otherwise the file is read linearly.
+    Raises :class:`RecordingError` when nothing at all could be read, and nothing was
+    counted as damaged, from a file whose statistics list messages."""
+    before = sum(errors.values())
+    n = 0
     with _open(path) as f:
         summary = _summary(f)
-        if summary is not None and summary.chunk_indexes:
-            channels = dict(summary.channels)
-            wanted = {i for i, c in channels.items() if _match(c.topic, prefixes)}
-            if wanted:
-                yield from _ordered(f, _from_index(summary, wanted, start_ns, end_ns), channels, prefixes,
-                                    start_ns, end_ns, errors)
-            return
-        f.seek(0, io.SEEK_END)
-        size = f.tell()
-        recs, truncated = _scan(f, size)
-        if truncated and (not recs or recs[-1].offset + _RECORD_HEADER.size + recs[-1].length < size):
-            end = recs[-1].offset + _RECORD_HEADER.size + recs[-1].length if recs else len(MCAP0_MAGIC)
-            errors["truncated"] += 1
-            log.warning("%s: no summary and the file ends mid-record (writer killed?): reading the first "
-                        "%d of %d bytes", path, end, size)
-        # Channels live inside chunks here, so every chunk is read.
-        yield from _ordered(f, recs, {}, prefixes, start_ns, end_ns, errors)
+        for item in _file_items(f, path, summary, prefixes, start_ns, end_ns, errors):
+            n += 1
+            yield item
+    stats = summary.statistics if summary is not None else None
+    unfiltered = prefixes is None and start_ns is None and end_ns is None
+    silent = n == 0 and sum(errors.values()) == before
+    if unfiltered and silent and stats is not None and stats.message_count:
+        raise RecordingError(f"{path}: its summary lists {stats.message_count} messages but none "
+                             f"could be read: a layout this reader does not understand")
+
+
+def _file_items(f: io.BufferedReader, path: Path, summary: Summary | None,
+                prefixes: Sequence[str] | None, start_ns: int | None, end_ns: int | None,
+                errors: Counter[str]) -> Iterator[_Item]:
+    if summary is not None and _directs_reading(summary):
+        channels = dict(summary.channels)
+        wanted = {i for i, c in channels.items() if _match(c.topic, prefixes)}
+        if wanted:
+            yield from _ordered(f, path, _from_index(summary, wanted, start_ns, end_ns), channels,
+                                prefixes, start_ns, end_ns, errors)
+        return
+    f.seek(0, io.SEEK_END)
+    size = f.tell()
+    recs, truncated = _scan(f, size)
+    if truncated and (not recs or recs[-1].offset + RECORD_HEADER.size + recs[-1].length < size):
+        end = recs[-1].offset + RECORD_HEADER.size + recs[-1].length if recs else len(MCAP0_MAGIC)
+        errors["truncated"] += 1
+        log.warning("%s: no summary and the file ends mid-record (writer killed?): reading the "
+                    "first %d of %d bytes", path, end, size)
+    # Channels live in the data section here (inside chunks or between them): read it all.
+    yield from _ordered(f, path, recs, {}, prefixes, start_ns, end_ns, errors)
 
 
 def _merged(paths: Iterable[str | Path], prefixes: Sequence[str] | None, start_ns: int | None,
@@ -526,9 +612,10 @@ def _chunk_sizes(f: io.BufferedReader, summary: Summary | None) -> tuple[int, in
     chunks = [r for r in recs if r.opcode == Opcode.CHUNK]
     kinds = set()
     for c in chunks:
-        f.seek(c.offset + _RECORD_HEADER.size + 28)
-        (n,) = struct.unpack("<I", f.read(4))
-        kinds.add(f.read(n).decode("utf-8", "replace") or "none")
+        try:
+            kinds.add(read_chunk_head(f, c.offset).compression or "none")
+        except (struct.error, UnicodeDecodeError):
+            kinds.add("?")
     return len(chunks), sum(r.compressed for r in chunks), sum(r.uncompressed for r in chunks), \
         "+".join(sorted(kinds))
 
