@@ -9,6 +9,7 @@ The keys are the public contract of DESIGN.md section 10.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import sys
@@ -26,6 +27,10 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_PATH = Path("/etc/streamfuse/streamfuse.toml")
 ENV_PREFIX = "STREAMFUSE_"
+# STREAMFUSE_* variables that are not config overrides: the config file to read, the log
+# level, and what the supervisor tells its children (their name, their readiness file).
+OTHER_VARIABLES = ("STREAMFUSE_CONFIG", "STREAMFUSE_LOG", "STREAMFUSE_CHILD",
+                   "STREAMFUSE_STATUS_FILE")
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 ENDPOINT_RE = re.compile(r"^(ipc://.+|inproc://.+|tcp://(\*|\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5})$")
 
@@ -276,32 +281,77 @@ def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Apply ``STREAMFUSE_<SECTION>_<KEY>`` (values parsed as TOML, else strings)."""
-    sections = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("sources", "path")}
-    for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX) or var == "STREAMFUSE_CONFIG":
+def _env_key(cls: Any, rest: str) -> tuple[str, ...] | None:
+    """The key path (``("bus", "curve", "enabled")``) that the lower-case rest of a
+    ``STREAMFUSE_`` variable names in the dataclass ``cls``, or None."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            if rest.startswith(f.name + "_"):
+                sub = _env_key(tp, rest[len(f.name) + 1:])
+                if sub is not None:
+                    return (f.name, *sub)
+        elif rest == f.name and cls is not Config:
+            return (f.name,)
+    return None
+
+
+def _env_names(cls: Any = None, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every ``STREAMFUSE_<SECTION>_<KEY>`` variable that names a key."""
+    cls = Config if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _env_names(hints[f.name], f"{prefix}{f.name.upper()}_")
+        elif cls is not Config:
+            out.append(prefix + f.name.upper())
+    return out
+
+
+def _unknown_variable(var: str) -> ConfigError:
+    close = difflib.get_close_matches(var, _env_names(), n=1)
+    hint = f"did you mean {close[0]}?" if close else "overrides are STREAMFUSE_<SECTION>_<KEY>"
+    return ConfigError(f"{var}: no such config key ({hint})")
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Apply ``STREAMFUSE_<SECTION>_<KEY>`` (values parsed as TOML, else strings) to
+    ``data``; returns the dotted key each variable set, mapped to the variable. A
+    ``STREAMFUSE_`` variable that names no key (a typo would otherwise be ignored
+    silently) raises :class:`ConfigError` naming it."""
+    origins: dict[str, str] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var in OTHER_VARIABLES:
             continue
-        rest = var[len(ENV_PREFIX):].lower()
-        section, _, key = rest.partition("_")
-        if section not in sections or not key:
-            continue
-        if section == "bus" and key.startswith("curve_"):
-            target = data.setdefault("bus", {}).setdefault("curve", {})
-            key = key[len("curve_"):]
-        else:
-            target = data.setdefault(section, {})
+        path = _env_key(Config, var[len(ENV_PREFIX):].lower())
+        if path is None:
+            raise _unknown_variable(var)
+        target = data
+        for i, part in enumerate(path[:-1]):
+            node = target.get(part, {})
+            if not isinstance(node, Mapping):
+                raise ConfigError(f"{'.'.join(path[:i + 1])}: expected a table, got {node!r}")
+            target[part] = node = dict(node)  # a copy: the caller's mapping stays as it was
+            target = node
         try:
-            target[key] = tomllib.loads(f"v = {raw}")["v"]
+            target[path[-1]] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            target[key] = raw
+            target[path[-1]] = raw
+        origins[".".join(path)] = var
+    return origins
 
 
 def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str] | None = None) -> Config:
     """Validate a TOML-shaped mapping into a :class:`Config`."""
     merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
-    _env_overrides(merged, os.environ if environ is None else environ)
-    cfg = _build(Config, merged, "")
+    origins = _env_overrides(merged, os.environ if environ is None else environ)
+    try:
+        cfg = _build(Config, merged, "")
+    except ConfigError as e:
+        var = origins.get(str(e).partition(":")[0])
+        raise ConfigError(f"{e} (from {var})" if var else str(e)) from None
     names = [s.name for s in cfg.sources]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -317,13 +367,13 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
     return dataclasses.replace(cfg, path=path)
 
 
-def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
-    """Load a config file; ``None`` means ``$STREAMFUSE_CONFIG`` or the system file if present."""
-    env = os.environ if environ is None else environ
+def _read(path: str | Path | None, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """The TOML data of the config file and its path; ``({}, "")`` when there is none.
+    ``None`` means ``$STREAMFUSE_CONFIG``, else the system file if present."""
     if path is None:
         path = env.get("STREAMFUSE_CONFIG") or (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
     if path is None:
-        return parse({}, environ=env)
+        return {}, ""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -332,10 +382,104 @@ def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = 
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: config is not UTF-8") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), str(p)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
-    return parse(data, path=str(p), environ=env)
+
+
+def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load a config file; ``None`` means ``$STREAMFUSE_CONFIG`` or the system file if present."""
+    env = os.environ if environ is None else environ
+    data, p = _read(path, env)
+    return parse(data, path=p, environ=env)
+
+
+def explain(path: str | Path | None = None, *,
+            environ: Mapping[str, str] | None = None) -> tuple[Config, dict[str, str]]:
+    """:func:`load`, plus where each value came from: a map from dotted keys
+    (``fusion.device``, ``sources[0].video.fps``) to ``"file"`` or the variable that set
+    it; keys it does not hold took their defaults."""
+    env = os.environ if environ is None else environ
+    data, p = _read(path, env)
+    cfg = parse(data, path=p, environ=env)
+    origins = {key: "file" for key in _dotted(data)}
+    origins.update(_env_overrides(
+        {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}, env))
+    return cfg, origins
+
+
+def _dotted(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out += _dotted(v, key + ".")
+        elif isinstance(v, list) and v and all(isinstance(i, Mapping) for i in v):
+            for n, item in enumerate(v):
+                out += _dotted(item, f"{key}[{n}].")
+        else:
+            out.append(key)
+    return out
+
+
+def to_toml(cfg: Config, origins: Mapping[str, str] | None = None) -> str:
+    """``cfg`` as a TOML file that loads back to it; with ``origins`` (from
+    :func:`explain`) each value is followed by ``# default``, ``# file`` or
+    ``# <variable>``."""
+    lines: list[str] = []
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        value = getattr(cfg, f.name)
+        if f.name == "path":
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            _table(lines, f.name, f.name, value, origins)
+        elif isinstance(value, list):
+            for n, item in enumerate(value):
+                _table(lines, f.name, f"{f.name}[{n}]", item, origins, array=True)
+    return "\n".join(lines) + "\n"
+
+
+def _table(lines: list[str], name: str, key: str, obj: Any, origins: Mapping[str, str] | None,
+           *, array: bool = False) -> None:
+    """Append ``[name]`` (``[[name]]``) with the scalars of ``obj``, then its sub-tables."""
+    if lines:
+        lines.append("")
+    lines.append(f"[[{name}]]" if array else f"[{name}]")
+    subtables = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue  # an absent optional table (a source without audio)
+        if dataclasses.is_dataclass(value):
+            subtables.append(f.name)
+            continue
+        line = f"{f.name} = {_toml_value(value)}"
+        if origins is not None:
+            line += f"  # {origins.get(f'{key}.{f.name}', 'default')}"
+        lines.append(line)
+    for sub in subtables:
+        _table(lines, f"{name}.{sub}", f"{key}.{sub}", getattr(obj, sub), origins)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)  # inf and nan are spelt as TOML spells them
+    if isinstance(v, str):
+        return '"' + "".join(_toml_char(c) for c in v) + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")
+
+
+def _toml_char(c: str) -> str:
+    if c in '"\\':
+        return "\\" + c
+    if ord(c) < 0x20 or ord(c) == 0x7F:
+        return f"\\u{ord(c):04x}"
+    return c
 
 
 def ipc_path(endpoint: str) -> Path | None:
