@@ -6,7 +6,7 @@ an edge host never imports torch). That function takes
 ``(args: argparse.Namespace, cfg: Config) -> int``.
 
 Exit codes: 0 success, 2 bad usage or bad config (one line, no traceback),
-1 runtime failure.
+1 runtime failure, 130 interrupted (Ctrl-C, SIGINT).
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import importlib
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from streamfuse import __version__, logs
+from streamfuse import __version__, logs, signals
 from streamfuse.config import Config, ConfigError, load
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + 2  # SIGINT, as shells report it
 
 
 class UsageError(Exception):
@@ -63,190 +65,292 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
                    "/etc/streamfuse/streamfuse.toml if present, else built-in defaults)")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default after its help, keeps the example in the epilog as
+    written, and leaves out defaults that say nothing (``None`` and a flag's ``False``:
+    their help text says in words what happens without them)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 Adder = Callable[[argparse.ArgumentParser], None]
 
-# name -> (help, "module:function", argument adder)
-COMMANDS: dict[str, tuple[str, str, Adder]] = {}
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    target: str  # "module:function", imported when the command runs
+    adder: Adder
+    example: str  # one or more command lines, shown at the end of --help
 
 
-def command(name: str, help: str, target: str) -> Callable[[Adder], Adder]:
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, target: str, example: str) -> Callable[[Adder], Adder]:
     def deco(fn: Adder) -> Adder:
-        COMMANDS[name] = (help, target, fn)
+        COMMANDS[name] = Command(help, target, fn, example)
         return fn
 
     return deco
 
 
 @command("run", "the daemon: broker, captures, aligner, workers, optional recorder",
-         "streamfuse.service.supervisor:cli")
+         "streamfuse.service.supervisor:cli",
+         "streamfuse run --config /etc/streamfuse/streamfuse.toml")
 def _run(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("broker", "the bus alone (XSUB input, XPUB output)", "streamfuse.service.broker_cli:cli")
+@command("broker", "the bus alone (XSUB input, XPUB output)", "streamfuse.service.broker_cli:cli",
+         "streamfuse broker --config /etc/streamfuse/streamfuse.toml")
 def _broker(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("capture", "one capture process (edge hosts run just this)", "streamfuse.capture:cli")
+@command("capture", "one capture process (edge hosts run just this)", "streamfuse.capture:cli",
+         "streamfuse capture video --source room1 --config /etc/streamfuse/streamfuse.toml")
 def _capture(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stream", choices=["video", "audio", "text"])
-    p.add_argument("--source", required=True, help="source name from the config ([[sources]] name)")
+    p.add_argument("stream", choices=["video", "audio", "text"], help="which stream of the source")
+    p.add_argument("--source", required=True,
+                   help="source name from the config ([[sources]] name)")
     _config_arg(p)
 
 
-@command("align", "one aligner, standalone", "streamfuse.align.node:cli")
+@command("align", "one aligner, standalone", "streamfuse.align.node:cli",
+         "streamfuse align --config /etc/streamfuse/streamfuse.toml")
 def _align(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("fuse", "one fusion worker, standalone", "streamfuse.fusion.node:cli")
+@command("fuse", "one fusion worker, standalone", "streamfuse.fusion.node:cli",
+         "streamfuse fuse --config /etc/streamfuse/streamfuse.toml")
 def _fuse(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("record", "record the bus to MCAP", "streamfuse.record.writer:cli")
+@command("record", "record the bus to MCAP", "streamfuse.record.writer:cli",
+         "streamfuse record --out /data/session.mcap --topics room1/ --duration 600")
 def _record(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, metavar="PATH", help="output .mcap file or directory")
-    p.add_argument("--topics", nargs="+", metavar="PREFIX", default=None, help="topic prefixes (default: all)")
-    p.add_argument("--duration", type=float, metavar="S", default=None, help="stop after S seconds")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output .mcap file (numbered -0000, -0001, ...) or directory")
+    p.add_argument("--topics", nargs="+", metavar="PREFIX", default=None,
+                   help="topic prefixes to record (default: record.topics, else every topic)")
+    p.add_argument("--duration", type=float, metavar="S", default=None,
+                   help="stop after S seconds (default: until stopped)")
     _config_arg(p)
 
 
-@command("replay", "publish recordings onto the bus", "streamfuse.record.replay:cli")
+@command("replay", "publish recordings onto the bus", "streamfuse.record.replay:cli",
+         "streamfuse replay /data/recordings --rate 4 --topics room1/video room1/audio")
 def _replay(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="recordings, or directories of *.mcap files, merged in time order")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--rate", type=float, default=1.0, metavar="R", help="1.0 = real time")
-    g.add_argument("--max", action="store_true", help="as fast as the consumers take it")
-    p.add_argument("--loop", action="store_true")
-    p.add_argument("--start", type=float, default=None, metavar="S", help="start offset in seconds")
-    p.add_argument("--end", type=float, default=None, metavar="S", help="end offset in seconds")
-    p.add_argument("--topics", nargs="+", metavar="PREFIX", default=None)
-    p.add_argument("--restamp", action="store_true", help="shift all times so the replay starts now")
+    g.add_argument("--rate", type=float, default=1.0, metavar="R", help="speed; 1.0 = real time")
+    g.add_argument("--max", action="store_true",
+                   help="as fast as the consumers take it (default: paced by --rate)")
+    p.add_argument("--loop", action="store_true", help="start again at the end (default: once)")
+    p.add_argument("--start", type=float, default=None, metavar="S",
+                   help="start offset in seconds (default: the first message)")
+    p.add_argument("--end", type=float, default=None, metavar="S",
+                   help="end offset in seconds (default: the last message)")
+    p.add_argument("--topics", nargs="+", metavar="PREFIX", default=None,
+                   help="topic prefixes to replay (default: every topic)")
+    p.add_argument("--restamp", action="store_true",
+                   help="shift all times so the replay starts now (default: recorded times)")
     _config_arg(p)
 
 
-@command("inspect", "summarise recordings: topics, counts, rates, gaps, size", "streamfuse.record.reader:cli")
+@command("inspect", "summarise recordings: topics, counts, rates, gaps, size",
+         "streamfuse.record.reader:cli", "streamfuse inspect --json /data/recordings")
 def _inspect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="recordings, or directories of *.mcap files")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (default: a table per file)")
 
 
-@command("train", "train a model artifact from recordings", "streamfuse.train.loop:cli")
+@command("train", "train a model artifact from recordings", "streamfuse.train.loop:cli",
+         "streamfuse train --recordings /data/avdigits --out /var/lib/streamfuse/model")
 def _train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recordings", nargs="+", required=True, metavar="PATH")
-    p.add_argument("--labels", metavar="F", default=None)
-    p.add_argument("--val-recordings", nargs="+", metavar="PATH", default=None)
-    p.add_argument("--val-labels", metavar="F", default=None)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--fusion", choices=["concat", "mean", "weighted", "attention"], default="attention")
-    p.add_argument("--modalities", nargs="+", choices=["video", "audio", "text"], default=None)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recordings", nargs="+", required=True, metavar="PATH",
+                   help="training recordings (files, or directories of *.mcap)")
+    p.add_argument("--labels", metavar="F", default=None,
+                   help="labels CSV (default: labels.csv in the recordings' directory, "
+                        "else the label messages in the recordings)")
+    p.add_argument("--val-recordings", nargs="+", metavar="PATH", default=None,
+                   help="validation recordings (default: DIR/val of a data set root given as "
+                        "--recordings, else 15 %% of the windows, in 30 s blocks)")
+    p.add_argument("--val-labels", metavar="F", default=None,
+                   help="labels CSV of the validation recordings (default: as for --labels)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="where the model artifact is written")
+    p.add_argument("--fusion", choices=["concat", "mean", "weighted", "attention"],
+                   default="attention", help="how the modalities' features are combined")
+    p.add_argument("--modalities", nargs="+", choices=["video", "audio", "text"], default=None,
+                   help="modalities the model uses (default: every one found in the data)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per training step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (training is deterministic)")
     p.add_argument("--aux-weight", type=float, default=None, metavar="W",
                    help="weight of the per-modality auxiliary losses (0 = off; default 0.5)")
-    p.add_argument("--drop-weights", type=float, nargs=3, default=None, metavar=("VIDEO", "AUDIO", "TEXT"),
-                   help="odds of each modality being the one modality dropout clears (default 4 1 1)")
+    p.add_argument("--drop-weights", type=float, nargs=3, default=None,
+                   metavar=("VIDEO", "AUDIO", "TEXT"),
+                   help="odds of each modality being the one modality dropout clears "
+                        "(default 4 1 1)")
     p.add_argument("--occlude", type=float, default=None, metavar="SHARE",
-                   help="share of training windows with a bar drawn over part of the view (0 = off; default 0.5)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="share of training windows with a bar drawn over part of the view "
+                        "(0 = off; default 0.5)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress output (default: progress)")
     _config_arg(p)
 
 
-@command("eval", "metrics, confusion matrix, per-modality ablation", "streamfuse.train.evaluate:cli")
+@command("eval", "metrics, confusion matrix, per-modality ablation",
+         "streamfuse.train.evaluate:cli",
+         "streamfuse eval --model /var/lib/streamfuse/model --recordings /data/avdigits/test "
+         "--report /tmp/report")
 def _eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR")
-    p.add_argument("--recordings", nargs="+", required=True, metavar="PATH")
-    p.add_argument("--labels", metavar="F", default=None)
-    p.add_argument("--report", metavar="DIR", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--model", required=True, metavar="DIR", help="model artifact directory")
+    p.add_argument("--recordings", nargs="+", required=True, metavar="PATH",
+                   help="test recordings (files, or directories of *.mcap)")
+    p.add_argument("--labels", metavar="F", default=None,
+                   help="labels CSV (default: labels.csv in the recordings' directory, "
+                        "else the label messages in the recordings)")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="write report.json, report.md and plots here (default: print only)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _config_arg(p)
 
 
 @command("tail", "print stream rates, gaps and latency, or classifications as JSON lines",
-         "streamfuse.capture.tools:tail_cli")
+         "streamfuse.capture.tools:tail_cli", "streamfuse tail --classes --count 10")
 def _tail(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", metavar="T", default=None,
-                   help="topic prefix; a */class topic (or --classes) prints classification JSON lines")
-    p.add_argument("--classes", action="store_true", help="print classifications as JSON lines")
-    p.add_argument("--count", type=int, default=None, help="exit after N lines")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="exit after S seconds")
+                   help="topic prefix; a class/ topic (or --classes) prints classification "
+                        "JSON lines (default: every topic)")
+    p.add_argument("--classes", action="store_true",
+                   help="print classifications as JSON lines (default: stream statistics)")
+    p.add_argument("--count", type=int, default=None,
+                   help="exit after N lines (default: until stopped)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="exit after S seconds (default: until stopped)")
     _config_arg(p)
 
 
-@command("send", "inject one text message", "streamfuse.capture.tools:send_cli")
+@command("send", "inject one text message", "streamfuse.capture.tools:send_cli",
+         'streamfuse send "seven" --source room1')
 def _send(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text")
-    p.add_argument("--source", required=True)
+    p.add_argument("text", help="the message (UTF-8)")
+    p.add_argument("--source", required=True, help="source name whose text capture takes it")
     p.add_argument("--timeout", type=float, default=3.0, metavar="S",
-                   help="wait this long for the text capture's answer (default 3)")
+                   help="wait this long for the text capture's answer")
     _config_arg(p)
 
 
-@command("devices", "list cameras and microphones", "streamfuse.capture.tools:devices_cli")
+@command("devices", "list cameras and microphones", "streamfuse.capture.tools:devices_cli",
+         "streamfuse devices")
 def _devices(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("dataset", "build benchmark recordings and labels", "streamfuse.datasets.avdigits:cli")
+@command("dataset", "build benchmark recordings and labels", "streamfuse.datasets.avdigits:cli",
+         "streamfuse dataset avdigits --out /data/avdigits --segments 600")
 def _dataset(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=["avdigits"])
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--images", default="sklearn", metavar="sklearn|PATH", help="sklearn or an MNIST idx file")
-    p.add_argument("--speech", default=None, metavar="DIR", help="FSDD-style wavs (default: espeak-ng)")
-    p.add_argument("--noise", default=None, metavar="DIR", help="background sounds (default: generated noise)")
-    p.add_argument("--segments", type=int, default=2000, metavar="N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", choices=["all", "test"], default="all")
+    p.add_argument("name", choices=["avdigits"], help="which data set")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="writes DIR/train, DIR/val, DIR/test (recordings + labels.csv)")
+    p.add_argument("--images", default="sklearn", metavar="sklearn|PATH",
+                   help="sklearn or an MNIST idx file")
+    p.add_argument("--speech", default=None, metavar="DIR",
+                   help="FSDD-style wavs (default: espeak-ng)")
+    p.add_argument("--noise", default=None, metavar="DIR",
+                   help="background sounds (default: generated noise)")
+    p.add_argument("--segments", type=int, default=2000, metavar="N", help="segments in all")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--split", choices=["all", "test"], default="all",
+                   help="all three splits, or only DIR/test")
     _config_arg(p)
 
 
 @command("demo", "build demo data, train or reuse a model, replay it through the daemon",
-         "streamfuse.service.demo:cli")
+         "streamfuse.service.demo:cli", "streamfuse demo --small")
 def _demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--small", action="store_true", help="a reduced size for tests")
-    p.add_argument("--live", action="store_true", help="use the configured camera and microphone")
-    p.add_argument("--cache", metavar="DIR", default=None, help="where data and the model are kept")
-    p.add_argument("--data", metavar="DIR", default=None, help="a shared/data-style directory of real media")
+    p.add_argument("--small", action="store_true", help="a reduced size for tests (default: full)")
+    p.add_argument("--live", action="store_true",
+                   help="use the configured camera and microphone (default: a replay)")
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="where data and the model are kept (default: ~/.cache/streamfuse/demo)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="a directory of real media: fsdd/, mnist/, sounds/ "
+                        "(default: espeak-ng speech and scikit-learn digits)")
     _config_arg(p)
 
 
-@command("keys", "CurveZMQ keys: `keys generate DIR`", "streamfuse.service.keys:cli")
+@command("keys", "CurveZMQ keys: `keys generate DIR`", "streamfuse.service.keys:cli",
+         "streamfuse keys generate /etc/streamfuse/keys --name server")
 def _keys(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["generate"])
-    p.add_argument("dir", metavar="DIR")
-    p.add_argument("--name", default="streamfuse")
+    p.add_argument("action", choices=["generate"], help="what to do")
+    p.add_argument("dir", metavar="DIR", help="where NAME.key and NAME.key_secret are written")
+    p.add_argument("--name", default="streamfuse", help="file name of the key pair")
+
+
+@command("config", "validate the config, or print it with where each value came from",
+         "streamfuse.config_cli:cli",
+         "streamfuse config check /etc/streamfuse/streamfuse.toml\n"
+         "  STREAMFUSE_FUSION_DEVICE=cpu streamfuse config show")
+def _config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["check", "show"],
+                   help="check: validate (exit 0, or 2 naming the key); show: the effective "
+                        "config as TOML, each value marked default, file or the variable that "
+                        "set it")
+    p.add_argument("file", nargs="?", metavar="F", default=None,
+                   help="TOML config (default: $STREAMFUSE_CONFIG, "
+                        "/etc/streamfuse/streamfuse.toml if present, else built-in defaults)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamfuse", description="Real-time multimodal sensor fusion daemon.")
+    parser = argparse.ArgumentParser(prog="streamfuse", formatter_class=HelpFormatter,
+                                     description="Real-time multimodal sensor fusion daemon.",
+                                     epilog="Example:\n  streamfuse demo\n\n"
+                                            "streamfuse COMMAND --help shows a command's options.")
     parser.add_argument("--version", action="version", version=f"streamfuse {__version__}")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--log-level", default=None, metavar="LEVEL",
+                        help=f"{', '.join(logs.LEVELS)} (default: $STREAMFUSE_LOG, else INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_, _target, adder) in COMMANDS.items():
-        adder(sub.add_parser(name, help=help_, description=help_))
+    for name, cmd in COMMANDS.items():
+        cmd.adder(sub.add_parser(name, help=cmd.help, description=cmd.help,
+                                 formatter_class=HelpFormatter,
+                                 epilog=f"Example:\n  {cmd.example}"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.setup(level=args.log_level)
-    _help, target, _adder = COMMANDS[args.command]
+    try:
+        logs.setup(level=args.log_level)
+    except ValueError as e:
+        print(f"streamfuse: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    cmd = COMMANDS[args.command]
     try:
         cfg = load(getattr(args, "config", None)) if hasattr(args, "config") else Config()
-        module_name, func_name = target.split(":")
+        module_name, func_name = cmd.target.split(":")
         func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(args, cfg) or 0)
+        code = int(func(args, cfg) or 0)
     except (ConfigError, UsageError) as e:
         print(f"streamfuse {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
+    # A command that stops cleanly on Ctrl-C still reports it, as a shell expects.
+    return EXIT_INTERRUPTED if code == EXIT_OK and signals.interrupted.is_set() else code
 
 
 if __name__ == "__main__":

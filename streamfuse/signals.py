@@ -5,6 +5,10 @@ from __future__ import annotations
 import signal
 import threading
 
+# Set once a SIGINT (Ctrl-C) has been received: a command that stops cleanly on it still
+# exits 130, as a shell expects of an interrupted command.
+interrupted = threading.Event()
+
 
 class Signals:
     """``stop`` is set on SIGTERM/SIGINT, ``reload`` on SIGHUP."""
@@ -18,6 +22,8 @@ class Signals:
             signal.signal(signal.SIGHUP, self._on_reload)
 
     def _on_stop(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT:
+            interrupted.set()
         self.stop.set()
 
     def _on_reload(self, signum: int, frame: object) -> None:
