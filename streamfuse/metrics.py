@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# Durations are in seconds, Prometheus's base unit, so PromQL and dashboards need no scaling.
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 
 # ---- bus traffic, per node and topic -------------------------------------------------
 messages_in = Counter("streamfuse_messages_in_total", "Messages received", ["node", "topic"])
@@ -44,13 +45,15 @@ audio_coverage = Histogram("streamfuse_audio_coverage_ratio", "Fraction of a win
                            ["source"], buckets=(0.0, 0.5, 0.9, 0.99, 1.0))
 
 # ---- fusion --------------------------------------------------------------------------
-window_latency = Histogram("streamfuse_window_latency_ms",
-                           "latency_ms of classifications (part = align, queue, infer, total)",
-                           ["part"], buckets=LATENCY_BUCKETS_MS)
+window_latency = Histogram("streamfuse_window_latency_seconds",
+                           "Classification latency, the message's latency_ms in seconds "
+                           "(part = align, queue, infer, total)",
+                           ["part"], buckets=LATENCY_BUCKETS_S)
 batch_size = Histogram("streamfuse_batch_size", "Windows per inference batch",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-inference_ms = Histogram("streamfuse_inference_ms", "Model time per batch (preprocess + forward)",
-                         buckets=LATENCY_BUCKETS_MS)
+inference_seconds = Histogram("streamfuse_inference_seconds",
+                              "Model time per batch (preprocess + forward)",
+                              buckets=LATENCY_BUCKETS_S)
 classifications = Counter("streamfuse_classifications_total", "Classifications published", ["source"])
 model_info = Gauge("streamfuse_model_info", "1 for the model being served", ["model_id"],
                    multiprocess_mode="liveall")

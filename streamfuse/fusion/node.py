@@ -285,7 +285,7 @@ class Worker:
                           self.failed_batches, len(batch), e)
             metrics.dropped.labels(node=NODE, topic="window", reason="inference_error").inc(len(batch))
             return
-        metrics.inference_ms.observe((clock.perf_ns() - t0) / 1e6)
+        metrics.inference_seconds.observe((clock.perf_ns() - t0) / clock.NS_PER_S)
         for why in problems:
             log.debug("window stream dropped: %s", why)
             metrics.dropped.labels(node=NODE, topic="window", reason="undecodable").inc()
@@ -297,7 +297,7 @@ class Worker:
             msg = codec.class_message(src, seq, r.window.t_start_ns, r.window.t_end_ns, r.label, r.score, r.payload)
             self.pub.send_multipart(codec.encode(msg))
             for part, v in r.latency_ms.items():
-                self._latency[part].observe(v)
+                self._latency[part].observe(v / 1000)
             counters = self._published.get(src)
             if counters is None:
                 counters = (metrics.classifications.labels(source=src),

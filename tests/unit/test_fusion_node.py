@@ -169,3 +169,28 @@ def test_a_failing_batch_is_dropped_and_counted_not_fatal(tmp_path, monkeypatch)
     monkeypatch.undo()
     w.handle(_batch(2))
     assert len(pub.sent) == 2
+
+
+def _histogram(name: str, **labels: str) -> tuple[float, float]:
+    """(count, sum) of a histogram in the default registry."""
+    from prometheus_client import REGISTRY
+
+    count = REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value(f"{name}_sum", labels) or 0.0
+
+
+def test_latency_and_inference_histograms_are_in_seconds(tmp_path):
+    cfg = _cfg(tmp_path)
+    save_tiny(tmp_path / "model", cfg.align)
+    pub = FakePub()
+    w = node.Worker(cfg, torch.device("cpu"), pub)
+    assert w.load(reason="test")
+    lat0 = _histogram("streamfuse_window_latency_seconds", part="total")
+    inf0 = _histogram("streamfuse_inference_seconds")
+    w.handle(_batch(2))
+    lat1 = _histogram("streamfuse_window_latency_seconds", part="total")
+    inf1 = _histogram("streamfuse_inference_seconds")
+    total_ms = sum(body["latency_ms"]["total"] for _t, body in pub.sent)
+    assert total_ms > 0 and lat1[0] - lat0[0] == 2 and inf1[0] - inf0[0] == 1
+    assert lat1[1] - lat0[1] == pytest.approx(total_ms / 1000)
+    assert 0 < inf1[1] - inf0[1] < 60  # one tiny batch on a CPU: well under a minute, in seconds
