@@ -44,6 +44,7 @@ import numpy as np
 from streamfuse.config import Config
 from streamfuse.datasets import images as img
 from streamfuse.datasets import sound
+from streamfuse.progress import Progress
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 
@@ -284,13 +285,16 @@ class _Publisher:
 
 
 def recording_messages(segs: list[Segment], source: str, t0: int, media: Media, *, seed: int,
-                       split_idx: int) -> Iterator[Message]:
-    """Every message of one recording, in ``t_ns`` order; sets each segment's start."""
+                       split_idx: int, progress: Progress | None = None) -> Iterator[Message]:
+    """Every message of one recording, in ``t_ns`` order; sets each segment's start.
+    ``progress`` advances by one per segment."""
     pub = _Publisher(source)
     for k, seg in enumerate(segs):
         seg.t_start_ns = t0 + k * SEGMENT_NS
         for t, _rank, stream, data in segment_events(seg, seg.t_start_ns, media, seed=seed, split_idx=split_idx):
             yield pub.message(t, stream, data)
+        if progress is not None:
+            progress.update()
     end = t0 + len(segs) * SEGMENT_NS
     for j in range(TAIL_NS // HEARTBEAT_NS + 1):
         for stream in ("video", "audio", "text"):
@@ -305,8 +309,6 @@ def build(out: Path, params: Params) -> dict:
 
     Raises ``ValueError`` for unusable inputs or an ``out`` that already holds recordings.
     """
-    from streamfuse.record.writer import RecordingWriter
-
     images = img.load_images(params.images)
     media = Media(images, sound.SpeechBank(params.speech), sound.NoiseBank(params.noise))
     plans = plan(params, images, media.speech.speakers)
@@ -317,34 +319,43 @@ def build(out: Path, params: Params) -> dict:
     summary: dict = {"dataset": "avdigits", "params": asdict(params), "labels": list(LABELS),
                      "images": images.origin, "speech": media.speech.origin, "noise": media.noise.origin,
                      "label_times": "absolute epoch t_ns, end exclusive", "splits": {}}
-    for p in plans:
-        split_idx = SPLITS.index(p.name)
-        d = out / p.name
-        d.mkdir(parents=True, exist_ok=True)
-        files = []
-        rows: list[tuple[str, int, int, str]] = []
-        sourced: list[tuple[str, Segment]] = []
-        per_file = max(1, params.segments_per_file)
-        n_files = (len(p.segments) + per_file - 1) // per_file
-        for k in range(n_files):
-            segs = p.segments[k * per_file:(k + 1) * per_file]
-            source = SOURCES[k % len(SOURCES)]
-            # Files follow each other in time with a gap, so sources and splits never overlap.
-            t0 = p.base_ns + k * (per_file * SEGMENT_NS + 10 * SEGMENT_NS)
-            path = d / f"{p.name}-{k:03d}-{source}.mcap"
-            meta = {"dataset": "avdigits", "split": p.name, "seed": str(params.seed), "source": source}
-            with RecordingWriter(path, metadata=meta) as w:
-                for msg in recording_messages(segs, source, t0, media, seed=params.seed, split_idx=split_idx):
-                    w.write_message(msg)
-            rows += [(source, s.t_start_ns, s.t_start_ns + SEGMENT_NS, LABELS[s.digit]) for s in segs]
-            sourced += [(source, s) for s in segs]
-            files.append(path.name)
-            log.info("%s: %d segments (%d/%d files of %s)", path, len(segs), k + 1, n_files, p.name)
-        write_labels(d / "labels.csv", rows)
-        write_segments(d / SEGMENTS_FILE, sourced)
-        summary["splits"][p.name] = _split_summary(p, files)
+    with Progress("avdigits", sum(len(p.segments) for p in plans), unit="segment") as bar:
+        for p in plans:
+            summary["splits"][p.name] = _build_split(out, p, params, media, bar)
     (out / "avdigits.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _build_split(out: Path, p: SplitPlan, params: Params, media: Media, bar: Progress) -> dict:
+    """Write one split's recordings, ``labels.csv`` and segments file; its summary."""
+    from streamfuse.record.writer import RecordingWriter
+
+    split_idx = SPLITS.index(p.name)
+    d = out / p.name
+    d.mkdir(parents=True, exist_ok=True)
+    files = []
+    rows: list[tuple[str, int, int, str]] = []
+    sourced: list[tuple[str, Segment]] = []
+    per_file = max(1, params.segments_per_file)
+    n_files = (len(p.segments) + per_file - 1) // per_file
+    for k in range(n_files):
+        segs = p.segments[k * per_file:(k + 1) * per_file]
+        source = SOURCES[k % len(SOURCES)]
+        # Files follow each other in time with a gap, so sources and splits never overlap.
+        t0 = p.base_ns + k * (per_file * SEGMENT_NS + 10 * SEGMENT_NS)
+        path = d / f"{p.name}-{k:03d}-{source}.mcap"
+        meta = {"dataset": "avdigits", "split": p.name, "seed": str(params.seed), "source": source}
+        with RecordingWriter(path, metadata=meta) as w:
+            for msg in recording_messages(segs, source, t0, media, seed=params.seed,
+                                          split_idx=split_idx, progress=bar):
+                w.write_message(msg)
+        rows += [(source, s.t_start_ns, s.t_start_ns + SEGMENT_NS, LABELS[s.digit]) for s in segs]
+        sourced += [(source, s) for s in segs]
+        files.append(path.name)
+        log.debug("%s: %d segments (%d/%d files of %s)", path, len(segs), k + 1, n_files, p.name)
+    write_labels(d / "labels.csv", rows)
+    write_segments(d / SEGMENTS_FILE, sourced)
+    return _split_summary(p, files)
 
 
 def write_labels(path: Path, rows: list[tuple[str, int, int, str]]) -> None:

@@ -556,6 +556,19 @@ def file_time_range(path: str | Path) -> tuple[int, int] | None:
     return (int(lo), int(hi)) if lo <= hi else None
 
 
+def time_range(paths: Sequence[Path]) -> tuple[int, int] | None:
+    """First and last ``t_ns`` over all files (from the summaries when present)."""
+    lo: int | None = None
+    hi: int | None = None
+    for p in paths:
+        r = file_time_range(p)
+        if r is None:
+            continue
+        lo = r[0] if lo is None else min(lo, r[0])
+        hi = r[1] if hi is None else max(hi, r[1])
+    return None if lo is None or hi is None else (lo, hi)
+
+
 # ----------------------------------------------------------------------------- inspect
 
 

@@ -40,6 +40,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse import clock
 from streamfuse.config import Config
+from streamfuse.progress import Progress
 from streamfuse.record import reader
 from streamfuse.signals import Signals
 from streamfuse.wire import codec
@@ -101,19 +102,6 @@ class Stats:
         return span / self.wall_ns if self.wall_ns > 0 else 0.0
 
 
-def time_range(paths: Sequence[Path]) -> tuple[int, int] | None:
-    """First and last ``t_ns`` over all files (from the summaries when present)."""
-    lo: int | None = None
-    hi: int | None = None
-    for p in paths:
-        r = reader.file_time_range(p)
-        if r is None:
-            continue
-        lo = r[0] if lo is None else min(lo, r[0])
-        hi = r[1] if hi is None else max(hi, r[1])
-    return None if lo is None or hi is None else (lo, hi)
-
-
 def _prefetch(it: Iterator[reader.Raw], out: deque[reader.Raw | None], cond: threading.Condition,
               done: threading.Event, max_items: int, failure: list[BaseException]) -> None:
     """Reader thread: decompress ahead of the sender (bounded), so pacing is not
@@ -169,7 +157,7 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
     Pacing uses ``now_ns``/``sleep_until`` so tests can drive it with a fake clock.
     """
     stats = Stats()
-    rng = time_range(plan.paths)
+    rng = reader.time_range(plan.paths)
     if rng is None:
         return stats
     t0, t_last = rng
@@ -278,21 +266,18 @@ def _interruptible_sleep(stop: threading.Event) -> Callable[[int], None]:
     return sleep_until
 
 
-def _progress_printer() -> Callable[[Stats, int], None] | None:
-    if not sys.stderr.isatty():
-        return None
-    last = [0]
+def _progress(loop: bool) -> tuple[Callable[[Stats, int], None], Progress]:
+    """A ``progress`` callback for :func:`run`, in seconds of recording replayed (of the
+    whole replay; with ``--loop`` there is no end, so no total and no time left)."""
+    bar = Progress("replay", None, unit="s", decimals=1)
 
     def show(st: Stats, span: int) -> None:
-        now = clock.monotonic_ns()
-        if now - last[0] < 250 * clock.NS_PER_MS:
-            return
-        last[0] = now
-        done = (st.last_t_ns - st.first_t_ns) / clock.NS_PER_S
-        print(f"\rreplay {done:8.1f} / {span / clock.NS_PER_S:.1f} s  {st.messages} messages  "
-              f"loop {st.loops + 1}", end="", file=sys.stderr, flush=True)
+        if bar.total is None and not loop:
+            bar.set_total(round(span / clock.NS_PER_S, 1))
+        bar.set_note(f"{st.messages} messages" + (f", pass {st.loops + 1}" if loop else ""))
+        bar.advance_to((st.last_t_ns - st.first_t_ns) / clock.NS_PER_S)
 
-    return show
+    return show, bar
 
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
@@ -335,15 +320,14 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
             print(f"streamfuse replay: cannot reach the bus at {cfg.bus.input} (is the broker running?)",
                   file=sys.stderr)
             return 1
-        progress = _progress_printer()
+        progress, bar = _progress(plan.loop)
         try:
-            stats = run(plan, _sender(sock, sig.stop), stop=sig.stop, progress=progress,
-                        sleep_until=_interruptible_sleep(sig.stop))
+            with bar:
+                stats = run(plan, _sender(sock, sig.stop), stop=sig.stop, progress=progress,
+                            sleep_until=_interruptible_sleep(sig.stop))
         except reader.RecordingError as e:
             print(f"streamfuse replay: {e}", file=sys.stderr)
             return 1
-        if progress is not None:
-            print(file=sys.stderr)
         skipped = sum(stats.errors.values())
         log.info("replayed %d messages (%.1f MB, %d pass(es)) in %.2f s: %.1fx real time%s",
                  stats.messages, stats.bytes / 1e6, stats.loops, stats.wall_ns / 1e9, stats.speed,

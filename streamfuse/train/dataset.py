@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
+from streamfuse import clock
 from streamfuse.config import AlignConfig
 from streamfuse.fusion.features import MODALITIES, Features, Preprocessing, collate, to_device
+from streamfuse.progress import Progress
 from streamfuse.train import labels as lab
 from streamfuse.wire.schema import LabelHeader, Message, Window
 
@@ -174,17 +176,24 @@ class _LazyLabeller:
 
 def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Preprocessing, *,
                  labels: str | Path | None = None, classes: Sequence[str] | None = None,
-                 progress: Any = None) -> WindowSet:
+                 progress: bool = False) -> WindowSet:
     """Read, align, label and featurise (see the module docstring).
 
     ``classes``: the class list to index into (a model's); windows whose label
     is not in it are counted as ``unknown_label`` and left out. None: the
     classes found in the labels, in :func:`class_order`.
-    ``progress``: called with the number of windows seen so far, now and then.
+    ``progress``: show how much of the recordings' time span has been read
+    (:class:`streamfuse.progress.Progress`).
     Raises :class:`DataError` / :class:`streamfuse.train.labels.LabelError`.
     """
     from streamfuse.align.offline import windows_from_messages
-    from streamfuse.record.reader import RecordingError, check_disjoint, expand_paths, read_messages
+    from streamfuse.record.reader import (
+        RecordingError,
+        check_disjoint,
+        expand_paths,
+        read_messages,
+        time_range,
+    )
 
     try:
         files = expand_paths(recordings)
@@ -226,8 +235,13 @@ def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Pre
             chunks.append(to_device(raw, prep, "cpu"))
             pending.clear()
 
+    span = time_range(files) if progress else None
+    total_s = (span[1] - span[0]) / clock.NS_PER_S if span else None
+    bar = Progress("windows from recordings", total_s, unit="s", enabled=span is not None)
     for w in windows_from_messages(tap, align):
         stats["windows"] += 1
+        if span is not None:
+            bar.advance_to(max(0, min(w.t_end_ns, span[1]) - span[0]) / clock.NS_PER_S)
         name = labeller.label(w)
         if name is None:
             stats["unlabelled"] += 1
@@ -240,9 +254,11 @@ def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Pre
         keys.append((w.source, w.t_start_ns))
         if len(pending) >= FEATURISE_CHUNK:
             flush()
-            if progress is not None:
-                progress(stats["windows"])
     flush()
+    bar.set_note(f"{stats['windows']} windows")
+    if bar.total is not None:
+        bar.advance_to(bar.total)  # all read: the last window ends before the files' tails
+    bar.close()
 
     if rows is not None:  # now every source's full time range is known
         spans = lab.resolve(rows, tap.ranges, label_files[0].name if len(label_files) == 1 else "labels")

@@ -246,7 +246,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     try:
         loaded = load_artifact(args.model, align=cfg.align, device=device)
         ws = load_windows(args.recordings, cfg.align, loaded.prep, labels=args.labels,
-                          classes=list(loaded.model.cfg.classes))
+                          classes=list(loaded.model.cfg.classes), progress=True)
     except (ArtifactError, DataError, LabelError) as e:
         raise UsageError(str(e)) from None
     try:

@@ -53,7 +53,6 @@ import copy
 import logging
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,7 @@ from streamfuse import clock
 from streamfuse.config import AlignConfig, Config
 from streamfuse.fusion.features import MODALITIES, Features, Preprocessing
 from streamfuse.fusion.model import FusionModel, ModelConfig
+from streamfuse.progress import Progress
 from streamfuse.train import metrics
 from streamfuse.train.dataset import DataError, WindowSet, select_features
 from streamfuse.train.labels import LabelError
@@ -368,16 +368,6 @@ def holdout_split(keys: list[tuple[str, int]], fraction: float, seed: int) -> tu
     return (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
 
 
-def _progress(dist: Dist, quiet: bool, text: str, *, end: bool = False) -> None:
-    if quiet or not dist.main:
-        return
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + text.ljust(100) + ("\n" if end else ""))
-    elif end:
-        sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
 def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: TrainOptions, *,
           dist: Dist | None = None, quiet: bool = False) -> tuple[FusionModel, dict[str, Any]]:
     """Train a :class:`FusionModel`; returns it (best epoch, temperature set) and its metrics.
@@ -430,6 +420,7 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
     best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
     best_epoch, bad_epochs, history = 0, 0, []
     t_start = clock.monotonic_ns()
+    bar = Progress("training", opts.epochs * steps, unit="step", enabled=not quiet and dist.main)
     for epoch in range(opts.epochs):
         sampler.set_epoch(epoch)
         order = torch.tensor(list(iter(sampler)), dtype=torch.int64)
@@ -466,8 +457,8 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
             total += float(fused_loss.detach()) * rows.numel()
             total_aux += float(extra.detach()) * rows.numel()
             count += rows.numel()
-            _progress(dist, quiet, f"epoch {epoch + 1}/{opts.epochs} step {step + 1}/{steps} "
-                                   f"loss {total / count:.4f}")
+            bar.set_note(f"epoch {epoch + 1}/{opts.epochs} loss {total / count:.4f}")
+            bar.update()
         stop = torch.zeros(2)
         if dist.main:
             val_logits = predict_logits(model, val_feats)
@@ -486,9 +477,9 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad_epochs += 1
-            _progress(dist, quiet, f"epoch {epoch + 1}/{opts.epochs} loss {total / max(1, count):.4f} "
-                                   f"val_acc {val_acc:.4f} val_loss {val_loss:.4f} {elapsed:.0f}s"
-                                   f"{' *' if improved else ''}", end=True)
+            bar.write(f"epoch {epoch + 1}/{opts.epochs} loss {total / max(1, count):.4f} "
+                      f"val_acc {val_acc:.4f} val_loss {val_loss:.4f} {elapsed:.0f}s"
+                      f"{' *' if improved else ''}")
             stop[0] = float(bad_epochs >= opts.patience and epoch + 1 >= warmup_epochs + opts.patience)
         if dist.world > 1:
             import torch.distributed as tdist
@@ -496,6 +487,7 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
             tdist.broadcast(stop, src=0)
         if bool(stop[0]):
             break
+    bar.close()
     train_s = (clock.monotonic_ns() - t_start) / 1e9
     model.load_state_dict(best_state)
     result: dict[str, Any] = {"epochs_run": len(history) or opts.epochs, "best_epoch": best_epoch,
@@ -579,9 +571,11 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
         prep = opts.preprocessing(align)
         train_paths, train_labels, val_paths, val_labels = resolve_inputs(args)
         t0 = clock.monotonic_ns()
-        train_set = load_windows(train_paths, align, prep, labels=train_labels)
+        shown = not args.quiet and dist.main
+        train_set = load_windows(train_paths, align, prep, labels=train_labels, progress=shown)
         if val_paths:
-            val_set = load_windows(val_paths, align, prep, labels=val_labels, classes=train_set.classes)
+            val_set = load_windows(val_paths, align, prep, labels=val_labels,
+                                   classes=train_set.classes, progress=shown)
         else:
             tr, va = holdout_split(train_set.keys, VAL_FRACTION, opts.seed)
             val_set = _subset(train_set, va)

@@ -198,3 +198,23 @@ def test_unreadable_segments_file_names_the_line(tmp_path):
     p.write_text("source,start,end\nroom1,0,1\n")
     with pytest.raises(avdigits.SegmentsError, match=r"segments.csv:1: missing column 'label'"):
         avdigits.read_segments([p])
+
+
+def test_building_and_reading_report_progress(tmp_path, caplog):
+    """Long work reports through the one progress helper: plain lines here (not a terminal)."""
+    import logging
+
+    from streamfuse.config import AlignConfig
+    from streamfuse.fusion.features import Preprocessing
+    from streamfuse.train.dataset import load_windows
+
+    caplog.set_level(logging.INFO, logger="streamfuse.progress")
+    avdigits.build(tmp_path / "p", avdigits.Params(segments=6, seed=1, split="test"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "streamfuse.progress"]
+    assert lines[-1].startswith("avdigits: 6/6 segment (100 %), ") and lines[-1].endswith("(done)")
+    caplog.clear()
+    align = AlignConfig()
+    ws = load_windows([tmp_path / "p" / "test"], align, Preprocessing.from_align(align), progress=True)
+    done = [r.getMessage() for r in caplog.records if r.name == "streamfuse.progress"][-1]
+    assert done.startswith("windows from recordings: ") and "s (100 %), " in done
+    assert done.endswith(f", {ws.summary['windows']} windows (done)")
