@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +43,13 @@ from mcap.records import (
     SummaryOffset,
 )
 from mcap.writer import MCAP0_MAGIC
+
+try:
+    # The same CRC-32 as zlib's, with SIMD: ~5x faster on a chunk (it is computed for every
+    # chunk written and verified for every chunk read).
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # pragma: no cover - zlib-ng is a dependency; a build without it still works
+    from zlib import crc32
 
 Buffer = bytes | memoryview
 
@@ -252,7 +258,7 @@ class McapFile:
         # The Chunk record (as mcap.records.Chunk writes it), with the data passed by reference.
         body_length = CHUNK_FIXED.size + len(comp) + _U64.size + len(compressed)
         head = _CHUNK_HEAD.pack(Opcode.CHUNK, body_length, self._c_min, self._c_max, len(data),
-                                zlib.crc32(data), len(comp)) + comp + _U64.pack(len(compressed))
+                                crc32(data), len(comp)) + comp + _U64.pack(len(compressed))
         chunk_length = len(head) + len(compressed)
         indexes: list[bytes] = []
         offsets: dict[int, int] = {}
@@ -299,8 +305,8 @@ class McapFile:
                 pos += length
             summary = b"".join(body + offsets)
             offset_start = pos
-            crc = zlib.crc32(summary)
-            crc = zlib.crc32(struct.pack("<BQQQ", Opcode.FOOTER, 20, summary_start, offset_start), crc)
+            crc = crc32(summary)
+            crc = crc32(struct.pack("<BQQQ", Opcode.FOOTER, 20, summary_start, offset_start), crc)
             self._f.write(summary, _record(Footer(summary_start, offset_start, crc)), MCAP0_MAGIC)
         finally:
             self._f.close()

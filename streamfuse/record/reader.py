@@ -38,7 +38,6 @@ import logging
 import math
 import struct
 import sys
-import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +57,7 @@ from mcap.writer import MCAP0_MAGIC
 from streamfuse import clock
 from streamfuse.config import Config
 from streamfuse.record import format as fmt
-from streamfuse.record.mcapfile import MESSAGE_FIXED, RECORD_HEADER, read_chunk_head
+from streamfuse.record.mcapfile import MESSAGE_FIXED, RECORD_HEADER, crc32, read_chunk_head
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message as WireMessage
 
@@ -282,8 +281,10 @@ def _records(opcode: int, compression: str, data: bytes, size: int,
         yield opcode, memoryview(data)
         return
     view = memoryview(_decompress(compression, data, size))
-    if crc and zlib.crc32(view) != crc:
-        raise ChunkCRCError(crc, zlib.crc32(view))
+    if crc:
+        computed = crc32(view)
+        if computed != crc:
+            raise ChunkCRCError(crc, computed)
     pos, end = 0, len(view)
     while pos + RECORD_HEADER.size <= end:
         op, length = RECORD_HEADER.unpack_from(view, pos)
