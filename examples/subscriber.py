@@ -4,7 +4,7 @@
     python examples/subscriber.py                      # ipc:///run/streamfuse/out, all sources
     python examples/subscriber.py --endpoint tcp://127.0.0.1:5561 --source room1 --count 10
 
-Each message is ``[topic, header, payload]``; ``topic`` is ``<source>/class`` and
+Each message is ``[topic, header, payload]``; ``topic`` is ``class/<source>`` and
 ``payload`` one UTF-8 JSON object (DESIGN.md section 3). The MessagePack header
 repeats a few fields and is ignored here, so this needs only ``pyzmq``.
 """
@@ -30,9 +30,8 @@ def main() -> int:
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
     sub.maxmsgsize = 64 * 1024 * 1024  # never accept a larger message from the network
-    # A prefix cannot match "*/class": subscribe to the source's class topic, or to
-    # everything and keep only classifications.
-    sub.subscribe(f"{args.source}/class" if args.source else "")
+    # Every classification's topic starts with "class/": one prefix selects them all.
+    sub.subscribe(f"class/{args.source}" if args.source else "class/")
     sub.connect(args.endpoint)
     n = 0
     try:
@@ -41,7 +40,7 @@ def main() -> int:
                 print(f"no classification within {args.timeout:g} s", file=sys.stderr)
                 return 1
             topic, *rest = sub.recv_multipart()
-            if not topic.endswith(b"/class") or len(rest) < 2:
+            if not topic.startswith(b"class/") or len(rest) < 2:
                 continue
             c = json.loads(rest[1])
             present = "+".join(k for k, v in c["present"].items() if v)

@@ -171,7 +171,8 @@ def _eval(p: argparse.ArgumentParser) -> None:
          "streamfuse.capture.tools:tail_cli")
 def _tail(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", metavar="T", default=None,
-                   help="topic prefix; a */class topic (or --classes) prints classification JSON lines")
+                   help="topic prefix; under class/ (or with --classes) it prints "
+                        "classification JSON lines")
     p.add_argument("--classes", action="store_true", help="print classifications as JSON lines")
     p.add_argument("--count", type=int, default=None, help="exit after N lines")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="exit after S seconds")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamfuse.wire import topics
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -26,7 +28,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_PATH = Path("/etc/streamfuse/streamfuse.toml")
 ENV_PREFIX = "STREAMFUSE_"
-NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 ENDPOINT_RE = re.compile(r"^(ipc://.+|inproc://.+|tcp://(\*|\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5})$")
 
 
@@ -50,7 +51,7 @@ def _non_negative(v: Any) -> str | None:
 
 
 def _name(v: Any) -> str | None:
-    return None if NAME_RE.match(v) else f"expected a name matching [a-z0-9_-]+, got {v!r}"
+    return topics.name_problem(v)
 
 
 def _one_of(*choices: str) -> Check:

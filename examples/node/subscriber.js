@@ -5,10 +5,10 @@
 //   node subscriber.js [ENDPOINT] [SOURCE] [COUNT]
 //   node subscriber.js ipc:///run/streamfuse/out room1 10
 //
-// Each message is [topic, header, payload]: topic "<source>/class", header a
+// Each message is [topic, header, payload]: topic "class/<source>", header a
 // MessagePack map (ignored here), payload one UTF-8 JSON object (DESIGN.md
-// section 3). A prefix cannot match "*/class", so with no SOURCE it subscribes
-// to everything and keeps only classifications.
+// section 3). With no SOURCE it subscribes to the prefix "class/": every
+// classification and nothing else.
 "use strict";
 const zmq = require("zeromq");
 
@@ -18,14 +18,14 @@ async function main() {
   const count = Number(process.argv[4] || 0);
   const sock = new zmq.Subscriber({ maxMessageSize: 64 * 1024 * 1024, linger: 0 });
   sock.connect(endpoint);
-  sock.subscribe(source ? `${source}/class` : "");
+  sock.subscribe(source ? `class/${source}` : "class/");
   const stop = () => sock.close();
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
   let n = 0;
   try {
     for await (const [topic, , payload] of sock) {
-      if (!topic.toString().endsWith("/class") || payload === undefined) continue;
+      if (!topic.toString().startsWith("class/") || payload === undefined) continue;
       const c = JSON.parse(payload.toString("utf8"));
       const present = Object.keys(c.present).filter((k) => c.present[k]).join("+");
       const score = Math.max(...Object.values(c.scores));

@@ -5,7 +5,7 @@ and latency (``now - t_ns``, p50 and max) of the data messages, e.g.::
 
     room1/video   30.0 msg/s  gaps 0  latency p50 1.3 ms max 4.0 ms  hb 0  bad 0
 
-With ``--classes`` (or a ``--topic`` ending in ``/class``) it prints each
+With ``--classes`` (or a ``--topic`` under ``class/``) it prints each
 classification's JSON payload as one line instead. ``--count N`` exits after N
 lines, ``--duration S`` after S seconds.
 """
@@ -151,7 +151,7 @@ def _account(stats: TailStats, parts: list, max_bytes: int) -> None:
 
 def _class_line(parts: list, max_bytes: int) -> str | None:
     """The JSON line of a classification, or None for anything else."""
-    if not parts or not bytes(parts[0].buffer).endswith(b"/class"):
+    if not parts or not topics.is_class_topic(bytes(parts[0].buffer)):
         return None
     try:
         msg = codec.decode(parts, max_bytes=max_bytes)

@@ -4,7 +4,7 @@ A short loop: PULL windows from the aligner (``align.output``), queue them in
 the pure :class:`~streamfuse.fusion.batcher.Batcher`, and for each due batch run
 :func:`classify` (collate on CPU, features and model on the device, under
 ``torch.inference_mode()`` and autocast on CUDA), then PUBlish one
-classification per window to ``bus.input`` on ``<source>/class``.
+classification per window to ``bus.input`` on ``class/<source>``.
 
 Entry points: :func:`cli` (``streamfuse fuse``) and :func:`main`
 ``(cfg, *, pull=None, pub=None, stop=None, reload=None)`` (tests inject sockets

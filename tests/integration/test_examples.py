@@ -91,4 +91,4 @@ def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
 
     recorded = list(read_messages(sorted((bus_env.root / "recordings").glob("**/*.mcap"))))
     topics = {m.topic for m in recorded}
-    assert {"room1/video", "room1/audio", "room1/class"} <= topics, topics
+    assert {"room1/video", "room1/audio", "class/room1"} <= topics, topics

@@ -52,6 +52,8 @@ def test_missing_sections_take_defaults() -> None:
         ({"record": {"enabled": "yes"}}, "record.enabled: expected true or false, got 'yes'"),
         ({"sources": [{"name": "Room 1"}]}, "sources[0].name: expected a name matching [a-z0-9_-]+"),
         ({"sources": [{"name": "a"}, {"name": "a"}]}, "sources: duplicate source name 'a'"),
+        ({"sources": [{"name": "class"}]}, "sources[0].name: 'class' is reserved"),
+        ({"sources": [{"name": "shadow"}]}, "sources[0].name: 'shadow' is reserved"),
         ({"sources": [{"name": "a", "video": {"encoding": "png"}}]},
          "sources[0].video.encoding: expected one of 'raw', 'jpeg', got 'png'"),
         ({"sources": [{"name": "a", "text": {"input": "telepathy"}}]}, "sources[0].text.input:"),
