@@ -174,6 +174,9 @@ def _tail(p: argparse.ArgumentParser) -> None:
                    help="topic prefix; under class/ (or with --classes) it prints "
                         "classification JSON lines")
     p.add_argument("--classes", action="store_true", help="print classifications as JSON lines")
+    p.add_argument("--endpoint", metavar="E", default=None,
+                   help="read this endpoint (default: bus.results, or bus.output for a --topic "
+                        "that only it carries)")
     p.add_argument("--count", type=int, default=None, help="exit after N lines")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="exit after S seconds")
     _config_arg(p)

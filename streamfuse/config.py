@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import sys
+import tempfile
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -40,6 +41,10 @@ Check = Callable[[Any], "str | None"]
 
 def _endpoint(v: Any) -> str | None:
     return None if ENDPOINT_RE.match(v) else f"expected a ZeroMQ endpoint, got {v!r}"
+
+
+def _optional_endpoint(v: Any) -> str | None:
+    return None if v == "" else _endpoint(v)
 
 
 def _positive(v: Any) -> str | None:
@@ -114,9 +119,16 @@ class BusConfig:
     output: str = _check(_endpoint, "ipc:///run/streamfuse/out")
     public: str = ""  # extra TCP input endpoint for remote captures ("" = none)
     public_output: str = ""  # extra TCP output endpoint for remote subscribers
+    # classifications, never media; "" = ipc://<dir of bus.input>/results
+    results: str = _check(_optional_endpoint, "")
+    public_results: str = ""  # the same for remote subscribers (TCP)
     max_message_mb: float = _check(_positive, 64.0)
     hwm: int = _check(_positive, 1000)
     curve: CurveConfig = field(default_factory=CurveConfig)
+
+    def __post_init__(self) -> None:
+        if not self.results:  # every reader sees the endpoint in use, never ""
+            object.__setattr__(self, "results", default_results_endpoint(self.input))
 
 
 @dataclass(frozen=True)
@@ -311,11 +323,18 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
         raise ConfigError(
             f"align.hop_ms: must not exceed align.window_ms ({cfg.align.hop_ms} > {cfg.align.window_ms})"
         )
-    for ep_key in ("public", "public_output"):
+    for ep_key in ("public", "public_output", "public_results"):
         ep = getattr(cfg.bus, ep_key)
         if ep and not ep.startswith("tcp://"):
             raise ConfigError(f"bus.{ep_key}: expected a tcp:// endpoint, got {ep!r}")
     return dataclasses.replace(cfg, path=path)
+
+
+def default_results_endpoint(bus_input: str) -> str:
+    """``bus.results`` when not set: beside an ipc ``bus.input``, else in the temp directory."""
+    p = ipc_path(bus_input)
+    directory = p.parent if p is not None else Path(tempfile.gettempdir()) / "streamfuse"
+    return f"ipc://{directory}/results"
 
 
 def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:

@@ -23,6 +23,8 @@ STREAMS = (*CAPTURE_STREAMS, CLASS_STREAM, "label", SHADOW_STREAM)
 WINDOW_STREAM = "window"  # aligner -> worker only, never on the broker
 CLASS_PREFIX = f"{CLASS_STREAM}/"
 SHADOW_PREFIX = f"{SHADOW_STREAM}/"
+# What bus.results serves: what the daemon concludes, never what its sensors capture.
+RESULT_PREFIXES = (CLASS_PREFIX,)
 RESERVED_SOURCES = DERIVED_STREAMS
 
 
@@ -61,6 +63,11 @@ def is_class_topic(t: str | bytes) -> bool:
     if isinstance(t, bytes):
         return t.startswith(b"class/")
     return t.startswith(CLASS_PREFIX)
+
+
+def is_result_topic(t: str) -> bool:
+    """True when ``t`` (a topic or a subscription prefix) is served on bus.results."""
+    return any(t.startswith(p) for p in RESULT_PREFIXES)
 
 
 def split(t: str) -> tuple[str, str]:

@@ -60,12 +60,32 @@ def test_missing_sections_take_defaults() -> None:
         ({"sources": [{}]}, "sources[0].name: missing required key"),
         ({"metrics": {"listen": "nowhere"}}, "metrics.listen: expected HOST:PORT"),
         ({"bus": {"public": "ipc:///x"}}, "bus.public: expected a tcp:// endpoint"),
+        ({"bus": {"results": "foo"}}, "bus.results: expected a ZeroMQ endpoint, got 'foo'"),
+        ({"bus": {"public_results": "ipc:///x"}}, "bus.public_results: expected a tcp:// endpoint"),
     ],
 )
 def test_bad_values_name_their_key(data: dict, message: str) -> None:
     with pytest.raises(config.ConfigError) as e:
         config.parse(data, environ={})
     assert str(e.value).startswith(message)
+
+
+def test_results_endpoint_defaults_beside_bus_input() -> None:
+    assert config.parse({}, environ={}).bus.results == "ipc:///run/streamfuse/results"
+    cfg = config.parse({"bus": {"input": "ipc:///tmp/sf/in"}}, environ={})
+    assert cfg.bus.results == "ipc:///tmp/sf/results"
+    cfg = config.parse({"bus": {"input": "ipc:///tmp/sf/in", "results": "tcp://127.0.0.1:5562"}},
+                       environ={})
+    assert cfg.bus.results == "tcp://127.0.0.1:5562"
+
+
+def test_public_results_off_loopback_needs_curve() -> None:
+    from streamfuse.service.broker import check_security
+
+    cfg = config.parse({"bus": {"public_results": "tcp://0.0.0.0:5562"}}, environ={})
+    with pytest.raises(config.ConfigError, match=r"^bus.public_results: tcp://0.0.0.0:5562 is reachable"):
+        check_security(cfg.bus)
+    check_security(config.parse({"bus": {"public_results": "tcp://127.0.0.1:5562"}}, environ={}).bus)
 
 
 def test_env_overrides_single_keys() -> None:
