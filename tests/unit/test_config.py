@@ -125,3 +125,51 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "streamfuse broker: bus.input: expected a ZeroMQ endpoint, got 'foo'"
+
+
+def _code_keys(cls: type, prefix: str = "") -> set[str]:
+    """Every dotted key the config dataclasses accept (``sources.video.fps``)."""
+    import dataclasses
+    import types
+    import typing
+
+    keys: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if cls is config.Config and f.name == "path":
+            continue  # where the file came from, not a key
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            tp = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(tp):
+            keys |= _code_keys(tp, f"{key}.")
+        else:
+            keys.add(key)
+    return keys
+
+
+def _file_keys(data: dict, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in data.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            v = v[0]
+        if isinstance(v, dict):
+            keys |= _file_keys(v, f"{prefix}{k}.")
+        else:
+            keys.add(f"{prefix}{k}")
+    return keys
+
+
+def test_the_documented_file_has_every_key_of_the_code_and_no_other() -> None:
+    """config/streamfuse.toml is the configuration reference: a key added to the code
+    must be documented there, and a key documented there must exist."""
+    import tomllib
+
+    in_code = _code_keys(config.Config)
+    in_file = _file_keys(tomllib.loads(DEFAULT.read_text(encoding="utf-8")))
+    assert {"bus.curve.enabled", "sources.video.fps", "bus.results"} <= in_code
+    assert sorted(in_code - in_file) == [], "keys of streamfuse/config.py missing in the file"
+    assert sorted(in_file - in_code) == [], "keys in the file that the code does not know"
