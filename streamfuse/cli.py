@@ -1,4 +1,4 @@
-"""The ``streamfuse`` command line (DESIGN.md section 9).
+"""The ``streamfuse`` command line (README.md shows them in use).
 
 Each subcommand is declared here with its arguments and names the function
 that runs it (``module:function``, imported lazily so ``streamfuse capture`` on

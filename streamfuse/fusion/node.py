@@ -1,4 +1,4 @@
-"""``streamfuse fuse``: the fusion worker (DESIGN.md section 5).
+"""``streamfuse fuse``: the fusion worker (docs/architecture.md).
 
 A short loop: PULL windows from the aligner (``align.output``), queue them in
 the pure :class:`~streamfuse.fusion.batcher.Batcher`, and for each due batch run
@@ -11,7 +11,7 @@ Entry points: :func:`cli` (``streamfuse fuse``) and :func:`main`
 and events; injected sockets are not closed here).
 
 Latency (``latency_ms`` in each classification, all in milliseconds, on the
-source's clock as DESIGN.md section 4 defines it):
+source's clock as docs/architecture.md, "Time", defines it):
 
 - ``align``: ``close_ns - t_end_ns`` — from the window's end until the aligner
   closed it (waiting for watermarks or the lateness bound);
@@ -142,7 +142,7 @@ _json = msgspec.json.Encoder().encode  # compact JSON, ~5x faster than json.dump
 
 def results(loaded: LoadedModel, batch: Sequence[Pending], probs: np.ndarray, mask: np.ndarray, *,
             start_ns: int, done_ns: int) -> list[Result]:
-    """Classification payloads (DESIGN.md section 3) for a batch whose inference
+    """Classification payloads (docs/protocol.md, "Classification") for a batch whose inference
     started at ``start_ns`` and finished at ``done_ns`` (epoch ns, this host)."""
     classes = loaded.classes
     infer_ms = clock.ns_to_ms(done_ns - start_ns)

@@ -1,4 +1,4 @@
-"""``streamfuse run``: the supervisor (DESIGN.md sections 1 and 11).
+"""``streamfuse run``: the supervisor (docs/architecture.md).
 
 It holds the runtime directory (a lock file), runs the broker in-process,
 starts the children of the process table, restarts crashed ones with backoff,

@@ -9,12 +9,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import jsonschema
 import msgspec
 import pytest
 import zmq
 import zmq.auth
 
 from streamfuse.wire import codec, topics
+from streamfuse.wire.schema import classification_json_schema
 from streamfuse.wire.sockets import connect_pub
 from tests.helpers.proc import ipc_ready, run_streamfuse, stop, streamfuse, wait_for
 from tests.integration.daemon_fixtures import Daemon, Feeder
@@ -33,7 +35,8 @@ def _sub(ctx: zmq.Context, endpoint: str, prefix: str, keys: Path | None = None,
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
     if name is not None and keys is not None:
-        sub.curve_publickey, sub.curve_secretkey = zmq.auth.load_certificate(keys / f"{name}.key_secret")
+        pair = zmq.auth.load_certificate(keys / f"{name}.key_secret")
+        sub.curve_publickey, sub.curve_secretkey = pair
         sub.curve_serverkey, _ = zmq.auth.load_certificate(keys / "server.key")
     sub.subscribe(prefix.encode())
     sub.connect(endpoint)
@@ -41,7 +44,7 @@ def _sub(ctx: zmq.Context, endpoint: str, prefix: str, keys: Path | None = None,
 
 
 def _kinds(sub: zmq.Socket, seen: Counter[str], payloads: list[bytes] | None = None) -> None:
-    """Read what is queued on ``sub``: count topics by kind (topic prefix for results)."""
+    """Read what is queued on ``sub``: count messages by kind, keep classification payloads."""
     while sub.poll(0):
         parts = sub.recv_multipart()
         msg = codec.decode(parts)
@@ -52,6 +55,10 @@ def _kinds(sub: zmq.Socket, seen: Counter[str], payloads: list[bytes] | None = N
 
 @pytest.mark.slow
 def test_results_endpoints_carry_classifications_only(bus_env) -> None:
+    """A daemon fed camera, microphone and text for 10 s: subscribers of everything on
+    bus.results and bus.public_results, and of class/ on bus.output, receive classifications
+    and nothing else, while media flows on the output; every classification's JSON is valid
+    against the schema the package ships."""
     public = f"tcp://127.0.0.1:{_free_port()}"
     daemon = Daemon(bus_env, f'[bus]\npublic_results = "{public}"\n')
     on_results: Counter[str] = Counter()
@@ -67,7 +74,8 @@ def test_results_endpoints_carry_classifications_only(bus_env) -> None:
             subs = {
                 "results": (_sub(ctx, bus_env.cfg.bus.results, ""), on_results),
                 "public": (_sub(ctx, public, ""), on_public),
-                "output class/": (_sub(ctx, bus_env.cfg.bus.output, topics.CLASS_PREFIX), on_output_class),
+                "output class/": (_sub(ctx, bus_env.cfg.bus.output, topics.CLASS_PREFIX),
+                                  on_output_class),
                 "output": (_sub(ctx, bus_env.cfg.bus.output, ""), on_output_all),
             }
             feeder = Feeder(ctx, bus_env.cfg.bus)
@@ -79,7 +87,8 @@ def test_results_endpoints_carry_classifications_only(bus_env) -> None:
                         _kinds(sub, seen, payloads if name == "results" else None)
                     return all(seen["class"] for _, seen in subs.values())
 
-                wait_for(fed_and_classified, timeout=90, interval=0.01, what="classifications on every endpoint")
+                wait_for(fed_and_classified, timeout=90, interval=0.01,
+                         what="classifications on every endpoint")
                 end = time.monotonic() + FEED_S
                 while time.monotonic() < end:
                     fed_and_classified()
@@ -96,8 +105,10 @@ def test_results_endpoints_carry_classifications_only(bus_env) -> None:
     for seen in (on_results, on_public, on_output_class):
         assert set(seen) == {"class"}, seen
         assert seen["class"] >= 10, seen  # a window every 0.5 s for FEED_S seconds
+    validator = jsonschema.Draft202012Validator(classification_json_schema())
     for raw in payloads:
         c = json.loads(raw)
+        validator.validate(c)
         assert c["source"] == "room1" and c["label"] in c["scores"]
 
 
@@ -114,7 +125,8 @@ def test_public_results_with_curve_serves_the_authorised_key_only(bus_env, tmp_p
     keys = _keys(tmp_path)
     public = f"tcp://127.0.0.1:{_free_port()}"
     bus_env.write(f'[bus]\npublic_results = "{public}"\n[bus.curve]\nenabled = true\n'
-                  f'server_secret = "{keys}/server.key_secret"\nauthorized = "{tmp_path}/authorized"\n')
+                  f'server_secret = "{keys}/server.key_secret"\n'
+                  f'authorized = "{tmp_path}/authorized"\n')
     log = tmp_path / "broker.log"
     with open(log, "w") as err:
         proc = streamfuse(["broker", "--config", str(bus_env.path)], stderr=err)
@@ -123,7 +135,8 @@ def test_public_results_with_curve_serves_the_authorised_key_only(bus_env, tmp_p
                  timeout=15, what="broker")
         with zmq.Context() as ctx:
             pub = connect_pub(ctx, bus_env.cfg.bus)
-            subs = {name: _sub(ctx, public, "", keys, name) for name in ("client", "intruder", None)}
+            names = ("client", "intruder", None)
+            subs = {name: _sub(ctx, public, "", keys, name) for name in names}
             got: dict[str | None, Counter[str]] = {name: Counter() for name in subs}
             try:
                 seq = [0]
@@ -139,7 +152,8 @@ def test_public_results_with_curve_serves_the_authorised_key_only(bus_env, tmp_p
                     return got["client"]["class"] >= 5 and "no CurveZMQ key" in text \
                         and "key not authorised" in text
 
-                wait_for(publish_and_read, timeout=20, what="the client served, both others rejected")
+                wait_for(publish_and_read, timeout=20,
+                         what="the client served, both others rejected")
                 assert "bus results tcp://" in log.read_text()
                 # Both others stayed subscribed all along and received not one message.
                 assert not got["intruder"] and not got[None], got
