@@ -328,7 +328,20 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
         ep = getattr(cfg.bus, ep_key)
         if ep and not ep.startswith("tcp://"):
             raise ConfigError(f"bus.{ep_key}: expected a tcp:// endpoint, got {ep!r}")
+    _check_distinct_endpoints(cfg)
     return dataclasses.replace(cfg, path=path)
+
+
+def _check_distinct_endpoints(cfg: Config) -> None:
+    """Two sockets cannot bind one endpoint; for ipc the second bind would first remove
+    the first one's socket file, silently cutting off everything connected to it."""
+    keys = ("input", "output", "public", "public_output", "results", "public_results")
+    seen: dict[str, str] = {}
+    bound = [(f"bus.{k}", getattr(cfg.bus, k)) for k in keys] + [("align.output", cfg.align.output)]
+    for key, ep in bound:
+        if ep and ep in seen:
+            raise ConfigError(f"{key}: {ep} is already {seen[ep]}")
+        seen.setdefault(ep, key)
 
 
 def default_results_endpoint(bus_input: str) -> str:

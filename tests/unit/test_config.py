@@ -62,6 +62,11 @@ def test_missing_sections_take_defaults() -> None:
         ({"bus": {"public": "ipc:///x"}}, "bus.public: expected a tcp:// endpoint"),
         ({"bus": {"results": "foo"}}, "bus.results: expected a ZeroMQ endpoint, got 'foo'"),
         ({"bus": {"public_results": "ipc:///x"}}, "bus.public_results: expected a tcp:// endpoint"),
+        ({"bus": {"results": "ipc:///run/streamfuse/out"}},
+         "bus.results: ipc:///run/streamfuse/out is already bus.output"),
+        ({"bus": {"public_output": "tcp://127.0.0.1:5561",
+                  "public_results": "tcp://127.0.0.1:5561"}},
+         "bus.public_results: tcp://127.0.0.1:5561 is already bus.public_output"),
     ],
 )
 def test_bad_values_name_their_key(data: dict, message: str) -> None:
