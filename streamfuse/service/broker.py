@@ -196,7 +196,11 @@ class _ResultsProxy:
                 for s in (self.sub, self.pub, self._control):
                     s.close(linger=0)
             return
-        sock = self.ctx.socket(zmq.PAIR)
+        try:
+            sock = self.ctx.socket(zmq.PAIR)
+        except zmq.ContextTerminated:  # the proxy sees the same and returns by itself
+            self._thread.join(5)
+            return
         sock.linger = 0
         try:
             sock.connect(self._control_endpoint)
