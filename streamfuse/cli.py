@@ -1,4 +1,4 @@
-"""The ``streamfuse`` command line (DESIGN.md section 9).
+"""The ``streamfuse`` command line (README.md shows them in use).
 
 Each subcommand is declared here with its arguments and names the function
 that runs it (``module:function``, imported lazily so ``streamfuse capture`` on
@@ -171,8 +171,12 @@ def _eval(p: argparse.ArgumentParser) -> None:
          "streamfuse.capture.tools:tail_cli")
 def _tail(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", metavar="T", default=None,
-                   help="topic prefix; a */class topic (or --classes) prints classification JSON lines")
+                   help="topic prefix; under class/ (or with --classes) it prints "
+                        "classification JSON lines")
     p.add_argument("--classes", action="store_true", help="print classifications as JSON lines")
+    p.add_argument("--endpoint", metavar="E", default=None,
+                   help="read this endpoint (default: bus.results, or bus.output for a --topic "
+                        "that only it carries)")
     p.add_argument("--count", type=int, default=None, help="exit after N lines")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="exit after S seconds")
     _config_arg(p)
