@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamfuse.service import demo  # noqa: E402
+from streamfuse.wire import topics  # noqa: E402
 
 NS = 1_000_000_000
 
@@ -82,7 +83,7 @@ def collect(sub: zmq.Socket, rows: Collected, until_s: float) -> None:
         if not sub.poll(100):
             continue
         parts = sub.recv_multipart()
-        if parts[0].endswith(b"/class") and len(parts) >= 3:
+        if topics.is_class_topic(parts[0]) and len(parts) >= 3:
             rows.rows.append(json.loads(parts[2]))
 
 

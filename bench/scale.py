@@ -34,6 +34,8 @@ from daemon_common import (
     scrape,
 )
 
+from streamfuse.wire import topics
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -57,7 +59,7 @@ def step(n: int, seconds: float, model: Path) -> dict:
                 sub = ctx.socket(zmq.SUB)
                 sub.linger = 0
                 for i in range(n):
-                    sub.subscribe(f"s{i}/class".encode())
+                    sub.subscribe(topics.class_topic(f"s{i}").encode())
                 sub.connect(cfg.bus.output)
                 feeders = [subprocess.Popen([sys.executable, str(HERE / "feed_source.py"), str(cfg_path), f"s{i}",
                                              str(seconds)], stdout=subprocess.PIPE, text=True) for i in range(n)]

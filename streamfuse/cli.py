@@ -1,4 +1,4 @@
-"""The ``streamfuse`` command line (DESIGN.md section 9).
+"""The ``streamfuse`` command line (README.md shows them in use).
 
 Each subcommand is declared here with its arguments and names the function
 that runs it (``module:function``, imported lazily so ``streamfuse capture`` on
@@ -232,10 +232,13 @@ def _eval(p: argparse.ArgumentParser) -> None:
          "streamfuse.capture.tools:tail_cli", "streamfuse tail --classes --count 10")
 def _tail(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", metavar="T", default=None,
-                   help="topic prefix; a class/ topic (or --classes) prints classification "
-                        "JSON lines (default: every topic)")
+                   help="topic prefix; under class/ (or with --classes) it prints "
+                        "classification JSON lines (default: every topic)")
     p.add_argument("--classes", action="store_true",
                    help="print classifications as JSON lines (default: stream statistics)")
+    p.add_argument("--endpoint", metavar="E", default=None,
+                   help="read this endpoint (default: bus.results, or bus.output for a --topic "
+                        "that only it carries)")
     p.add_argument("--count", type=int, default=None,
                    help="exit after N lines (default: until stopped)")
     p.add_argument("--duration", type=float, default=None, metavar="S",

@@ -3,7 +3,7 @@
 Every timestamp in streamfuse is an integer count of nanoseconds since the Unix
 epoch. Within one process time comes from the monotonic clock anchored once to
 the wall clock, so an NTP step never makes time run backwards inside a process
-(DESIGN.md section 2). Core logic never calls into this module: it receives
+(docs/architecture.md, "Time"). Core logic never calls into this module: it receives
 ``now_ns`` as an argument.
 """
 

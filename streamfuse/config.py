@@ -3,7 +3,8 @@
 The file is validated into frozen dataclasses once, at start, and passed
 explicitly. Every error names its key (``bus.input: expected a ZeroMQ endpoint,
 got 'foo'``); the CLI turns :class:`ConfigError` into one line and exit code 2.
-The keys are the public contract of DESIGN.md section 10.
+The keys are a public contract: config/streamfuse.toml documents every one
+(a unit test keeps the file and these dataclasses in step).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import difflib
 import os
 import re
 import sys
+import tempfile
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from streamfuse.wire import topics
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +35,6 @@ ENV_PREFIX = "STREAMFUSE_"
 # level, and what the supervisor tells its children (their name, their readiness file).
 OTHER_VARIABLES = ("STREAMFUSE_CONFIG", "STREAMFUSE_LOG", "STREAMFUSE_CHILD",
                    "STREAMFUSE_STATUS_FILE")
-NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 ENDPOINT_RE = re.compile(r"^(ipc://.+|inproc://.+|tcp://(\*|\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5})$")
 
 
@@ -46,6 +49,10 @@ def _endpoint(v: Any) -> str | None:
     return None if ENDPOINT_RE.match(v) else f"expected a ZeroMQ endpoint, got {v!r}"
 
 
+def _optional_endpoint(v: Any) -> str | None:
+    return None if v == "" else _endpoint(v)
+
+
 def _positive(v: Any) -> str | None:
     return None if v > 0 else f"expected a positive number, got {v!r}"
 
@@ -55,7 +62,7 @@ def _non_negative(v: Any) -> str | None:
 
 
 def _name(v: Any) -> str | None:
-    return None if NAME_RE.match(v) else f"expected a name matching [a-z0-9_-]+, got {v!r}"
+    return topics.name_problem(v)
 
 
 def _one_of(*choices: str) -> Check:
@@ -118,9 +125,16 @@ class BusConfig:
     output: str = _check(_endpoint, "ipc:///run/streamfuse/out")
     public: str = ""  # extra TCP input endpoint for remote captures ("" = none)
     public_output: str = ""  # extra TCP output endpoint for remote subscribers
+    # classifications, never media; "" = ipc://<dir of bus.input>/results
+    results: str = _check(_optional_endpoint, "")
+    public_results: str = ""  # the same for remote subscribers (TCP)
     max_message_mb: float = _check(_positive, 64.0)
     hwm: int = _check(_positive, 1000)
     curve: CurveConfig = field(default_factory=CurveConfig)
+
+    def __post_init__(self) -> None:
+        if not self.results:  # every reader sees the endpoint in use, never ""
+            object.__setattr__(self, "results", default_results_endpoint(self.input))
 
 
 @dataclass(frozen=True)
@@ -360,11 +374,31 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
         raise ConfigError(
             f"align.hop_ms: must not exceed align.window_ms ({cfg.align.hop_ms} > {cfg.align.window_ms})"
         )
-    for ep_key in ("public", "public_output"):
+    for ep_key in ("public", "public_output", "public_results"):
         ep = getattr(cfg.bus, ep_key)
         if ep and not ep.startswith("tcp://"):
             raise ConfigError(f"bus.{ep_key}: expected a tcp:// endpoint, got {ep!r}")
+    _check_distinct_endpoints(cfg)
     return dataclasses.replace(cfg, path=path)
+
+
+def _check_distinct_endpoints(cfg: Config) -> None:
+    """Two sockets cannot bind one endpoint; for ipc the second bind would first remove
+    the first one's socket file, silently cutting off everything connected to it."""
+    keys = ("input", "output", "public", "public_output", "results", "public_results")
+    seen: dict[str, str] = {}
+    bound = [(f"bus.{k}", getattr(cfg.bus, k)) for k in keys] + [("align.output", cfg.align.output)]
+    for key, ep in bound:
+        if ep and ep in seen:
+            raise ConfigError(f"{key}: {ep} is already {seen[ep]}")
+        seen.setdefault(ep, key)
+
+
+def default_results_endpoint(bus_input: str) -> str:
+    """``bus.results`` when not set: beside an ipc ``bus.input``, else in the temp directory."""
+    p = ipc_path(bus_input)
+    directory = p.parent if p is not None else Path(tempfile.gettempdir()) / "streamfuse"
+    return f"ipc://{directory}/results"
 
 
 def _read(path: str | Path | None, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:

@@ -1,4 +1,4 @@
-"""Every Prometheus metric streamfuse exports, defined once (DESIGN.md section 11).
+"""Every Prometheus metric streamfuse exports, defined once (README.md, "Metrics").
 
 Each process increments these; the supervisor serves them all on
 ``metrics.listen``. Under the supervisor every child runs with

@@ -1,4 +1,4 @@
-"""``streamfuse align``: the aligner process (DESIGN.md sections 1 and 4).
+"""``streamfuse align``: the aligner process (docs/architecture.md).
 
 A short loop around the pure :class:`~streamfuse.align.window.Aligner`:
 SUBscribe to ``<source>/video|audio|text`` on ``bus.output`` (every source when

@@ -5,7 +5,7 @@ the messages themselves: each message is taken as received at its own
 ``t_ns``, so ``now`` follows the recording and a window closes as soon as the
 recording has moved past it. At the end every open window is flushed. Given
 the same messages, the live node (on a replay) and this function make the same
-windows (DESIGN.md section 4: train/serve skew is a bug).
+windows (docs/architecture.md: train/serve skew is a bug).
 """
 
 from __future__ import annotations

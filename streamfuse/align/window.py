@@ -1,4 +1,4 @@
-"""The aligner core: cut each source's streams into windows (DESIGN.md section 4).
+"""The aligner core: cut each source's streams into windows (docs/architecture.md, "Time").
 
 Pure: no sockets, no clocks, no globals. The node (or the trainer) calls
 ``push(msg, recv_ns)`` for every message and ``pop_ready(now_ns)`` on arrival

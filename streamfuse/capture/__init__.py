@@ -1,4 +1,4 @@
-"""Capture processes: one per stream, publishing to ``bus.input`` (DESIGN.md section 1).
+"""Capture processes: one per stream, publishing to ``bus.input`` (docs/architecture.md).
 
 ``streamfuse capture video|audio|text --source NAME`` runs :func:`cli`, which
 picks the source's stream config and starts the matching node:

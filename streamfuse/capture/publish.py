@@ -132,7 +132,7 @@ class Heartbeats:
 
     ``grid = (window_ns, hop_ns)`` of ``[align]``: windows end at
     ``k * hop + window``. A window closes when every stream's watermark has
-    passed its end (DESIGN.md section 4), so a heartbeat right after each end
+    passed its end (docs/protocol.md), so a heartbeat right after each end
     closes it at once instead of after the stream's next frame (67 ms at 15
     fps) or its next periodic heartbeat. Pure: the caller passes ``now_ns``.
     """

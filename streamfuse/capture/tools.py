@@ -5,9 +5,13 @@ and latency (``now - t_ns``, p50 and max) of the data messages, e.g.::
 
     room1/video   30.0 msg/s  gaps 0  latency p50 1.3 ms max 4.0 ms  hb 0  bad 0
 
-With ``--classes`` (or a ``--topic`` ending in ``/class``) it prints each
+With ``--classes`` (or a ``--topic`` under ``class/``) it prints each
 classification's JSON payload as one line instead. ``--count N`` exits after N
 lines, ``--duration S`` after S seconds.
+
+It reads ``bus.results`` (classifications only) unless ``--topic`` names
+something only ``bus.output`` carries (``room1/``, ``room1/video``), or
+``--endpoint`` says where.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import zmq
 
 from streamfuse import clock
-from streamfuse.config import Config, ConfigError, TextConfig
+from streamfuse.config import BusConfig, Config, ConfigError, TextConfig
 from streamfuse.wire import codec, topics
 from streamfuse.wire.sockets import connect_sub, max_message_bytes
 
@@ -106,7 +110,7 @@ def tail_cli(args: argparse.Namespace, cfg: Config) -> int:
     max_bytes = max_message_bytes(cfg.bus)
     stats = TailStats()
     with zmq.Context() as ctx:
-        sub = connect_sub(ctx, cfg.bus, [prefix])
+        sub = connect_sub(ctx, cfg.bus, [prefix], endpoint=tail_endpoint(args, cfg.bus))
         try:
             next_report = clock.now_ns() + clock.NS_PER_S
             while not stop.is_set():
@@ -138,6 +142,13 @@ def tail_cli(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def tail_endpoint(args: argparse.Namespace, bus: BusConfig) -> str:
+    """``--endpoint``, else bus.results unless the topic is one only bus.output carries."""
+    if getattr(args, "endpoint", None):
+        return str(args.endpoint)
+    return bus.results if topics.is_result_topic(args.topic or topics.CLASS_PREFIX) else bus.output
+
+
 def _account(stats: TailStats, parts: list, max_bytes: int) -> None:
     now = clock.now_ns()
     topic = bytes(parts[0].buffer).decode("utf-8", "replace") if parts else "?"
@@ -151,7 +162,7 @@ def _account(stats: TailStats, parts: list, max_bytes: int) -> None:
 
 def _class_line(parts: list, max_bytes: int) -> str | None:
     """The JSON line of a classification, or None for anything else."""
-    if not parts or not bytes(parts[0].buffer).endswith(b"/class"):
+    if not parts or not topics.is_class_topic(bytes(parts[0].buffer)):
         return None
     try:
         msg = codec.decode(parts, max_bytes=max_bytes)

@@ -15,7 +15,7 @@ Each ~2 s segment holds one digit (0-9):
 - 8 % of segments have the camera covered (no frames, only video heartbeats)
   and another 8 % the microphone muted (no blocks, only audio heartbeats).
 
-Layout (DESIGN.md section 8): ``OUT/{train,val,test}/`` (only ``OUT/test/``
+Layout (README.md, "Train on your own data"): ``OUT/{train,val,test}/`` (only ``OUT/test/``
 with ``split="test"``), each with ``*.mcap`` recordings of up to 200 segments
 and one ``labels.csv`` (``source,start,end,label``; ``start``/``end`` are
 absolute epoch ``t_ns`` integers, ``end`` exclusive, labels ``zero``..``nine``),

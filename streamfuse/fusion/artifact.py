@@ -1,4 +1,4 @@
-"""Model artifacts: a directory with ``model.safetensors`` and ``manifest.json`` (DESIGN.md s.7).
+"""Model artifacts: a directory with ``model.safetensors`` and ``manifest.json`` (README.md).
 
 Public API:
 

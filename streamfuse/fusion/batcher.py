@@ -1,4 +1,4 @@
-"""Dynamic batching across sources (DESIGN.md section 5): pure, clock-free.
+"""Dynamic batching across sources (docs/architecture.md): pure, clock-free.
 
 Public API:
 

@@ -1,17 +1,17 @@
-"""``streamfuse fuse``: the fusion worker (DESIGN.md section 5).
+"""``streamfuse fuse``: the fusion worker (docs/architecture.md).
 
 A short loop: PULL windows from the aligner (``align.output``), queue them in
 the pure :class:`~streamfuse.fusion.batcher.Batcher`, and for each due batch run
 :func:`classify` (collate on CPU, features and model on the device, under
 ``torch.inference_mode()`` and autocast on CUDA), then PUBlish one
-classification per window to ``bus.input`` on ``<source>/class``.
+classification per window to ``bus.input`` on ``class/<source>``.
 
 Entry points: :func:`cli` (``streamfuse fuse``) and :func:`main`
 ``(cfg, *, pull=None, pub=None, stop=None, reload=None)`` (tests inject sockets
 and events; injected sockets are not closed here).
 
 Latency (``latency_ms`` in each classification, all in milliseconds, on the
-source's clock as DESIGN.md section 4 defines it):
+source's clock as docs/architecture.md, "Time", defines it):
 
 - ``align``: ``close_ns - t_end_ns`` — from the window's end until the aligner
   closed it (waiting for watermarks or the lateness bound);
@@ -142,7 +142,7 @@ _json = msgspec.json.Encoder().encode  # compact JSON, ~5x faster than json.dump
 
 def results(loaded: LoadedModel, batch: Sequence[Pending], probs: np.ndarray, mask: np.ndarray, *,
             start_ns: int, done_ns: int) -> list[Result]:
-    """Classification payloads (DESIGN.md section 3) for a batch whose inference
+    """Classification payloads (docs/protocol.md, "Classification") for a batch whose inference
     started at ``start_ns`` and finished at ``done_ns`` (epoch ns, this host)."""
     classes = loaded.classes
     infer_ms = clock.ns_to_ms(done_ns - start_ns)

@@ -1,4 +1,4 @@
-"""How a wire message is stored in an MCAP file (DESIGN.md section 6).
+"""How a wire message is stored in an MCAP file (docs/protocol.md, "Recordings").
 
 This is the contract any other tool relies on to read a streamfuse recording:
 

@@ -1,4 +1,4 @@
-"""``streamfuse replay``: publish recordings onto the bus (DESIGN.md section 6).
+"""``streamfuse replay``: publish recordings onto the bus (README.md, "Recordings").
 
 Messages go to ``bus.input`` byte for byte, merged across files in ``t_ns``
 order. Pacing: ``--rate R`` publishes message ``i`` at

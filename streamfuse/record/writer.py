@@ -1,4 +1,4 @@
-"""Write bus messages to MCAP files; ``streamfuse record`` (DESIGN.md section 6).
+"""Write bus messages to MCAP files; ``streamfuse record`` (README.md, "Recordings").
 
 :class:`RecordingWriter` writes one MCAP file in the layout of
 :mod:`streamfuse.record.format` through :class:`~streamfuse.record.mcapfile.McapFile`,

@@ -1,11 +1,18 @@
-"""The bus: one XSUB/XPUB proxy (DESIGN.md section 1).
+"""The bus: one XSUB/XPUB proxy (docs/architecture.md, "The broker").
 
 Producers connect PUB sockets to ``bus.input`` (XSUB), consumers connect SUB
 sockets to ``bus.output`` (XPUB). Forwarding is ZeroMQ's own ``zmq.proxy`` in C:
 payloads are never copied into Python. ``bus.public`` adds a TCP input for
-remote captures and ``bus.public_output`` a TCP output for remote subscribers;
-when ``[bus.curve]`` is enabled those TCP endpoints are CurveZMQ servers that
-accept only the public keys in ``bus.curve.authorized``.
+remote captures and ``bus.public_output`` a TCP output for remote subscribers.
+
+``bus.results`` (and the TCP ``bus.public_results``) serve only what the daemon
+concludes (topics under ``wire.topics.RESULT_PREFIXES``), never frames, audio or
+text: a second proxy reads the output through a SUB subscribed to those prefixes
+and republishes on a PUB. The filter is the SUB's subscription, so a results
+subscriber that subscribes to everything still receives no media.
+
+When ``[bus.curve]`` is enabled every TCP endpoint is a CurveZMQ server that
+accepts only the public keys in ``bus.curve.authorized``.
 """
 
 from __future__ import annotations
@@ -20,14 +27,24 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.config import BusConfig, Config, ConfigError, is_local_endpoint
+from streamfuse.wire import topics
 from streamfuse.wire.sockets import max_message_bytes, prepare_endpoint, remove_stale_ipc
 
 log = logging.getLogger("streamfuse.broker")
 
 
+ENDPOINT_KEYS = ("input", "output", "public", "public_output", "results", "public_results")
+
+
+def _curve_endpoints(bus: BusConfig) -> list[str]:
+    """The broker's endpoints that are CurveZMQ servers: every tcp:// one when enabled."""
+    eps = [getattr(bus, k) for k in ENDPOINT_KEYS]
+    return [e for e in eps if bus.curve.enabled and e.startswith("tcp://")]
+
+
 def check_security(bus: BusConfig) -> None:
     """Refuse a non-loopback TCP endpoint unless CurveZMQ keys are configured."""
-    for key in ("input", "output", "public", "public_output"):
+    for key in ENDPOINT_KEYS:
         ep = getattr(bus, key)
         if ep and not is_local_endpoint(ep) and not (bus.curve.enabled and bus.curve.server_secret):
             raise ConfigError(
@@ -133,10 +150,70 @@ class _RejectionLog:
         self._thread.join(2)
 
 
+class _ResultsProxy:
+    """The results endpoints: a SUB on the bus output, subscribed to the result
+    prefixes only, forwarded by ``zmq.proxy`` (C) to a PUB bound by the broker.
+
+    A PUB rather than an XPUB: libzmq handles its peers' subscriptions itself, so
+    nothing has to read them (unread XPUB subscription messages pile up). Its
+    ``maxmsgsize`` bounds what a peer may send it, which is only subscriptions.
+    The sockets are created in the broker's thread and handed to the proxy thread
+    by ``start()`` (a thread start is the memory barrier libzmq asks for).
+    """
+
+    def __init__(self, ctx: zmq.Context, output: str, hwm: int, *, tag: int) -> None:
+        self.ctx = ctx
+        self._control_endpoint = f"inproc://broker-results-control-{tag}"
+        self.sub = ctx.socket(zmq.SUB)
+        self.pub = ctx.socket(zmq.PUB)
+        self._control = ctx.socket(zmq.PAIR)
+        for s in (self.sub, self.pub, self._control):
+            s.linger = 0
+        self.sub.rcvhwm = self.pub.sndhwm = hwm
+        self.pub.maxmsgsize = SUBSCRIPTION_MAX_BYTES
+        for prefix in topics.RESULT_PREFIXES:
+            self.sub.subscribe(prefix.encode())
+        self.sub.connect(output)
+        self._control.bind(self._control_endpoint)
+        self._thread = threading.Thread(target=self._run, name="broker-results", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            zmq.proxy_steerable(self.sub, self.pub, None, self._control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            for s in (self.sub, self.pub, self._control):
+                s.close(linger=0)
+
+    def stop(self) -> None:
+        """Ask the proxy to return and wait for it (or close the unstarted sockets)."""
+        if not self._thread.is_alive():
+            if self._thread.ident is None:
+                for s in (self.sub, self.pub, self._control):
+                    s.close(linger=0)
+            return
+        try:
+            sock = self.ctx.socket(zmq.PAIR)
+        except zmq.ContextTerminated:  # the proxy sees the same and returns by itself
+            self._thread.join(5)
+            return
+        sock.linger = 0
+        try:
+            sock.connect(self._control_endpoint)
+            sock.send(b"TERMINATE")
+            self._thread.join(5)  # the sender stays open until the proxy has read it
+        finally:
+            sock.close()
+
+
 class Broker:
     """Bind the bus and forward until :meth:`stop`.
 
-    ``on_ready`` is called once both sockets are bound (the supervisor uses it
+    ``on_ready`` is called once every endpoint is bound (the supervisor uses it
     for ``READY=1``).
     """
 
@@ -144,8 +221,7 @@ class Broker:
         check_security(bus)
         self.bus = bus
         self._keys = (b"", b"")
-        if bus.curve.enabled and any(e.startswith("tcp://") for e in
-                                     (bus.input, bus.output, bus.public, bus.public_output)):
+        if _curve_endpoints(bus):
             # Check the keys here, in the caller's thread, so a bad path is a
             # config error (exit 2) and not a dead proxy thread.
             self._keys = load_server_keys(bus)
@@ -176,9 +252,8 @@ class Broker:
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         bus = self.bus
-        curve_eps = [e for e in (bus.input, bus.output, bus.public, bus.public_output)
-                     if bus.curve.enabled and e.startswith("tcp://")]
-        if curve_eps:
+        curve = bool(_curve_endpoints(bus))
+        if curve:
             self._start_auth()
         xsub = self.ctx.socket(zmq.XSUB)
         xpub = self.ctx.socket(zmq.XPUB)
@@ -190,21 +265,30 @@ class Broker:
         xsub.maxmsgsize = max_message_bytes(bus)
         xpub.maxmsgsize = SUBSCRIPTION_MAX_BYTES  # it reads only subscriptions from its peers
         monitor: _RejectionLog | None = None
+        results: _ResultsProxy | None = None
         try:
             self._bind(xsub, bus.input, bus.public)
             self._bind(xpub, bus.output, bus.public_output)
+            inner_output = f"inproc://broker-output-{id(self)}"
+            xpub.bind(inner_output)
             control.bind(self._control_endpoint)
-            if curve_eps:
-                monitor = _RejectionLog(self.ctx, {"input": xsub, "output": xpub}, id(self))
-            log.info("bus up: input %s output %s%s%s", bus.input, bus.output,
-                     f" public {bus.public}" if bus.public else "",
-                     f" public_output {bus.public_output}" if bus.public_output else "")
+            results = _ResultsProxy(self.ctx, inner_output, bus.hwm * 10, tag=id(self))
+            self._bind(results.pub, bus.results, bus.public_results)
+            if curve:
+                monitor = _RejectionLog(self.ctx, {"input": xsub, "output": xpub,
+                                                   "results": results.pub}, id(self))
+            results.start()
+            log.info("bus up: input %s output %s results %s%s", bus.input, bus.output, bus.results,
+                     "".join(f" {k} {getattr(bus, k)}" for k in
+                             ("public", "public_output", "public_results") if getattr(bus, k)))
             if on_ready is not None:
                 on_ready()
             zmq.proxy_steerable(xsub, xpub, None, control)
         except zmq.ContextTerminated:
             pass
         finally:
+            if results is not None:
+                results.stop()
             if monitor is not None:
                 monitor.stop()
             for s in (xsub, xpub, control):

@@ -40,6 +40,7 @@ import zmq
 from streamfuse import clock
 from streamfuse.config import Config, load
 from streamfuse.signals import Signals
+from streamfuse.wire import topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.demo")
@@ -282,7 +283,7 @@ def watch(sub: zmq.Socket, *, until, spans, results: Results, stop: Signals) -> 
         if not sub.poll(100):
             continue
         parts = sub.recv_multipart()
-        if not parts[0].endswith(b"/class") or len(parts) < 3:
+        if not topics.is_class_topic(parts[0]) or len(parts) < 3:
             continue
         try:
             c = json.loads(bytes(parts[2]).decode())
@@ -325,7 +326,8 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
             status = daemon.wait_ready(120, stop)
             print(f"demo: daemon ready in {(clock.monotonic_ns() - t0) / NS:.0f} s ({status})", flush=True)
             with zmq.Context() as ctx:
-                sub = connect_sub(ctx, cfg.bus, [f"{s}/class" for s in spans])
+                sub = connect_sub(ctx, cfg.bus, [topics.class_topic(s) for s in spans],
+                                  endpoint=cfg.bus.results)
                 try:
                     # --small replays the first seconds only: enough windows to see it work
                     span = ["--end", str(size.replay_s)] if size.replay_s else []
@@ -393,7 +395,8 @@ def run_live_demo(args: argparse.Namespace, cfg: Config, stop: Signals) -> int:
             daemon.wait_ready(120, stop)
             print("demo: ready; Ctrl-C to stop", flush=True)
             with zmq.Context() as ctx:
-                sub = connect_sub(ctx, live_cfg.bus, [f"{s.name}/class" for s in live_cfg.sources])
+                sub = connect_sub(ctx, live_cfg.bus, [topics.CLASS_PREFIX],
+                                  endpoint=live_cfg.bus.results)
                 try:
                     watch(sub, until=lambda: daemon.proc.poll() is not None, spans={}, results=Results(),
                           stop=stop)

@@ -1,4 +1,4 @@
-"""``streamfuse run``: the supervisor (DESIGN.md sections 1 and 11).
+"""``streamfuse run``: the supervisor (docs/architecture.md).
 
 It holds the runtime directory (a lock file), runs the broker in-process,
 starts the children of the process table, restarts crashed ones with backoff,
@@ -52,6 +52,7 @@ from streamfuse.service.health import Liveness, RestartPolicy
 from streamfuse.service.notify import Notifier
 from streamfuse.service.processes import CAPTURE, ProcessSpec, table
 from streamfuse.signals import Signals
+from streamfuse.wire import topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.supervisor")
@@ -399,7 +400,7 @@ class Supervisor:
             except zmq.Again:
                 return
             t = bytes(parts[0].buffer)
-            if t.endswith(b"/class"):
+            if topics.is_class_topic(t):
                 self._classes += 1
                 self.liveness.on_output(now)
             else:
@@ -408,22 +409,21 @@ class Supervisor:
     def _monitor_topics(self) -> list[str]:
         """What the supervisor reads from the bus to see the pipeline work.
 
-        Per configured source: its classifications and its smallest input
-        stream (audio or text; video only when it is the only one; audio and
-        text when its streams are captured elsewhere). With no configured
-        source (inputs from replay or remote hosts) everything, since topic
-        prefixes cannot select ``*/class``: name the sources to spare that.
+        Every classification (``class/``) and, per configured source, its
+        smallest input stream (audio or text; video only when it is the only
+        one; audio and text when its streams are captured elsewhere). With no
+        configured source (inputs from replay or remote hosts) every input,
+        since no prefix selects ``*/audio``: name the sources to spare that.
         """
         if not self.cfg.sources:
             return [""]
-        topics = []
+        subscribed = [topics.CLASS_PREFIX]
         for s in self.cfg.sources:
-            topics.append(f"{s.name}/class")
             small = [st for st in ("audio", "text") if getattr(s, st) is not None]
             if not s.streams():
                 small = ["audio", "text"]
-            topics += [f"{s.name}/{st}" for st in (small or s.streams())]
-        return topics
+            subscribed += [topics.topic(s.name, st) for st in (small or s.streams())]
+        return subscribed
 
     # ------------------------------------------------------------------ main
 

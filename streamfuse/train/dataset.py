@@ -2,8 +2,8 @@
 
 Windows come from :func:`streamfuse.align.offline.windows_from_messages` with
 the config's ``[align]`` parameters: the same code and parameters as the live
-aligner, so the trainer sees exactly the windows the daemon would (DESIGN.md
-section 4). Each window is labelled by :class:`streamfuse.train.labels.Labeller`
+aligner, so the trainer sees exactly the windows the daemon would (docs/architecture.md,
+"Time"). Each window is labelled by :class:`streamfuse.train.labels.Labeller`
 (a label must cover more than half of the window; other windows are counted as
 ``unlabelled`` and left out), then featurised once with the fusion package's
 ``collate`` + ``to_device`` on the CPU and kept in memory as one

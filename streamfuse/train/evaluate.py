@@ -17,7 +17,7 @@ through its presence mask:
 - ``alone_present``: the same over the windows where that modality is present;
 - ``removed``: that modality masked out in every window (the others as recorded).
 
-``--report DIR`` writes ``report.json`` (DESIGN.md section 8 keys and more),
+``--report DIR`` writes ``report.json`` (the keys README.md lists and more),
 ``report.md``, ``confusion.png`` and ``reliability.png``.
 """
 

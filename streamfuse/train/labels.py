@@ -1,6 +1,6 @@
 """Ground-truth labels: the CSV format, its validation, and which label a window gets.
 
-CSV (DESIGN.md section 8): a header line ``source,start,end,label`` then one
+CSV (README.md, "Train on your own data"): a header line ``source,start,end,label`` then one
 row per labelled span ``[start, end)``. Times are either
 
 - absolute epoch nanoseconds, written as integers (what ``streamfuse dataset``

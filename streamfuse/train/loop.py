@@ -1,4 +1,4 @@
-"""``streamfuse train``: recordings + labels -> a model artifact (DESIGN.md sections 7, 8).
+"""``streamfuse train``: recordings + labels -> a model artifact (README.md).
 
 Data: windows from the offline aligner with the config's ``[align]``
 parameters, labelled and featurised once (:mod:`streamfuse.train.dataset`),

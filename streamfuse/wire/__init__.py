@@ -1,1 +1,1 @@
-"""The wire format: message schema, codec and topic names (DESIGN.md section 3)."""
+"""The wire format: message schema, codec and topic names (docs/protocol.md)."""

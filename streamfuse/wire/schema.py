@@ -1,4 +1,4 @@
-"""Every message type on the bus, with one shared envelope (DESIGN.md section 3).
+"""Every message type on the bus, with one shared envelope (docs/protocol.md).
 
 A wire message is ``[topic, header, payload...]``: the header is a MessagePack
 map described by one of the ``*Header`` structs below (tagged by ``kind``), the
@@ -11,12 +11,17 @@ the names (``_ns``, ``_ms``, ``_hz``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
 
 import msgspec
 import numpy as np
 
 SCHEMA_VERSION = 1
+# Shipped in the package; docs/schemas/ holds the same file for readers of the repository.
+CLASSIFICATION_SCHEMA = "data/schemas/classification.schema.json"
 
 # dtypes allowed on the wire for arrays (frames and audio).
 ARRAY_DTYPES = ("uint8", "int16", "int32", "float32", "float64")
@@ -63,12 +68,20 @@ class HeartbeatHeader(Envelope, tag="heartbeat", frozen=True):
 
 
 class ClassHeader(Envelope, tag="class", frozen=True):
-    """A classification; payload is the UTF-8 JSON object of DESIGN.md section 3.
+    """A classification; payload is the UTF-8 JSON object of docs/protocol.md,
+    "Classification" (JSON Schema: :func:`classification_json_schema`).
     ``t_ns`` is the window's end."""
 
     label: str = ""
     score: float = 0.0
     t_start_ns: int = 0
+
+
+def classification_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a classification's payload."""
+    text = resources.files("streamfuse").joinpath(CLASSIFICATION_SCHEMA).read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 class LabelHeader(Envelope, tag="label", frozen=True):
@@ -85,7 +98,7 @@ class WindowHeader(Envelope, tag="window", frozen=True):
     (each raw or JPEG) followed by the audio buffer when audio is present.
     ``close_ns`` is the source-clock instant the window closed and ``emit_ns``
     the aligner's clock when it sent it, so a worker can report latency on the
-    source's clock (DESIGN.md section 4).
+    source's clock (docs/architecture.md, "Time").
     """
 
     t_end_ns: int

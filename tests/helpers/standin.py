@@ -4,7 +4,7 @@
 ``<role> start <pid>`` / ``<role> stop <pid>`` to EVENTS_FILE.
 
 - feeder: publishes ``SOURCE/text`` messages at 50 Hz on bus.input.
-- echo: subscribes to ``SOURCE/text`` and publishes a ``SOURCE/class`` for every 5th.
+- echo: subscribes to ``SOURCE/text`` and publishes a ``class/SOURCE`` for every 5th.
 - worker / modelworker: report ``no-model`` / ``model`` (streamfuse.readiness).
 - every role logs ``hup`` on SIGHUP.
 - sleeper: does nothing until SIGTERM.

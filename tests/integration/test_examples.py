@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.helpers.proc import wait_for
+from tests.helpers.proc import run_streamfuse, wait_for
 from tests.integration.daemon_fixtures import Daemon, Feeder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,23 +38,45 @@ def _node_ready() -> str | None:
     return None
 
 
+def _curve(root: Path) -> tuple[str, list[str]]:
+    """Server and client keys: the [bus.curve] section, and the examples' client flags."""
+    keys, authorized = root / "keys", root / "authorized"
+    for name in ("server", "client"):
+        r = run_streamfuse(["keys", "generate", str(keys), "--name", name])
+        assert r.returncode == 0, r.stderr
+    authorized.mkdir()
+    shutil.copy(keys / "client.key", authorized / "client.key")
+    section = (f'[bus.curve]\nenabled = true\nserver_secret = "{keys}/server.key_secret"\n'
+               f'authorized = "{authorized}"\n')
+    return section, ["--client-secret", str(keys / "client.key_secret"),
+                     "--server-public", str(keys / "server.key")]
+
+
 @pytest.mark.slow
-def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
+def test_python_and_node_subscribers_print_classifications(bus_env, tmp_path: Path) -> None:
     problem = _node_ready()
     if problem:
         pytest.fail(problem)  # node and npm are part of the set-up (scripts/setup.sh)
     port = _free_port()
+    public = f"tcp://127.0.0.1:{_free_port()}"
+    curve, client_flags = _curve(tmp_path)
     # with the recorder on: SIGTERM must leave a finished recording holding the classifications
-    daemon = Daemon(bus_env, f'[metrics]\nlisten = "127.0.0.1:{port}"\n[record]\nenabled = true\n')
+    daemon = Daemon(bus_env, f'[bus]\npublic_results = "{public}"\n{curve}'
+                             f'[metrics]\nlisten = "127.0.0.1:{port}"\n[record]\nenabled = true\n')
     subs: list[subprocess.Popen] = []
     try:
         daemon.wait_ready()
-        out = bus_env.cfg.bus.output
+        py = [sys.executable, str(ROOT / "examples" / "subscriber.py"),
+              "--count", "3", "--timeout", "60"]
         subs = [
-            subprocess.Popen([sys.executable, str(ROOT / "examples" / "subscriber.py"), "--endpoint", out,
-                              "--source", "room1", "--count", "3", "--timeout", "60"],
+            # on this host: the results endpoint over ipc, plain
+            subprocess.Popen([*py, "--endpoint", bus_env.cfg.bus.results, "--source", "room1"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-            subprocess.Popen(["node", str(NODE_DIR / "subscriber.js"), out, "room1", "3"],
+            # from "another host": public_results over TCP, CurveZMQ with the client's key
+            subprocess.Popen([*py, "--endpoint", public, *client_flags],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            subprocess.Popen(["node", str(NODE_DIR / "subscriber.js"), public, "room1", "3",
+                              *client_flags],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
         ]
         with zmq.Context() as ctx:
@@ -65,7 +87,8 @@ def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
                     daemon._poll_ready()
                     return all(p.poll() is not None for p in subs)
 
-                wait_for(done, timeout=90, interval=0.01, what="both subscribers to get 3 classifications")
+                wait_for(done, timeout=90, interval=0.01,
+                         what="every subscriber to get 3 classifications")
             finally:
                 feeder.close()
         for p in subs:
@@ -91,4 +114,4 @@ def test_python_and_node_subscribers_print_classifications(bus_env) -> None:
 
     recorded = list(read_messages(sorted((bus_env.root / "recordings").glob("**/*.mcap"))))
     topics = {m.topic for m in recorded}
-    assert {"room1/video", "room1/audio", "room1/class"} <= topics, topics
+    assert {"room1/video", "room1/audio", "class/room1"} <= topics, topics

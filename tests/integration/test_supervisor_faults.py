@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from streamfuse.config import AlignConfig
+from streamfuse.wire import topics
 from tests.helpers.mjpeg import MjpegCamera
 from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
 from tests.integration.supervised import NotifySocket
@@ -33,8 +34,8 @@ class Watch:
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.sub = ctx.socket(zmq.SUB)
         self.sub.linger = 0
-        self.sub.subscribe(f"{SOURCE}/class".encode())
-        self.sub.subscribe(f"{SOURCE}/text".encode())
+        self.sub.subscribe(topics.class_topic(SOURCE).encode())
+        self.sub.subscribe(topics.topic(SOURCE, "text").encode())
         self.sub.connect(endpoint)
         self.classes: list[tuple[float, dict]] = []
         self.text_times: list[float] = []
@@ -42,7 +43,7 @@ class Watch:
     def pump(self) -> None:
         while self.sub.poll(10):
             parts = self.sub.recv_multipart()
-            if parts[0].endswith(b"/class"):
+            if topics.is_class_topic(parts[0]):
                 self.classes.append((time.monotonic(), json.loads(parts[2])))
             else:
                 self.text_times.append(time.monotonic())

@@ -55,3 +55,41 @@ def test_service_declares_the_contract() -> None:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
     assert re.search(r"^User=streamfuse$", text, re.M)
+
+
+def _with_dropin(tmp_path: Path, dropin: str) -> Path:
+    """The daemon's unit with one of the shipped drop-ins beside it, where verify reads it."""
+    unit = _copy(tmp_path, "streamfuse.service")
+    d = tmp_path / "streamfuse.service.d"
+    d.mkdir()
+    (d / dropin).write_text((ROOT / "systemd" / dropin).read_text())
+    return unit
+
+
+def test_gpu_dropin_verifies_and_keeps_the_score(tmp_path: Path) -> None:
+    unit = _with_dropin(tmp_path, "gpu.conf")
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", r.stdout)
+    assert m and float(m.group(1)) <= 2.5, r.stdout[-500:]
+    text = (ROOT / "systemd" / "gpu.conf").read_text()
+    assert "DeviceAllow=char-nvidia-frontend rw" in text and "DeviceAllow=char-nvidia-uvm rw" in text
+
+
+def _systemd_version() -> int:
+    out = subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"systemd (\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+def test_notify_reload_dropin_needs_only_a_newer_systemd(tmp_path: Path) -> None:
+    """On systemd >= 253 it verifies silently; older ones know every line but the type."""
+    unit = _with_dropin(tmp_path, "notify-reload.conf")
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    complaints = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    if _systemd_version() >= 253:
+        assert complaints == []
+    else:
+        assert len(complaints) == 1 and "Failed to parse service type" in complaints[0], complaints

@@ -75,6 +75,25 @@ def test_tail_classes_prints_each_classification_as_a_json_line(broker) -> None:
     assert idx == sorted(idx) and all(i % 2 == 0 for i in idx)
 
 
+def test_tail_reads_the_results_endpoint_by_default(broker) -> None:
+    """No --topic: rates of what bus.results carries; the text on the bus is not there."""
+    proc = streamfuse(["tail", "--duration", "3", "--config", str(broker.path)],
+                      stdout=subprocess.PIPE, text=True)
+
+    def class_or_text(i: int):
+        if i % 2:
+            return codec.text_message("room1", i, time.time_ns(), "not a class")
+        return codec.class_message("room1", i, 0, time.time_ns(), "seven", 0.9, b"{}")
+
+    try:
+        _publish_until_exit(broker, proc, class_or_text)
+    finally:
+        assert stop(proc) == 0
+    lines = proc.stdout.read().splitlines()
+    assert any(ln.startswith("class/room1 ") for ln in lines), lines
+    assert all(ln.startswith("class/room1 ") for ln in lines), lines
+
+
 def test_devices_lists_or_says_there_are_none() -> None:
     r = run_streamfuse(["devices"], env={"PULSE_SERVER": "unix:/nonexistent"})
     assert r.returncode == 0, r.stderr

@@ -13,11 +13,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamfuse.wire import codec
+from streamfuse.wire import codec, topics
 from streamfuse.wire.codec import DecodeError
 from streamfuse.wire.schema import Message, Window
 
-names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12)
+names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12).filter(
+    lambda n: topics.name_problem(n) is None)
 seqs = st.integers(0, 2**63 - 1)
 times = st.integers(0, 2**63 - 1)
 texts = st.text(max_size=200)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from streamfuse.wire import codec
+from streamfuse.wire import codec, topics
 from streamfuse.wire.codec import DecodeError
 from streamfuse.wire.schema import (
     SCHEMA_VERSION,
@@ -108,6 +108,23 @@ def test_bad_topics() -> None:
     assert _reason([b"Room1/text", hdr, b"x"]) == "topic"
     assert _reason([b"room1", hdr, b"x"]) == "topic"
     assert _reason([b"room2/text", hdr, b"x"]) == "topic"  # does not match the header
+
+
+def test_classifications_have_a_prefix_of_their_own() -> None:
+    msg = codec.class_message("room1", 0, 0, 15, "seven", 0.9, b"{}")
+    assert msg.topic == topics.class_topic("room1") == "class/room1"
+    assert topics.is_class_topic(msg.topic) and topics.is_class_topic(b"class/room1")
+    assert not topics.is_class_topic("room1/text") and not topics.is_class_topic("room1/class")
+    assert topics.split("class/room1") == ("room1", "class")
+    assert topics.split("shadow/room1") == ("room1", "shadow")
+    assert topics.shadow_topic("room1") == "shadow/room1"
+    assert topics.topic("room1", "class") == "class/room1"
+    assert topics.topic("room1", "label") == "room1/label"
+    # the old spelling is gone: a classification on <source>/class is malformed
+    frames = codec.encode(msg)
+    assert _reason([b"room1/class", *frames[1:]]) == "topic"
+    # and a source cannot take the place of the prefix
+    assert _reason([b"class/text", _raw_header(source="class"), b"x"]) == "topic"
 
 
 def test_bad_headers() -> None:

@@ -52,18 +52,47 @@ def test_missing_sections_take_defaults() -> None:
         ({"record": {"enabled": "yes"}}, "record.enabled: expected true or false, got 'yes'"),
         ({"sources": [{"name": "Room 1"}]}, "sources[0].name: expected a name matching [a-z0-9_-]+"),
         ({"sources": [{"name": "a"}, {"name": "a"}]}, "sources: duplicate source name 'a'"),
+        ({"sources": [{"name": "class"}]}, "sources[0].name: 'class' is reserved"),
+        ({"sources": [{"name": "shadow"}]}, "sources[0].name: 'shadow' is reserved"),
         ({"sources": [{"name": "a", "video": {"encoding": "png"}}]},
          "sources[0].video.encoding: expected one of 'raw', 'jpeg', got 'png'"),
         ({"sources": [{"name": "a", "text": {"input": "telepathy"}}]}, "sources[0].text.input:"),
         ({"sources": [{}]}, "sources[0].name: missing required key"),
         ({"metrics": {"listen": "nowhere"}}, "metrics.listen: expected HOST:PORT"),
         ({"bus": {"public": "ipc:///x"}}, "bus.public: expected a tcp:// endpoint"),
+        ({"bus": {"results": "foo"}}, "bus.results: expected a ZeroMQ endpoint, got 'foo'"),
+        ({"bus": {"public_results": "ipc:///x"}}, "bus.public_results: expected a tcp:// endpoint"),
+        ({"bus": {"results": "ipc:///run/streamfuse/out"}},
+         "bus.results: ipc:///run/streamfuse/out is already bus.output"),
+        ({"bus": {"public_output": "tcp://127.0.0.1:5561",
+                  "public_results": "tcp://127.0.0.1:5561"}},
+         "bus.public_results: tcp://127.0.0.1:5561 is already bus.public_output"),
     ],
 )
 def test_bad_values_name_their_key(data: dict, message: str) -> None:
     with pytest.raises(config.ConfigError) as e:
         config.parse(data, environ={})
     assert str(e.value).startswith(message)
+
+
+def test_results_endpoint_defaults_beside_bus_input() -> None:
+    assert config.parse({}, environ={}).bus.results == "ipc:///run/streamfuse/results"
+    cfg = config.parse({"bus": {"input": "ipc:///tmp/sf/in"}}, environ={})
+    assert cfg.bus.results == "ipc:///tmp/sf/results"
+    cfg = config.parse({"bus": {"input": "ipc:///tmp/sf/in", "results": "tcp://127.0.0.1:5562"}},
+                       environ={})
+    assert cfg.bus.results == "tcp://127.0.0.1:5562"
+
+
+def test_public_results_off_loopback_needs_curve() -> None:
+    from streamfuse.service.broker import check_security
+
+    cfg = config.parse({"bus": {"public_results": "tcp://0.0.0.0:5562"}}, environ={})
+    with pytest.raises(config.ConfigError,
+                       match=r"^bus.public_results: tcp://0.0.0.0:5562 is reachable"):
+        check_security(cfg.bus)
+    loopback = config.parse({"bus": {"public_results": "tcp://127.0.0.1:5562"}}, environ={})
+    check_security(loopback.bus)  # loopback needs no keys
 
 
 def test_env_overrides_single_keys() -> None:
@@ -103,3 +132,51 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "streamfuse broker: bus.input: expected a ZeroMQ endpoint, got 'foo'"
+
+
+def _code_keys(cls: type, prefix: str = "") -> set[str]:
+    """Every dotted key the config dataclasses accept (``sources.video.fps``)."""
+    import dataclasses
+    import types
+    import typing
+
+    keys: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if cls is config.Config and f.name == "path":
+            continue  # where the file came from, not a key
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            tp = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(tp):
+            keys |= _code_keys(tp, f"{key}.")
+        else:
+            keys.add(key)
+    return keys
+
+
+def _file_keys(data: dict, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in data.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            v = v[0]
+        if isinstance(v, dict):
+            keys |= _file_keys(v, f"{prefix}{k}.")
+        else:
+            keys.add(f"{prefix}{k}")
+    return keys
+
+
+def test_the_documented_file_has_every_key_of_the_code_and_no_other() -> None:
+    """config/streamfuse.toml is the configuration reference: a key added to the code
+    must be documented there, and a key documented there must exist."""
+    import tomllib
+
+    in_code = _code_keys(config.Config)
+    in_file = _file_keys(tomllib.loads(DEFAULT.read_text(encoding="utf-8")))
+    assert {"bus.curve.enabled", "sources.video.fps", "bus.results"} <= in_code
+    assert sorted(in_code - in_file) == [], "keys of streamfuse/config.py missing in the file"
+    assert sorted(in_file - in_code) == [], "keys in the file that the code does not know"

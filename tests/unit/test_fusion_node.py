@@ -80,7 +80,7 @@ def test_no_model_drops_counted_then_a_bad_then_a_good_reload(tmp_path, caplog):
     w.maybe_reload()
     assert w.loaded and w.loaded.model_id == first
     w.handle(_batch(2))
-    assert [t for t, _ in pub.sent] == ["room1/class"] * 2
+    assert [t for t, _ in pub.sent] == ["class/room1"] * 2
 
     failed = metrics.model_reloads.labels(outcome="failed")._value.get()
     weights = tmp_path / "model" / "model.safetensors"
