@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamfuse {__version__}")
     parser.add_argument("--log-level", default=None, metavar="LEVEL",
                         help=f"{', '.join(logs.LEVELS)} (default: $STREAMFUSE_LOG, else INFO)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                help="one of these; streamfuse COMMAND --help for its options")
     for name, cmd in COMMANDS.items():
         cmd.adder(sub.add_parser(name, help=cmd.help, description=cmd.help,
                                  formatter_class=HelpFormatter,

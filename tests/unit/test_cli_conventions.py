@@ -29,23 +29,30 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return dict(sub.choices)
 
 
+def _check_options(p: argparse.ArgumentParser, name: str) -> None:
+    formatter = p._get_formatter()
+    for action in p._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        what = f"{name} {action.option_strings or action.dest}"
+        assert action.help and action.help.strip(), f"{what}: no help"
+        shown = formatter._expand_help(action)
+        if action.option_strings and not action.required and not _is_flag(action):
+            assert "default" in shown, f"{what}: help does not say the default: {shown!r}"
+
+
 def _is_flag(action: argparse.Action) -> bool:
     return action.nargs == 0  # store_true, help, version: nothing to default
 
 
 def test_every_option_has_help_with_its_default_and_every_command_an_example() -> None:
+    top = cli.build_parser()
+    _check_options(top, "streamfuse")
+    assert top.epilog and "Example:\n  streamfuse " in top.epilog
     subs = _subparsers()
     assert set(subs) == set(cli.COMMANDS) and "config" in subs
     for name, p in subs.items():
-        formatter = p._get_formatter()
-        for action in p._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
-            what = f"streamfuse {name} {action.option_strings or action.dest}"
-            assert action.help and action.help.strip(), f"{what}: no help"
-            shown = formatter._expand_help(action) if action.help else ""
-            if action.option_strings and not action.required and not _is_flag(action):
-                assert "default" in shown, f"{what}: help does not say the default: {shown!r}"
+        _check_options(p, f"streamfuse {name}")
         assert p.epilog and p.epilog.startswith("Example:"), f"streamfuse {name}: no example"
         assert f"streamfuse {name}" in p.epilog, f"streamfuse {name}: example runs another command"
         assert "Example:\n  streamfuse" in p.format_help()
