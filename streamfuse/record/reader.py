@@ -476,6 +476,7 @@ def _iter_file(path: Path, prefixes: Sequence[str] | None, start_ns: int | None,
 def _file_items(f: io.BufferedReader, path: Path, summary: Summary | None,
                 prefixes: Sequence[str] | None, start_ns: int | None, end_ns: int | None,
                 errors: Counter[str]) -> Iterator[_Item]:
+    """The messages of :func:`_iter_file`: through the summary's index, or linearly."""
     if summary is not None and _directs_reading(summary):
         channels = dict(summary.channels)
         wanted = {i for i, c in channels.items() if _match(c.topic, prefixes)}
