@@ -61,6 +61,10 @@ MESSAGE_FIXED = struct.Struct("<HIQQ")  # channel, sequence, log_time, publish_t
 # then the compression name, a u64 size and the (compressed) records
 CHUNK_FIXED = struct.Struct("<QQQII")
 _U64 = struct.Struct("<Q")
+# opcode, length (20), summary start, summary offset start; then the summary CRC (u32), which
+# covers the summary section and these fields of the footer
+FOOTER_HEAD = struct.Struct("<BQQQ")
+_U32 = struct.Struct("<I")
 _MSG_HEAD = struct.Struct("<" + RECORD_HEADER.format[1:] + MESSAGE_FIXED.format[1:])
 _MSG_FIXED = MESSAGE_FIXED.size
 _CHUNK_HEAD = struct.Struct("<" + RECORD_HEADER.format[1:] + CHUNK_FIXED.format[1:])
@@ -78,6 +82,21 @@ class ChunkHead:
     compression: str  # "" = stored uncompressed
     data_offset: int
     data_size: int
+
+
+def summary_crc_ok(f: BinaryIO, size: int) -> bool:
+    """Whether the summary section of the ``size``-byte file ``f`` matches the CRC in its
+    footer; True when there is no summary or its writer stored no CRC (0)."""
+    footer = size - len(MCAP0_MAGIC) - FOOTER_HEAD.size - _U32.size
+    if footer < 0:
+        return True
+    f.seek(footer)
+    opcode, _length, start, _offsets = FOOTER_HEAD.unpack(f.read(FOOTER_HEAD.size))
+    (stored,) = _U32.unpack(f.read(_U32.size))
+    if opcode != Opcode.FOOTER or start == 0 or stored == 0 or start > footer:
+        return True
+    f.seek(start)
+    return crc32(f.read(footer + FOOTER_HEAD.size - start)) == stored
 
 
 def read_chunk_head(f: BinaryIO, offset: int) -> ChunkHead:
@@ -306,7 +325,7 @@ class McapFile:
             summary = b"".join(body + offsets)
             offset_start = pos
             crc = crc32(summary)
-            crc = crc32(struct.pack("<BQQQ", Opcode.FOOTER, 20, summary_start, offset_start), crc)
+            crc = crc32(FOOTER_HEAD.pack(Opcode.FOOTER, 20, summary_start, offset_start), crc)
             self._f.write(summary, _record(Footer(summary_start, offset_start, crc)), MCAP0_MAGIC)
         finally:
             self._f.close()

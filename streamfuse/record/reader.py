@@ -14,7 +14,8 @@ chunk still to be read starts before it.
 Every chunk is checked against its CRC. Bad content never raises: a record that
 is not a streamfuse message is counted in ``errors`` by reason (``encoding`` for
 a foreign channel, ``framing``, ``channel``, ``crc`` and ``corrupt`` for chunks,
-with their messages under ``skipped_messages``, ``truncated``, or a
+with their messages under ``skipped_messages``, ``summary_crc`` for a summary that
+fails its CRC (the file is then read linearly), ``truncated``, or a
 :class:`codec.DecodeError` reason) and skipped; a damaged chunk is also logged
 with its file and offset. A path that is missing or not MCAP at all, or a file
 whose summary lists messages of which none can be read, raises
@@ -57,14 +58,21 @@ from mcap.writer import MCAP0_MAGIC
 from streamfuse import clock
 from streamfuse.config import Config
 from streamfuse.record import format as fmt
-from streamfuse.record.mcapfile import MESSAGE_FIXED, RECORD_HEADER, crc32, read_chunk_head
+from streamfuse.record.mcapfile import (
+    MESSAGE_FIXED,
+    RECORD_HEADER,
+    crc32,
+    read_chunk_head,
+    summary_crc_ok,
+)
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message as WireMessage
 
 log = logging.getLogger("streamfuse.record")
 
 # What a damaged file can raise from inside the mcap package.
-_READ_ERRORS = (McapError, struct.error, ValueError, EOFError, KeyError, MemoryError, OSError)
+_READ_ERRORS = (McapError, struct.error, ValueError, EOFError, KeyError, MemoryError, OSError,
+                OverflowError)
 
 Raw = tuple[str, int, list[bytes | memoryview]]
 
@@ -167,12 +175,22 @@ def _open(path: Path) -> io.BufferedReader:
     return f
 
 
-def _summary(f: io.BufferedReader) -> Summary | None:
+def _summary(f: io.BufferedReader, path: Path | None = None,
+             errors: Counter[str] | None = None) -> Summary | None:
+    """The file's summary, or None: it has none (its writer did not finish), or the summary
+    fails its CRC (a damaged index could hide chunks). Either way the file is then read
+    linearly. A CRC failure is counted in ``errors`` (``summary_crc``) and logged, if given."""
     try:
         f.seek(0)
-        return SeekingReader(f).get_summary()
+        summary = SeekingReader(f).get_summary()
+        if summary is None or summary_crc_ok(f, f.seek(0, io.SEEK_END)):
+            return summary
     except _READ_ERRORS:
-        return None  # no valid footer: read linearly
+        return None  # no valid footer
+    if errors is not None:
+        errors["summary_crc"] += 1
+        log.warning("%s: the summary fails its CRC: reading every chunk instead of the index", path)
+    return None
 
 
 # ----------------------------------------------------------------------------- file access
@@ -461,7 +479,7 @@ def _iter_file(path: Path, prefixes: Sequence[str] | None, start_ns: int | None,
     before = sum(errors.values())
     n = 0
     with _open(path) as f:
-        summary = _summary(f)
+        summary = _summary(f, path, errors)
         for item in _file_items(f, path, summary, prefixes, start_ns, end_ns, errors):
             n += 1
             yield item

@@ -191,3 +191,47 @@ def test_a_file_whose_messages_cannot_be_found_is_an_error_not_an_empty_recordin
         list(reader.read_messages([out]))
     with pytest.raises(reader.RecordingError, match="none could be read"):
         reader.inspect_file(out)
+
+
+def test_a_damaged_summary_is_not_trusted_to_list_the_chunks(
+        recording: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with open(recording, "rb") as f:
+        summary = make_reader(f).get_summary()
+        assert summary is not None
+    raw = bytearray(recording.read_bytes())
+    # The third chunk's ChunkIndex record: its opcode byte, changed to one no reader knows,
+    # so the index parses without that chunk.
+    third = sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)[2]
+    needle = third.chunk_start_offset.to_bytes(8, "little")
+    at = raw.index(needle, third.chunk_start_offset + third.chunk_length) - 8 - 8 - 8 - 1
+    assert raw[at] == 0x08  # ChunkIndex opcode
+    raw[at] = 0x7F
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(bytes(raw))
+    with open(bad, "rb") as f:  # what a reader trusting the summary would miss
+        damaged = make_reader(f).get_summary()
+        assert damaged is not None and len(damaged.chunk_indexes) == len(summary.chunk_indexes) - 1
+    errors: Counter[str] = Counter()
+    with caplog.at_level(logging.WARNING, logger="streamfuse.record"):
+        got = list(reader.read_messages([bad], errors=errors))
+    assert got == list(reader.read_messages([recording]))
+    assert errors == {"summary_crc": 1}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{bad}: the summary fails its CRC: reading every chunk instead of the index"]
+
+
+def test_a_chunk_claiming_an_impossible_size_is_counted_not_raised(recording: Path,
+                                                                  tmp_path: Path) -> None:
+    with open(recording, "rb") as f:
+        summary = make_reader(f).get_summary()
+        assert summary is not None
+    ci = sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)[1]
+    raw = bytearray(recording.read_bytes())
+    size_at = ci.chunk_start_offset + ci.chunk_length - ci.compressed_size - 8
+    assert int.from_bytes(raw[size_at:size_at + 8], "little") == ci.compressed_size
+    raw[size_at:size_at + 8] = (2**64 - 1).to_bytes(8, "little")
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(bytes(raw))
+    errors: Counter[str] = Counter()
+    got = list(reader.read_messages([bad], errors=errors))
+    assert errors["corrupt"] == 1 and 0 < len(got) < len(list(reader.read_messages([recording])))
