@@ -103,7 +103,8 @@ def test_python_and_node_subscribers_print_classifications(bus_env, tmp_path: Pa
         assert re.search(r'^streamfuse_model_info\{model_id="[0-9a-f]+",pid="\d+"\} 1\.0$', text, re.M)
         classified = re.search(r'^streamfuse_classifications_total\{source="room1"\} (\S+)$', text, re.M)
         assert classified and float(classified.group(1)) >= 3
-        assert re.search(r'^streamfuse_window_latency_seconds_bucket\{le="\+Inf",part="total"\} [1-9]', text, re.M)
+        assert re.search(r'^streamfuse_window_latency_seconds_bucket\{le="\+Inf",part="total"\} [1-9]',
+                         text, re.M)
     finally:
         for p in subs:
             if p.poll() is None:

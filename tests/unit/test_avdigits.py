@@ -214,7 +214,8 @@ def test_building_and_reading_report_progress(tmp_path, caplog):
     assert lines[-1].startswith("avdigits: 6/6 segment (100 %), ") and lines[-1].endswith("(done)")
     caplog.clear()
     align = AlignConfig()
-    ws = load_windows([tmp_path / "p" / "test"], align, Preprocessing.from_align(align), progress=True)
+    prep = Preprocessing.from_align(align)
+    ws = load_windows([tmp_path / "p" / "test"], align, prep, progress=True)
     done = [r.getMessage() for r in caplog.records if r.name == "streamfuse.progress"][-1]
     assert done.startswith("windows from recordings: ") and "s (100 %), " in done
     assert done.endswith(f", {ws.summary['windows']} windows (done)")

@@ -187,7 +187,8 @@ def test_a_file_whose_messages_cannot_be_found_is_an_error_not_an_empty_recordin
     # A reader that trusts the summary to list every channel (it lists none here) finds no
     # message to return; it must say so rather than return an empty recording.
     monkeypatch.setattr(reader, "_directs_reading", lambda summary: True)
-    with pytest.raises(reader.RecordingError, match=r"layout\.mcap: its summary lists 132 messages"):
+    with pytest.raises(reader.RecordingError,
+                       match=r"layout\.mcap: its summary lists 132 messages"):
         list(reader.read_messages([out]))
     with pytest.raises(reader.RecordingError, match="none could be read"):
         reader.inspect_file(out)
