@@ -51,7 +51,7 @@ def resolve(spec: str, *, key: str = KEY) -> torch.device:
 
 
 def describe(dev: torch.device, spec: str) -> str:
-    """For the worker's start line: ``cuda:0 (NVIDIA H200)``, ``cpu (auto: ... no usable GPU ...)``."""
+    """For the worker's start line: ``cuda:0 (NVIDIA H200)``, ``cpu (auto: <why no GPU>)``."""
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
         return f"{dev} ({name}{', chosen by auto' if spec == 'auto' else ''})"

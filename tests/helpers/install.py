@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for commands of the fresh venv: no PYTHONPATH, so nothing of this
     checkout or of the test venv can stand in for what the install lacks."""
+    dropped = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not k.startswith("STREAMFUSE_")}
+           if k not in dropped and not k.startswith("STREAMFUSE_")}
     env.update(extra)
     return env
 
@@ -46,8 +47,9 @@ def capture_only_venv(base: Path) -> Path:
     src.mkdir(parents=True)
     env = clean_env()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=300)
-    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                        str(_source_copy(src))], env=env, capture_output=True, text=True, timeout=600)
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    r = subprocess.run([*pip, str(_source_copy(src))], env=env, capture_output=True, text=True,
+                       timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"pip install . failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
     done.touch()

@@ -19,7 +19,8 @@ def venv_bin(tmp_path_factory) -> Path:
     return capture_only_venv(tmp_path_factory.getbasetemp())
 
 
-def _run(venv_bin: Path, args: list[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+def _run(venv_bin: Path, args: list[str], cwd: Path,
+         timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([str(venv_bin / "streamfuse"), *args], cwd=cwd, env=clean_env(),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -27,7 +28,8 @@ def _run(venv_bin: Path, args: list[str], cwd: Path, timeout: float = 60) -> sub
 def test_the_install_holds_no_torch_and_no_demo_packages(venv_bin: Path, tmp_path: Path) -> None:
     probe = ("import importlib.util as u, streamfuse; "
              "print(streamfuse.__file__); "
-             "print(*[m for m in ('torch', 'torchaudio', 'sklearn', 'scipy', 'pytest') if u.find_spec(m)])")
+             "print(*[m for m in ('torch', 'torchaudio', 'sklearn', 'scipy', 'pytest') "
+             "if u.find_spec(m)])")
     r = subprocess.run([str(venv_bin / "python"), "-c", probe], cwd=tmp_path, env=clean_env(),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -45,7 +47,8 @@ def test_edge_commands_run_without_torch(venv_bin: Path, tmp_path: Path) -> None
     assert "capture" in _run(venv_bin, ["capture", "--help"], tmp_path).stdout
 
 
-def test_commands_that_need_torch_name_the_fusion_extra(venv_bin: Path, bus_env, tmp_path: Path) -> None:
+def test_commands_that_need_torch_name_the_fusion_extra(venv_bin: Path, bus_env,
+                                                        tmp_path: Path) -> None:
     cfg = str(bus_env.path)
     for args in (["run", "--config", cfg], ["fuse", "--config", cfg],
                  ["train", "--recordings", str(tmp_path), "--out", str(tmp_path / "m")]):

@@ -133,8 +133,8 @@ def test_train_on_your_own_data(avdigits_small: Path, bus_env, tmp_path: Path) -
     lines = commands(block)
     assert [ln[:2] for ln in lines] == [["streamfuse", "record"], ["streamfuse", "train"],
                                         ["streamfuse", "eval"], ["systemctl", "reload"]], lines
-    paths = {"/data/": f"{tmp_path}/data/", "/var/lib/streamfuse/model": str(bus_env.root / "model"),
-             "/tmp/report": f"{tmp_path}/report"}
+    paths = {"/data/": f"{tmp_path}/data/", "/tmp/report": f"{tmp_path}/report",
+             "/var/lib/streamfuse/model": str(bus_env.root / "model")}
     record, train, evaluate, _reload = (_mapped(ln, paths) for ln in lines)
     # labels.csv and day2.csv are relative: the commands run in tmp_path, where they are
     shutil.copy(avdigits_small / "train" / "labels.csv", tmp_path / "labels.csv")
@@ -182,8 +182,8 @@ def test_train_on_your_own_data(avdigits_small: Path, bus_env, tmp_path: Path) -
 def _keys(root: Path) -> Path:
     keys = root / "keys"
     for name in ("server", "edge1"):
-        r = subprocess.run(_streamfuse(["streamfuse", "keys", "generate", str(keys), "--name", name]),
-                           capture_output=True, text=True, timeout=60)
+        argv = ["streamfuse", "keys", "generate", str(keys), "--name", name]
+        r = subprocess.run(_streamfuse(argv), capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
     (root / "authorized").mkdir()
     shutil.copy(keys / "edge1.key", root / "authorized" / "edge1.key")
