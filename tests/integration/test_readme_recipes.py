@@ -127,6 +127,7 @@ def _record_replay(cmd: list[str], split: Path, env: dict[str, str], cwd: Path,
         assert stop(rec, timeout=15) == 0, log.read_text()[-2000:]
 
 
+@pytest.mark.timeout(600)  # a hang guard: it takes about 40 s here
 def test_train_on_your_own_data(avdigits_small: Path, bus_env, tmp_path: Path) -> None:
     (block_lang, block), = fenced("## Train on your own data")
     assert block_lang == "bash"
@@ -154,7 +155,7 @@ def test_train_on_your_own_data(avdigits_small: Path, bus_env, tmp_path: Path) -
         day2 = [a.replace("day1", "day2") for a in record]  # eval's line reads a second day
         _record_replay(day2, avdigits_small / "test", env, tmp_path, tmp_path / "record2.log")
         r = subprocess.run(_streamfuse(train), cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=900)
+                           text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         model_id = json.loads((bus_env.root / "model" / "manifest.json").read_text())["model_id"]
         r = subprocess.run(_streamfuse(evaluate), cwd=tmp_path, env=env, capture_output=True,
