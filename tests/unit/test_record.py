@@ -103,6 +103,13 @@ def test_the_name_given_to_record_means_every_part_it_wrote(tmp_path: Path) -> N
     assert reader.expand_paths([tmp_path / "day1.mcap"]) == [tmp_path / "day1.mcap"]
     with pytest.raises(reader.RecordingError, match=r"day2\.mcap: no such file .*day2-0000\.mcap"):
         reader.expand_paths([tmp_path / "day2.mcap"])
+    # Parts in their numbers' order, also past 9999 (where names stop sorting by number).
+    long = tmp_path / "long"
+    long.mkdir()
+    for n in ("10000", "9999", "0000"):
+        (long / f"run-{n}.mcap").touch()
+    assert [p.name for p in reader.recording_parts(long / "run.mcap")] == [
+        "run-0000.mcap", "run-9999.mcap", "run-10000.mcap"]
 
 
 def test_files_holding_one_topic_at_the_same_times_are_refused(tmp_path: Path) -> None:
