@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian machine: system packages and the virtual
-# environment in .venv with streamfuse installed (editable) with its extras.
+# environment in .venv with streamfuse installed editable with the extras that the demo and the
+# tests need (a service installs `pip install '.[fusion]'` instead: README, "Install paths").
 # Used by scripts/demo.sh, scripts/test.sh and .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,8 @@ fi
 stamp=.venv/.streamfuse-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv (torch is large: a few minutes the first time)" >&2
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[fusion,test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  .venv/bin/python -c "import streamfuse, torch, torchaudio, zmq, cv2, sounddevice" 
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[fusion,demo,test]" 2>&1 \
+    | grep -v "^WARNING: Location" >&2 || true
+  .venv/bin/python -c "import streamfuse, torch, torchaudio, zmq, cv2, sounddevice, sklearn, scipy"
   touch "$stamp"
 fi

@@ -30,6 +30,22 @@ class UsageError(Exception):
     """Bad usage found after parsing (exit 2, one line)."""
 
 
+# Top-level modules that only an optional extra of pyproject.toml installs: a command that
+# needs one which is missing names the extra instead of failing with a traceback.
+EXTRAS = {"torch": "fusion", "torchaudio": "fusion", "safetensors": "fusion",
+          "matplotlib": "fusion", "sklearn": "demo", "scipy": "demo"}
+
+
+def missing_extra(module: str) -> str | None:
+    """``"needs torch, ..."``: how to get ``module`` when an extra brings it, else None."""
+    top = module.partition(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return (f"needs {top}, which this install lacks: install streamfuse with its {extra!r} "
+            f"extra (pip install '.[{extra}]' in the source tree)")
+
+
 def check_output_dir(path: str | Path, flag: str) -> None:
     """Raise :class:`UsageError` naming ``flag`` unless ``path`` is, or can be made, a directory
     this process can write in; checked before a long job rather than at its end. Leaves
@@ -350,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(func(args, cfg) or 0)
     except (ConfigError, UsageError) as e:
         print(f"streamfuse {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as e:
+        hint = missing_extra(e.name or "")
+        if hint is None:
+            raise
+        print(f"streamfuse {args.command}: {hint}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -60,6 +60,9 @@ model_info = Gauge("streamfuse_model_info", "1 for the model being served", ["mo
 model_load_seconds = Gauge("streamfuse_model_load_seconds", "Time the last model load took",
                            multiprocess_mode="liveall")
 model_reloads = Counter("streamfuse_model_reloads_total", "Model loads by outcome", ["outcome"])
+worker_device = Gauge("streamfuse_worker_device_info",
+                      "1 for the torch device a fusion worker runs on (cpu, cuda:N)", ["device"],
+                      multiprocess_mode="liveall")
 
 # ---- recorder ------------------------------------------------------------------------
 recorder_bytes = Counter("streamfuse_recorder_bytes_total", "Bytes written to recordings")

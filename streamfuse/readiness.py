@@ -7,9 +7,10 @@ the variable is unset and :func:`report` does nothing.
 
 States the supervisor understands (others are shown in ``STATUS=`` as they are):
 
-- worker: ``report("model", model_id=ID)`` once a model serves;
-  ``report("no-model", looked=PATH)`` when none could be loaded (it keeps
-  running and waiting for one). Either makes the worker count as ready.
+- worker: ``report("model", model_id=ID, device=DEV)`` once a model serves;
+  ``report("no-model", looked=PATH, device=DEV)`` when none could be loaded (it
+  keeps running and waiting for one). Either makes the worker count as ready;
+  ``device`` (``cpu``, ``cuda:0``) is shown in ``STATUS=`` ("model ID on cpu").
 - any child: ``report("ready")`` when it is up (optional).
 
 This module sits outside ``service/`` so that nodes can import it without

@@ -21,7 +21,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 
 RATE_HZ = 16000
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -66,6 +65,9 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int = RATE_HZ) -> np.ndarray
     """Polyphase resampling by the exact rational ratio (e.g. 8000 -> 16000, 22050 -> 16000)."""
     if rate_in == rate_out:
         return x.astype(np.float32)
+    # scipy comes with the 'demo' extra: only building data sets needs it, not eval
+    from scipy.signal import resample_poly
+
     f = Fraction(rate_out, rate_in)
     return resample_poly(x, f.numerator, f.denominator).astype(np.float32)
 

@@ -54,6 +54,7 @@ import zmq
 
 from streamfuse import clock, metrics, readiness
 from streamfuse.config import Config
+from streamfuse.fusion import device as fusion_device
 from streamfuse.fusion.artifact import (
     MANIFEST,
     WEIGHTS,
@@ -73,24 +74,13 @@ NODE = "fuse"
 IDLE_POLL_MS = 100
 
 
-class WorkerError(RuntimeError):
-    """A runtime failure that stops the worker (exit 1, one line)."""
-
-
 # ----------------------------------------------------------------------------- set-up
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; a missing CUDA device is an error."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise WorkerError(f"fusion.device is {spec!r} but CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise WorkerError(f"fusion.device is {spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return dev
+    """``fusion.device`` -> the torch device (see :mod:`streamfuse.fusion.device`); a CUDA
+    device that is not there raises :class:`~streamfuse.config.ConfigError` (exit 2)."""
+    return fusion_device.resolve(spec)
 
 
 def thread_count(configured: int, workers: int = 1, cores: int | None = None) -> int:
@@ -229,7 +219,7 @@ class Worker:
         metrics.model_info.labels(model_id=new.model_id).set(1)
         metrics.model_load_seconds.set(seconds)
         metrics.model_reloads.labels(outcome="ok").inc()
-        readiness.report("model", model_id=new.model_id)
+        readiness.report("model", model_id=new.model_id, device=str(self.device))
         log.info("serving model %s from %s (%s fusion of %s; %d classes; %s; loaded in %.0f ms)%s",
                  new.model_id, self.model_dir, new.manifest["fusion"], "+".join(new.model.modalities),
                  len(new.classes), self.device, seconds * 1e3,
@@ -239,7 +229,8 @@ class Worker:
     def _failed(self, e: ArtifactError, reason: str) -> bool:
         if self.loaded is None:
             # Tell the supervisor this worker is up and has said why no model serves.
-            readiness.report("no-model", looked=str(self.model_dir), error=str(e))
+            readiness.report("no-model", looked=str(self.model_dir), error=str(e),
+                             device=str(self.device))
         if isinstance(e, ArtifactMissing):
             if self.loaded is None and not self._said_missing:
                 log.warning("no model loaded: %s; publishing nothing until a valid artifact "
@@ -364,6 +355,7 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
     reload = reload or threading.Event()
     torch.set_num_threads(thread_count(cfg.fusion.threads, cfg.fusion.workers))
     device = resolve_device(cfg.fusion.device)
+    metrics.worker_device.labels(device=str(device)).set(1)
     ctx = zmq.Context() if (pull is None or pub is None) else None
     own_pull, own_pub = pull is None, pub is None
     pull = pull if pull is not None else _pull_socket(ctx, cfg)  # type: ignore[arg-type]
@@ -374,7 +366,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
                       horizon_ns=2 * clock.ms_to_ns(cfg.align.hop_ms))
     poll_ns = round(cfg.fusion.reload_poll_s * clock.NS_PER_S)
     log.info("fusion worker up: windows from %s, classifications to %s, device %s, %d threads, "
-             "batches of up to %d or %.1f ms", cfg.align.output, cfg.bus.input, device,
+             "batches of up to %d or %.1f ms", cfg.align.output, cfg.bus.input,
+             fusion_device.describe(device, cfg.fusion.device),
              torch.get_num_threads(), cfg.fusion.max_batch, cfg.fusion.max_delay_ms)
     worker.load(reason="start")
     next_check = clock.now_ns() + poll_ns
@@ -425,8 +418,4 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
             metrics.serve(cfg.metrics.listen)
         except OSError as e:
             log.warning("metrics not served on %s: %s", cfg.metrics.listen, e)
-    try:
-        return main(cfg, stop=signals.stop, reload=signals.reload)
-    except WorkerError as e:
-        log.error("%s", e)
-        return 1
+    return main(cfg, stop=signals.stop, reload=signals.reload)

@@ -32,11 +32,13 @@ refuses them, from the files' summaries.
 from __future__ import annotations
 
 import argparse
+import glob
 import heapq
 import io
 import json
 import logging
 import math
+import re
 import struct
 import sys
 from collections import Counter, deque
@@ -81,16 +83,31 @@ class RecordingError(Exception):
     """A recording that cannot be read at all (missing, not MCAP)."""
 
 
+def recording_parts(path: Path) -> list[Path]:
+    """The files ``streamfuse record --out NAME.mcap`` wrote: ``NAME-0000.mcap``,
+    ``NAME-0001.mcap``, ... (numbered even when it did not rotate), sorted."""
+    if path.suffix != ".mcap":
+        return []
+    pattern = re.compile(re.escape(path.stem) + r"-\d{4,}\.mcap")
+    parts = [p for p in path.parent.glob(f"{glob.escape(path.stem)}-*.mcap")
+             if pattern.fullmatch(p.name) and p.is_file()]
+    return sorted(parts, key=lambda p: int(p.stem.rpartition("-")[2]))
+
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; directories become every ``*.mcap`` directly inside, sorted."""
+    """Files as given; directories become every ``*.mcap`` directly inside, sorted; a
+    ``NAME.mcap`` that does not exist becomes the parts that ``record --out NAME.mcap`` wrote."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             out.extend(sorted(p.glob("*.mcap")))
         elif p.is_file():
             out.append(p)
+        elif parts := recording_parts(p):
+            out.extend(parts)
         else:
-            raise RecordingError(f"{p}: no such file or directory")
+            also = f" (nor {p.stem}-0000.mcap, ...)" if p.suffix == ".mcap" else ""
+            raise RecordingError(f"{p}: no such file or directory{also}")
     return out
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import importlib.util
 import logging
 import os
 import signal
@@ -64,6 +65,36 @@ READY_FALLBACK_S = 60.0  # a worker that never reports: declare ready anyway (lo
 
 class RuntimeFailure(Exception):
     """Exit 1 with this one line."""
+
+
+FUSION_MODULES = ("torch", "torchaudio", "safetensors")  # what every worker imports
+
+
+def check_device(spec: str, *, python: str = sys.executable) -> None:
+    """Raise :class:`ConfigError` naming ``fusion.device`` when it asks for a CUDA device that
+    the workers cannot have. Asked of a child interpreter: torch stays out of the supervisor."""
+    if not spec.startswith("cuda"):
+        return  # "cpu" always works, "auto" falls back to it
+    try:
+        r = subprocess.run([python, "-m", "streamfuse.fusion.device", spec], capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeFailure(f"fusion.device: could not check {spec!r}: {e}") from None
+    last = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+    if r.returncode == 2:
+        raise ConfigError(last)
+    if r.returncode != 0:
+        raise RuntimeFailure(f"fusion.device: could not check {spec!r} (torch failed: {last})")
+
+
+def check_fusion(cfg: Config) -> None:
+    """Before anything starts: the workers' packages are installed and their device exists."""
+    from streamfuse.cli import UsageError, missing_extra
+
+    for name in FUSION_MODULES:
+        if importlib.util.find_spec(name) is None:
+            raise UsageError(str(missing_extra(name)))
+    check_device(cfg.fusion.device)
 
 
 def runtime_dir(cfg: Config) -> Path:
@@ -296,7 +327,9 @@ class Supervisor:
         try:
             text = Path(self.source_path).read_text(encoding="utf-8")
             new = load(self.source_path)
-        except (ConfigError, OSError, UnicodeDecodeError) as e:
+            if new.fusion.device != self.cfg.fusion.device:
+                check_device(new.fusion.device)
+        except (ConfigError, RuntimeFailure, OSError, UnicodeDecodeError) as e:
             log.error("reload: config rejected, keeping the running one: %s", e)
             self._hup_workers()
             return
@@ -379,7 +412,9 @@ class Supervisor:
 
     def _status_line(self, problem: str | None) -> str:
         up = sum(c.running for c in self.children.values())
-        parts = [f"{up}/{len(self.children)} children up", f"model {self._model}",
+        devices = self._worker_devices()
+        parts = [f"{up}/{len(self.children)} children up",
+                 f"model {self._model}" + (f" on {devices}" if devices else ""),
                  f"{self._rate:.1f} classifications/s"]
         restarts = sum(c.restarts for c in self.children.values())
         if restarts:
@@ -390,6 +425,15 @@ class Supervisor:
         if problem:
             parts.append(f"NOT ALIVE: {problem}")
         return "; ".join(parts)
+
+    def _worker_devices(self) -> str:
+        """The devices the workers report running on (``cpu``; ``cuda:0,cuda:1``; "" before)."""
+        found = set()
+        for c in self.children.values():
+            rep = readiness.read(c.status_file) if c.spec.reload_on_hup else None
+            if rep and rep.get("device"):
+                found.add(str(rep["device"]))
+        return ",".join(sorted(found))
 
     def _monitor(self, sub: zmq.Socket) -> None:
         """Drain what the bus monitor received: inputs and classifications."""
@@ -543,6 +587,7 @@ class Supervisor:
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     signals = Signals(reload=True)
     try:
+        check_fusion(cfg)
         sup = Supervisor(cfg, signals=signals)
         return sup.run()
     except RuntimeFailure as e:

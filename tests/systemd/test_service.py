@@ -122,7 +122,9 @@ def test_enable_now_becomes_active_and_classifies(ns: SystemdNS) -> None:
     assert state["ActiveState"] == "active", (state, ns.journal(UNIT))
     assert "children up" in state["StatusText"] and "model " in state["StatusText"], state
     # the GPU drop-in is in force and harmless on a host without NVIDIA devices
-    assert "char-nvidia-frontend rw" in ns.show(UNIT, "DeviceAllow")["DeviceAllow"]
+    assert "gpu.conf" in ns.show(UNIT, "DropInPaths")["DropInPaths"]
+    allowed = ns.run("systemctl", "show", UNIT, "--property=DeviceAllow").stdout
+    assert "DeviceAllow=/dev/nvidiactl rw" in allowed, allowed
     got = classifications(ns, 3)
     assert len(got) == 3, ns.journal(UNIT)
     assert {c["source"] for c in got} == {"room1"} and all(c["present"]["video"] for c in got)

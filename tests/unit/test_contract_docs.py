@@ -63,7 +63,8 @@ def _project_files() -> list[Path]:
     out = []
     for p in ROOT.rglob("*"):
         rel = p.relative_to(ROOT)
-        if SKIP.intersection(rel.parts) or not p.is_file() or p == Path(__file__):
+        generated = any(part.endswith(".egg-info") for part in rel.parts)  # pip's copy of README
+        if SKIP.intersection(rel.parts) or generated or not p.is_file() or p == Path(__file__):
             continue
         if p.suffix in (".md", ".py", ".js", ".json", ".toml", ".sh", ".service", ".txt", ""):
             out.append(p)

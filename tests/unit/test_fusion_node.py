@@ -13,7 +13,7 @@ import torch
 import zmq
 
 from streamfuse import metrics
-from streamfuse.config import Config
+from streamfuse.config import Config, ConfigError
 from streamfuse.fusion import node
 from streamfuse.fusion.batcher import Pending
 from streamfuse.wire import codec
@@ -141,7 +141,7 @@ def test_device_and_threads():
     assert node.resolve_device("cpu").type == "cpu"
     assert node.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(node.WorkerError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="^fusion.device: 'cuda:0' needs a GPU"):
             node.resolve_device("cuda:0")
     assert node.thread_count(3) == 3 and node.thread_count(3, workers=8) == 3
     assert 1 <= node.thread_count(0) <= 4

@@ -86,6 +86,32 @@ def test_files_and_directories_merge_in_time_order(tmp_path: Path) -> None:
         reader.expand_paths([tmp_path / "missing.mcap"])
 
 
+def test_the_name_given_to_record_means_every_part_it_wrote(tmp_path: Path) -> None:
+    """``record --out day1.mcap`` writes ``day1-0000.mcap``, ``day1-0001.mcap``, ...: the name
+    the user gave reads them all back, in order, and nothing else that shares the prefix."""
+    msgs = sample(300)
+    cut = T0 + 150 * 10 * MS
+    write(tmp_path / "day1-0001.mcap", [m for m in msgs if m.t_ns >= cut])
+    write(tmp_path / "day1-0000.mcap", [m for m in msgs if m.t_ns < cut])
+    write(tmp_path / "day1-extra.mcap", sample(10, "cam9"))
+    write(tmp_path / "day10-0000.mcap", sample(10, "cam8"))
+    parts = [tmp_path / "day1-0000.mcap", tmp_path / "day1-0001.mcap"]
+    assert reader.expand_paths([tmp_path / "day1.mcap"]) == parts
+    assert list(reader.read_messages([tmp_path / "day1.mcap"])) == by_time(msgs)
+    # A file of exactly that name is that file alone.
+    write(tmp_path / "day1.mcap", sample(10, "cam7"))
+    assert reader.expand_paths([tmp_path / "day1.mcap"]) == [tmp_path / "day1.mcap"]
+    with pytest.raises(reader.RecordingError, match=r"day2\.mcap: no such file .*day2-0000\.mcap"):
+        reader.expand_paths([tmp_path / "day2.mcap"])
+    # Parts in their numbers' order, also past 9999 (where names stop sorting by number).
+    long = tmp_path / "long"
+    long.mkdir()
+    for n in ("10000", "9999", "0000"):
+        (long / f"run-{n}.mcap").touch()
+    assert [p.name for p in reader.recording_parts(long / "run.mcap")] == [
+        "run-0000.mcap", "run-9999.mcap", "run-10000.mcap"]
+
+
 def test_files_holding_one_topic_at_the_same_times_are_refused(tmp_path: Path) -> None:
     msgs = sample(300)  # 3 s of room1
     cut = T0 + 150 * 10 * MS
