@@ -9,6 +9,7 @@ the total, plus a last one when the work ends.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -24,6 +25,13 @@ def is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False  # closed, or replaced by an object without a terminal behind it
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _duration(seconds: float) -> str:
@@ -62,8 +70,11 @@ class Progress:
     def _tqdm(self):  # type: ignore[no-untyped-def]
         from tqdm import tqdm
 
+        # A terminal that reports no width (a pty nobody sized) would get an empty bar.
+        sized = _columns(self._stream) > 0
         return tqdm(total=self.total, desc=self.desc, unit=self.unit, file=self._stream,
-                    dynamic_ncols=True, mininterval=0.25)
+                    dynamic_ncols=sized, ncols=None if sized else 100,
+                    nrows=None if sized else 24, mininterval=0.25)
 
     def __enter__(self) -> Progress:
         return self
