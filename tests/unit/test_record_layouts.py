@@ -19,7 +19,7 @@ import zstandard
 from mcap.reader import make_reader
 from mcap.writer import CompressionType, IndexType, Writer
 
-from streamfuse.record import reader
+from streamfuse.record import mcapfile, reader
 from streamfuse.record.writer import RecordingWriter
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
@@ -204,7 +204,8 @@ def test_a_damaged_summary_is_not_trusted_to_list_the_chunks(
     # so the index parses without that chunk.
     third = sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)[2]
     needle = third.chunk_start_offset.to_bytes(8, "little")
-    at = raw.index(needle, third.chunk_start_offset + third.chunk_length) - 8 - 8 - 8 - 1
+    # opcode, record length, message start and end time come before chunk_start_offset
+    at = raw.index(needle, third.chunk_start_offset + third.chunk_length) - 1 - 8 - 8 - 8
     assert raw[at] == 0x08  # ChunkIndex opcode
     raw[at] = 0x7F
     bad = tmp_path / "bad.mcap"
@@ -228,7 +229,8 @@ def test_a_chunk_claiming_an_impossible_size_is_counted_not_raised(recording: Pa
         assert summary is not None
     ci = sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)[1]
     raw = bytearray(recording.read_bytes())
-    size_at = ci.chunk_start_offset + ci.chunk_length - ci.compressed_size - 8
+    with open(recording, "rb") as f:
+        size_at = mcapfile.read_chunk_head(f, ci.chunk_start_offset).data_offset - 8  # u64 size
     assert int.from_bytes(raw[size_at:size_at + 8], "little") == ci.compressed_size
     raw[size_at:size_at + 8] = (2**64 - 1).to_bytes(8, "little")
     bad = tmp_path / "bad.mcap"
