@@ -118,7 +118,7 @@ def class_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: 
                   score: float, payload_json: bytes) -> Message:
     hdr = ClassHeader(source=source, stream="class", seq=seq, t_ns=t_end_ns,
                       label=label, score=score, t_start_ns=t_start_ns)
-    return Message(topics.topic(source, "class"), hdr, (payload_json,))
+    return Message(topics.class_topic(source), hdr, (payload_json,))
 
 
 def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: str) -> Message:

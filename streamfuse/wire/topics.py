@@ -7,6 +7,7 @@ import re
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 CAPTURE_STREAMS = ("video", "audio", "text")
 STREAMS = (*CAPTURE_STREAMS, "class", "label")
+CLASS_STREAM = "class"
 WINDOW_STREAM = "window"  # aligner -> worker only, never on the broker
 
 
@@ -27,5 +28,10 @@ def capture_topics(sources: list[str], streams: tuple[str, ...] = CAPTURE_STREAM
     return [topic(s, st) for s in sources for st in streams]
 
 
+def class_topic(source: str) -> str:
+    """The topic ``source``'s classifications are published on (the one place that names it)."""
+    return topic(source, CLASS_STREAM)
+
+
 def is_class_topic(t: str) -> bool:
-    return t.endswith("/class")
+    return t.endswith(f"/{CLASS_STREAM}")
