@@ -20,7 +20,6 @@ from streamfuse.wire.schema import (
     Window,
 )
 
-
 T = 1_790_000_000_000_000_000  # a plausible capture time (decoders refuse 1970)
 
 
