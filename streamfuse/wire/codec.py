@@ -232,8 +232,14 @@ def decode(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Messa
     header = _decode_header(bufs[1])
     msg = Message(topic, header, tuple(bufs[2:]))
     check(msg)
-    check_ranges(header)
+    # The common case inline (~0.1 us instead of ~0.3 us a call, at ~100k messages/s).
+    if not (T_MIN_NS <= header.t_ns < T_MAX_NS and header.seq <= SEQ_MAX) \
+            or header.__class__ in _MORE_TIMES:
+        check_ranges(header)
     return msg
+
+
+_MORE_TIMES = (ClassHeader, LabelHeader)  # headers with times besides t_ns
 
 
 def _check_time(name: str, t_ns: int) -> None:
