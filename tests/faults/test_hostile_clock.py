@@ -10,7 +10,9 @@ right counter moved on ``/metrics``, and the daemon said why on stderr.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,15 @@ import zmq
 from streamfuse import clock
 from streamfuse.wire import topics
 from tests.conftest import BusEnv
-from tests.helpers.hostile import Collector, HostilePub, free_port, sample, scrape, text_parts
+from tests.helpers.hostile import (
+    Collector,
+    HostilePub,
+    child_pids,
+    free_port,
+    sample,
+    scrape,
+    text_parts,
+)
 from tests.helpers.proc import wait_for
 from tests.integration.daemon_fixtures import Daemon, Feeder
 
@@ -174,3 +184,23 @@ def test_a_huge_seq_counts_one_reset_not_lost_messages(rig: Rig) -> None:
         sample(before, "streamfuse_seq_gap_messages_total", **labels)
     assert gaps < 1000, f"seq gap counter moved by {gaps}"
     assert re.search(rf"room1/text: seq leapt from \d+ to {top}, counted as a reset", log), log
+
+
+def test_after_a_sigkill_of_the_aligner_windows_total_covers_the_classifications(rig: Rig) -> None:
+    """Last in the module: the supervisor restarts the killed aligner."""
+    (pid,) = child_pids(rig.daemon.proc.pid, "streamfuse align")
+    n = len(rig.collector.snapshot())
+    wait_for(lambda: len(rig.collector.snapshot()) > n, timeout=30, interval=0.01,
+             what="a classification to kill the aligner right after")
+    os.kill(pid, signal.SIGKILL)  # before its counters' next periodic flush
+    killed_ns = clock.now_ns()
+
+    def resumed() -> bool:
+        return sum(c.received_ns > killed_ns for c in rig.collector.snapshot()) >= 3
+
+    wait_for(resumed, timeout=90, interval=0.1, what="classifications after the aligner restarted")
+    m = scrape(rig.port)
+    windows = sample(m, "streamfuse_windows_total", source="room1")
+    answered = sample(m, "streamfuse_classifications_total", source="room1")
+    assert answered > 0 and windows >= answered, (windows, answered)
+    assert sample(m, "streamfuse_child_restarts_total", child="aligner") == 1
