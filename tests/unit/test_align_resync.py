@@ -155,3 +155,25 @@ def test_answered_ranges_merge_and_stay_bounded() -> None:
         assert window_mod._answered_until(ranges, 10 * i) is not None
     window_mod._remember(ranges, 4, 999)
     assert ranges == [(0, 999)]
+
+
+def test_a_looped_restamped_replay_at_4x_never_resyncs_and_answers_each_window_once() -> None:
+    """``streamfuse replay --loop --restamp --rate 4``: stamps run ahead of arrival, and
+    each pass follows the last one, so the timeline never jumps."""
+    recording = av(T0, T0 + 3000 * MS)
+    wall0 = T0 + 400 * 86400 * 10**9  # replayed long after it was recorded
+    al = Aligner(cfg(dead_after_ms=2000))
+    ws: list[Window] = []
+    shift = 0
+    for _ in range(3):
+        for m in recording:
+            t = wall0 + (m.t_ns - T0) + shift  # re-stamped
+            recv = wall0 + ((m.t_ns - T0) + shift) // 4  # paced at 4x
+            copy = frame(t, m.header.seq) if m.kind == "frame" else block(t, m.header.seq)
+            al.push(copy, recv)
+            ws += al.pop_ready(recv)
+        shift += 3000 * MS + 20 * MS
+    ws += al.flush()
+    assert not al.stats.resyncs and not al.stats.rejected and not al.stats.repeated
+    keys = _keys(ws)
+    assert len(keys) == len(set(keys)) and len(ws) >= 3 * 6
