@@ -56,7 +56,8 @@ Rules, per source (each source is aligned on its own):
   bounded list of ranges of ``k``) and skipped (``stats.repeated``), so a looped
   replay without re-stamping answers its first pass only. A live looped replay
   should re-stamp (``streamfuse replay --restamp``); a replay faster than real
-  time that loops without it proves no new timeline and is dropped as "past".
+  time that loops without it proves no new timeline and is dropped as "past",
+  and a source that sends only text keeps the timeline it started on.
 """
 
 from __future__ import annotations
