@@ -8,6 +8,10 @@ Rules, per source (each source is aligned on its own):
 
 - Windows are ``[k * hop, k * hop + window)`` on the epoch clock; ``seq = k``.
 - The source's clock: ``now_src = newest t_ns + (now_ns - recv_ns of that newest)``.
+  While the source's video or audio is alive (some arrived within
+  ``dead_after_ms`` on the local clock) only they set "newest": text and
+  heartbeats carry whatever stamp their sender chose, and a chain of them, each
+  just inside the future bound, could otherwise walk the clock anywhere.
 - A stream's *watermark* is the newest ``t_ns`` it has sent (data or heartbeat;
   the end of the block for audio). A stream is *dead* once its watermark is
   ``dead_after_ms`` behind ``now_src``; a stream never seen is dead once the
@@ -159,6 +163,7 @@ class _Source:
         self.first_t: int | None = None
         self.newest_t = _NEG_INF
         self.newest_recv = 0
+        self.data_recv = _NEG_INF  # local arrival of the newest accepted video or audio
         self.next_k: int | None = None  # first window not closed yet
         self.next_end: int | None = None  # its end
         self.closed_end: int | None = None  # end of the last closed window
@@ -345,9 +350,10 @@ class Aligner:
         """Bookkeeping after any accepted message: clock, close checks, timer."""
         if src.first_t is None:
             src.first_t = t
-        if t > src.newest_t:
+        if t > src.newest_t and (data or recv_ns - src.data_recv > self.dead_ns):
             src.newest_t, src.newest_recv = t, recv_ns
         if data:
+            src.data_recv = recv_ns
             src.run_first = None  # the old timeline still carries data: no resync evidence
         if src.next_end is None:
             return

@@ -177,3 +177,25 @@ def test_a_looped_restamped_replay_at_4x_never_resyncs_and_answers_each_window_o
     assert not al.stats.resyncs and not al.stats.rejected and not al.stats.repeated
     keys = _keys(ws)
     assert len(keys) == len(set(keys)) and len(ws) >= 3 * 6
+
+
+def test_a_chain_of_texts_each_inside_the_future_bound_cannot_walk_the_clock() -> None:
+    clean = Aligner(cfg())
+    want = _healthy(clean, T0, T0 + 6000 * MS) + clean.pop_ready(T0 + 8000 * MS)
+    al = Aligner(cfg())
+    got = _healthy(al, T0, T0 + 3000 * MS)
+    recv = T0 + 3000 * MS
+    step = al.horizon_ns - 50 * MS  # each one just inside the bound of the one before
+    for i in range(1, 11):
+        al.push(text(recv + i * step, f"walk {i}", seq=i), recv + i)
+        al.push(hb(recv + i * step, "text", seq=i), recv + i)
+        got += al.pop_ready(recv + i)
+    got += _healthy(al, T0 + 3000 * MS, T0 + 6000 * MS) + al.pop_ready(T0 + 8000 * MS)
+
+    def av_windows(ws: list[Window]) -> list[tuple]:
+        return [(w.key, w.present["video"], w.present["audio"], w.audio_coverage) for w in ws
+                if w.present["video"] or w.present["audio"]]
+
+    assert av_windows(got) == av_windows(want) and len(av_windows(got)) == 13
+    assert al.stats.rejected[("r1", "text", "future")] == 18  # all but the first text and beat
+    assert not al.stats.late and not al.stats.resyncs
