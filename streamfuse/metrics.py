@@ -27,6 +27,9 @@ dropped = Counter("streamfuse_messages_dropped_total",
                   ["node", "topic", "reason"])
 seq_gaps = Counter("streamfuse_seq_gap_messages_total", "Messages missing by sequence number",
                    ["node", "topic"])
+seq_resets = Counter("streamfuse_seq_resets_total",
+                     "Sequence numbers that restarted or jumped too far to be losses",
+                     ["node", "topic"])
 
 # ---- capture -------------------------------------------------------------------------
 grabbed = Counter("streamfuse_capture_grabbed_total", "Frames or blocks read from the device",
@@ -41,6 +44,8 @@ late = Counter("streamfuse_late_total", "Data older than an emitted window, drop
 windows = Counter("streamfuse_windows_total", "Windows emitted", ["source"])
 windows_absent = Counter("streamfuse_windows_absent_total", "Windows emitted with a stream absent",
                          ["source", "stream"])
+resyncs = Counter("streamfuse_resyncs_total",
+                  "Times a source's timeline moved (sustained data far from its clock)", ["source"])
 audio_coverage = Histogram("streamfuse_audio_coverage_ratio", "Fraction of a window's audio present",
                            ["source"], buckets=(0.0, 0.5, 0.9, 0.99, 1.0))
 

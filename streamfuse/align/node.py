@@ -10,8 +10,14 @@ even when nothing arrives).
 
 A window that no worker can take at once (none connected, or all queues at
 ``WINDOW_HWM``) is dropped and counted: the aligner never stalls on a slow
-worker. Messages lost on the way in show as ``seq`` gaps per topic. Counters
-go to Prometheus once a second from plain integers.
+worker. Messages lost on the way in show as ``seq`` gaps per topic; a ``seq``
+that goes back (a restarted capture) or leaps more than ``SEQ_GAP_MAX`` ahead
+counts as a reset, never as billions of lost messages. ``windows_total`` is
+incremented before each window is sent, so it is never below what the workers
+answered, even after a SIGKILL; the other counters go to Prometheus from plain
+integers after every batch of windows and once a second. Whatever a publisher
+sends is counted and logged (at most one line per topic and reason every
+``LOG_EVERY_NS``); a resync of a source's timeline is logged as a warning.
 SIGTERM/SIGINT: exit 0 within one tick.
 
 Entry points: :func:`cli` and :func:`main` ``(cfg, *, sub=None, push=None,
@@ -30,8 +36,9 @@ from typing import Any
 import zmq
 
 from streamfuse import clock, metrics, readiness
-from streamfuse.align.window import Aligner
+from streamfuse.align.window import Aligner, Resync
 from streamfuse.config import Config
+from streamfuse.logs import Throttled
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import Window
 from streamfuse.wire.sockets import connect_sub, max_message_bytes, prepare_endpoint
@@ -42,11 +49,16 @@ NODE = "align"
 TICK_MS = 5
 DRAIN_BATCH = 256  # messages per wake-up before the timer gets a turn
 WINDOW_HWM = 64  # windows queued per worker (each may hold a few MB of frames)
-METRICS_EVERY_NS = 1_000_000_000
+METRICS_EVERY_NS = clock.NS_PER_S
+LOG_EVERY_NS = 10 * clock.NS_PER_S  # per topic and reason, for what publishers get wrong
+SEQ_GAP_MAX = 100_000  # a larger seq leap is a reset: ~30 min of audio blocks, lost at once
+_WHY = {"future": "stamped too far ahead of the source's clock",
+        "past": "stamped too far behind the source's clock",
+        "time": "stamped outside 2000-01-01..2200-01-01"}
 
 
 class _Counts:
-    """Plain-integer counters, turned into Prometheus increments once a second."""
+    """Plain-integer counters, turned into Prometheus increments by :meth:`flush`."""
 
     def __init__(self, al: Aligner) -> None:
         self.al = al
@@ -55,39 +67,65 @@ class _Counts:
         self.sent: Counter[str] = Counter()
         self.unsent: Counter[str] = Counter()
         self.gaps: Counter[str] = Counter()  # messages missing by seq, per topic
+        self.resets: Counter[str] = Counter()  # seq restarted or leapt, per topic
         self.last_seq: dict[str, int] = {}
+        self.throttle = Throttled(log, LOG_EVERY_NS)
         self._seen: dict[str, Counter[Any]] = {}
+        self._windows: dict[str, Any] = {}  # windows_total children, per source
 
-    def seq(self, topic: str, seq: int) -> None:
+    def seq(self, topic: str, seq: int, now_ns: int) -> None:
         """Count messages lost on the way (a topic's data and heartbeats share one
-        counter); a smaller seq is a restarted capture, not a loss."""
+        counter); a smaller seq, or one too far ahead to be a loss, is a reset."""
         last = self.last_seq.get(topic)
-        if last is not None and seq > last + 1:
-            self.gaps[topic] += seq - last - 1
         self.last_seq[topic] = seq
+        if last is None or last <= seq <= last + 1:
+            return
+        if last < seq <= last + 1 + SEQ_GAP_MAX:
+            self.gaps[topic] += seq - last - 1
+            return
+        self.resets[topic] += 1
+        if seq > last:
+            self.throttle.log(("seq", topic), now_ns, logging.WARNING,
+                              "%s: seq leapt from %d to %d, counted as a reset, not as lost "
+                              "messages", topic, last, seq)
+
+    def window_sent(self, source: str) -> None:
+        """Count a window before it is sent: a SIGKILL can then never leave
+        ``windows_total`` below the classifications of the windows that got out."""
+        child = self._windows.get(source)
+        if child is None:
+            child = self._windows[source] = metrics.windows.labels(source=source)
+        child.inc()
 
     def _delta(self, name: str, now: Counter[Any]) -> dict[Any, int]:
         before = self._seen.setdefault(name, Counter())
         out = {k: v - before[k] for k, v in now.items() if v != before[k]}
-        self._seen[name] = Counter(now)
+        if out:
+            self._seen[name] = Counter(now)
         return out
 
-    def flush(self) -> None:
+    def flush(self, now_ns: int) -> None:
         s = self.al.stats
         for topic, n in self._delta("in", self.messages_in).items():
             metrics.messages_in.labels(node=NODE, topic=topic).inc(n)
         for (topic, reason), n in self._delta("decode", self.decode_errors).items():
             metrics.dropped.labels(node=NODE, topic=topic, reason=reason).inc(n)
         for (src, stream, reason), n in self._delta("rejected", s.rejected).items():
-            metrics.dropped.labels(node=NODE, topic=topics.topic(src, stream), reason=reason).inc(n)
+            topic = topics.topic(src, stream)
+            metrics.dropped.labels(node=NODE, topic=topic, reason=reason).inc(n)
+            self.throttle.log(("rejected", topic, reason), now_ns, logging.WARNING,
+                              "%s: dropped %d message(s) %s", topic, n,
+                              _WHY.get(reason, f"({reason})"))
         for topic, n in self._delta("unsent", self.unsent).items():
             metrics.dropped.labels(node=NODE, topic=topic, reason="no_worker").inc(n)
         for topic, n in self._delta("gaps", self.gaps).items():
             metrics.seq_gaps.labels(node=NODE, topic=topic).inc(n)
+        for topic, n in self._delta("resets", self.resets).items():
+            metrics.seq_resets.labels(node=NODE, topic=topic).inc(n)
         for topic, n in self._delta("sent", self.sent).items():
             metrics.messages_out.labels(node=NODE, topic=topic).inc(n)
-        for src, n in self._delta("windows", s.windows).items():
-            metrics.windows.labels(source=src).inc(n)
+        for src, n in self._delta("resyncs", s.resyncs).items():
+            metrics.resyncs.labels(source=src).inc(n)
         for (src, stream), n in self._delta("absent", s.absent).items():
             metrics.windows_absent.labels(source=src, stream=stream).inc(n)
         for (src, stream), n in self._delta("late", s.late).items():
@@ -98,6 +136,7 @@ def _send(push: zmq.Socket, windows: list[Window], counts: _Counts) -> None:
     for w in windows:
         w.emit_ns = clock.now_ns()
         topic = topics.topic(w.source, topics.WINDOW_STREAM)
+        counts.window_sent(w.source)
         try:
             push.send_multipart(codec.encode_window(w), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -106,6 +145,14 @@ def _send(push: zmq.Socket, windows: list[Window], counts: _Counts) -> None:
         counts.sent[topic] += 1
         if w.audio is not None:
             metrics.audio_coverage.labels(source=w.source).observe(w.audio_coverage)
+    counts.flush(clock.now_ns())
+
+
+def _log_resyncs(events: list[Resync]) -> None:
+    for ev in events:
+        log.warning("%s: timeline moved by %+.3f s on sustained %s data; its open windows were "
+                    "closed and no window it already answered will be answered again",
+                    ev.source, (ev.to_ns - ev.from_ns) / clock.NS_PER_S, ev.stream)
 
 
 def _push_socket(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
@@ -158,48 +205,19 @@ def main(cfg: Config, *, sub: zmq.Socket | None = None, push: zmq.Socket | None 
     al = make_aligner(cfg)
     counts = _Counts(al)
     max_bytes = max_message_bytes(cfg.bus)
-    tick_ns = TICK_MS * 1_000_000
     log.info("aligner up: %s from %s, windows to %s (window %d ms, hop %d ms, lateness %d ms, required %s)",
              ", ".join(subscriptions(cfg)) or "everything", cfg.bus.output, cfg.align.output,
              cfg.align.window_ms, cfg.align.hop_ms, cfg.align.max_lateness_ms, ",".join(cfg.align.required))
     readiness.report("ready")
-    next_tick = clock.now_ns() + tick_ns
-    next_metrics = clock.now_ns() + METRICS_EVERY_NS
     try:
-        while not stop.is_set():
-            if sub.poll(TICK_MS):
-                for _ in range(DRAIN_BATCH):
-                    try:
-                        parts = sub.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    recv = clock.now_ns()
-                    try:
-                        msg = codec.decode(parts, max_bytes=max_bytes)
-                    except codec.DecodeError as e:
-                        counts.decode_errors[(_topic_of(parts), e.reason)] += 1
-                        continue
-                    counts.messages_in[msg.topic] += 1
-                    counts.seq(msg.topic, msg.header.seq)
-                    al.push(msg, recv)
-                    ready = al.pop_ready(recv)
-                    if ready:
-                        _send(push, ready, counts)
-            now = clock.now_ns()
-            if now >= next_tick:
-                next_tick = now + tick_ns
-                ready = al.pop_ready(now)
-                if ready:
-                    _send(push, ready, counts)
-            if now >= next_metrics:
-                next_metrics = now + METRICS_EVERY_NS
-                counts.flush()
-        counts.flush()
+        _loop(sub, push, al, counts, max_bytes=max_bytes, stop=stop)
+        counts.flush(clock.now_ns())
         st = al.stats
         log.info("aligner stopped: %d windows sent, %d not taken by any worker, %d messages lost "
-                 "on the way (seq gaps), %d late, %d rejected", sum(counts.sent.values()),
-                 sum(counts.unsent.values()), sum(counts.gaps.values()), sum(st.late.values()),
-                 sum(st.rejected.values()))
+                 "on the way (seq gaps), %d seq resets, %d late, %d rejected, %d resyncs",
+                 sum(counts.sent.values()), sum(counts.unsent.values()), sum(counts.gaps.values()),
+                 sum(counts.resets.values()), sum(st.late.values()), sum(st.rejected.values()),
+                 sum(st.resyncs.values()))
         return 0
     finally:
         if own_sub:
@@ -208,6 +226,53 @@ def main(cfg: Config, *, sub: zmq.Socket | None = None, push: zmq.Socket | None 
             push.close(linger=500)  # bounded: queued windows get out, a gone worker can't hang us
         if ctx is not None:
             ctx.term()
+
+
+def _loop(sub: zmq.Socket, push: zmq.Socket, al: Aligner, counts: _Counts, *, max_bytes: int,
+          stop: threading.Event) -> None:
+    """Receive, align and send until ``stop``; the timer closes windows when nothing arrives."""
+    tick_ns = TICK_MS * clock.NS_PER_MS
+    next_tick = clock.now_ns() + tick_ns
+    next_metrics = clock.now_ns() + METRICS_EVERY_NS
+    while not stop.is_set():
+        if sub.poll(TICK_MS):
+            _drain(sub, push, al, counts, max_bytes)
+        now = clock.now_ns()
+        if now >= next_tick:
+            next_tick = now + tick_ns
+            ready = al.pop_ready(now)
+            if ready:
+                _send(push, ready, counts)
+        if now >= next_metrics:
+            next_metrics = now + METRICS_EVERY_NS
+            counts.flush(now)
+
+
+def _drain(sub: zmq.Socket, push: zmq.Socket, al: Aligner, counts: _Counts,
+           max_bytes: int) -> None:
+    """Take up to ``DRAIN_BATCH`` waiting messages, sending what closes after each."""
+    for _ in range(DRAIN_BATCH):
+        try:
+            parts = sub.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        recv = clock.now_ns()
+        try:
+            msg = codec.decode(parts, max_bytes=max_bytes)
+        except codec.DecodeError as e:
+            topic = _topic_of(parts)
+            counts.decode_errors[(topic, e.reason)] += 1
+            counts.throttle.log(("decode", topic, e.reason), recv, logging.WARNING,
+                                "%s: dropped a message: %s", topic, e)
+            continue
+        counts.messages_in[msg.topic] += 1
+        counts.seq(msg.topic, msg.header.seq, recv)
+        al.push(msg, recv)
+        if al.resync_events:
+            _log_resyncs(al.take_resyncs())
+        ready = al.pop_ready(recv)
+        if ready:
+            _send(push, ready, counts)
 
 
 def _topic_of(parts: list[Any]) -> str:

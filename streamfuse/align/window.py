@@ -8,6 +8,10 @@ Rules, per source (each source is aligned on its own):
 
 - Windows are ``[k * hop, k * hop + window)`` on the epoch clock; ``seq = k``.
 - The source's clock: ``now_src = newest t_ns + (now_ns - recv_ns of that newest)``.
+  While the source's video or audio is alive (some arrived within
+  ``dead_after_ms`` on the local clock) only they set "newest": text and
+  heartbeats carry whatever stamp their sender chose, and a chain of them, each
+  just inside the future bound, could otherwise walk the clock anywhere.
 - A stream's *watermark* is the newest ``t_ns`` it has sent (data or heartbeat;
   the end of the block for audio). A stream is *dead* once its watermark is
   ``dead_after_ms`` behind ``now_src``; a stream never seen is dead once the
@@ -36,12 +40,28 @@ Rules, per source (each source is aligned on its own):
   :mod:`streamfuse.align.buffers`); audio lives in a fixed ring per stream.
 - Late data (``t_ns`` before the end of a closed window) is counted per stream;
   it is still used by the open windows it falls in, else dropped.
+- Timestamps outside the plausible range of the wire (2000 to 2200, see
+  :mod:`streamfuse.wire.codec`) are counted ("time") and dropped before they
+  touch any state, whoever built the message.
 - Timestamps more than ``window + max_lateness`` ahead of ``now_src`` ("future")
   or behind it ("past") are counted and dropped, so one bad clock neither grows
-  the buffers nor closes everyone's windows early. When a source's whole
-  timeline moves (a looped replay, a restarted host clock), nothing it sends is
-  accepted any more; once the rejected messages have followed one consistent
-  timeline for ``dead_after_ms``, the source is flushed and restarts on it.
+  the buffers nor closes everyone's windows early.
+- Resync. A source's timeline moves only on sustained evidence from its own
+  data: rejected video or audio messages ("future" or "past") that follow one
+  new timeline without a break longer than a hop, both in their stamps and in
+  their arrival, for at least ``dead_after_ms`` of each, with no video or audio
+  accepted on the old timeline meanwhile. Text and heartbeats never count as
+  evidence (a text stamp is a receive time anyone can set), and neither does a
+  burst sent at once, however far apart its stamps. Then the open windows of the
+  old timeline are closed with what they hold, the source restarts on the new
+  timeline (the messages that proved it are gone), and ``stats.resyncs`` and
+  :attr:`Aligner.resync_events` record it. A source never emits a window it
+  has emitted before: the windows each past timeline emitted are remembered (a
+  bounded list of ranges of ``k``) and skipped (``stats.repeated``), so a looped
+  replay without re-stamping answers its first pass only. A live looped replay
+  should re-stamp (``streamfuse replay --restamp``); a replay faster than real
+  time that loops without it proves no new timeline and is dropped as "past",
+  and a source that sends only text keeps the timeline it started on.
 """
 
 from __future__ import annotations
@@ -63,6 +83,7 @@ from streamfuse.align.buffers import (
     sample_time_ns,
 )
 from streamfuse.config import AlignConfig
+from streamfuse.wire.codec import T_MAX_NS, T_MIN_NS
 from streamfuse.wire.schema import (
     AudioHeader,
     FrameHeader,
@@ -77,6 +98,19 @@ STREAMS = ("video", "audio", "text")
 _HEADER_OF = {"video": FrameHeader, "audio": AudioHeader, "text": TextHeader}
 _NEG_INF = -(1 << 126)
 _POS_INF = 1 << 126
+_MAX_ANSWERED = 32  # ranges of emitted windows remembered per source across resyncs
+_MAX_EVENTS = 64  # resyncs kept until taken
+
+
+@dataclass(frozen=True)
+class Resync:
+    """A source moved to a new timeline: ``from_ns`` its clock before, ``to_ns``
+    the stamp of the message that completed the evidence (a ``stream`` message)."""
+
+    source: str
+    stream: str
+    from_ns: int
+    to_ns: int
 
 
 @dataclass
@@ -86,8 +120,9 @@ class AlignStats:
     Keys: ``windows[source]``; ``absent``, ``late``, ``restarts``
     ``[(source, stream)]``; ``rejected[(source, stream, reason)]`` with reason
     in ``future``, ``past``, ``samplerate``, ``channels``, ``dtype``, ``kind``,
-    ``duplicate``, ``format_change``; ``coverage_sum`` / ``coverage_n`` per source
-    (mean audio coverage of windows with audio); ``resyncs[source]``.
+    ``duplicate``, ``format_change``, ``time``; ``coverage_sum`` / ``coverage_n``
+    per source (mean audio coverage of windows with audio); ``resyncs[source]``;
+    ``repeated[source]``: windows not emitted because an earlier timeline did.
     """
 
     windows: Counter[str] = field(default_factory=Counter)
@@ -96,6 +131,7 @@ class AlignStats:
     rejected: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     restarts: Counter[tuple[str, str]] = field(default_factory=Counter)
     resyncs: Counter[str] = field(default_factory=Counter)
+    repeated: Counter[str] = field(default_factory=Counter)
     coverage_sum: Counter[str] = field(default_factory=Counter)
     coverage_n: Counter[str] = field(default_factory=Counter)
     _bytes: Callable[[], int] = field(default=lambda: 0, repr=False)
@@ -117,7 +153,7 @@ class _Stream:
 class _Source:
     """One source's state: its clock, streams, buffers and next window."""
 
-    def __init__(self, name: str, al: Aligner) -> None:
+    def __init__(self, name: str, al: Aligner, answered: list[tuple[int, int]]) -> None:
         self.name = name
         self.streams = {s: _Stream() for s in STREAMS}
         self.video = VideoBuffer(al._lattice)
@@ -127,11 +163,16 @@ class _Source:
         self.first_t: int | None = None
         self.newest_t = _NEG_INF
         self.newest_recv = 0
+        self.data_recv = _NEG_INF  # local arrival of the newest accepted video or audio
         self.next_k: int | None = None  # first window not closed yet
         self.next_end: int | None = None  # its end
         self.closed_end: int | None = None  # end of the last closed window
-        self.run_first: int | None = None  # a timeline the rejected messages follow
-        self.run_last = 0
+        # A timeline the rejected data follows: first and last stamp, first and last arrival.
+        self.run_first: int | None = None
+        self.run_last = self.run_recv0 = self.run_recv = 0
+        self.answered = answered  # (first k, last k) emitted by earlier timelines; shared
+        self.k_lo: int | None = None  # windows emitted on this timeline: k_lo..k_hi
+        self.k_hi = 0
         self.dirty = False  # queued for a close check at the next pop_ready
         self.next_check = _NEG_INF  # source-clock instant the close rule may change by itself
         self.timer_local = _POS_INF  # local-clock instant of its pending timer
@@ -167,6 +208,9 @@ class Aligner:
         self.samplerates = dict(samplerates or {})
         self._lattice = FrameLattice(self.window_ns, self.hop_ns, cfg.frames_per_window)
         self._sources: dict[str, _Source] = {}
+        self._answered: dict[str, list[tuple[int, int]]] = {}
+        self.resync_events: list[Resync] = []  # newest last; see take_resyncs
+        self.run_gap_ns = self.hop_ns  # the longest break a resync's evidence may have
         self._pending: list[Window] = []
         self._dirty: list[_Source] = []  # sources whose watermarks crossed their next window's end
         self._timers: list[tuple[int, int, _Source]] = []  # (local deadline, tie, source) heap
@@ -181,9 +225,13 @@ class Aligner:
         stream = h.stream
         if stream not in _HEADER_OF or (self.only is not None and h.source not in self.only):
             return
+        if not T_MIN_NS <= h.t_ns < T_MAX_NS:
+            self.stats.rejected[(h.source, stream, "time")] += 1
+            return
         src = self._sources.get(h.source)
         if src is None:
-            src = self._sources[h.source] = _Source(h.source, self)
+            answered = self._answered.setdefault(h.source, [])
+            src = self._sources[h.source] = _Source(h.source, self, answered)
         self._push(src, msg, recv_ns)
 
     def _push(self, src: _Source, msg: Message, recv_ns: int) -> None:
@@ -205,7 +253,7 @@ class Aligner:
             st.seen = True
             if t > st.wm:
                 st.wm = t
-            return self._accepted(src, st, t, recv_ns)
+            return self._accepted(src, st, t, recv_ns, data=False)
         if h.seq < st.last_seq:
             self.stats.restarts[(src.name, stream)] += 1  # a capture restarted its counter
         st.last_seq = h.seq
@@ -215,10 +263,8 @@ class Aligner:
             keep, wm = self._push_audio(src, msg, t)
         else:
             keep, wm = self._push_text(src, msg, t)
-        if keep is None:
-            return  # rejected and counted
         if not keep:
-            return self._reject(src, msg, recv_ns, None)
+            return  # rejected and counted, or late and no open window wants it
         st.seen = True
         if wm > st.wm:
             st.wm = wm
@@ -228,7 +274,7 @@ class Aligner:
                 src.next_k = k
                 src.next_end = k * self.hop_ns + self.window_ns
                 self._mark(src)
-        self._accepted(src, st, t, recv_ns)
+        self._accepted(src, st, t, recv_ns, data=kind is not TextHeader)
 
     def _late(self, src: _Source, stream: str, t: int) -> bool:
         if src.closed_end is not None and t < src.closed_end:
@@ -300,13 +346,15 @@ class Aligner:
             src.dirty = True
             self._dirty.append(src)
 
-    def _accepted(self, src: _Source, st: _Stream, t: int, recv_ns: int) -> None:
+    def _accepted(self, src: _Source, st: _Stream, t: int, recv_ns: int, *, data: bool) -> None:
         """Bookkeeping after any accepted message: clock, close checks, timer."""
         if src.first_t is None:
             src.first_t = t
-        if t > src.newest_t:
+        if t > src.newest_t and (data or recv_ns - src.data_recv > self.dead_ns):
             src.newest_t, src.newest_recv = t, recv_ns
-        src.run_first = None
+        if data:
+            src.data_recv = recv_ns
+            src.run_first = None  # the old timeline still carries data: no resync evidence
         if src.next_end is None:
             return
         if st.wm >= src.next_end:
@@ -320,21 +368,36 @@ class Aligner:
             src.timer_local = local
             heapq.heappush(self._timers, (local, next(self._tie), src))
 
-    def _reject(self, src: _Source, msg: Message, recv_ns: int, reason: str | None) -> None:
-        """Count a message no open window can use; restart the source when its
-        timeline has moved (see the module docstring)."""
-        t = msg.header.t_ns
-        if reason is not None:
-            self.stats.rejected[(src.name, msg.header.stream, reason)] += 1
-        if src.run_first is None or not (src.run_last - self.horizon_ns <= t <= src.run_last + self.horizon_ns):
+    def _reject(self, src: _Source, msg: Message, recv_ns: int, reason: str) -> None:
+        """Count a message far from the source's clock; resync the source once its
+        data has followed a new timeline long enough (see the module docstring)."""
+        h = msg.header
+        self.stats.rejected[(src.name, h.stream, reason)] += 1
+        if type(h) is not FrameHeader and type(h) is not AudioHeader:
+            return  # text and heartbeats are no evidence that the timeline moved
+        t, gap = h.t_ns, self.run_gap_ns
+        if (src.run_first is None or not src.run_last - gap <= t <= src.run_last + gap
+                or recv_ns - src.run_recv > gap):
             src.run_first = src.run_last = t
-        else:
-            src.run_last = max(src.run_last, t)
-        if src.run_last - src.run_first >= self.dead_ns:
-            self.stats.resyncs[src.name] += 1
-            self._pending.extend(self._close(src, None))
-            fresh = self._sources[src.name] = _Source(src.name, self)
-            self._push(fresh, msg, recv_ns)
+            src.run_recv0 = src.run_recv = recv_ns
+            return
+        src.run_last = max(src.run_last, t)
+        src.run_recv = max(src.run_recv, recv_ns)
+        dead = self.dead_ns
+        if src.run_last - src.run_first >= dead and src.run_recv - src.run_recv0 >= dead:
+            self._resync(src, msg, recv_ns)
+
+    def _resync(self, src: _Source, msg: Message, recv_ns: int) -> None:
+        """Close the old timeline's windows and restart ``src`` on the new one."""
+        self.stats.resyncs[src.name] += 1
+        self.resync_events.append(Resync(src.name, msg.header.stream, src.now_src(recv_ns),
+                                         msg.header.t_ns))
+        del self.resync_events[:-_MAX_EVENTS]  # nobody may be taking them (the trainer)
+        self._pending.extend(self._close(src, None))
+        if src.k_lo is not None:
+            _remember(src.answered, src.k_lo, src.k_hi)
+        fresh = self._sources[src.name] = _Source(src.name, self, src.answered)
+        self._push(fresh, msg, recv_ns)
 
     # ------------------------------------------------------------------ output
 
@@ -374,6 +437,11 @@ class Aligner:
         self._pending = []
         for src in self._sources.values():
             out.extend(self._close(src, None))
+        return out
+
+    def take_resyncs(self) -> list[Resync]:
+        """The resyncs since the last call, oldest first."""
+        out, self.resync_events = self.resync_events, []
         return out
 
     def buffered_bytes(self) -> int:
@@ -456,6 +524,13 @@ class Aligner:
             if first > src.next_k:  # skip empty windows without building them
                 self._advance(src, min(first, k_max + 1))
                 continue
+            if src.answered:
+                done = _answered_until(src.answered, src.next_k)
+                if done is not None:  # an earlier timeline emitted these windows
+                    skip_to = min(done + 1, k_max + 1)
+                    self.stats.repeated[src.name] += skip_to - src.next_k
+                    self._advance(src, skip_to)
+                    continue
             w = self._build(src, src.next_k, close_ns)
             self._advance(src, src.next_k + 1)
             if w is not None:
@@ -493,6 +568,9 @@ class Aligner:
         if not (frames or texts or audio is not None):
             return None
         name = src.name
+        if src.k_lo is None:
+            src.k_lo = k
+        src.k_hi = k
         stats = self.stats
         stats.windows[name] += 1
         for s, st in src.streams.items():
@@ -507,3 +585,29 @@ class Aligner:
             frame_t_ns=frame_t, audio=audio, samplerate=sr if audio is not None else 0,
             audio_coverage=coverage, texts=texts, text_t_ns=text_t, close_ns=close_ns,
         )
+
+
+def _answered_until(ranges: list[tuple[int, int]], k: int) -> int | None:
+    """The last k of the remembered range holding ``k`` (None: ``k`` was never emitted)."""
+    for lo, hi in ranges:
+        if lo <= k <= hi:
+            return hi
+    return None
+
+
+def _remember(ranges: list[tuple[int, int]], lo: int, hi: int) -> None:
+    """Add ``[lo, hi]`` to ``ranges`` (sorted, merged). Beyond ``_MAX_ANSWERED`` ranges
+    the two closest merge: a few never-emitted windows are then skipped, but no
+    window is ever emitted twice and the list stays bounded."""
+    ranges.append((lo, hi))
+    ranges.sort()
+    merged: list[tuple[int, int]] = []
+    for a, b in ranges:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    while len(merged) > _MAX_ANSWERED:
+        i = min(range(len(merged) - 1), key=lambda j: merged[j + 1][0] - merged[j][1])
+        merged[i:i + 2] = [(merged[i][0], merged[i + 1][1])]
+    ranges[:] = merged

@@ -5,6 +5,12 @@
 copied. ``decode`` accepts ``bytes`` or ``zmq.Frame`` parts and raises
 :class:`DecodeError` (with a short ``reason`` that callers count) for anything
 malformed: it never raises anything else on bad input.
+
+Decoding also range-checks every number a publisher chooses (:func:`check_ranges`):
+capture and label times must lie in ``[T_MIN_NS, T_MAX_NS)`` (2000-01-01 to
+2200-01-01), so that no window end, lateness bound or replay shift computed from
+them leaves 64 bits, and ``seq`` must fit in uint64. Encoding does not apply these checks: a test may stamp
+messages with small numbers, but nothing outside the range gets past a decoder.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from streamfuse.clock import NS_PER_S
 from streamfuse.wire import topics
 from streamfuse.wire.schema import (
     ARRAY_DTYPES,
@@ -36,6 +43,9 @@ from streamfuse.wire.schema import (
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_DIM = 1 << 16
+T_MIN_NS = 946_684_800 * NS_PER_S  # 2000-01-01T00:00:00Z
+T_MAX_NS = 7_258_118_400 * NS_PER_S  # 2200-01-01T00:00:00Z: 62 years of sums below 2**63
+SEQ_MAX = (1 << 64) - 1
 
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(Header)
@@ -47,7 +57,8 @@ Buffer = bytes | memoryview
 class DecodeError(ValueError):
     """A malformed message. ``reason`` is one of REASONS, for counters."""
 
-    REASONS = ("parts", "topic", "header", "version", "kind", "size", "too_large", "text", "field")
+    REASONS = ("parts", "topic", "header", "version", "kind", "size", "too_large", "text", "field",
+               "time")
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -118,7 +129,7 @@ def class_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: 
                   score: float, payload_json: bytes) -> Message:
     hdr = ClassHeader(source=source, stream="class", seq=seq, t_ns=t_end_ns,
                       label=label, score=score, t_start_ns=t_start_ns)
-    return Message(topics.topic(source, "class"), hdr, (payload_json,))
+    return Message(topics.class_topic(source), hdr, (payload_json,))
 
 
 def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: str) -> Message:
@@ -180,6 +191,8 @@ def check(msg: Message) -> None:
                 raise DecodeError("field", f"raw frames are (h, w, 3) uint8, got {h.shape} {h.dtype}")
             _check_array(h.shape, h.dtype, len(p[0]))
         elif h.encoding == "jpeg":
+            if len(h.shape) != 3 or h.shape[2] != 3 or not all(0 < d <= MAX_DIM for d in h.shape):
+                raise DecodeError("field", f"jpeg frames decode to (h, w, 3), got {h.shape}")
             if len(p[0]) < 4 or bytes(p[0][:2]) != b"\xff\xd8":
                 raise DecodeError("field", "jpeg payload does not start with a JPEG marker")
         else:
@@ -219,7 +232,46 @@ def decode(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Messa
     header = _decode_header(bufs[1])
     msg = Message(topic, header, tuple(bufs[2:]))
     check(msg)
+    # The common case inline (~0.1 us instead of ~0.3 us a call, at ~100k messages/s).
+    if not (T_MIN_NS <= header.t_ns < T_MAX_NS and header.seq <= SEQ_MAX) \
+            or header.__class__ in _MORE_TIMES:
+        check_ranges(header)
     return msg
+
+
+_MORE_TIMES = (ClassHeader, LabelHeader)  # headers with times besides t_ns
+
+
+def _check_time(name: str, t_ns: int) -> None:
+    if not T_MIN_NS <= t_ns < T_MAX_NS:
+        raise DecodeError("time", f"{name} {t_ns} is not between 2000-01-01 and 2200-01-01")
+
+
+def check_ranges(h: Header) -> None:
+    """Refuse numbers no honest publisher sends (raises DecodeError "time" or "field").
+
+    A classification repeats the times of the window it answers, which its consumers
+    only print or compare: it must be ordered and fit in int64 rather than look like a
+    capture time (workers fed hand-made windows in tests stamp them near 0).
+    """
+    if isinstance(h, ClassHeader):
+        if h.t_ns > (1 << 63) - 1:
+            raise DecodeError("time", f"t_ns {h.t_ns} does not fit in int64")
+    else:
+        _check_time("t_ns", h.t_ns)
+    if h.seq > SEQ_MAX:
+        raise DecodeError("field", f"seq {h.seq} does not fit in uint64")
+    if isinstance(h, ClassHeader):
+        if h.t_start_ns < 0:
+            raise DecodeError("field", f"negative t_start_ns {h.t_start_ns}")
+        if h.t_start_ns > h.t_ns:
+            raise DecodeError("field", "t_start_ns after the window end t_ns")
+        if not math.isfinite(h.score):
+            raise DecodeError("field", f"score {h.score}")
+    elif isinstance(h, LabelHeader):
+        _check_time("t_end_ns", h.t_end_ns)
+        if h.t_end_ns < h.t_ns:
+            raise DecodeError("field", "t_end_ns before t_ns")
 
 
 def _decode_header(buf: Buffer) -> Header:

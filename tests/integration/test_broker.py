@@ -9,6 +9,8 @@ from streamfuse.wire import codec
 from streamfuse.wire.sockets import connect_pub, connect_sub
 from tests.helpers.proc import wait_for
 
+T = 1_790_000_000_000_000_000  # a plausible capture time (decoders refuse 1970)
+
 
 def test_broker_forwards_messages_unchanged(broker) -> None:
     bus = broker.cfg.bus
@@ -17,7 +19,7 @@ def test_broker_forwards_messages_unchanged(broker) -> None:
         pub = connect_pub(ctx, bus)
         try:
             frame = np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3)
-            msg = codec.frame_message("room1", 0, 123, frame)
+            msg = codec.frame_message("room1", 0, T + 123, frame)
             got = []
 
             def deliver() -> bool:
@@ -32,8 +34,8 @@ def test_broker_forwards_messages_unchanged(broker) -> None:
             assert decoded == msg
             assert np.array_equal(decoded.array(), frame)
             # A topic nobody subscribed to is not delivered.
-            pub.send_multipart(codec.encode(codec.text_message("room2", 0, 1, "x")), copy=False)
-            pub.send_multipart(codec.encode(codec.text_message("room1", 1, 2, "é")), copy=False)
+            pub.send_multipart(codec.encode(codec.text_message("room2", 0, T + 1, "x")), copy=False)
+            pub.send_multipart(codec.encode(codec.text_message("room1", 1, T + 2, "é")), copy=False)
             while True:
                 assert sub.poll(5000)
                 m = codec.decode(sub.recv_multipart())

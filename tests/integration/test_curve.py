@@ -14,6 +14,8 @@ import zmq.auth
 from streamfuse.wire import codec
 from tests.helpers.proc import ipc_ready, run_streamfuse, stop, streamfuse, wait_for
 
+T = 1_790_000_000_000_000_000  # a plausible capture time (decoders refuse 1970)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -74,7 +76,7 @@ def test_curve_accepts_the_authorised_key_only(bus_env, tmp_path: Path) -> None:
                 def send_all_and_read() -> bool:
                     seq[0] += 1
                     for src, s in (("good", good), ("nokey", nokey), ("wrong", wrong)):
-                        s.send_multipart(codec.encode(codec.text_message(src, seq[0], seq[0], "x")))
+                        s.send_multipart(codec.encode(codec.text_message(src, seq[0], T + seq[0], "x")))
                     while sub.poll(20):
                         received.append(codec.decode(sub.recv_multipart()).header.source)
                     text = log.read_text()

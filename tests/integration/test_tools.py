@@ -13,6 +13,8 @@ from streamfuse.wire import codec
 from streamfuse.wire.sockets import connect_pub
 from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
 
+T = 1_790_000_000_000_000_000  # a plausible capture time (decoders refuse 1970)
+
 
 def _publish_until_exit(broker, proc: subprocess.Popen, build) -> None:
     """Publish ``build(i)`` messages (~200/s) until ``proc`` exits (bounded by wait_for)."""
@@ -58,9 +60,9 @@ def test_tail_classes_prints_each_classification_as_a_json_line(broker) -> None:
 
     def classification(i: int):
         if i % 2:  # other traffic on the bus is ignored
-            return codec.text_message("room1", i, 1, "not a class")
+            return codec.text_message("room1", i, T + 1, "not a class")
         payload = json.dumps({"source": "room1", "label": "seven", "i": i, "scores": {"seven": 0.9}})
-        return codec.class_message("room1", i, 0, 1000 + i, "seven", 0.9, payload.encode())
+        return codec.class_message("room1", i, T, T + 1000 + i, "seven", 0.9, payload.encode())
 
     try:
         _publish_until_exit(broker, proc, classification)

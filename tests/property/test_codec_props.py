@@ -3,6 +3,8 @@
 - ``decode(encode(m)) == m`` for every message kind.
 - Random bytes and mutations of valid messages never crash a decoder: the result
   is a valid message or :class:`DecodeError`, nothing else.
+- Any 64-bit ``t_ns`` and ``seq`` a publisher can put in a header either decode to
+  values inside the plausible range or are refused with reason ``time``/``field``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from streamfuse.wire.schema import Message, Window
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12).filter(
     lambda n: topics.name_problem(n) is None)
 seqs = st.integers(0, 2**63 - 1)
-times = st.integers(0, 2**63 - 1)
+times = st.integers(codec.T_MIN_NS, codec.T_MAX_NS - 1)
 texts = st.text(max_size=200)
 dims = st.integers(1, 12)
 
@@ -52,7 +54,14 @@ def class_messages(draw) -> Message:
     scores = draw(st.dictionaries(names, st.floats(0, 1), max_size=5))
     payload = json.dumps({"label": draw(texts), "scores": scores}).encode()
     score = draw(st.floats(0, 1, allow_nan=False))
-    return codec.class_message(draw(names), draw(seqs), draw(times), draw(times), draw(texts), score, payload)
+    start, end = sorted((draw(times), draw(times)))
+    return codec.class_message(draw(names), draw(seqs), start, end, draw(texts), score, payload)
+
+
+@st.composite
+def label_messages(draw) -> Message:
+    start, end = sorted((draw(times), draw(times)))
+    return codec.label_message(draw(names), draw(seqs), start, end, draw(texts))
 
 
 messages = st.one_of(
@@ -62,7 +71,7 @@ messages = st.one_of(
               st.sampled_from(["", "zmq", "stdin", "fifo", "file"])),
     st.builds(codec.heartbeat_message, names, st.sampled_from(["video", "audio", "text", "class"]), seqs, times),
     class_messages(),
-    st.builds(codec.label_message, names, seqs, times, times, texts),
+    label_messages(),
 )
 
 
@@ -148,3 +157,29 @@ def test_windows_round_trip_and_mutations_never_crash(w: Window, data: st.DataOb
         codec.decode_window([*parts[:i], bytes(mutated[:cut]), *parts[i + 1:]])
     except DecodeError as e:
         assert e.reason in DecodeError.REASONS
+
+
+any_int64 = st.one_of(st.integers(-(2**63), 2**64 - 1),
+                      st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64 - 1 - 5 * 10**8]),
+                      times)
+
+
+@given(kind=st.sampled_from(["text", "heartbeat", "audio"]), t=any_int64, seq=any_int64)
+def test_absurd_times_and_seqs_decode_in_range_or_are_refused(kind: str, t: int, seq: int) -> None:
+    import msgspec
+
+    header = {"kind": kind, "v": 1, "source": "room1", "stream": "text", "seq": seq, "t_ns": t}
+    payload = [b"x"]
+    if kind == "audio":
+        header.update(stream="audio", samplerate=16000, channels=1, frames=2, dtype="int16")
+        payload = [b"\0" * 4]
+    elif kind == "heartbeat":
+        payload = []
+    parts = [f"room1/{header['stream']}".encode(), msgspec.msgpack.encode(header), *payload]
+    try:
+        msg = codec.decode(parts)
+    except DecodeError as e:
+        assert e.reason in ("time", "field")
+        assert not (codec.T_MIN_NS <= t < codec.T_MAX_NS and 0 <= seq <= codec.SEQ_MAX)
+        return
+    assert codec.T_MIN_NS <= msg.t_ns < codec.T_MAX_NS and 0 <= msg.header.seq <= codec.SEQ_MAX

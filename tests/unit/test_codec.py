@@ -20,6 +20,8 @@ from streamfuse.wire.schema import (
     Window,
 )
 
+T = 1_790_000_000_000_000_000  # a plausible capture time (decoders refuse 1970)
+
 
 def _frame(h: int = 4, w: int = 6) -> np.ndarray:
     return np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3)
@@ -43,13 +45,14 @@ def _raw_header(**fields) -> bytes:
 def test_every_builder_round_trips() -> None:
     payload = json.dumps({"label": "seven"}).encode()
     messages = [
-        codec.frame_message("room1", 0, 10, _frame()),
-        codec.frame_message("room1", 1, 11, b"\xff\xd8\xff\xe0jpegdata", encoding="jpeg", shape=(4, 6, 3)),
-        codec.audio_message("room1", 2, 12, np.zeros((320, 2), np.float32), 16000),
-        codec.text_message("room1", 3, 13, "héllo ✓", origin="zmq"),
-        codec.heartbeat_message("room1", "video", 4, 14),
-        codec.class_message("room1", 5, 0, 15, "seven", 0.9, payload),
-        codec.label_message("room1", 6, 100, 200, "seven"),
+        codec.frame_message("room1", 0, T + 10, _frame()),
+        codec.frame_message("room1", 1, T + 11, b"\xff\xd8\xff\xe0jpegdata", encoding="jpeg",
+                            shape=(4, 6, 3)),
+        codec.audio_message("room1", 2, T + 12, np.zeros((320, 2), np.float32), 16000),
+        codec.text_message("room1", 3, T + 13, "héllo ✓", origin="zmq"),
+        codec.heartbeat_message("room1", "video", 4, T + 14),
+        codec.class_message("room1", 5, T, T + 15, "seven", 0.9, payload),
+        codec.label_message("room1", 6, T + 100, T + 200, "seven"),
     ]
     for m in messages:
         assert codec.decode(codec.encode(m)) == m
@@ -57,7 +60,7 @@ def test_every_builder_round_trips() -> None:
 
 def test_arrays_are_zero_copy_views() -> None:
     frame = _frame(48, 64)
-    msg = codec.frame_message("cam", 0, 1, frame)
+    msg = codec.frame_message("cam", 0, T, frame)
     parts = codec.encode(msg)
     assert isinstance(parts[2], memoryview)
     assert np.shares_memory(np.frombuffer(parts[2], np.uint8), frame)
@@ -67,14 +70,14 @@ def test_arrays_are_zero_copy_views() -> None:
 
 
 def test_audio_1d_block_becomes_one_channel() -> None:
-    msg = codec.audio_message("mic", 0, 1, np.ones(320, np.float32), 16000)
+    msg = codec.audio_message("mic", 0, T, np.ones(320, np.float32), 16000)
     h = msg.header
     assert isinstance(h, AudioHeader) and (h.frames, h.channels, h.dtype) == (320, 1, "float32")
     assert codec.decode(codec.encode(msg)).array().shape == (320, 1)
 
 
 def test_decode_accepts_zmq_frames_without_copying() -> None:
-    msg = codec.frame_message("cam", 0, 1, _frame())
+    msg = codec.frame_message("cam", 0, T, _frame())
     frames = [zmq.Frame(bytes(p)) for p in codec.encode(msg)]
     decoded = codec.decode(frames)
     assert decoded == msg
@@ -151,6 +154,42 @@ def test_negative_numbers() -> None:
     assert _reason([b"room1/text", _raw_header(t_ns=-5), b"x"]) == "field"
 
 
+def test_times_outside_2000_to_2200_are_refused() -> None:
+    """A hostile publisher's t_ns near 2**64 (or in 1970) never reaches a consumer, so no
+    window built on it can overflow 64 bits downstream."""
+    for t in (2**64 - 1 - 5 * 10**8, 2**63, codec.T_MAX_NS, codec.T_MIN_NS - 1, 1):
+        assert _reason([b"room1/text", _raw_header(t_ns=t), b"x"]) == "time", t
+    for t in (codec.T_MIN_NS, codec.T_MAX_NS - 1):
+        assert codec.decode([b"room1/text", _raw_header(t_ns=t), b"x"]).t_ns == t
+    hb = {"kind": "heartbeat", "stream": "video"}
+    assert _reason([b"room1/video", _raw_header(**hb, t_ns=2**64 - 1)]) == "time"
+    cls = {"kind": "class", "stream": "class", "t_ns": T}
+    assert _reason([b"room1/class", _raw_header(**{**cls, "t_ns": 2**64 - 1}), b"{}"]) == "time"
+    assert _reason([b"room1/class", _raw_header(**cls, t_start_ns=-1), b"{}"]) == "field"
+    assert _reason([b"room1/class", _raw_header(**cls, t_start_ns=T + 1), b"{}"]) == "field"
+    assert _reason([b"room1/class", _raw_header(**cls, t_start_ns=T, score=float("nan")),
+                    b"{}"]) == "field"
+    lab = {"kind": "label", "stream": "label", "label": "x", "t_ns": T}
+    assert _reason([b"room1/label", _raw_header(**lab, t_end_ns=2**64 - 1)]) == "time"
+    assert _reason([b"room1/label", _raw_header(**lab, t_end_ns=T - 1)]) == "field"
+
+
+def test_seq_up_to_uint64_decodes_and_nothing_larger_gets_through() -> None:
+    top = codec.decode([b"room1/text", _raw_header(seq=2**64 - 1, t_ns=T), b"x"])
+    assert top.header.seq == 2**64 - 1
+    # MessagePack has no integer above uint64; a header built in Python is checked too.
+    big = TextHeader(source="room1", stream="text", seq=2**64, t_ns=T)
+    with pytest.raises(DecodeError) as e:
+        codec.check_ranges(big)
+    assert e.value.reason == "field"
+
+
+def test_jpeg_shape_is_checked_like_a_raw_one() -> None:
+    for shape in ((1 << 40, 1 << 40, 3), (4, 6), (0, 6, 3)):
+        hdr = FrameHeader(source="cam", stream="video", seq=0, t_ns=T, shape=shape, encoding="jpeg")
+        assert _reason([b"cam/video", codec.encode_header(hdr), b"\xff\xd8\xff\xe0"]) == "field"
+
+
 def test_frame_size_must_match_shape() -> None:
     parts = codec.encode(codec.frame_message("cam", 0, 1, _frame()))
     assert _reason([parts[0], parts[1], bytes(parts[2])[:-1]]) == "size"
@@ -179,7 +218,7 @@ def test_audio_checks() -> None:
 
 
 def test_text_must_be_utf8() -> None:
-    hdr = codec.encode_header(TextHeader(source="room1", stream="text", seq=0, t_ns=1))
+    hdr = codec.encode_header(TextHeader(source="room1", stream="text", seq=0, t_ns=T))
     assert _reason([b"room1/text", hdr, b"ab\xff"]) == "text"
     assert codec.decode([b"room1/text", hdr, "ü".encode()]).text() == "ü"
 
@@ -232,7 +271,7 @@ def test_send_parts_delivers_the_multipart_message_whole() -> None:
         pull.bind("inproc://send-parts")
         push.connect("inproc://send-parts")
         big = _frame(300, 300)  # over pyzmq's copy threshold: sent zero-copy
-        send_parts(push, codec.encode(codec.frame_message("cam", 3, 7, big)))
+        send_parts(push, codec.encode(codec.frame_message("cam", 3, T, big)))
         got = codec.decode(pull.recv_multipart())
         assert got.header.seq == 3 and np.array_equal(got.array(), big)
         # Fill the queue without reading: NOBLOCK raises zmq.Again on the first part and
@@ -240,7 +279,7 @@ def test_send_parts_delivers_the_multipart_message_whole() -> None:
         sent = 0
         with pytest.raises(zmq.Again):
             for seq in range(100):
-                send_parts(push, codec.encode(codec.text_message("chat", seq, 1, "x")), zmq.NOBLOCK)
+                send_parts(push, codec.encode(codec.text_message("chat", seq, T, "x")), zmq.NOBLOCK)
                 sent += 1
         received = []
         while pull.poll(100):
