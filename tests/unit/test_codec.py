@@ -164,10 +164,10 @@ def test_times_outside_2000_to_2200_are_refused() -> None:
     hb = {"kind": "heartbeat", "stream": "video"}
     assert _reason([b"room1/video", _raw_header(**hb, t_ns=2**64 - 1)]) == "time"
     cls = {"kind": "class", "stream": "class", "t_ns": T}
-    assert _reason([b"room1/class", _raw_header(**{**cls, "t_ns": 2**64 - 1}), b"{}"]) == "time"
-    assert _reason([b"room1/class", _raw_header(**cls, t_start_ns=-1), b"{}"]) == "field"
-    assert _reason([b"room1/class", _raw_header(**cls, t_start_ns=T + 1), b"{}"]) == "field"
-    assert _reason([b"room1/class", _raw_header(**cls, t_start_ns=T, score=float("nan")),
+    assert _reason([b"class/room1", _raw_header(**{**cls, "t_ns": 2**64 - 1}), b"{}"]) == "time"
+    assert _reason([b"class/room1", _raw_header(**cls, t_start_ns=-1), b"{}"]) == "field"
+    assert _reason([b"class/room1", _raw_header(**cls, t_start_ns=T + 1), b"{}"]) == "field"
+    assert _reason([b"class/room1", _raw_header(**cls, t_start_ns=T, score=float("nan")),
                     b"{}"]) == "field"
     lab = {"kind": "label", "stream": "label", "label": "x", "t_ns": T}
     assert _reason([b"room1/label", _raw_header(**lab, t_end_ns=2**64 - 1)]) == "time"
