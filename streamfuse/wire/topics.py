@@ -27,5 +27,10 @@ def capture_topics(sources: list[str], streams: tuple[str, ...] = CAPTURE_STREAM
     return [topic(s, st) for s in sources for st in streams]
 
 
+def class_topic(source: str) -> str:
+    """Where ``source``'s classifications are published."""
+    return topic(source, "class")
+
+
 def is_class_topic(t: str) -> bool:
     return t.endswith("/class")
