@@ -229,7 +229,7 @@ class Worker:
         metrics.model_info.labels(model_id=new.model_id).set(1)
         metrics.model_load_seconds.set(seconds)
         metrics.model_reloads.labels(outcome="ok").inc()
-        readiness.report("model", model_id=new.model_id)
+        readiness.report("model", model_id=new.model_id, device=str(self.device))
         log.info("serving model %s from %s (%s fusion of %s; %d classes; %s; loaded in %.0f ms)%s",
                  new.model_id, self.model_dir, new.manifest["fusion"], "+".join(new.model.modalities),
                  len(new.classes), self.device, seconds * 1e3,
