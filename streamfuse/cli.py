@@ -105,6 +105,12 @@ def _fuse(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
+@command("web", "the web console alone (`streamfuse run` starts it as a child)",
+         "streamfuse.web.server:cli")
+def _web(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
 @command("record", "record the bus to MCAP", "streamfuse.record.writer:cli")
 def _record(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="output .mcap file or directory")
@@ -212,6 +218,8 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live", action="store_true", help="use the configured camera and microphone")
     p.add_argument("--cache", metavar="DIR", default=None, help="where data and the model are kept")
     p.add_argument("--data", metavar="DIR", default=None, help="a shared/data-style directory of real media")
+    p.add_argument("--keep", action="store_true",
+                   help="after the replay, keep the daemon and its web console up until Ctrl-C")
     _config_arg(p)
 
 
