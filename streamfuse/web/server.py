@@ -179,7 +179,8 @@ class Console:
             self.hub.clients.discard(client)
             pump.cancel()
             # a browser gone mid-send ends its pump with the server's own disconnect error
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
+            gone = (asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError)
+            with contextlib.suppress(*gone):
                 await pump
 
     def app(self) -> ASGIApp:
