@@ -134,12 +134,16 @@ class Hub:
         if not self.clients:
             return
         for source in self.state.sources():
-            if now_ns < self._next_frame_ns.get(source, 0):
+            due = self._next_frame_ns.get(source, 0)
+            if now_ns < due:
                 continue
             version, frame = self.state.frame(source)
             if frame is None or all(c.frame_seen.get(source) == version for c in self.clients):
                 continue
-            self._next_frame_ns[source] = now_ns + int(1e9 / self.max_fps)
+            # on schedule, from when the frame was due: ticks would otherwise round every
+            # interval up to a whole number of ticks (5 fps with 0.1 s ticks came out at 4)
+            interval = int(1e9 / self.max_fps)
+            self._next_frame_ns[source] = (due if now_ns - due < interval else now_ns) + interval
             enc = await asyncio.to_thread(preview_jpeg, frame.header, frame.payload)
             if enc is None:
                 self.dropped["undecodable"] += 1
