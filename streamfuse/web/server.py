@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from streamfuse import clock
+from streamfuse import clock, readiness
 from streamfuse.config import Config, is_local_listen
 from streamfuse.web.bus import BusReader
 from streamfuse.web.health import HealthReader
@@ -135,6 +135,7 @@ class Console:
         reader = BusReader(self.cfg.bus, self.state)
         reader.start()
         hub = asyncio.create_task(self.hub.run())
+        readiness.report("ready")
         try:
             yield
         finally:

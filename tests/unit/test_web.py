@@ -191,12 +191,12 @@ def test_a_browser_that_does_not_ack_gets_at_most_the_window_and_drops_are_count
 # ----------------------------------------------------------------------------- access
 
 
-def _client(token: str = "", host: str = "127.0.0.1:8080"):
+def _client(token: str = "", host: str = "127.0.0.1:8080", recordings: str = "/nonexistent"):
     from starlette.testclient import TestClient
 
     from streamfuse.web.server import Console
 
-    cfg = config.parse({"web": {"token": token}, "record": {"path": "/nonexistent"}}, environ={})
+    cfg = config.parse({"web": {"token": token}, "record": {"path": recordings}}, environ={})
     return TestClient(
         Console(cfg, health=health.HealthReader(None, None)).app(), base_url=f"http://{host}"
     )
@@ -251,6 +251,13 @@ def test_recordings_list_from_the_reader(tmp_path: Path) -> None:
     [row] = Recordings(tmp_path).list()
     assert row["start_ns"] == T0 and row["duration_s"] == 1.0 and row["complete"]
     assert row["streams"] == ["room1/audio", "room1/text"] and row["size_bytes"] > 0
+    with _client(recordings=str(tmp_path)) as c:
+        listed = c.get("/api/recordings").json()
+        assert [f["name"] for f in listed["files"]] == ["rec.mcap"]
+        r = c.get("/recordings/rec.mcap")
+        assert r.status_code == 200 and r.content == (tmp_path / "rec.mcap").read_bytes()
+        assert "attachment" in r.headers["content-disposition"]
+        assert c.get("/recordings/..%2Fsecret.mcap").status_code == 404
 
 
 # ----------------------------------------------------------------------------- health numbers
