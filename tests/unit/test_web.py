@@ -188,6 +188,24 @@ def test_a_browser_that_does_not_ack_gets_at_most_the_window_and_drops_are_count
     assert json.loads(frame[2 : 2 + n])["source"] == "cam" and frame[2 + n : 4 + n] == b"\xff\xd8"
 
 
+def test_frames_go_out_at_max_fps_when_ticks_run_late() -> None:
+    async def scenario() -> tuple[int, float]:
+        st = ConsoleState()
+        hub = live.Hub(st, max_fps=5)
+        client = live.Client(SlowSocket())
+        hub.clients.add(client)
+        tick_ns = int(hub.tick_s * 1.05e9)  # each tick takes a little longer than its sleep
+        sent, n = 0, int(10e9 // tick_ns)
+        for tick in range(n):  # a camera faster than max_fps: a new frame at every tick
+            st.push(_frame(tick))
+            await hub.frames(now_ns=tick * tick_ns)
+            sent += client.frames.pop("cam", None) is not None
+        return sent, n * tick_ns / 1e9
+
+    sent, seconds = asyncio.run(scenario())
+    assert sent == pytest.approx(5 * seconds, abs=1)
+
+
 # ----------------------------------------------------------------------------- access
 
 
