@@ -1,11 +1,11 @@
 """What browsers on the web console cost the pipeline: 0 vs N live clients, same run.
 
-    .venv/bin/python bench/web_clients.py [--clients 3] [--phase-s 15] [--segments 60] [--json F]
+    .venv/bin/python bench/web_clients.py [--clients 3] [--phase-s 15] [--restamp] [--json F]
 
 Starts ``streamfuse run`` with its web console (one worker with the demo model, as
 bench/end_to_end.py), replays the avdigits test split at 1x in a loop, and alternates
 phases with 0 and ``--clients`` WebSocket clients connected (0, N, 0, N: the order is
-rotated so drift does not favour one). Each client speaks the page's live protocol
+rotated so drift does not favour one; ``--restamp`` re-stamps the replay to now). Each client speaks the page's live protocol
 (streamfuse/web/live.py): it reads every message and acknowledges it, as the browser does.
 Reported per client count: p50/p99 of ``latency_ms.total`` of the classifications that
 arrived in those phases, the web process's CPU (from /proc, user + system), and what the
@@ -93,8 +93,9 @@ def run_phases(args: argparse.Namespace, cfg_path: Path, run_dir: Path, files: l
         children = json.loads((run_dir / "children.json").read_text())["children"]
         web_pid = next(c["pid"] for c in children if c["name"] == "web")
         ws_url = f"ws://{cfg.web.listen}/ws"
-        replay = subprocess.Popen([sys.executable, "-m", "streamfuse", "replay", *files,
-                                   "--rate", "1", "--loop", "--config", str(cfg_path)],
+        restamp = ["--restamp"] if args.restamp else []
+        replay = subprocess.Popen([sys.executable, "-m", "streamfuse", "replay", *files, "--rate",
+                                   "1", "--loop", *restamp, "--config", str(cfg_path)],
                                   stderr=subprocess.DEVNULL)
         with zmq.Context() as ctx:
             sub = ctx.socket(zmq.SUB)
@@ -127,6 +128,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--phase-s", type=float, default=15.0)
+    p.add_argument("--restamp", action="store_true", help="replay --restamp (times shifted to now)")
     p.add_argument("--segments", type=int, default=demo.SMALL.segments)
     p.add_argument("--epochs", type=int, default=demo.SMALL.epochs)
     p.add_argument("--cache", default=None)
