@@ -5,8 +5,9 @@
 Starts ``streamfuse run`` with its web console (one worker with the demo model, as
 bench/end_to_end.py), replays the avdigits test split at 1x in a loop, and alternates
 phases with 0 and ``--clients`` WebSocket clients connected (0, N, 0, N: the order is
-rotated so drift does not favour one; ``--restamp`` re-stamps the replay to now). Each client speaks the page's live protocol
-(streamfuse/web/live.py): it reads every message and acknowledges it, as the browser does.
+rotated so drift does not favour one; ``--restamp`` re-stamps the replay to now). Each
+client speaks the page's live protocol (streamfuse/web/live.py): it reads every message and
+acknowledges it, as the browser does.
 Reported per client count: p50/p99 of ``latency_ms.total`` of the classifications that
 arrived in those phases, the web process's CPU (from /proc, user + system), and what the
 clients received (frames/s each, KB/s each).
