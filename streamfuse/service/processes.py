@@ -44,7 +44,7 @@ class ProcessSpec:
 
     @property
     def role(self) -> str:
-        return ROLE_NAMES[self.stop_phase]
+        return self.labels.get("role") or ROLE_NAMES[self.stop_phase]
 
 
 def _hash(obj: object) -> str:
@@ -92,7 +92,7 @@ def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
         # a consumer with nothing to flush: it stops first, with the captures
         specs.append(ProcessSpec(
             name="web", argv=_base(["web"], cfg, py), stop_phase=CAPTURE,
-            fingerprint=_hash([bus, asdict(cfg.web), cfg.record.path]),
+            fingerprint=_hash([bus, asdict(cfg.web), cfg.record.path]), labels={"role": "web"},
         ))
     if cfg.record.enabled:
         specs.append(ProcessSpec(
