@@ -120,8 +120,9 @@ class ConsoleState:
             c = {}
         raw = c.get("scores")
         scores: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        top = sorted(([str(k), float(v)] for k, v in scores.items() if isinstance(v, (int, float))),
-                     key=lambda kv: -kv[1])[:TOP_CLASSES]
+        numbers = ((float(v), str(k)) for k, v in scores.items() if isinstance(v, (int, float)))
+        ranked = sorted(numbers, reverse=True)
+        top = [[k, v] for v, k in ranked[:TOP_CLASSES]]
         s.cls = {"label": h.label or str(c.get("label", "")), "score": h.score, "scores": top,
                  "present": c.get("present", {}), "latency_ms": c.get("latency_ms", {}),
                  "model": c.get("model", ""), "t_start_ns": h.t_start_ns, "t_end_ns": h.t_ns}
