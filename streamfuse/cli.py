@@ -148,6 +148,12 @@ def _fuse(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
+@command("web", "the web console alone (`streamfuse run` starts it as a child)",
+         "streamfuse.web.server:cli", "streamfuse web --config /etc/streamfuse/streamfuse.toml")
+def _web(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
 @command("record", "record the bus to MCAP", "streamfuse.record.writer:cli",
          "streamfuse record --out /data/session.mcap --topics room1/ --duration 600")
 def _record(p: argparse.ArgumentParser) -> None:
@@ -308,6 +314,8 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", default=None,
                    help="a directory of real media: fsdd/, mnist/, sounds/ "
                         "(default: espeak-ng speech and scikit-learn digits)")
+    p.add_argument("--keep", action="store_true",
+                   help="after the replay, keep the daemon and its web console up until Ctrl-C")
     _config_arg(p)
 
 

@@ -216,6 +216,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The live web console (``streamfuse web``, a child of ``streamfuse run``)."""
+
+    listen: str = _check(_listen, "127.0.0.1:8080")  # "" = off
+    token: str = ""  # required off loopback: "Authorization: Bearer <token>" or ?token=
+    max_fps: float = _check(_positive, 5.0)  # camera frames per second sent to each browser
+
+
+@dataclass(frozen=True)
 class Config:
     bus: BusConfig = field(default_factory=BusConfig)
     sources: list[SourceConfig] = field(default_factory=list)
@@ -223,6 +232,7 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     path: str = ""  # the file this was loaded from ("" = defaults only)
 
     def source(self, name: str) -> SourceConfig:
@@ -379,6 +389,9 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
         if ep and not ep.startswith("tcp://"):
             raise ConfigError(f"bus.{ep_key}: expected a tcp:// endpoint, got {ep!r}")
     _check_distinct_endpoints(cfg)
+    if cfg.web.listen and not cfg.web.token and not is_local_listen(cfg.web.listen):
+        raise ConfigError(f"web.token: required when web.listen ({cfg.web.listen}) is not a "
+                          "loopback address")
     return dataclasses.replace(cfg, path=path)
 
 
@@ -519,6 +532,12 @@ def _toml_char(c: str) -> str:
 def ipc_path(endpoint: str) -> Path | None:
     """The filesystem path of an ``ipc://`` endpoint, else None."""
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def is_local_listen(listen: str) -> bool:
+    """True for a ``HOST:PORT`` on loopback (``localhost``, ``127.x.y.z``, ``[::1]``)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def is_local_endpoint(endpoint: str) -> bool:

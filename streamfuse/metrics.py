@@ -75,6 +75,14 @@ recorder_messages = Counter("streamfuse_recorder_messages_total", "Messages writ
 recorder_dropped = Counter("streamfuse_recorder_dropped_total", "Messages the recorder could not write",
                            ["reason"])
 
+# ---- web console ---------------------------------------------------------------------
+web_clients = Gauge("streamfuse_web_clients", "Browsers connected to the live console",
+                    multiprocess_mode="livesum")
+web_updates = Counter("streamfuse_web_updates_total", "Live console updates sent to browsers", ["kind"])
+web_dropped = Counter("streamfuse_web_dropped_total",
+                      "Live console updates a browser never got because it fell behind (latest wins)",
+                      ["kind"])
+
 # ---- supervisor ----------------------------------------------------------------------
 child_restarts = Counter("streamfuse_child_restarts_total", "Child process restarts", ["child"])
 child_up = Gauge("streamfuse_child_up", "1 while a child process runs", ["child"],

@@ -60,6 +60,7 @@ class BusEnv:
             f'[bus]\ninput = "ipc://{self.run_dir}/in"\noutput = "ipc://{self.run_dir}/out"\n'
             f'[align]\noutput = "ipc://{self.run_dir}/windows"\n'
             f'[metrics]\nlisten = ""\n'
+            f'[web]\nlisten = ""\n'
             f'[fusion]\nmodel = "{root}/model"\n'
             f'[record]\npath = "{root}/recordings"\n'
         )

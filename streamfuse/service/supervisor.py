@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import fcntl
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -168,6 +169,7 @@ class Child:
     restart_at_ns: int | None = None
     gave_up: str = ""
     restarts: int = 0
+    last_exit: str = ""  # how it last ended ("exit code 1", "killed by SIGKILL")
 
     @property
     def running(self) -> bool:
@@ -241,6 +243,7 @@ class Supervisor:
         now = clock.monotonic_ns()
         how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
             else f"exit code {code}"
+        child.last_exit = how
         if code == 2:
             child.gave_up = f"{child.spec.name} exited with code 2 (bad configuration); not restarting it"
         else:
@@ -435,6 +438,22 @@ class Supervisor:
                 found.add(str(rep["device"]))
         return ",".join(sorted(found))
 
+    def _write_children(self) -> None:
+        """``<run dir>/children.json``: what the web console's health page shows of each child."""
+        rows = []
+        for c in self.children.values():
+            state = "gave up" if c.gave_up else "running" if c.running else \
+                "restarting" if c.restart_at_ns is not None else "stopped"
+            rows.append({"name": c.spec.name, "role": c.spec.role, "essential": c.spec.essential,
+                         "state": state, "pid": c.pid if c.running else None, "restarts": c.restarts,
+                         "last_exit": c.last_exit, "gave_up": c.gave_up})
+        tmp = self.run_dir / ".children.json.tmp"
+        try:
+            tmp.write_text(json.dumps({"pid": os.getpid(), "model": self._model, "children": rows}))
+            os.replace(tmp, self.run_dir / "children.json")
+        except OSError as e:  # advisory, like the readiness files
+            log.debug("cannot write children.json: %s", e)
+
     def _monitor(self, sub: zmq.Socket) -> None:
         """Drain what the bus monitor received: inputs and classifications."""
         now = clock.monotonic_ns()
@@ -575,6 +594,7 @@ class Supervisor:
                     self._rate = (self._classes - n0) / ((now - t0) / NS)
                 self._classes_at = (now, self._classes)
                 self._next_status_ns = now + NS
+                self._write_children()
                 line = self._status_line(problem)
                 if line != self._last_status:
                     if problem and problem not in self._last_status:
