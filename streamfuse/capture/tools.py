@@ -25,7 +25,7 @@ import zmq
 from streamfuse import clock
 from streamfuse.config import Config, ConfigError, TextConfig
 from streamfuse.wire import codec, topics
-from streamfuse.wire.sockets import connect_sub, max_message_bytes
+from streamfuse.wire.sockets import connect_endpoint, connect_sub, max_message_bytes
 
 log = logging.getLogger("streamfuse.tools")
 
@@ -186,7 +186,7 @@ def send_cli(args: argparse.Namespace, cfg: Config) -> int:
         req = ctx.socket(zmq.REQ)
         req.linger = 0
         try:
-            req.connect(endpoint)
+            connect_endpoint(req, endpoint, cfg.bus)  # keys when the capture is a CurveZMQ server
             req.send(raw)
             timeout_s = getattr(args, "timeout", SEND_TIMEOUT_S)
             if not req.poll(int(timeout_s * 1000)):
