@@ -52,6 +52,8 @@ from streamfuse.service.health import Liveness, RestartPolicy
 from streamfuse.service.notify import Notifier
 from streamfuse.service.processes import CAPTURE, ProcessSpec, table
 from streamfuse.signals import Signals
+from streamfuse.wire import codec
+from streamfuse.wire import topics as wire_topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.supervisor")
@@ -172,6 +174,7 @@ class Supervisor:
         self._last_status = ""
         self._next_status_ns = 0
         self._next_ping_ns = 0
+        self._stand_ins: set[bytes] = set()  # topics whose heartbeats count as data
         self._model = "?"  # what the workers serve ("none", an id, "?" before they report)
         self._m: Any = None  # streamfuse.metrics, imported once PROMETHEUS_MULTIPROC_DIR is set
 
@@ -398,12 +401,13 @@ class Supervisor:
                 parts = sub.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            t = bytes(parts[0].buffer)
-            if t.endswith(b"/class"):
+            if wire_topics.is_class_topic(bytes(parts[0].buffer)):
                 self._classes += 1
                 self.liveness.on_output(now)
-            else:
-                self.liveness.on_input(now)
+            elif len(parts) > 1:
+                t = bytes(parts[0].buffer)
+                heartbeat = codec.header_kind(parts[1]) == "heartbeat"
+                self.liveness.on_input(now, data=not heartbeat or t in self._stand_ins)
 
     def _monitor_topics(self) -> list[str]:
         """What the supervisor reads from the bus to see the pipeline work.
@@ -412,17 +416,22 @@ class Supervisor:
         stream (audio or text; video only when it is the only one; audio and
         text when its streams are captured elsewhere). With no configured
         source (inputs from replay or remote hosts) everything, since topic
-        prefixes cannot select ``*/class``: name the sources to spare that.
+        prefixes cannot select every source's classifications: name the
+        sources to spare that.
         """
         if not self.cfg.sources:
             return [""]
         topics = []
         for s in self.cfg.sources:
-            topics.append(f"{s.name}/class")
+            topics.append(wire_topics.class_topic(s.name))
             small = [st for st in ("audio", "text") if getattr(s, st) is not None]
             if not s.streams():
                 small = ["audio", "text"]
             topics += [f"{s.name}/{st}" for st in (small or s.streams())]
+            if small == ["text"] and s.video is not None:
+                # Its text stands in for its video (too heavy to watch): text heartbeats then
+                # say that the source's data flows. A text-only source's heartbeats do not.
+                self._stand_ins.add(wire_topics.topic(s.name, "text").encode())
         return topics
 
     # ------------------------------------------------------------------ main

@@ -27,5 +27,10 @@ def capture_topics(sources: list[str], streams: tuple[str, ...] = CAPTURE_STREAM
     return [topic(s, st) for s in sources for st in streams]
 
 
-def is_class_topic(t: str) -> bool:
-    return t.endswith("/class")
+def class_topic(source: str) -> str:
+    """Where ``source``'s classifications are published (also a subscription prefix)."""
+    return topic(source, "class")
+
+
+def is_class_topic(t: str | bytes) -> bool:
+    return (t.decode("utf-8", "replace") if isinstance(t, bytes) else t).endswith("/class")
