@@ -233,6 +233,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SupervisorConfig:
+    """Retrying a child given up on (a capture, the recorder): its error may be gone."""
+
+    retry_after_s: float = _check(_positive, 60.0)  # first retry; the wait doubles each time
+    retry_max_s: float = _check(_positive, 600.0)
+
+
+@dataclass(frozen=True)
 class Config:
     bus: BusConfig = field(default_factory=BusConfig)
     sources: list[SourceConfig] = field(default_factory=list)
@@ -240,6 +248,7 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     path: str = ""  # the file this was loaded from ("" = defaults only)
 
     def source(self, name: str) -> SourceConfig:

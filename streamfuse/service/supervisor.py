@@ -138,6 +138,8 @@ class Child:
     restart_at_ns: int | None = None
     gave_up: str = ""
     restarts: int = 0
+    retry_at_ns: int | None = None  # when to try a given-up child again
+    retries: int = 0  # periodic retries since it last ran well: each waits twice as long
 
     @property
     def running(self) -> bool:
@@ -224,6 +226,28 @@ class Supervisor:
                 log.warning("%s died (%s); restarting in %.2f s", child.spec.name, how, delay)
                 return
         log.error("%s", child.gave_up)
+        if not child.spec.essential and code != 2:
+            if now - child.started_ns > self.cfg.supervisor.retry_max_s * NS:
+                child.retries = 0  # it ran well for a while: a new failure starts a new series
+            self._schedule_retry(child, now)
+
+    def _schedule_retry(self, child: Child, now: int) -> None:
+        """A non-essential child given up on is tried again later: a full disk or an
+        unplugged camera may be back by then (a bad configuration waits for SIGHUP)."""
+        sv = self.cfg.supervisor
+        delay = min(sv.retry_after_s * 2 ** child.retries, sv.retry_max_s)
+        child.retries += 1
+        child.retry_at_ns = now + int(delay * NS)
+        log.info("%s: trying it again in %g s (or at SIGHUP)", child.spec.name, delay)
+
+    def _revive(self, child: Child, why: str) -> None:
+        log.info("%s: starting it again (%s) after: %s", child.spec.name, why, child.gave_up)
+        child.gave_up = ""
+        child.retry_at_ns = None
+        child.policy.crashes.clear()
+        child.restarts += 1
+        self._m.child_restarts.labels(child.spec.name).inc()
+        self._start(child)
 
     def _reap_and_restart(self) -> None:
         now = clock.monotonic_ns()
@@ -235,6 +259,8 @@ class Supervisor:
                 child.restarts += 1
                 self._m.child_restarts.labels(child.spec.name).inc()
                 self._start(child)
+            if child.gave_up and child.retry_at_ns is not None and now >= child.retry_at_ns:
+                self._revive(child, "periodic retry")
 
     def _stop_children(self, children: list[Child], budget_s: float) -> None:
         """Two-phase stop: SIGTERM to all, wait up to ``budget_s``, SIGKILL the rest."""
@@ -288,6 +314,10 @@ class Supervisor:
         self.notifier.send(RELOADING=1, MONOTONIC_USEC=clock.monotonic_ns() // 1000)
         try:
             self._reload_config()
+            for child in self.children.values():
+                if child.gave_up and not child.spec.essential:
+                    child.retries = 0  # the operator says the cause is fixed: start afresh
+                    self._revive(child, "SIGHUP")
         finally:
             self.notifier.send(READY=1)
 

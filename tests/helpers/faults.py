@@ -8,10 +8,13 @@ a scraper sees them.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +113,41 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     """Sum of the samples called ``name`` whose labels include ``labels``."""
     return sum(v for (n, lab), v in samples.items()
                if n == name and all((k, w) in lab for k, w in labels.items()))
+
+
+@contextmanager
+def small_disk(path: Path, size: str = "8m") -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path`` (needs root); the test is skipped where mounting fails."""
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(disk: Path, leave_bytes: int) -> Path:
+    """Take all but ``leave_bytes`` of ``disk``'s free space with one file."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_bytes))
+    return filler
+
+
+def recorded(paths: list[Path]) -> dict[Path, int]:
+    """Messages each recording holds, read as any reader would (an unreadable file holds 0)."""
+    from streamfuse.record.reader import RecordingError, read_raw
+
+    out = {}
+    for p in paths:
+        try:
+            out[p] = sum(1 for _ in read_raw([p]))
+        except RecordingError:
+            out[p] = 0
+    return out
