@@ -57,6 +57,11 @@ model_info = Gauge("streamfuse_model_info", "1 for the model being served", ["mo
 model_load_seconds = Gauge("streamfuse_model_load_seconds", "Time the last model load took",
                            multiprocess_mode="liveall")
 model_reloads = Counter("streamfuse_model_reloads_total", "Model loads by outcome", ["outcome"])
+# Per live worker; the supervisor reads a dead worker's last value and counts it as dropped
+# (reason worker_lost), so a SIGKILL loses no window without a count.
+windows_held = Gauge("streamfuse_worker_windows_held",
+                     "Windows a worker has received and not yet answered or dropped",
+                     multiprocess_mode="liveall")
 
 # ---- recorder ------------------------------------------------------------------------
 recorder_bytes = Counter("streamfuse_recorder_bytes_total", "Bytes written to recordings")

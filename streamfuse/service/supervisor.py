@@ -207,8 +207,20 @@ class Supervisor:
         self._m.child_up.labels(child.spec.name).set(1)
         log.info("%s started (pid %d)", child.spec.name, child.proc.pid)
 
+    def _count_lost(self, child: Child) -> None:
+        """A worker that died holding windows (queued or being classified) could not count
+        them: count them dropped for it (``worker_lost``), from its last published gauge."""
+        if child.spec.role != "worker" or child.pid is None:
+            return
+        held = service_metrics.windows_held(child.pid, self.metrics_dir)
+        if held > 0:
+            self._m.dropped.labels(node="fuse", topic="window", reason="worker_lost").inc(held)
+            log.warning("%s died holding %d window(s); counted as dropped (worker_lost)",
+                        child.spec.name, held)
+
     def _on_exit(self, child: Child, code: int) -> None:
         if child.pid is not None:
+            self._count_lost(child)
             service_metrics.mark_dead(child.pid, self.metrics_dir)
         self._m.child_up.labels(child.spec.name).set(0)
         now = clock.monotonic_ns()
@@ -281,6 +293,7 @@ class Supervisor:
                 p.wait(2)
             if p.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 log.warning("%s stopped with exit code %s", c.spec.name, p.returncode)
+            self._count_lost(c)
             service_metrics.mark_dead(p.pid, self.metrics_dir)
             self._m.child_up.labels(c.spec.name).set(0)
         for c in children:
