@@ -176,7 +176,7 @@ class AudioConfig:
 @dataclass(frozen=True)
 class TextConfig:
     input: str = _check(_text_input, "zmq")
-    endpoint: str = _check(_optional_endpoint, "")  # 'zmq' input binds here ("" = next to bus.input)
+    endpoint: str = _check(_optional_endpoint, "")  # 'zmq' binds here ("" = next to bus.input)
     max_bytes: int = _check(_positive_max(MAX_TEXT_BYTES), 4096)
     heartbeat_ms: float = _check(_positive, 100.0)
 
@@ -413,8 +413,9 @@ def _check_relations(cfg: Config) -> None:
     for key, ep in binding_endpoints(cfg):
         for other_key, other in seen:
             if _same_address(ep, other):
-                raise ConfigError(f"{key}: {ep.removeprefix('tcp://') if key == 'metrics.listen' else ep}"
-                                  f" is also {other_key}; every endpoint the daemon binds must differ")
+                shown = ep.removeprefix("tcp://") if key == "metrics.listen" else ep
+                raise ConfigError(f"{key}: {shown} is also {other_key}; "
+                                  "every endpoint the daemon binds must differ")
         seen.append((key, ep))
     server_keys = cfg.bus.curve.enabled and bool(cfg.bus.curve.server_secret)
     for key, ep in binding_endpoints(cfg):
@@ -422,7 +423,8 @@ def _check_relations(cfg: Config) -> None:
             if not is_local_endpoint(ep) and not server_keys:
                 raise ConfigError(
                     f"{key}: {ep} is reachable from the network; set [bus.curve] enabled, "
-                    "server_secret and authorized (streamfuse keys generate DIR) or use a loopback address")
+                    "server_secret and authorized (streamfuse keys generate DIR) "
+                    "or use a loopback address")
     host = cfg.metrics.listen.rpartition(":")[0]
     if cfg.metrics.listen and host and not _is_loopback_host(host) and not cfg.metrics.allow_remote:
         raise ConfigError(f"metrics.listen: {cfg.metrics.listen} is reachable from the network and "

@@ -70,7 +70,7 @@ class BusEnv:
         try:
             self.cfg = sfconfig.load(self.path, environ={})
         except sfconfig.ConfigError:
-            pass  # a test of a refused config writes one on purpose; self.cfg keeps the last good one
+            pass  # a test of a refused config writes one on purpose; self.cfg stays the last good
 
 
 def _merge_toml(base: str, extra: str) -> str:

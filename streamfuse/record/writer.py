@@ -354,7 +354,8 @@ class _Recorder:
     @property
     def messages(self) -> int:
         """Messages on disk: in finished chunks, never those still buffered (a crash loses them)."""
-        return self.closed_messages + (self.writer.messages_on_disk if self.writer is not None else 0)
+        open_file = self.writer.messages_on_disk if self.writer is not None else 0
+        return self.closed_messages + open_file
 
     def write(self, parts: list[zmq.Frame], now_ns: int) -> None:
         if self.writer is None:

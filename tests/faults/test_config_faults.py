@@ -30,8 +30,9 @@ def test_out_of_range_values_exit_2_naming_the_key(bus_env, extra: str, line: st
 def test_align_output_equal_to_bus_input_exits_2(bus_env) -> None:
     r = refused(bus_env, f'[align]\noutput = "ipc://{bus_env.run_dir}/in"\n')
     assert r.returncode == 2, r.stderr
-    assert last_line(r.stderr) == (f"streamfuse run: align.output: ipc://{bus_env.run_dir}/in is also "
-                                   "bus.input; every endpoint the daemon binds must differ")
+    assert last_line(r.stderr) == (
+        f"streamfuse run: align.output: ipc://{bus_env.run_dir}/in is also bus.input; "
+        "every endpoint the daemon binds must differ")
     assert "Traceback" not in r.stderr
 
 

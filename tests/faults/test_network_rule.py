@@ -11,27 +11,30 @@ from streamfuse.capture.text import text_endpoint
 from tests.helpers.faults import free_port, last_line, refused
 from tests.helpers.proc import stop, streamfuse, wait_for
 
+TEXT = '[[sources]]\nname = "room1"\n[sources.text]\n'
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("host", ["0.0.0.0", "*"])
 def test_text_endpoint_off_loopback_is_refused(bus_env, host: str) -> None:
     port = free_port()
-    r = refused(bus_env, f'[[sources]]\nname = "room1"\n[sources.text]\nendpoint = "tcp://{host}:{port}"\n')
+    r = refused(bus_env, f'{TEXT}endpoint = "tcp://{host}:{port}"\n')
     assert r.returncode == 2, r.stderr
     assert last_line(r.stderr).startswith(
-        f"streamfuse run: sources[0].text.endpoint: tcp://{host}:{port} is reachable from the network; "
-        "set [bus.curve]"), r.stderr
+        f"streamfuse run: sources[0].text.endpoint: tcp://{host}:{port} is reachable from the "
+        "network; set [bus.curve]"), r.stderr
     assert "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
 def test_text_capture_alone_refuses_it_too(bus_env) -> None:
     port = free_port()
-    r = refused(bus_env, f'[[sources]]\nname = "room1"\n[sources.text]\nendpoint = "tcp://0.0.0.0:{port}"\n',
+    r = refused(bus_env, f'{TEXT}endpoint = "tcp://0.0.0.0:{port}"\n',
                 command=("capture", "text", "--source", "room1"))
     assert r.returncode == 2, r.stderr
     assert last_line(r.stderr).startswith(
-        f"streamfuse capture: sources[0].text.endpoint: tcp://0.0.0.0:{port} is reachable"), r.stderr
+        f"streamfuse capture: sources[0].text.endpoint: tcp://0.0.0.0:{port} is reachable"
+    ), r.stderr
     with zmq.Context() as ctx, ctx.socket(zmq.REP) as probe:
         probe.bind(f"tcp://127.0.0.1:{port}")  # the port is still free
 

@@ -21,12 +21,14 @@ GIVEN_UP = "recorder crashed"
 
 
 def _config(disk: Path, port: int, retry_after_s: float, enabled: bool = True) -> str:
-    return (f'[record]\nenabled = {"true" if enabled else "false"}\npath = "{disk}"\nchunk_kb = 16\n'
+    on = "true" if enabled else "false"
+    return (f'[record]\nenabled = {on}\npath = "{disk}"\nchunk_kb = 16\n'
             f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
             f'[supervisor]\nretry_after_s = {retry_after_s}\n')
 
 
-def _pump(d: RunningDaemon, feeder: Feeder, until: Callable[[], Any], timeout: float, what: str) -> Any:
+def _pump(d: RunningDaemon, feeder: Feeder, until: Callable[[], Any], timeout: float,
+          what: str) -> Any:
     """Keep feeding the bus (and draining the notify socket) until ``until()`` holds."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -64,7 +66,8 @@ def _recording_again(d: RunningDaemon, feeder: Feeder, disk: Path, after: int) -
 
 
 def _recording_paths(log: str) -> list[str]:
-    return [ln.split("recording to ", 1)[1].strip() for ln in log.splitlines() if "recording to " in ln]
+    return [ln.split("recording to ", 1)[1].strip() for ln in log.splitlines()
+            if "recording to " in ln]
 
 
 def _check_books(disk: Path, port: int) -> None:

@@ -66,7 +66,7 @@ def test_windows_held_by_a_killed_worker_are_counted(bus_env) -> None:
                 held = total(scrape(port), "streamfuse_worker_windows_held")
                 pid = int(re.findall(r"worker-0 started \(pid (\d+)\)", d.log())[-1])
                 os.kill(pid, signal.SIGKILL)
-                _wait(d, [a], lambda: "worker-0 died holding" in d.log(), 30, "the loss to be counted")
+                _wait(d, [a], lambda: "worker-0 died holding" in d.log(), 30, "the count")
                 before = total(scrape(port), "streamfuse_classifications_total", source="room1")
                 _wait(d, [a], lambda: total(scrape(port), "streamfuse_classifications_total",
                                             source="room1") > before, 90, "the restarted worker")

@@ -29,7 +29,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def refused(bus_env: Any, extra: str, command: tuple[str, ...] = ("run",)) -> subprocess.CompletedProcess:
+def refused(bus_env: Any, extra: str,
+            command: tuple[str, ...] = ("run",)) -> subprocess.CompletedProcess:
     """Write ``extra`` into the test's config and run ``streamfuse COMMAND...`` on it."""
     bus_env.write(extra)
     return run_streamfuse([*command, "--config", str(bus_env.path)], timeout=60)

@@ -113,17 +113,20 @@ _TEXT = {"name": "lab", "text": {"endpoint": "tcp://0.0.0.0:5599"}}
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"metrics": {"listen": "127.0.0.1:99999"}}, "metrics.listen: port 99999 is not in 1..65535"),
+        ({"metrics": {"listen": "127.0.0.1:99999"}},
+         "metrics.listen: port 99999 is not in 1..65535"),
         ({"metrics": {"listen": "127.0.0.1:0"}}, "metrics.listen: port 0 is not in 1..65535"),
         ({"bus": {"input": "tcp://127.0.0.1:70000"}}, "bus.input: port 70000 is not in 1..65535"),
         ({"bus": {"hwm": 10_000_000_000}}, "bus.hwm: expected at most 1e+07, got 10000000000"),
         ({"bus": {"max_message_mb": 1e30}}, "bus.max_message_mb: expected at most 4096, got 1e+30"),
-        ({"bus": {"max_message_mb": float("nan")}}, "bus.max_message_mb: expected a positive number"),
+        ({"bus": {"max_message_mb": float("nan")}},
+         "bus.max_message_mb: expected a positive number"),
         ({"bus": {"max_message_mb": float("inf")}}, "bus.max_message_mb: expected at most 4096"),
         ({"record": {"chunk_kb": 10**9}}, "record.chunk_kb: expected at most"),
         ({"sources": [{"name": "a", "text": {"max_bytes": 2**40}}]},
          "sources[0].text.max_bytes: expected at most"),
-        ({"bus": {"max_message_mb": 1}, "sources": [{"name": "a", "text": {"max_bytes": 2 * 2**20}}]},
+        ({"bus": {"max_message_mb": 1},
+          "sources": [{"name": "a", "text": {"max_bytes": 2 * 2**20}}]},
          "sources[0].text.max_bytes: 2097152 exceeds bus.max_message_mb (1 MB)"),
         ({"sources": [{"name": "a", "text": {"endpoint": "nowhere"}}]},
          "sources[0].text.endpoint: expected a ZeroMQ endpoint, got 'nowhere'"),
@@ -140,7 +143,8 @@ def test_out_of_range_values_name_their_key(data: dict, message: str) -> None:
     [
         ({"align": {"output": "ipc:///run/streamfuse/in"}},
          "align.output: ipc:///run/streamfuse/in is also bus.input"),
-        ({"bus": {"output": "ipc:///run/streamfuse/./in"}}, "bus.output: ipc:///run/streamfuse/./in is also"),
+        ({"bus": {"output": "ipc:///run/streamfuse/./in"}},
+         "bus.output: ipc:///run/streamfuse/./in is also"),
         ({"bus": {"public": "tcp://127.0.0.1:5560", "public_output": "tcp://localhost:5560"}},
          "bus.public_output: tcp://localhost:5560 is also bus.public"),
         ({"bus": {"input": "tcp://*:5560", "output": "tcp://127.0.0.1:5560"}},
@@ -150,7 +154,8 @@ def test_out_of_range_values_name_their_key(data: dict, message: str) -> None:
         ({"sources": [{"name": "a", "text": {"endpoint": "tcp://127.0.0.1:5599"}},
                       {"name": "b", "text": {"endpoint": "tcp://127.0.0.1:5599"}}]},
          "sources[1].text.endpoint: tcp://127.0.0.1:5599 is also sources[0].text.endpoint"),
-        ({"bus": {"public": "tcp://127.0.0.1:9108"}}, "metrics.listen: 127.0.0.1:9108 is also bus.public"),
+        ({"bus": {"public": "tcp://127.0.0.1:9108"}},
+         "metrics.listen: 127.0.0.1:9108 is also bus.public"),
     ],
 )
 def test_endpoints_that_must_differ(data: dict, message: str) -> None:
@@ -160,7 +165,8 @@ def test_endpoints_that_must_differ(data: dict, message: str) -> None:
 
 
 def test_default_text_endpoints_do_not_collide() -> None:
-    cfg = config.parse({"sources": [{"name": "a", "text": {}}, {"name": "b", "text": {}}]}, environ={})
+    two = [{"name": "a", "text": {}}, {"name": "b", "text": {}}]
+    cfg = config.parse({"sources": two}, environ={})
     eps = [ep for _, ep in config.binding_endpoints(cfg)]
     assert "ipc:///run/streamfuse/text-a" in eps and len(set(eps)) == len(eps)
 
@@ -168,7 +174,8 @@ def test_default_text_endpoints_do_not_collide() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"sources": [_TEXT]}, "sources[0].text.endpoint: tcp://0.0.0.0:5599 is reachable from the network"),
+        ({"sources": [_TEXT]},
+         "sources[0].text.endpoint: tcp://0.0.0.0:5599 is reachable from the network"),
         ({"sources": [{**_TEXT, "text": {"endpoint": "tcp://*:5599"}}]},
          "sources[0].text.endpoint: tcp://*:5599 is reachable from the network"),
         ({"bus": {"curve": {"enabled": True}}, "sources": [_TEXT]},
