@@ -239,8 +239,6 @@ class Supervisor:
                 return
         log.error("%s", child.gave_up)
         if not child.spec.essential and code != 2:
-            if now - child.started_ns > self.cfg.supervisor.retry_max_s * NS:
-                child.retries = 0  # it ran well for a while: a new failure starts a new series
             self._schedule_retry(child, now)
 
     def _schedule_retry(self, child: Child, now: int) -> None:
@@ -273,6 +271,9 @@ class Supervisor:
                 self._start(child)
             if child.gave_up and child.retry_at_ns is not None and now >= child.retry_at_ns:
                 self._revive(child, "periodic retry")
+            elif child.retries and child.running \
+                    and now - child.started_ns > child.policy.window_s * NS:
+                child.retries = 0  # it runs well again: a later failure starts a new series
 
     def _stop_children(self, children: list[Child], budget_s: float) -> None:
         """Two-phase stop: SIGTERM to all, wait up to ``budget_s``, SIGKILL the rest."""
