@@ -425,6 +425,10 @@ def _check_relations(cfg: Config) -> None:
                     f"{key}: {ep} is reachable from the network; set [bus.curve] enabled, "
                     "server_secret and authorized (streamfuse keys generate DIR) "
                     "or use a loopback address")
+    if not is_local_endpoint(cfg.align.output):
+        raise ConfigError(f"align.output: {cfg.align.output} is reachable from the network; windows "
+                          "carry the sensors' data and this socket has no CurveZMQ: use ipc:// "
+                          "or a loopback address")
     host = cfg.metrics.listen.rpartition(":")[0]
     if cfg.metrics.listen and host and not _is_loopback_host(host) and not cfg.metrics.allow_remote:
         raise ConfigError(f"metrics.listen: {cfg.metrics.listen} is reachable from the network and "

@@ -185,6 +185,7 @@ def send_cli(args: argparse.Namespace, cfg: Config) -> int:
     with zmq.Context() as ctx:
         req = ctx.socket(zmq.REQ)
         req.linger = 0
+        req.maxmsgsize = max_message_bytes(cfg.bus)  # the answer is one short line
         try:
             connect_endpoint(req, endpoint, cfg.bus)  # keys when the capture is a CurveZMQ server
             req.send(raw)

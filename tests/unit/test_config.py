@@ -184,6 +184,8 @@ def test_default_text_endpoints_do_not_collide() -> None:
          "metrics.listen: 0.0.0.0:9108 is reachable from the network and metrics have no "
          "authentication; use a loopback address or set metrics.allow_remote = true"),
         ({"metrics": {"listen": "[::]:9108"}}, "metrics.listen: [::]:9108 is reachable"),
+        ({"align": {"output": "tcp://0.0.0.0:5570"}},
+         "align.output: tcp://0.0.0.0:5570 is reachable from the network"),
     ],
 )
 def test_network_rule_at_load(data: dict, message: str) -> None:
