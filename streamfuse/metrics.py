@@ -68,6 +68,11 @@ model_reloads = Counter("streamfuse_model_reloads_total", "Model loads by outcom
 worker_device = Gauge("streamfuse_worker_device_info",
                       "1 for the torch device a fusion worker runs on (cpu, cuda:N)", ["device"],
                       multiprocess_mode="liveall")
+# Per live worker; the supervisor reads a dead worker's last value and counts it as dropped
+# (reason worker_lost), so a SIGKILL loses no window without a count.
+windows_held = Gauge("streamfuse_worker_windows_held",
+                     "Windows a worker has received and not yet answered or dropped",
+                     multiprocess_mode="liveall")
 
 # ---- recorder ------------------------------------------------------------------------
 recorder_bytes = Counter("streamfuse_recorder_bytes_total", "Bytes written to recordings")
