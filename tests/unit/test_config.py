@@ -63,10 +63,10 @@ def test_missing_sections_take_defaults() -> None:
         ({"bus": {"results": "foo"}}, "bus.results: expected a ZeroMQ endpoint, got 'foo'"),
         ({"bus": {"public_results": "ipc:///x"}}, "bus.public_results: expected a tcp:// endpoint"),
         ({"bus": {"results": "ipc:///run/streamfuse/out"}},
-         "bus.results: ipc:///run/streamfuse/out is already bus.output"),
+         "bus.results: ipc:///run/streamfuse/out is also bus.output"),
         ({"bus": {"public_output": "tcp://127.0.0.1:5561",
                   "public_results": "tcp://127.0.0.1:5561"}},
-         "bus.public_results: tcp://127.0.0.1:5561 is already bus.public_output"),
+         "bus.public_results: tcp://127.0.0.1:5561 is also bus.public_output"),
     ],
 )
 def test_bad_values_name_their_key(data: dict, message: str) -> None:
@@ -87,10 +87,9 @@ def test_results_endpoint_defaults_beside_bus_input() -> None:
 def test_public_results_off_loopback_needs_curve() -> None:
     from streamfuse.service.broker import check_security
 
-    cfg = config.parse({"bus": {"public_results": "tcp://0.0.0.0:5562"}}, environ={})
     with pytest.raises(config.ConfigError,
                        match=r"^bus.public_results: tcp://0.0.0.0:5562 is reachable"):
-        check_security(cfg.bus)
+        config.parse({"bus": {"public_results": "tcp://0.0.0.0:5562"}}, environ={})
     loopback = config.parse({"bus": {"public_results": "tcp://127.0.0.1:5562"}}, environ={})
     check_security(loopback.bus)  # loopback needs no keys
 
