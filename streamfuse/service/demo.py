@@ -38,13 +38,13 @@ from pathlib import Path
 import zmq
 
 from streamfuse import clock
+from streamfuse.clock import NS_PER_S as NS
 from streamfuse.config import Config, load
 from streamfuse.signals import Signals
 from streamfuse.wire import topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.demo")
-NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
