@@ -11,6 +11,9 @@ import pytest
 from streamfuse import config as sfconfig
 from tests.helpers.proc import ipc_ready, stop, streamfuse, wait_for
 
+# The training tests run torch in this process: the same OpenMP policy as `streamfuse train`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def _children(pid: int) -> set[int]:
     kids = set()

@@ -38,13 +38,14 @@ from pathlib import Path
 import zmq
 
 from streamfuse import clock
+from streamfuse.clock import NS_PER_S as NS
 from streamfuse.config import Config, load
 from streamfuse.signals import Signals
+from streamfuse.stats import percentile
 from streamfuse.wire import topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.demo")
-NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -248,14 +249,9 @@ class Results:
         for part in ("total", "align", "queue", "infer"):
             vals = sorted(float(r["latency_ms"].get(part, 0.0)) for r in self.rows if r.get("latency_ms"))
             if vals:
-                lat[part] = {"p50": _pct(vals, 50), "p99": _pct(vals, 99)}
+                lat[part] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99)}
         return {"classifications": len(self.rows), "labelled": len(judged),
                 "accuracy": correct / len(judged) if judged else None, "latency_ms": lat}
-
-
-def _pct(sorted_vals: list[float], p: float) -> float:
-    i = min(len(sorted_vals) - 1, max(0, round(p / 100 * (len(sorted_vals) - 1))))
-    return sorted_vals[i]
 
 
 def read_label_spans(path: Path) -> dict[str, list[tuple[int, int, str]]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-NS = 1_000_000_000
+from streamfuse.clock import NS_PER_S as NS
 
 
 @dataclass

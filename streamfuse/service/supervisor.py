@@ -47,6 +47,7 @@ from typing import IO, Any
 import zmq
 
 from streamfuse import clock, readiness
+from streamfuse.clock import NS_PER_S as NS
 from streamfuse.config import Config, ConfigError, ipc_path, load
 from streamfuse.service import metrics as service_metrics
 from streamfuse.service.broker import Broker, check_security
@@ -58,7 +59,6 @@ from streamfuse.wire import codec, topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.supervisor")
-NS = 1_000_000_000
 TICK_S = 0.05
 STOP_BUDGET_S = {0: 2.0, 1: 2.0, 2: 3.0, 3: 2.0}  # per stop phase; total stays under 10 s
 READY_FALLBACK_S = 60.0  # a worker that never reports: declare ready anyway (logged)
