@@ -149,6 +149,10 @@ class McapFile:
     def bytes_on_disk(self) -> int:
         return self._f.pos
 
+    def channel_counts(self) -> dict[int, int]:
+        """Messages added per channel id."""
+        return dict(self._counts)
+
     @property
     def level(self) -> int | None:
         return self._level
