@@ -206,6 +206,20 @@ class RecordConfig:
 
 
 @dataclass(frozen=True)
+class FoxgloveConfig:
+    """The Foxglove WebSocket bridge (docs/protocol.md, "Recordings" and README.md).
+
+    ``listen`` "" = off. Foxglove's protocol has no authentication, so an address other
+    than loopback needs ``allow_remote`` = true: anyone who reaches it sees every stream.
+    ``max_fps``: frames per second per video topic sent to Foxglove (the rest is skipped).
+    """
+
+    listen: str = _check(_listen, "")
+    allow_remote: bool = False
+    max_fps: float = _check(_positive, 10.0)
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = _check(_listen, "127.0.0.1:9108")
 
@@ -217,6 +231,7 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    foxglove: FoxgloveConfig = field(default_factory=FoxgloveConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     path: str = ""  # the file this was loaded from ("" = defaults only)
 
@@ -329,6 +344,10 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
         if ep and not ep.startswith("tcp://"):
             raise ConfigError(f"bus.{ep_key}: expected a tcp:// endpoint, got {ep!r}")
     _check_distinct_endpoints(cfg)
+    fox = cfg.foxglove
+    if fox.listen and not is_loopback_listen(fox.listen) and not fox.allow_remote:
+        raise ConfigError(f"foxglove.listen: {fox.listen} is not a loopback address and the Foxglove "
+                          f"protocol has no authentication: set foxglove.allow_remote = true to serve it")
     return dataclasses.replace(cfg, path=path)
 
 
@@ -375,6 +394,12 @@ def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = 
 def ipc_path(endpoint: str) -> Path | None:
     """The filesystem path of an ``ipc://`` endpoint, else None."""
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """True for a ``HOST:PORT`` whose host is loopback (``127.x``, ``::1``, ``localhost``)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def is_local_endpoint(endpoint: str) -> bool:

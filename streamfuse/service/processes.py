@@ -41,10 +41,11 @@ class ProcessSpec:
     env: tuple[tuple[str, str], ...] = ()
     fingerprint: str = ""
     labels: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    role_name: str = ""  # when the stop phase's name does not say what the child is
 
     @property
     def role(self) -> str:
-        return ROLE_NAMES[self.stop_phase]
+        return self.role_name or ROLE_NAMES[self.stop_phase]
 
 
 def _hash(obj: object) -> str:
@@ -59,7 +60,8 @@ def _base(command: list[str], cfg: Config, python: str) -> tuple[str, ...]:
 
 
 def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
-    """Every child for ``cfg``: captures, aligner, ``fusion.workers`` workers, recorder.
+    """Every child for ``cfg``: captures, aligner, ``fusion.workers`` workers, recorder,
+    Foxglove bridge.
 
     Children re-read ``cfg.path`` themselves (and the same ``STREAMFUSE_*``
     overrides, inherited through the environment), so they see what the
@@ -92,5 +94,11 @@ def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
         specs.append(ProcessSpec(
             name="recorder", argv=_base(["record", "--out", cfg.record.path], cfg, py),
             stop_phase=RECORDER, fingerprint=_hash([bus, asdict(cfg.record)]),
+        ))
+    if cfg.foxglove.listen:
+        # Stopped first, with the captures: nothing downstream waits for it.
+        specs.append(ProcessSpec(
+            name="foxglove", argv=_base(["foxglove"], cfg, py), stop_phase=CAPTURE, role_name="bridge",
+            fingerprint=_hash([bus, asdict(cfg.foxglove)]),
         ))
     return specs

@@ -192,7 +192,7 @@ class Supervisor:
         child.status_file.unlink(missing_ok=True)
         try:
             child.proc = subprocess.Popen(list(child.spec.argv), env=env, stdin=subprocess.DEVNULL
-                                          if child.spec.stop_phase != CAPTURE else None,
+                                          if child.spec.role != "capture" else None,
                                           preexec_fn=_set_child_attrs, close_fds=True)
         except OSError as e:
             log.error("%s: cannot start %s: %s", child.spec.name, child.spec.argv[0], e)
