@@ -127,6 +127,19 @@ def _replay(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
+@command("convert", "rewrite old recordings in the current (Foxglove) layout", "streamfuse.record.convert:cli")
+def _convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--out", metavar="PATH", default=None,
+                   help="output file (one input only; default: FILE-converted.mcap beside each input)")
+
+
+@command("foxglove", "serve the bus to Foxglove over WebSocket ([foxglove] listen)",
+         "streamfuse.bridge.foxglove:cli")
+def _foxglove(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
 @command("inspect", "summarise recordings: topics, counts, rates, gaps, size", "streamfuse.record.reader:cli")
 def _inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
