@@ -62,3 +62,14 @@ def test_nothing_is_encoded_without_a_subscriber_and_bad_input_is_counted() -> N
     assert not bridge.publish([b"room1/text", b"\xc1not msgpack"], T0)
     assert not bridge.publish([b"room1/text"], T0)
     assert bridge.bad == 2
+
+
+def test_the_bridge_is_a_non_essential_child_only_when_listen_is_set() -> None:
+    from streamfuse.config import parse
+    from streamfuse.service.processes import table
+
+    on = table(parse({"foxglove": {"listen": "127.0.0.1:8765"}}, environ={}), python="py")
+    (spec,) = [s for s in on if s.name == "foxglove"]
+    assert spec.argv[:4] == ("py", "-m", "streamfuse", "foxglove")
+    assert not spec.essential and spec.role == "bridge"
+    assert all(s.name != "foxglove" for s in table(parse({}, environ={}), python="py"))
