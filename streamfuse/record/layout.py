@@ -302,7 +302,7 @@ def encode(layout: str, info: Info, header: Buffer, payload: Sequence[Buffer]) -
     if layout == "class":
         b64 = base64.b64encode(bytes(header))
         return [bytes(payload[0])[:-1], b',"', JSON_HEADER_KEY.encode(), b'":"', b64, b'"}']
-    pieces = [_timestamp(info.t_ns)]
+    pieces: list[Buffer] = [_timestamp(info.t_ns)]
     if layout in ("jpeg", "raw"):
         pieces.append(_string(4 if layout == "jpeg" else 7, info.source))  # frame_id
         if layout == "jpeg":
@@ -347,10 +347,10 @@ def decode(layout: str, data: Buffer) -> list[Buffer]:
         if i < 0 or not raw.endswith(b'"}'):
             raise fmt.FramingError("classification without its wire header")
         try:
-            header = base64.b64decode(raw[i + len(key):-2], validate=True)
+            decoded = base64.b64decode(raw[i + len(key):-2], validate=True)
         except binascii.Error:
             raise fmt.FramingError("wire header is not base64") from None
-        return [header, raw[:i] + b"}"]
+        return [decoded, raw[:i] + b"}"]
     spec = PROTOBUF_LAYOUTS.get(layout)
     if spec is None:
         raise fmt.FramingError(f"unknown layout {layout!r}")
