@@ -69,6 +69,19 @@ def default_metadata(cfg: Config | None = None) -> dict[str, str]:
     return md
 
 
+def _kept(parts: Sequence[Any], bufs: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
+    """Payload buffers safe to hold until their chunk is written: a received zmq.Frame or
+    bytes never changes and is kept by reference; a writable buffer is copied."""
+    out: list[bytes | memoryview] = []
+    for part, b in zip(parts, bufs, strict=True):
+        view = memoryview(b)
+        if view.nbytes > fmt.MAX_PART:
+            raise codec.DecodeError("too_large", f"part of {view.nbytes} bytes")
+        keep = isinstance(part, (bytes, zmq.Frame)) or view.readonly
+        out.append(b if keep else bytes(view))
+    return out
+
+
 class RecordingWriter:
     """One MCAP file of bus messages; a context manager.
 
@@ -154,14 +167,7 @@ class RecordingWriter:
             t_ns = info.t_ns
         if t_ns < 0:
             raise codec.DecodeError("field", f"negative t_ns {t_ns}")
-        payload: list[bytes | memoryview] = []
-        for part, b in zip(parts[2:], bufs[2:], strict=True):
-            view = memoryview(b)
-            if view.nbytes > fmt.MAX_PART:
-                raise codec.DecodeError("too_large", f"part of {view.nbytes} bytes")
-            # A received zmq.Frame is ours and never changes: keep a reference.
-            keep = isinstance(part, (bytes, zmq.Frame)) or view.readonly
-            payload.append(b if keep else bytes(view))
+        payload = _kept(parts[2:], bufs[2:])
         if info is None or self._legacy:
             lay, pieces, seq = "wire", layout.encode_wire(bufs[1], payload), 0 if info is None else info.seq
         else:
