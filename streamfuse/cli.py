@@ -127,11 +127,12 @@ def _replay(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("convert", "rewrite old recordings in the current (Foxglove) layout", "streamfuse.record.convert:cli")
+@command("convert", "rewrite old recordings in the current (Foxglove) layout",
+         "streamfuse.record.convert:cli")
 def _convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--out", metavar="PATH", default=None,
-                   help="output file (one input only; default: FILE-converted.mcap beside each input)")
+                   help="output file (one input only; default: FILE-converted.mcap beside it)")
 
 
 @command("foxglove", "serve the bus to Foxglove over WebSocket ([foxglove] listen)",

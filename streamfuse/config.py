@@ -346,8 +346,9 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
     _check_distinct_endpoints(cfg)
     fox = cfg.foxglove
     if fox.listen and not is_loopback_listen(fox.listen) and not fox.allow_remote:
-        raise ConfigError(f"foxglove.listen: {fox.listen} is not a loopback address and the Foxglove "
-                          f"protocol has no authentication: set foxglove.allow_remote = true to serve it")
+        raise ConfigError(f"foxglove.listen: {fox.listen} is not a loopback address and the "
+                          f"Foxglove protocol has no authentication: set foxglove.allow_remote = "
+                          f"true to serve it")
     return dataclasses.replace(cfg, path=path)
 
 

@@ -88,9 +88,14 @@ class Bridge:
 def _sdk_channel(spec: layout.ChannelSpec) -> Any:
     import foxglove
 
-    return foxglove.Channel(spec.topic, message_encoding=spec.message_encoding, metadata=spec.metadata,
-                            schema=foxglove.Schema(name=spec.schema_name, encoding=spec.schema_encoding,
-                                                   data=spec.schema_data))
+    return foxglove.Channel(
+        spec.topic,
+        message_encoding=spec.message_encoding,
+        metadata=spec.metadata,
+        schema=foxglove.Schema(
+            name=spec.schema_name, encoding=spec.schema_encoding, data=spec.schema_data
+        ),
+    )
 
 
 def serve(cfg: Config, stop: Any) -> None:
@@ -98,8 +103,12 @@ def serve(cfg: Config, stop: Any) -> None:
     import foxglove
 
     host, _, port = cfg.foxglove.listen.rpartition(":")
-    server = foxglove.start_server(name="streamfuse", host=host.strip("[]"), port=int(port),
-                                   message_backlog_size=CLIENT_BACKLOG)
+    server = foxglove.start_server(
+        name="streamfuse",
+        host=host.strip("[]"),
+        port=int(port),
+        message_backlog_size=CLIENT_BACKLOG,
+    )
     log.info("Foxglove WebSocket server on ws://%s:%d", host, server.port)
     bridge = Bridge(_sdk_channel, cfg.foxglove.max_fps)
     ctx = zmq.Context()
@@ -118,14 +127,18 @@ def serve(cfg: Config, stop: Any) -> None:
     finally:
         server.stop()
         ctx.destroy(linger=0)
-        log.info("Foxglove bridge: %d messages sent, %d frames skipped (max_fps), %d malformed",
-                 bridge.sent, bridge.skipped, bridge.bad)
+        log.info(
+            "Foxglove bridge: %d messages sent, %d frames skipped (max_fps), %d malformed",
+            bridge.sent,
+            bridge.skipped,
+            bridge.bad,
+        )
 
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse foxglove [--config F]``."""
     if not cfg.foxglove.listen:
-        print("streamfuse foxglove: foxglove.listen is not set (\"\" = off)", file=sys.stderr)
+        print('streamfuse foxglove: foxglove.listen is not set ("" = off)', file=sys.stderr)
         return 2
     sig = Signals()
     try:

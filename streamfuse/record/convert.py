@@ -39,7 +39,9 @@ def _metadata(src: Path) -> dict[str, str]:
     return {}
 
 
-def convert_file(src: Path, dst: Path, *, chunk_size: int = 4 * 1024 * 1024) -> tuple[dict[str, int], Counter[str]]:
+def convert_file(
+    src: Path, dst: Path, *, chunk_size: int = 4 * 1024 * 1024
+) -> tuple[dict[str, int], Counter[str]]:
     """Write ``src`` to ``dst`` in the current layout. Returns messages per channel
     (``"<MCAP topic> <schema>"``) and the records of ``src`` that could not be read."""
     errors: Counter[str] = Counter()

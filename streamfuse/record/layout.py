@@ -32,7 +32,7 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import msgspec
 
@@ -54,8 +54,13 @@ PROTOBUF_LAYOUTS = {  # layout -> (schema name, field number of the wire payload
 CLASS_SCHEMA_NAME = "streamfuse.Classification"
 # Foxglove's RawAudio names only "pcm-s16"; the other names follow its pattern, so the
 # samples are stored in the wire's own format and replay stays exact.
-PCM_FORMATS = {"int16": "pcm-s16", "int32": "pcm-s32", "float32": "pcm-f32", "float64": "pcm-f64",
-               "uint8": "pcm-u8"}
+PCM_FORMATS = {
+    "int16": "pcm-s16",
+    "int32": "pcm-s32",
+    "float32": "pcm-f32",
+    "float64": "pcm-f64",
+    "uint8": "pcm-u8",
+}
 _LOG_INFO = 2  # foxglove.Log.Level.INFO
 
 
@@ -161,7 +166,7 @@ def _protobuf_fields(data: Buffer, wanted: tuple[int, ...]) -> dict[int, memoryv
             if n > end - pos:
                 raise fmt.FramingError(f"field {field} of {n} bytes overruns the message")
             if field in wanted:
-                out[field] = view[pos:pos + n]
+                out[field] = view[pos : pos + n]
             pos += n
         elif wire_type in (1, 5):
             pos += 8 if wire_type == 1 else 4
@@ -207,8 +212,18 @@ def class_schema() -> bytes:
     schema = classification_json_schema()
     schema.setdefault("properties", {})[JSON_HEADER_KEY] = {
         "description": "streamfuse: the wire header (MessagePack, base64) that replay republishes.",
-        "type": "string", "contentEncoding": "base64"}
+        "type": "string",
+        "contentEncoding": "base64",
+    }
     return json.dumps(schema, indent=1).encode()
+
+
+def preload() -> None:
+    """Build every schema now (importing protobuf takes a while on a busy machine): the
+    recorder does it before it subscribes, not while its first messages queue up."""
+    for name, _field in PROTOBUF_LAYOUTS.values():
+        _descriptor_set(name)
+    class_schema()
 
 
 def mcap_topic(topic: str, layout: str) -> str:
@@ -225,13 +240,34 @@ def channel_spec(topic: str, layout: str) -> ChannelSpec:
     meta = {"source": source, "stream": stream, META_TOPIC: topic, META_LAYOUT: layout}
     if layout in PROTOBUF_LAYOUTS:
         name = PROTOBUF_LAYOUTS[layout][0]
-        return ChannelSpec(mcap_topic(topic, layout), layout, "protobuf", name, "protobuf",
-                           _descriptor_set(name), meta)
+        return ChannelSpec(
+            mcap_topic(topic, layout),
+            layout,
+            "protobuf",
+            name,
+            "protobuf",
+            _descriptor_set(name),
+            meta,
+        )
     if layout == "class":
-        return ChannelSpec(mcap_topic(topic, layout), layout, "json", CLASS_SCHEMA_NAME, "jsonschema",
-                           class_schema(), meta)
-    return ChannelSpec(mcap_topic(topic, "wire"), "wire", fmt.MESSAGE_ENCODING, fmt.SCHEMA_NAME,
-                       fmt.SCHEMA_ENCODING, fmt.SCHEMA_TEXT, meta)
+        return ChannelSpec(
+            mcap_topic(topic, layout),
+            layout,
+            "json",
+            CLASS_SCHEMA_NAME,
+            "jsonschema",
+            class_schema(),
+            meta,
+        )
+    return ChannelSpec(
+        mcap_topic(topic, "wire"),
+        "wire",
+        fmt.MESSAGE_ENCODING,
+        fmt.SCHEMA_NAME,
+        fmt.SCHEMA_ENCODING,
+        fmt.SCHEMA_TEXT,
+        meta,
+    )
 
 
 def route(message_encoding: str, topic: str, metadata: dict[str, str]) -> tuple[str, str]:
@@ -259,11 +295,23 @@ def choose(info: Info, payload: Sequence[Buffer]) -> str:
         if info.encoding == "jpeg":
             return "jpeg"
         s = info.shape
-        if info.encoding == "raw" and info.dtype == "uint8" and len(s) == 3 and s[2] == 3 \
-                and 0 < s[0] < 1 << 16 and 0 < s[1] < 1 << 16 and _nbytes(payload[0]) == s[0] * s[1] * 3:
+        if (
+            info.encoding == "raw"
+            and info.dtype == "uint8"
+            and len(s) == 3
+            and s[2] == 3
+            and 0 < s[0] < 1 << 16
+            and 0 < s[1] < 1 << 16
+            and _nbytes(payload[0]) == s[0] * s[1] * 3
+        ):
             return "raw"
-    elif k == "audio" and n == 1 and info.dtype in PCM_FORMATS and 0 < info.channels < 1 << 32 \
-            and 0 < info.samplerate < 1 << 32:
+    elif (
+        k == "audio"
+        and n == 1
+        and info.dtype in PCM_FORMATS
+        and 0 < info.channels < 1 << 32
+        and 0 < info.samplerate < 1 << 32
+    ):
         return "audio"
     elif k == "text" and n == 1 and _is_utf8(payload[0]):
         return "text"
@@ -302,26 +350,35 @@ def encode(layout: str, info: Info, header: Buffer, payload: Sequence[Buffer]) -
     if layout == "class":
         b64 = base64.b64encode(bytes(header))
         return [bytes(payload[0])[:-1], b',"', JSON_HEADER_KEY.encode(), b'":"', b64, b'"}']
-    pieces: list[Buffer] = [_timestamp(info.t_ns)]
-    if layout in ("jpeg", "raw"):
-        pieces.append(_string(4 if layout == "jpeg" else 7, info.source))  # frame_id
-        if layout == "jpeg":
-            pieces.append(_string(3, "jpeg"))
-        else:
-            h, w = info.shape[0], info.shape[1]
-            pieces += [_fixed32(2, w), _fixed32(3, h), _string(4, "bgr8"), _fixed32(5, 3 * w)]
-    elif layout == "audio":
-        pieces += [_string(3, PCM_FORMATS[info.dtype]), _fixed32(4, info.samplerate),
-                   _fixed32(5, info.channels)]
-    else:  # text, label: foxglove.Log named after the source
-        pieces += [_uint(2, _LOG_INFO), _string(4, info.source)]
-        if layout == "label":
-            pieces.append(_string(3, info.label))
+    fixed = _fixed_fields(
+        layout, info.source, info.shape[:2], info.dtype, info.samplerate, info.channels
+    )
+    pieces: list[Buffer] = [_timestamp(info.t_ns), fixed]
+    if layout == "label":
+        pieces.append(_string(3, info.label))
     field = PROTOBUF_LAYOUTS[layout][1]
     if field:
         pieces += [_len_key(field, _nbytes(payload[0])), payload[0]]
     pieces.append(_string(WIRE_HEADER_FIELD, bytes(header)))
     return pieces
+
+
+@lru_cache(maxsize=256)
+def _fixed_fields(
+    layout: str, source: str, hw: tuple[int, ...], dtype: str, samplerate: int, channels: int
+) -> bytes:
+    """The fields a channel's messages share (per stream they do not change: cached)."""
+    if layout in ("jpeg", "raw"):
+        out = _string(4 if layout == "jpeg" else 7, source)  # frame_id
+        if layout == "jpeg":
+            return out + _string(3, "jpeg")
+        h, w = hw
+        return out + _fixed32(2, w) + _fixed32(3, h) + _string(4, "bgr8") + _fixed32(5, 3 * w)
+    if layout == "audio":
+        return _string(3, PCM_FORMATS[dtype]) + _fixed32(4, samplerate) + _fixed32(5, channels)
+    return _uint(2, _LOG_INFO) + _string(
+        4, source
+    )  # text, label: foxglove.Log named after the source
 
 
 def encode_wire(header: Buffer, payload: Sequence[Buffer]) -> list[Buffer]:
@@ -347,7 +404,7 @@ def decode(layout: str, data: Buffer) -> list[Buffer]:
         if i < 0 or not raw.endswith(b'"}'):
             raise fmt.FramingError("classification without its wire header")
         try:
-            decoded = base64.b64decode(raw[i + len(key):-2], validate=True)
+            decoded = base64.b64decode(raw[i + len(key) : -2], validate=True)
         except binascii.Error:
             raise fmt.FramingError("wire header is not base64") from None
         return [decoded, raw[:i] + b"}"]

@@ -102,6 +102,8 @@ class RecordingWriter:
         self._mcap = McapFile(self.path, chunk_size=chunk_size, compression=compression, level=zstd_level,
                               profile=fmt.PROFILE, library=f"streamfuse {__version__}")
         self._legacy = legacy
+        if not legacy:
+            layout.preload()
         self._schemas: dict[str, int] = {}
         md = {**default_metadata(), **(metadata or {})}
         if legacy:
@@ -169,7 +171,8 @@ class RecordingWriter:
             raise codec.DecodeError("field", f"negative t_ns {t_ns}")
         payload = _kept(parts[2:], bufs[2:])
         if info is None or self._legacy:
-            lay, pieces, seq = "wire", layout.encode_wire(bufs[1], payload), 0 if info is None else info.seq
+            lay, pieces = "wire", layout.encode_wire(bufs[1], payload)
+            seq = 0 if info is None else info.seq
         else:
             lay = layout.choose(info, payload)
             pieces, seq = layout.encode(lay, info, bufs[1], payload), info.seq

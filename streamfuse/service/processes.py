@@ -98,7 +98,8 @@ def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
     if cfg.foxglove.listen:
         # Stopped first, with the captures: nothing downstream waits for it.
         specs.append(ProcessSpec(
-            name="foxglove", argv=_base(["foxglove"], cfg, py), stop_phase=CAPTURE, role_name="bridge",
+            name="foxglove", argv=_base(["foxglove"], cfg, py), stop_phase=CAPTURE,
+            role_name="bridge",
             fingerprint=_hash([bus, asdict(cfg.foxglove)]),
         ))
     return specs

@@ -50,7 +50,7 @@ from streamfuse.service import metrics as service_metrics
 from streamfuse.service.broker import Broker, check_security
 from streamfuse.service.health import Liveness, RestartPolicy
 from streamfuse.service.notify import Notifier
-from streamfuse.service.processes import CAPTURE, ProcessSpec, table
+from streamfuse.service.processes import ProcessSpec, table
 from streamfuse.signals import Signals
 from streamfuse.wire import topics
 from streamfuse.wire.sockets import connect_sub

@@ -52,12 +52,18 @@ class ExtraFeed:
             return
         img = self.rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
         self.frames[now] = img
-        self.pub.send_multipart(codec.encode(codec.frame_message("cam9", self.i, now, img)), copy=False)
+        self.pub.send_multipart(
+            codec.encode(codec.frame_message("cam9", self.i, now, img)), copy=False
+        )
         if self.i % 3 == 0:
             self.texts[now + 1] = text = f"word {self.i} é"
-            self.pub.send_multipart(codec.encode(codec.text_message("cam9", self.i // 3, now + 1, text)))
+            self.pub.send_multipart(
+                codec.encode(codec.text_message("cam9", self.i // 3, now + 1, text))
+            )
         if self.i == 2:
-            self.pub.send_multipart(codec.encode(codec.label_message("cam9", 0, now + 2, now + 10**9, "seven")))
+            self.pub.send_multipart(
+                codec.encode(codec.label_message("cam9", 0, now + 2, now + 10**9, "seven"))
+            )
         self.i += 1
         self.next_ns = now + 200_000_000
 
@@ -74,6 +80,7 @@ def run_fed_daemon(bus_env, extra: str, on_step: Any = None) -> tuple[Feeder, Ex
             feeder = Feeder(ctx, bus_env.cfg.bus)
             more = ExtraFeed(feeder)
             try:
+
                 def fed() -> bool:
                     feeder.step()
                     more.step()
@@ -127,10 +134,19 @@ def node_decode(path: Path) -> list[dict[str, Any]]:
     if shutil.which("npm") is None or shutil.which("node") is None:
         pytest.skip("node/npm not installed: the Node decoding check cannot run")
     if not (NODE_DIR / "node_modules").exists():
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=600,
-                       capture_output=True)
-    r = subprocess.run(["node", str(NODE_DIR / "decode_mcap.js"), str(path)], capture_output=True, text=True,
-                       timeout=120)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            check=True,
+            timeout=600,
+            capture_output=True,
+        )
+    r = subprocess.run(
+        ["node", str(NODE_DIR / "decode_mcap.js"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines()]
 
@@ -141,21 +157,41 @@ def test_a_daemon_recording_decodes_with_only_its_own_schemas(bus_env) -> None:
     (path,) = sorted((bus_env.root / "recordings").glob("*.mcap"))
     got = decode_with_file_schemas(path)
     schemas = {topic: name for topic, name, _t, _d in got}
-    assert {k: schemas.get(k) for k in ("/room1/video", "/room1/audio", "/class/room1", "/cam9/video",
-                                        "/cam9/text", "/cam9/label", "/streamfuse/wire/room1/text")} == {
-        "/room1/video": "foxglove.CompressedImage", "/room1/audio": "foxglove.RawAudio",
-        "/class/room1": "streamfuse.Classification", "/cam9/video": "foxglove.RawImage",
-        "/cam9/text": "foxglove.Log", "/cam9/label": "foxglove.Log",
-        "/streamfuse/wire/room1/text": "streamfuse.wire.v1"}
+    assert {
+        k: schemas.get(k)
+        for k in (
+            "/room1/video",
+            "/room1/audio",
+            "/class/room1",
+            "/cam9/video",
+            "/cam9/text",
+            "/cam9/label",
+            "/streamfuse/wire/room1/text",
+        )
+    } == {
+        "/room1/video": "foxglove.CompressedImage",
+        "/room1/audio": "foxglove.RawAudio",
+        "/class/room1": "streamfuse.Classification",
+        "/cam9/video": "foxglove.RawImage",
+        "/cam9/text": "foxglove.Log",
+        "/cam9/label": "foxglove.Log",
+        "/streamfuse/wire/room1/text": "streamfuse.wire.v1",
+    }
     counts = Counter(topic for topic, *_ in got)
-    assert counts["/room1/video"] >= 20 and counts["/room1/audio"] >= 100 and counts["/class/room1"] >= 2
+    assert (
+        counts["/room1/video"] >= 20
+        and counts["/room1/audio"] >= 100
+        and counts["/class/room1"] >= 2
+    )
     want_jpeg = cv2.imdecode(np.frombuffer(feeder.jpeg, np.uint8), cv2.IMREAD_COLOR)
     for topic, name, t, d in got:
         if name.startswith("foxglove."):
             assert d.timestamp.ToNanoseconds() == t
         if name == "foxglove.CompressedImage":
             assert d.format == "jpeg" and d.frame_id == "room1"
-            assert np.array_equal(cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_COLOR), want_jpeg)
+            assert np.array_equal(
+                cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_COLOR), want_jpeg
+            )
         elif name == "foxglove.RawImage":
             assert (d.encoding, d.step) == ("bgr8", 3 * d.width)
             pixels = np.frombuffer(d.data, np.uint8).reshape(d.height, d.width, 3)
@@ -199,7 +235,9 @@ class FoxgloveClient:
     def __init__(self, url: str) -> None:
         from websockets.sync.client import connect
 
-        self._conn = connect(url, subprotocols=["foxglove.sdk.v1", "foxglove.websocket.v1"], open_timeout=10)
+        self._conn = connect(
+            url, subprotocols=["foxglove.sdk.v1", "foxglove.websocket.v1"], open_timeout=10
+        )
         self.ws = self._conn.__enter__()
         self.channels: dict[int, dict[str, Any]] = {}
         self.subs: dict[int, int] = {}  # subscription id -> channel id
@@ -250,8 +288,11 @@ def test_live_foxglove_server_serves_frames_and_classifications(bus_env) -> None
         client[0].poll(want)
 
     try:
-        feeder, _more = run_fed_daemon(bus_env, f'[foxglove]\nlisten = "127.0.0.1:{port}"\nmax_fps = 5\n',
-                                       on_step=connect_and_poll)
+        feeder, _more = run_fed_daemon(
+            bus_env,
+            f'[foxglove]\nlisten = "127.0.0.1:{port}"\nmax_fps = 5\n',
+            on_step=connect_and_poll,
+        )
     finally:
         if client:
             client[0].close()
@@ -273,7 +314,9 @@ def test_live_foxglove_server_serves_frames_and_classifications(bus_env) -> None
         img = CompressedImage()
         img.ParseFromString(data)
         assert img.timestamp.ToNanoseconds() == t
-        assert np.array_equal(cv2.imdecode(np.frombuffer(img.data, np.uint8), cv2.IMREAD_COLOR), want_jpeg)
+        assert np.array_equal(
+            cv2.imdecode(np.frombuffer(img.data, np.uint8), cv2.IMREAD_COLOR), want_jpeg
+        )
     validator = jsonschema.Draft202012Validator(json.loads(advertised["/class/room1"]["schema"]))
     for _t, data in classes:
         validator.validate(json.loads(data))

@@ -178,7 +178,8 @@ def test_sigkill_loses_at_most_the_last_chunk(broker, tmp_path: Path) -> None:
             probe.close()
     assert rec.returncode == -signal.SIGKILL
     with open(path, "rb") as f:  # the stock reader, no streamfuse code
-        got = [(c, m.log_time, m.data) for _s, c, m in make_reader(f).iter_messages(log_time_order=False)]
+        got = [(c, m.log_time, m.data)
+               for _s, c, m in make_reader(f).iter_messages(log_time_order=False)]
     assert len(got) >= len(msgs) - per_chunk
     sent = {(m.topic, m.t_ns): m for m in msgs}
     for channel, t, data in got:  # every message there is complete and exact

@@ -12,15 +12,18 @@ const { FileDescriptorSet } = require("protobufjs/ext/descriptor");
 
 const sha256 = (bytes) => crypto.createHash("sha256").update(bytes).digest("hex");
 
+const nanoseconds = (t) => (BigInt(t.seconds || 0) * 1000000000n + BigInt(t.nanos || 0)).toString();
+
 function protobufDecoder(schema) {
   const root = protobuf.Root.fromDescriptor(FileDescriptorSet.decode(schema.data));
   const type = root.lookupType(schema.name);
   return (data) => {
     const msg = type.decode(data);
     const out = {};
-    for (const [name, value] of Object.entries(type.toObject(msg, { longs: String, enums: String }))) {
+    const fields = type.toObject(msg, { longs: String, enums: String });
+    for (const [name, value] of Object.entries(fields)) {
       if (value instanceof Uint8Array) out[name + "_sha256"] = sha256(value);
-      else if (name === "timestamp") out.timestamp_ns = (BigInt(value.seconds || 0) * 1000000000n + BigInt(value.nanos || 0)).toString();
+      else if (name === "timestamp") out.timestamp_ns = nanoseconds(value);
       else out[name] = value;
     }
     return out;
@@ -39,13 +42,15 @@ async function main() {
       const schema = schemas.get(rec.schemaId);
       let decode;
       if (rec.messageEncoding === "protobuf") decode = protobufDecoder(schema);
-      else if (rec.messageEncoding === "json") decode = (d) => JSON.parse(new TextDecoder().decode(d));
+      else if (rec.messageEncoding === "json") decode = (d) => JSON.parse(Buffer.from(d));
       else decode = (d) => ({ undecoded_bytes: d.length });
-      channels.set(rec.id, { topic: rec.topic, schema: schema ? schema.name : "", encoding: rec.messageEncoding, decode });
+      const schemaName = schema ? schema.name : "";
+      const encoding = rec.messageEncoding;
+      channels.set(rec.id, { topic: rec.topic, schema: schemaName, encoding, decode });
     } else if (rec.type === "Message") {
       const ch = channels.get(rec.channelId);
-      const line = { topic: ch.topic, schema: ch.schema, encoding: ch.encoding, log_time: rec.logTime.toString(),
-                     fields: ch.decode(rec.data) };
+      const line = { topic: ch.topic, schema: ch.schema, encoding: ch.encoding,
+                     log_time: rec.logTime.toString(), fields: ch.decode(rec.data) };
       process.stdout.write(JSON.stringify(line) + "\n");
     }
   }

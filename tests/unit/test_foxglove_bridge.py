@@ -43,7 +43,9 @@ def test_frames_are_limited_per_topic_and_sent_in_the_recording_layout() -> None
             bridge.publish(codec.encode(codec.frame_message(source, i, now, img)), now)
     block = np.ones((320, 1), np.float32)
     for i in range(50):  # audio is never limited
-        bridge.publish(codec.encode(codec.audio_message("room1", i, T0 + i * 20 * MS, block, 16000)), T0)
+        bridge.publish(
+            codec.encode(codec.audio_message("room1", i, T0 + i * 20 * MS, block, 16000)), T0
+        )
     assert len(made["/room1/video"].logged) == len(made["/room2/video"].logged) == 5
     assert bridge.skipped == 50
     assert len(made["/room1/audio"].logged) == 50
