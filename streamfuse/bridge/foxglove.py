@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,8 +29,11 @@ from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.foxglove")
 
+STOP_WAIT_S = 0.5
 SUB_HWM = 200  # messages queued for the bridge before the broker drops for it
-CLIENT_BACKLOG = 256  # messages queued per client before the server drops for it
+# Messages queued per client before the server drops for it: over a second of audio
+# blocks, and at most ~60 MB of raw VGA frames for a client that stopped reading.
+CLIENT_BACKLOG = 64
 
 
 class Throttle:
@@ -125,8 +129,12 @@ def serve(cfg: Config, stop: Any) -> None:
                         break
                     bridge.publish(parts, clock.now_ns())
     finally:
-        server.stop()
         ctx.destroy(linger=0)
+        # A client that stopped reading can hold the server's close handshake; the
+        # supervisor's stop budget is short, so the server gets a moment and no more.
+        stopper = threading.Thread(target=server.stop, name="foxglove-stop", daemon=True)
+        stopper.start()
+        stopper.join(STOP_WAIT_S)
         log.info(
             "Foxglove bridge: %d messages sent, %d frames skipped (max_fps), %d malformed",
             bridge.sent,

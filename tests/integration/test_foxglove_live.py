@@ -38,8 +38,9 @@ FEED_S = 3.0
 class ExtraFeed:
     """What the daemon's Feeder does not send: raw frames, text and a label (source cam9)."""
 
-    def __init__(self, feeder: Feeder) -> None:
+    def __init__(self, feeder: Feeder, shape: tuple[int, int, int], period_ns: int) -> None:
         self.pub = feeder.pub
+        self.shape, self.period_ns = shape, period_ns
         self.rng = np.random.default_rng(5)
         self.frames: dict[int, np.ndarray] = {}
         self.texts: dict[int, str] = {}
@@ -50,7 +51,7 @@ class ExtraFeed:
         now = clock.now_ns()
         if now < self.next_ns:
             return
-        img = self.rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+        img = self.rng.integers(0, 255, self.shape, dtype=np.uint8)
         self.frames[now] = img
         self.pub.send_multipart(
             codec.encode(codec.frame_message("cam9", self.i, now, img)), copy=False
@@ -65,12 +66,21 @@ class ExtraFeed:
                 codec.encode(codec.label_message("cam9", 0, now + 2, now + 10**9, "seven"))
             )
         self.i += 1
-        self.next_ns = now + 200_000_000
+        self.next_ns = now + self.period_ns
 
 
-def run_fed_daemon(bus_env, extra: str, on_step: Any = None) -> tuple[Feeder, ExtraFeed]:
-    """A daemon fed until classifications flow, then FEED_S seconds more; ``on_step()`` is
-    called between feeds. Returns the feeders (closed) for what they sent."""
+def run_fed_daemon(
+    bus_env,
+    extra: str,
+    on_step: Any = None,
+    *,
+    feed_s: float = FEED_S,
+    shape: tuple[int, int, int] = (24, 32, 3),
+    period_ns: int = 200_000_000,
+) -> tuple[Feeder, ExtraFeed]:
+    """A daemon fed until classifications flow, then ``feed_s`` seconds more, cam9 sending
+    ``shape`` frames every ``period_ns``; ``on_step()`` is called between feeds. Returns the
+    feeders (closed) for what they sent."""
     daemon = Daemon(bus_env, extra)
     classes: list[bytes] = []
     try:
@@ -78,7 +88,7 @@ def run_fed_daemon(bus_env, extra: str, on_step: Any = None) -> tuple[Feeder, Ex
         with zmq.Context() as ctx:
             sub = connect_sub(ctx, bus_env.cfg.bus, [topics.CLASS_PREFIX])
             feeder = Feeder(ctx, bus_env.cfg.bus)
-            more = ExtraFeed(feeder)
+            more = ExtraFeed(feeder, shape, period_ns)
             try:
 
                 def fed() -> bool:
@@ -91,7 +101,7 @@ def run_fed_daemon(bus_env, extra: str, on_step: Any = None) -> tuple[Feeder, Ex
                     return len(classes) >= 2
 
                 wait_for(fed, timeout=90, interval=0.01, what="classifications")
-                end = time.monotonic() + FEED_S
+                end = time.monotonic() + feed_s
                 while time.monotonic() < end:
                     fed()
                     time.sleep(0.01)
@@ -232,11 +242,15 @@ def _free_port() -> int:
 class FoxgloveClient:
     """A minimal Foxglove WebSocket client: advertise, subscribe, messageData."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_queue: int = 16) -> None:
         from websockets.sync.client import connect
 
         self._conn = connect(
-            url, subprotocols=["foxglove.sdk.v1", "foxglove.websocket.v1"], open_timeout=10
+            url,
+            subprotocols=["foxglove.sdk.v1", "foxglove.websocket.v1"],
+            open_timeout=10,
+            max_queue=max_queue,
+            max_size=None,
         )
         self.ws = self._conn.__enter__()
         self.channels: dict[int, dict[str, Any]] = {}
@@ -320,3 +334,54 @@ def test_live_foxglove_server_serves_frames_and_classifications(bus_env) -> None
     validator = jsonschema.Draft202012Validator(json.loads(advertised["/class/room1"]["schema"]))
     for _t, data in classes:
         validator.validate(json.loads(data))
+
+
+@pytest.mark.slow
+def test_a_stalled_client_does_not_hold_up_the_bridge(bus_env) -> None:
+    """One client subscribes to raw VGA frames and then never reads (its socket fills
+    within a second at 4.6 MB/s); another client keeps receiving them at max_fps."""
+    port = _free_port()
+    clients: dict[str, FoxgloveClient] = {}
+    want = {"/cam9/video", "/class/room1"}
+    stalled_at: list[int] = []  # ns
+
+    def step() -> None:
+        if not clients:
+            try:
+                clients["live"] = FoxgloveClient(f"ws://127.0.0.1:{port}")
+                clients["stalled"] = FoxgloveClient(f"ws://127.0.0.1:{port}", max_queue=1)
+            except OSError:
+                clients.clear()
+                return  # the bridge is not listening yet
+        clients["live"].poll(want)
+        stalled = clients["stalled"]
+        if not stalled_at:
+            stalled.poll(want | {"/room1/audio"})  # 50 blocks/s: its backlog overflows
+            if "/cam9/video" in {stalled.channels[c]["topic"] for c in stalled.subs.values()}:
+                stalled_at.append(clock.now_ns())  # subscribed: from now on it reads nothing
+
+    try:
+        run_fed_daemon(
+            bus_env,
+            f'[foxglove]\nlisten = "127.0.0.1:{port}"\nmax_fps = 5\n',
+            on_step=step,
+            feed_s=6.0,
+            shape=(480, 640, 3),
+            period_ns=33_333_333,
+        )
+    finally:
+        for c in clients.values():
+            c.close()
+    assert stalled_at, "the stalled client never subscribed"
+    frames = [t for t, _data in clients["live"].received.get("/cam9/video", [])]
+    end_ns = max(t for t, _d in clients["live"].received["/class/room1"])
+    stalled_s = (end_ns - stalled_at[0]) / 1e9
+    assert stalled_s > 4, stalled_s
+    # Frames kept coming at max_fps to the end, while the other client read nothing.
+    late = [t for t in frames if t > stalled_at[0]]
+    assert len(late) >= 5 * stalled_s * 0.6, (len(late), len(frames), stalled_s)
+    assert end_ns - late[-1] < 2 * 10**9
+    # ... and the stalled client did not hold up the bridge's stop either.
+    log = (bus_env.root / "daemon.log").read_text()
+    assert "outbox for client" in log  # the server did drop for the stalled client
+    assert "foxglove did not stop" not in log and "Foxglove bridge: " in log
