@@ -190,6 +190,20 @@ def _replay(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
+@command("convert", "rewrite old recordings in the current (Foxglove) layout",
+         "streamfuse.record.convert:cli", "streamfuse convert /data/old/session-0000.mcap")
+def _convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="recordings in the old layout")
+    p.add_argument("--out", metavar="PATH", default=None,
+                   help="output file (one input only; default: FILE-converted.mcap beside it)")
+
+
+@command("foxglove", "serve the bus to Foxglove over WebSocket ([foxglove] listen)",
+         "streamfuse.bridge.foxglove:cli", "streamfuse foxglove --config /etc/streamfuse/streamfuse.toml")
+def _foxglove(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
 @command("inspect", "summarise recordings: topics, counts, rates, gaps, size",
          "streamfuse.record.reader:cli", "streamfuse inspect --json /data/recordings")
 def _inspect(p: argparse.ArgumentParser) -> None:

@@ -245,6 +245,20 @@ class RecordConfig:
 
 
 @dataclass(frozen=True)
+class FoxgloveConfig:
+    """The Foxglove WebSocket bridge (docs/protocol.md, "Recordings" and README.md).
+
+    ``listen`` "" = off. Foxglove's protocol has no authentication, so an address other
+    than loopback needs ``allow_remote`` = true: anyone who reaches it sees every stream.
+    ``max_fps``: frames per second per video topic sent to Foxglove (the rest is skipped).
+    """
+
+    listen: str = _check(_listen, "")
+    allow_remote: bool = False
+    max_fps: float = _check(_positive, 10.0)
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = _check(_listen, "127.0.0.1:9108")
     allow_remote: bool = False  # serve metrics on a non-loopback address (no authentication)
@@ -274,6 +288,7 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    foxglove: FoxgloveConfig = field(default_factory=FoxgloveConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
@@ -436,6 +451,11 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
     if cfg.web.listen and not cfg.web.token and not is_local_listen(cfg.web.listen):
         raise ConfigError(f"web.token: required when web.listen ({cfg.web.listen}) is not a "
                           "loopback address")
+    fox = cfg.foxglove
+    if fox.listen and not is_local_listen(fox.listen) and not fox.allow_remote:
+        raise ConfigError(f"foxglove.listen: {fox.listen} is not a loopback address and the "
+                          f"Foxglove protocol has no authentication: set foxglove.allow_remote = "
+                          f"true to serve it")
     return dataclasses.replace(cfg, path=path)
 
 
@@ -461,6 +481,8 @@ def binding_endpoints(cfg: Config) -> list[tuple[str, str]]:
         eps.append(("metrics.listen", f"tcp://{cfg.metrics.listen}"))
     if cfg.web.listen:
         eps.append(("web.listen", f"tcp://{cfg.web.listen}"))
+    if cfg.foxglove.listen:
+        eps.append(("foxglove.listen", f"tcp://{cfg.foxglove.listen}"))
     return [(k, e) for k, e in eps if e]
 
 

@@ -53,7 +53,7 @@ from streamfuse.service import metrics as service_metrics
 from streamfuse.service.broker import Broker, check_security
 from streamfuse.service.health import Liveness, RestartPolicy
 from streamfuse.service.notify import Notifier
-from streamfuse.service.processes import CAPTURE, ProcessSpec, table
+from streamfuse.service.processes import ProcessSpec, table
 from streamfuse.signals import Signals
 from streamfuse.wire import codec, topics
 from streamfuse.wire.sockets import connect_sub
@@ -228,7 +228,7 @@ class Supervisor:
         child.status_file.unlink(missing_ok=True)
         try:
             child.proc = subprocess.Popen(list(child.spec.argv), env=env, stdin=subprocess.DEVNULL
-                                          if child.spec.stop_phase != CAPTURE else None,
+                                          if child.spec.role != "capture" else None,
                                           preexec_fn=_set_child_attrs, close_fds=True)
         except OSError as e:
             log.error("%s: cannot start %s: %s", child.spec.name, child.spec.argv[0], e)
