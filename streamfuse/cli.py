@@ -272,6 +272,27 @@ def _send(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
+@command("label", "publish a label: from now on SOURCE shows LABEL (or --stop)",
+         "streamfuse.capture.label:cli",
+         "streamfuse label room1 seven --for 2\n  streamfuse label room1 seven\n"
+         "  streamfuse label room1 --stop")
+def _label(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", help="the source the label is about")
+    p.add_argument("label", metavar="LABEL", nargs="?", default=None,
+                   help="what it shows (1-64 printable characters); a new class if the model "
+                        "does not know it yet")
+    p.add_argument("--for", dest="duration", type=float, metavar="S", default=None,
+                   help="the label lasts S seconds (default: until the source's next label "
+                        "or --stop)")
+    p.add_argument("--stop", action="store_true",
+                   help="end SOURCE's open-ended label now (default: start one)")
+    p.add_argument("--at", type=int, metavar="T_NS", default=None,
+                   help="start at this epoch time in nanoseconds (default: now)")
+    p.add_argument("--wait", type=float, metavar="S", default=3.0,
+                   help="how long to listen for a source that is not in the config")
+    _config_arg(p)
+
+
 @command("devices", "list cameras and microphones", "streamfuse.capture.tools:devices_cli",
          "streamfuse devices")
 def _devices(p: argparse.ArgumentParser) -> None:
