@@ -293,6 +293,28 @@ def _label(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
+@command("shadow", "run a candidate model beside the live one on the same windows",
+         "streamfuse.fusion.store:shadow_cli",
+         "streamfuse shadow /var/lib/streamfuse/candidate\n  streamfuse shadow --off")
+def _shadow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+                   help="the candidate's artifact directory (checked against the config first)")
+    p.add_argument("--off", action="store_true", help="stop running a shadow model")
+    _config_arg(p)
+
+
+@command("promote", "make the shadow model the live one (the previous is kept)",
+         "streamfuse.fusion.store:promote_cli", "streamfuse promote")
+def _promote(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
+@command("rollback", "make the previous live model live again",
+         "streamfuse.fusion.store:rollback_cli", "streamfuse rollback")
+def _rollback(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
 @command("devices", "list cameras and microphones", "streamfuse.capture.tools:devices_cli",
          "streamfuse devices")
 def _devices(p: argparse.ArgumentParser) -> None:

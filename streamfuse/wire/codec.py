@@ -28,13 +28,13 @@ from streamfuse.wire import topics
 from streamfuse.wire.schema import (
     ARRAY_DTYPES,
     KINDS,
+    MAX_LABEL_CHARS,
     SCHEMA_VERSION,
     AudioHeader,
     ClassHeader,
     FrameHeader,
     Header,
     HeartbeatHeader,
-    MAX_LABEL_CHARS,
     LabelHeader,
     Message,
     TextHeader,
@@ -131,6 +131,14 @@ def class_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: 
     hdr = ClassHeader(source=source, stream="class", seq=seq, t_ns=t_end_ns,
                       label=label, score=score, t_start_ns=t_start_ns)
     return Message(topics.class_topic(source), hdr, (payload_json,))
+
+
+def shadow_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: str,
+                   score: float, payload_json: bytes) -> Message:
+    """A shadow model's answer: a classification on ``shadow/<source>``."""
+    hdr = ClassHeader(source=source, stream="shadow", seq=seq, t_ns=t_end_ns,
+                      label=label, score=score, t_start_ns=t_start_ns)
+    return Message(topics.shadow_topic(source), hdr, (payload_json,))
 
 
 def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int | None, label: str) -> Message:
