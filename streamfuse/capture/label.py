@@ -27,6 +27,7 @@ from streamfuse import clock
 from streamfuse.config import Config, ConfigError
 from streamfuse.wire import codec, topics
 from streamfuse.wire.codec import T_MAX_NS, T_MIN_NS
+from streamfuse.wire.schema import LabelHeader
 from streamfuse.wire.sockets import LINGER_MS, _connect, connect_sub
 
 log = logging.getLogger("streamfuse.label")
@@ -120,6 +121,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
                   file=sys.stderr)
             return EXIT_FAIL
     h = msg.header
+    assert isinstance(h, LabelHeader)  # build_message makes nothing else
     what = "stop" if h.stop else f"{h.label!r} " + (f"until {h.t_end_ns}" if h.t_end_ns else "open-ended")
     log.info("%s: %s from %d", msg.topic, what, h.t_ns)
     return EXIT_OK

@@ -122,3 +122,26 @@ def test_csv_and_label_stream_disagreeing_name_the_span_and_both_labels():
     msg = str(e.value)
     assert msg.startswith("labels.csv:3: room1 [2000000000, 4000000000)")
     assert "'three'" in msg and "'eight'" in msg
+
+
+def test_the_aligner_makes_the_same_windows_with_or_without_label_messages():
+    import numpy as np
+
+    from streamfuse.align.offline import windows_from_messages
+    from streamfuse.config import AlignConfig
+    from streamfuse.wire import codec
+
+    block = np.zeros((320, 1), np.float32)
+    img = np.zeros((8, 8, 3), np.uint8)
+    media = []
+    for i in range(200):  # 4 s of 20 ms audio blocks, a frame every 100 ms
+        t = T0 + i * 20_000_000
+        media.append(codec.audio_message("room1", i, t, block, 16000))
+        if i % 5 == 0:
+            media.append(codec.frame_message("room1", i // 5, t, img))
+    labels = [codec.label_message("room1", 0, T0 + S, None, "seven"),
+              codec.label_stop_message("room1", 1, T0 + 2 * S)]
+    mixed = sorted(media + labels, key=lambda m: m.t_ns)
+    plain = [(w.key, w.present) for w in windows_from_messages(media, AlignConfig())]
+    with_labels = [(w.key, w.present) for w in windows_from_messages(mixed, AlignConfig())]
+    assert plain and with_labels == plain
