@@ -196,3 +196,41 @@ def test_bad_labels_promotes_and_shadows_change_nothing(running):
     assert not (env.root / "model.previous").exists()
     assert not (env.run_dir / "shadow").exists()
     assert not collector.of(topics.shadow_topic("room1"))
+
+
+def test_promote_if_promotes_a_better_shadow_by_itself(bus_env: BusEnv):
+    """fusion.shadow + promote_if in the config; labels that agree with the shadow."""
+    ctx = zmq.Context()
+    feeder = Feeder(ctx, bus_env.cfg.bus)
+    save_tiny(bus_env.root / "model", AlignConfig())
+    cand, cand_id = _weaker_shadow(bus_env.root, bus_env.root / "model", feeder)
+    shadow_label = _answer(cand, feeder)
+    rule = "accuracy on at least 4 labelled windows beats live by 1 point"
+    daemon = Daemon(bus_env, f'[fusion]\nshadow = "{cand}"\npromote_if = "{rule}"\n')
+    collector = Collector(ctx, bus_env.cfg.bus.output)
+    stop = threading.Event()
+    thread = threading.Thread(target=_feed, args=(feeder, collector, stop), name="feeder")
+    try:
+        daemon.wait_ready(120)
+        thread.start()
+        wait_for(lambda: collector.of(topics.shadow_topic("room1")), timeout=120, what="shadow answers")
+        r = _sf(bus_env, "label", "room1", shadow_label)
+        assert r.returncode == 0, r.stderr
+        cls = topics.class_topic("room1")
+        wait_for(lambda: _models_after(collector, 0)[-1:] == [cand_id], timeout=90,
+                 what="the shadow promoted by promote_if")
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(10)
+        feeder.close()
+        collector.sub.close()
+        ctx.term()
+        assert daemon.close() == 0
+    log = daemon.log.read_text()
+    assert f"promote_if ({rule}) met: shadow {cand_id}" in log
+    assert json.loads((bus_env.root / "model" / "manifest.json").read_text())["model_id"] == cand_id
+    assert (bus_env.root / "model.previous" / "manifest.json").exists()
+    starts = [b["t_start_ns"] for _, b in collector.of(cls)]
+    assert len(set(starts)) == len(starts)
+    assert all(b - a == HOP_NS for a, b in zip(starts, starts[1:], strict=False))
