@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamfuse import clock  # noqa: E402
 from streamfuse.align.window import Aligner  # noqa: E402
 from streamfuse.config import AlignConfig  # noqa: E402
+from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import codec  # noqa: E402
 from streamfuse.wire.schema import Message  # noqa: E402
 
@@ -105,11 +106,6 @@ def close_latency(msgs: list[Message], cfg: AlignConfig) -> list[float]:
     return out
 
 
-def pct(vals: list[float], p: float) -> float:
-    s = sorted(vals)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sources", type=int, default=16)
@@ -131,10 +127,10 @@ def main() -> int:
     print(f"workload: {args.sources} sources x {args.seconds} s = {len(msgs)} messages "
           f"(VGA frames by reference, 20 ms audio, text + heartbeats)")
     print(f"core push+pop_ready: {rate:,.0f} msg/s (best of {args.repeat})   (do-nothing loop over the same messages: {floor:,.0f} msg/s)")
-    print(f"windows: {windows}   close latency (call that closes a window): p50 {pct(close_us, 50):.1f} us, "
-          f"p99 {pct(close_us, 99):.1f} us, max {max(close_us):.1f} us")
+    print(f"windows: {windows}   close latency (call that closes a window): p50 {percentile(close_us, 50):.1f} us, "
+          f"p99 {percentile(close_us, 99):.1f} us, max {max(close_us):.1f} us")
     print(f"peak buffered: {peak / 1e6:.1f} MB ({peak / args.sources / 1e6:.1f} MB per source, frames counted at full size)")
-    ok = rate >= 100_000 and pct(close_us, 99) < 1000
+    ok = rate >= 100_000 and percentile(close_us, 99) < 1000
     print("goal (>= 100k msg/s, p99 close < 1 ms):", "met" if ok else "NOT met")
     return 0
 

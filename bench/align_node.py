@@ -43,6 +43,7 @@ from streamfuse import clock  # noqa: E402
 from streamfuse.align.offline import windows_from_messages  # noqa: E402
 from streamfuse.align.window import Aligner  # noqa: E402
 from streamfuse.config import load  # noqa: E402
+from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import codec  # noqa: E402
 from streamfuse.wire.schema import Message, Window  # noqa: E402
 
@@ -59,11 +60,6 @@ def config(run: Path, sources: int) -> Path:
     p = run / "streamfuse.toml"
     p.write_text(text)
     return p
-
-
-def pct(vals: list[float], p: float) -> float:
-    s = sorted(vals)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
 def digest(w: Window) -> tuple:
@@ -240,16 +236,16 @@ def report(args, cfg, sent: list[Message], sent_at: list[int], col: Collector) -
     print(f"{args.sources} sources x {args.seconds:.0f} s: {len(sent)} messages sent "
           f"({args.width}x{args.height} raw frames at 30 fps, 20 ms audio, heartbeats every 100 ms)")
     print(f"windows: expected {len(want)}, received {len(got)}, missing {len(missing)}, content differs {len(differ)}")
-    print(f"emit delay (emit - instant the window could close): p50 {pct(delays, 50):.2f} ms, "
-          f"p99 {pct(delays, 99):.2f} ms, max {max(delays):.2f} ms  [n={len(delays)}]")
-    print(f"  window PUSH -> PULL: p50 {pct(pull_ms, 50):.2f} ms, p99 {pct(pull_ms, 99):.2f} ms")
-    print(f"reference, frames publisher -> broker -> SUB: p50 {pct(col.transport_ms, 50):.2f} ms, "
-          f"p99 {pct(col.transport_ms, 99):.2f} ms  [n={len(col.transport_ms)}]")
+    print(f"emit delay (emit - instant the window could close): p50 {percentile(delays, 50):.2f} ms, "
+          f"p99 {percentile(delays, 99):.2f} ms, max {max(delays):.2f} ms  [n={len(delays)}]")
+    print(f"  window PUSH -> PULL: p50 {percentile(pull_ms, 50):.2f} ms, p99 {percentile(pull_ms, 99):.2f} ms")
+    print(f"reference, frames publisher -> broker -> SUB: p50 {percentile(col.transport_ms, 50):.2f} ms, "
+          f"p99 {percentile(col.transport_ms, 99):.2f} ms  [n={len(col.transport_ms)}]")
     for k in missing[:3]:
         print("  missing", k[0], (k[1] - last_t) / 1e6, "ms before the last message")
     for k in differ[:3]:
         print("  differs", k[0], (k[1] - last_t) / 1e6, "ms before the last message:", got[k][:5], "vs", want[k][:5])
-    ok = not missing and not differ and pct(delays, 99) < 5.0
+    ok = not missing and not differ and percentile(delays, 99) < 5.0
     print("goal (no loss, p99 emit delay < 5 ms):", "met" if ok else "NOT met")
 
 

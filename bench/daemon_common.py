@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamfuse.service import demo  # noqa: E402
+from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import topics  # noqa: E402
 
 NS = 1_000_000_000
@@ -43,11 +44,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pct(vals: list[float], p: float) -> float:
-    s = sorted(vals)
-    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))] if s else float("nan")
-
-
 @dataclass
 class Collected:
     rows: list[dict] = field(default_factory=list)
@@ -57,10 +53,10 @@ class Collected:
         for part in ("total", "align", "queue", "infer"):
             vals = [float(r["latency_ms"].get(part, 0.0)) for r in self.rows]
             if vals:
-                out[part] = {"p50": pct(vals, 50), "p99": pct(vals, 99), "max": max(vals)}
+                out[part] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99), "max": max(vals)}
         own = [float(r["latency_ms"]["total"]) - float(r["latency_ms"].get("infer", 0.0)) for r in self.rows]
         if own:
-            out["total-infer"] = {"p50": pct(own, 50), "p99": pct(own, 99), "max": max(own)}
+            out["total-infer"] = {"p50": percentile(own, 50), "p99": percentile(own, 99), "max": max(own)}
         return out
 
     def lost_windows(self, hop_ns: int) -> tuple[int, int, int]:
@@ -176,7 +172,7 @@ def proxy_hop_latency(n: int = 2000, size: int = 1280) -> dict[str, float]:
             sub.recv_multipart()
             lat.append((time.perf_counter_ns() - t0) / 1e6)
             time.sleep(0.001)
-        return {"p50": pct(lat, 50), "p99": pct(lat, 99)}
+        return {"p50": percentile(lat, 50), "p99": percentile(lat, 99)}
     finally:
         pub.close(0)
         sub.close(0)

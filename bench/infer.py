@@ -54,6 +54,7 @@ from streamfuse.config import AlignConfig  # noqa: E402
 from streamfuse.fusion.artifact import ALIGN_KEYS, load_artifact, save_artifact  # noqa: E402
 from streamfuse.fusion.features import Preprocessing, collate, to_device  # noqa: E402
 from streamfuse.fusion.model import FusionModel, ModelConfig  # noqa: E402
+from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import codec  # noqa: E402
 from streamfuse.wire.schema import Window  # noqa: E402
 
@@ -106,10 +107,6 @@ def make_windows(n: int, seed: int = 0, source: str = "room1", *, frames_per_win
     return out
 
 
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
-
-
 def bench_model(model: FusionModel, prep: Preprocessing, windows: list[Window], batch: int,
                 seconds: float) -> dict:
     """collate + to_device + predict_proba, in process."""
@@ -128,7 +125,7 @@ def bench_model(model: FusionModel, prep: Preprocessing, windows: list[Window], 
             n += batch
         el = time.perf_counter() - t_start
         cpu = time.process_time() - cpu0
-    return {"windows_per_s": n / el, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "windows": n,
+    return {"windows_per_s": n / el, "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "windows": n,
             "cpu_ms_per_window": cpu / n * 1e3}
 
 
@@ -144,7 +141,7 @@ def bench_forward(model: FusionModel, prep: Preprocessing, windows: list[Window]
             model.predict_proba(feats)
             lat.append((time.perf_counter() - t0) * 1e3)
         el = time.perf_counter() - t_start
-    return {"windows_per_s": len(lat) * batch / el, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+    return {"windows_per_s": len(lat) * batch / el, "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
 
 
 # ----------------------------------------------------------------------------- worker
@@ -289,8 +286,8 @@ class WorkerLeg:
         sum1, count1 = _batch_stats(self.metrics_port)
         return {"windows_per_s": received / (t_last - t_start), "cpu_ms_per_window": cpu / received * 1e3,
                 "mean_batch": (sum1 - sum0) / max(1.0, count1 - count0),
-                "infer_p50_ms": pct(infer, 50),
-                "infer_p99_ms": pct(infer, 99), "total_p50_ms": pct(total, 50), "total_p99_ms": pct(total, 99),
+                "infer_p50_ms": percentile(infer, 50),
+                "infer_p99_ms": percentile(infer, 99), "total_p50_ms": percentile(total, 50), "total_p99_ms": percentile(total, 99),
                 "windows": received}
 
     def close(self) -> None:

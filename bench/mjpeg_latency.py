@@ -31,6 +31,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
+from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import codec  # noqa: E402
 from tests.helpers import media  # noqa: E402
 from tests.helpers.mjpeg import MjpegCamera  # noqa: E402
@@ -40,7 +41,7 @@ def pct(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
         return {"n": 0}
-    return {"n": int(a.size), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+    return {"n": int(a.size), "p50": percentile(values, 50), "p99": percentile(values, 99),
             "max": float(a.max())}
 
 

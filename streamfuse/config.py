@@ -45,8 +45,28 @@ class ConfigError(ValueError):
 Check = Callable[[Any], "str | None"]
 
 
+MAX_PORT = 65535
+MAX_HWM = 10_000_000  # messages; the broker queues ten times this per socket
+MAX_MESSAGE_MB = 4096.0  # one ZeroMQ message held whole in memory by every receiver
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+MAX_CHUNK_KB = 1024 * 1024
+
+
+def _port_problem(port: str) -> str | None:
+    return None if 1 <= int(port) <= MAX_PORT else f"port {port} is not in 1..{MAX_PORT}"
+
+
 def _endpoint(v: Any) -> str | None:
-    return None if ENDPOINT_RE.match(v) else f"expected a ZeroMQ endpoint, got {v!r}"
+    if not ENDPOINT_RE.match(v):
+        return f"expected a ZeroMQ endpoint, got {v!r}"
+    if v.startswith("tcp://"):
+        problem = _port_problem(v.rpartition(":")[2])
+        return f"{problem} in {v!r}" if problem else None
+    return None
+
+
+def _optional_endpoint(v: Any) -> str | None:
+    return None if v == "" else _endpoint(v)
 
 
 def _optional_endpoint(v: Any) -> str | None:
@@ -55,6 +75,17 @@ def _optional_endpoint(v: Any) -> str | None:
 
 def _positive(v: Any) -> str | None:
     return None if v > 0 else f"expected a positive number, got {v!r}"
+
+
+def _positive_max(limit: float) -> Check:
+    """Positive and at most ``limit`` (a value past it is a typo or an overflow, not a setting)."""
+
+    def check(v: Any) -> str | None:
+        if not v > 0:  # written so that NaN fails too
+            return f"expected a positive number, got {v!r}"
+        return None if v <= limit else f"expected at most {limit:g}, got {v!r}"
+
+    return check
 
 
 def _non_negative(v: Any) -> str | None:
@@ -90,9 +121,12 @@ def _text_input(v: Any) -> str | None:
 
 
 def _listen(v: Any) -> str | None:
-    if v == "" or re.match(r"^[A-Za-z0-9_.:\[\]-]*:\d{1,5}$", v):
+    if v == "":
         return None
-    return f"expected HOST:PORT (or '' to disable), got {v!r}"
+    if not re.match(r"^[A-Za-z0-9_.:\[\]-]*:\d+$", v):
+        return f"expected HOST:PORT (or '' to disable), got {v!r}"
+    problem = _port_problem(v.rpartition(":")[2])
+    return f"{problem} in {v!r}" if problem else None
 
 
 # fusion.promote_if: "" (off) or this sentence (streamfuse.fusion.shadow.PromoteRule).
@@ -135,13 +169,13 @@ class CurveConfig:
 class BusConfig:
     input: str = _check(_endpoint, "ipc:///run/streamfuse/in")
     output: str = _check(_endpoint, "ipc:///run/streamfuse/out")
-    public: str = ""  # extra TCP input endpoint for remote captures ("" = none)
-    public_output: str = ""  # extra TCP output endpoint for remote subscribers
+    public: str = _check(_optional_endpoint, "")  # extra TCP input for remote captures ("" = none)
+    public_output: str = _check(_optional_endpoint, "")  # extra TCP output for remote subscribers
     # classifications, never media; "" = ipc://<dir of bus.input>/results
     results: str = _check(_optional_endpoint, "")
-    public_results: str = ""  # the same for remote subscribers (TCP)
-    max_message_mb: float = _check(_positive, 64.0)
-    hwm: int = _check(_positive, 1000)
+    public_results: str = _check(_optional_endpoint, "")  # the same for remote subscribers (TCP)
+    max_message_mb: float = _check(_positive_max(MAX_MESSAGE_MB), 64.0)
+    hwm: int = _check(_positive_max(MAX_HWM), 1000)
     curve: CurveConfig = field(default_factory=CurveConfig)
 
     def __post_init__(self) -> None:
@@ -172,8 +206,8 @@ class AudioConfig:
 @dataclass(frozen=True)
 class TextConfig:
     input: str = _check(_text_input, "zmq")
-    endpoint: str = ""  # where the 'zmq' input binds ("" = ipc next to bus.input)
-    max_bytes: int = _check(_positive, 4096)
+    endpoint: str = _check(_optional_endpoint, "")  # 'zmq' binds here ("" = next to bus.input)
+    max_bytes: int = _check(_positive_max(MAX_TEXT_BYTES), 4096)
     heartbeat_ms: float = _check(_positive, 100.0)
 
 
@@ -222,12 +256,30 @@ class RecordConfig:
     max_size_mb: float = _check(_positive, 1024.0)
     max_duration_s: float = _check(_positive, 3600.0)
     topics: list[str] = field(default_factory=list)  # prefixes; empty = everything
-    chunk_kb: int = _check(_positive, 4096)
+    chunk_kb: int = _check(_positive_max(MAX_CHUNK_KB), 4096)
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: str = _check(_listen, "127.0.0.1:9108")
+    allow_remote: bool = False  # serve metrics on a non-loopback address (no authentication)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """Retrying a child given up on (a capture, the recorder): its error may be gone."""
+
+    retry_after_s: float = _check(_positive, 60.0)  # first retry; the wait doubles each time
+    retry_max_s: float = _check(_positive, 600.0)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The live web console (``streamfuse web``, a child of ``streamfuse run``)."""
+
+    listen: str = _check(_listen, "127.0.0.1:8080")  # "" = off
+    token: str = ""  # required off loopback: "Authorization: Bearer <token>" or ?token=
+    max_fps: float = _check(_positive, 5.0)  # camera frames per second sent to each browser
 
 
 @dataclass(frozen=True)
@@ -238,6 +290,8 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     path: str = ""  # the file this was loaded from ("" = defaults only)
 
     def source(self, name: str) -> SourceConfig:
@@ -393,20 +447,92 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
         ep = getattr(cfg.bus, ep_key)
         if ep and not ep.startswith("tcp://"):
             raise ConfigError(f"bus.{ep_key}: expected a tcp:// endpoint, got {ep!r}")
-    _check_distinct_endpoints(cfg)
+    _check_relations(cfg)
+    if cfg.web.listen and not cfg.web.token and not is_local_listen(cfg.web.listen):
+        raise ConfigError(f"web.token: required when web.listen ({cfg.web.listen}) is not a "
+                          "loopback address")
     return dataclasses.replace(cfg, path=path)
 
 
-def _check_distinct_endpoints(cfg: Config) -> None:
-    """Two sockets cannot bind one endpoint; for ipc the second bind would first remove
-    the first one's socket file, silently cutting off everything connected to it."""
-    keys = ("input", "output", "public", "public_output", "results", "public_results")
-    seen: dict[str, str] = {}
-    bound = [(f"bus.{k}", getattr(cfg.bus, k)) for k in keys] + [("align.output", cfg.align.output)]
-    for key, ep in bound:
-        if ep and ep in seen:
-            raise ConfigError(f"{key}: {ep} is already {seen[ep]}")
-        seen.setdefault(ep, key)
+def text_endpoint(text: TextConfig, bus: BusConfig, source: str) -> str:
+    """Where the ``zmq`` text input of ``source`` binds (and ``streamfuse send`` connects)."""
+    if text.endpoint:
+        return text.endpoint
+    p = ipc_path(bus.input)
+    directory = p.parent if p is not None else Path(tempfile.gettempdir()) / "streamfuse"
+    return f"ipc://{directory}/text-{source}"
+
+
+def binding_endpoints(cfg: Config) -> list[tuple[str, str]]:
+    """(key, endpoint) of every socket the daemon binds, metrics' HTTP port as ``tcp://``."""
+    eps = [("bus.input", cfg.bus.input), ("bus.output", cfg.bus.output),
+           ("bus.public", cfg.bus.public), ("bus.public_output", cfg.bus.public_output),
+           ("bus.results", cfg.bus.results), ("bus.public_results", cfg.bus.public_results),
+           ("align.output", cfg.align.output)]
+    for i, s in enumerate(cfg.sources):
+        if s.text is not None and s.text.input == "zmq":
+            eps.append((f"sources[{i}].text.endpoint", text_endpoint(s.text, cfg.bus, s.name)))
+    if cfg.metrics.listen:
+        eps.append(("metrics.listen", f"tcp://{cfg.metrics.listen}"))
+    if cfg.web.listen:
+        eps.append(("web.listen", f"tcp://{cfg.web.listen}"))
+    return [(k, e) for k, e in eps if e]
+
+
+_ANY_HOST = ("*", "0.0.0.0", "::", "[::]", "")
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Would binding ``a`` and ``b`` collide? (tcp: same port on the same or a wildcard host)."""
+    if a.startswith("tcp://") and b.startswith("tcp://"):
+        host_a, _, port_a = a[len("tcp://"):].rpartition(":")
+        host_b, _, port_b = b[len("tcp://"):].rpartition(":")
+        alias = {"localhost": "127.0.0.1"}
+        host_a, host_b = alias.get(host_a, host_a), alias.get(host_b, host_b)
+        return port_a == port_b and (host_a == host_b or host_a in _ANY_HOST or host_b in _ANY_HOST)
+    pa, pb = ipc_path(a), ipc_path(b)
+    if pa is not None and pb is not None:
+        return os.path.normpath(pa) == os.path.normpath(pb)
+    return a == b
+
+
+def _is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _check_relations(cfg: Config) -> None:
+    """Rules between keys: distinct endpoints, the network rule, sizes that fit each other."""
+    seen: list[tuple[str, str]] = []
+    for key, ep in binding_endpoints(cfg):
+        for other_key, other in seen:
+            if _same_address(ep, other):
+                shown = ep.removeprefix("tcp://") if key.endswith(".listen") else ep
+                raise ConfigError(f"{key}: {shown} is also {other_key}; "
+                                  "every endpoint the daemon binds must differ")
+        seen.append((key, ep))
+    server_keys = cfg.bus.curve.enabled and bool(cfg.bus.curve.server_secret)
+    for key, ep in binding_endpoints(cfg):
+        if key.startswith("bus.public") or key.endswith("text.endpoint"):
+            if not is_local_endpoint(ep) and not server_keys:
+                raise ConfigError(
+                    f"{key}: {ep} is reachable from the network; set [bus.curve] enabled, "
+                    "server_secret and authorized (streamfuse keys generate DIR) "
+                    "or use a loopback address")
+    if not is_local_endpoint(cfg.align.output):
+        raise ConfigError(f"align.output: {cfg.align.output} is reachable from the network; windows "
+                          "carry the sensors' data and this socket has no CurveZMQ: use ipc:// "
+                          "or a loopback address")
+    host = cfg.metrics.listen.rpartition(":")[0]
+    if cfg.metrics.listen and host and not _is_loopback_host(host) and not cfg.metrics.allow_remote:
+        raise ConfigError(f"metrics.listen: {cfg.metrics.listen} is reachable from the network and "
+                          "metrics have no authentication; use a loopback address or set "
+                          "metrics.allow_remote = true")
+    bus_bytes = cfg.bus.max_message_mb * 1024 * 1024
+    for i, s in enumerate(cfg.sources):
+        if s.text is not None and s.text.max_bytes > bus_bytes:
+            raise ConfigError(f"sources[{i}].text.max_bytes: {s.text.max_bytes} exceeds "
+                              f"bus.max_message_mb ({cfg.bus.max_message_mb:g} MB)")
 
 
 def default_results_endpoint(bus_input: str) -> str:
@@ -545,6 +671,12 @@ def runtime_dir(cfg: Config) -> Path:
     if os.environ.get("RUNTIME_DIRECTORY"):  # systemd's RuntimeDirectory=
         return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
     return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/streamfuse-{os.getuid()}") / "streamfuse"
+
+
+def is_local_listen(listen: str) -> bool:
+    """True for a ``HOST:PORT`` on loopback (``localhost``, ``127.x.y.z``, ``[::1]``)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def is_local_endpoint(endpoint: str) -> bool:

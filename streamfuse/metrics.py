@@ -68,6 +68,11 @@ model_reloads = Counter("streamfuse_model_reloads_total", "Model loads by outcom
 worker_device = Gauge("streamfuse_worker_device_info",
                       "1 for the torch device a fusion worker runs on (cpu, cuda:N)", ["device"],
                       multiprocess_mode="liveall")
+# Per live worker; the supervisor reads a dead worker's last value and counts it as dropped
+# (reason worker_lost), so a SIGKILL loses no window without a count.
+windows_held = Gauge("streamfuse_worker_windows_held",
+                     "Windows a worker has received and not yet answered or dropped",
+                     multiprocess_mode="liveall")
 
 # ---- shadow model (figures over fusion.judge_period_s) -----------------------------------
 shadow_classifications = Counter("streamfuse_shadow_classifications_total",
@@ -93,6 +98,14 @@ recorder_bytes = Counter("streamfuse_recorder_bytes_total", "Bytes written to re
 recorder_messages = Counter("streamfuse_recorder_messages_total", "Messages written to recordings")
 recorder_dropped = Counter("streamfuse_recorder_dropped_total", "Messages the recorder could not write",
                            ["reason"])
+
+# ---- web console ---------------------------------------------------------------------
+web_clients = Gauge("streamfuse_web_clients", "Browsers connected to the live console",
+                    multiprocess_mode="livesum")
+web_updates = Counter("streamfuse_web_updates_total", "Live console updates sent to browsers", ["kind"])
+web_dropped = Counter("streamfuse_web_dropped_total",
+                      "Live console updates a browser never got because it fell behind (latest wins)",
+                      ["kind"])
 
 # ---- supervisor ----------------------------------------------------------------------
 child_restarts = Counter("streamfuse_child_restarts_total", "Child process restarts", ["child"])

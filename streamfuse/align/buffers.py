@@ -16,9 +16,8 @@ from bisect import bisect_left, bisect_right
 
 import numpy as np
 
+from streamfuse.clock import NS_PER_S
 from streamfuse.wire.schema import AudioHeader, FrameHeader, Message
-
-NS_PER_S = 1_000_000_000
 
 
 def sample_index(t_ns: int, samplerate: int) -> int:

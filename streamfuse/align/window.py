@@ -73,7 +73,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from streamfuse.align.buffers import (
-    NS_PER_S,
     AudioBuffer,
     FrameLattice,
     TextBuffer,
@@ -82,6 +81,7 @@ from streamfuse.align.buffers import (
     sample_index,
     sample_time_ns,
 )
+from streamfuse.clock import NS_PER_MS, NS_PER_S
 from streamfuse.config import AlignConfig
 from streamfuse.wire.codec import T_MAX_NS, T_MIN_NS
 from streamfuse.wire.schema import (
@@ -93,7 +93,6 @@ from streamfuse.wire.schema import (
     Window,
 )
 
-NS_PER_MS = 1_000_000
 STREAMS = ("video", "audio", "text")
 _HEADER_OF = {"video": FrameHeader, "audio": AudioHeader, "text": TextHeader}
 _NEG_INF = -(1 << 126)

@@ -28,7 +28,7 @@ from streamfuse.config import Config, ConfigError
 from streamfuse.wire import codec, topics
 from streamfuse.wire.codec import T_MAX_NS, T_MIN_NS
 from streamfuse.wire.schema import LabelHeader
-from streamfuse.wire.sockets import LINGER_MS, _connect, connect_sub
+from streamfuse.wire.sockets import LINGER_MS, connect_endpoint, connect_sub
 
 log = logging.getLogger("streamfuse.label")
 
@@ -91,7 +91,7 @@ def publish(ctx: zmq.Context, cfg: Config, msg: codec.Message) -> bool:
     sock.linger = LINGER_MS
     mon = sock.get_monitor_socket(MONITOR_EVENTS)
     try:
-        _connect(sock, cfg.bus.input, cfg.bus)
+        connect_endpoint(sock, cfg.bus.input, cfg.bus)
         if not _wait_connected(sock, mon, cfg.bus.input, threading.Event()):
             return False
         sock.send_multipart(codec.encode(msg))

@@ -25,18 +25,24 @@ import os
 import select
 import stat
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 
-from streamfuse import clock, readiness
+from streamfuse import clock, config, readiness
 from streamfuse.capture.publish import Heartbeats, StreamPublisher
 from streamfuse.config import BusConfig, TextConfig, ipc_path
 from streamfuse.wire import codec
-from streamfuse.wire.sockets import LINGER_MS, connect_pub, prepare_endpoint, remove_stale_ipc
+from streamfuse.wire.sockets import (
+    LINGER_MS,
+    bind_receiver,
+    check_authorized,
+    connect_pub,
+    start_authenticator,
+)
 
 log = logging.getLogger("streamfuse.capture.text")
 
@@ -133,11 +139,7 @@ def follow_action(read_pos: int, open_ino: int, path_ino: int | None, path_size:
 
 def text_endpoint(cfg: TextConfig, bus: BusConfig, source: str) -> str:
     """Where the ``zmq`` input of ``source`` binds (and ``streamfuse send`` connects)."""
-    if cfg.endpoint:
-        return cfg.endpoint
-    p = ipc_path(bus.input)
-    directory = p.parent if p is not None else Path(tempfile.gettempdir()) / "streamfuse"
-    return f"ipc://{directory}/text-{source}"
+    return config.text_endpoint(cfg, bus, source)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -152,14 +154,23 @@ class Item:
 
 
 class ZmqInput:
+    """A REP socket under the bus's network rule: ``bus.max_message_mb`` per message and,
+    with ``[bus.curve]`` enabled, a CurveZMQ server on ``tcp://`` (``send`` then needs keys)."""
+
     origin = "zmq"
 
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
-        prepare_endpoint(endpoint)
-        remove_stale_ipc(endpoint)
+    def __init__(self, ctx: zmq.Context, endpoint: str, bus: BusConfig) -> None:
+        self.auth: Any = None
+        if bus.curve.enabled and endpoint.startswith("tcp://"):
+            check_authorized(bus)
+            self.auth = start_authenticator(ctx, bus, "streamfuse.capture.text.auth")
         self.sock = ctx.socket(zmq.REP)
         self.sock.linger = LINGER_MS
-        self.sock.bind(endpoint)
+        try:
+            bind_receiver(self.sock, endpoint, bus)
+        except BaseException:
+            self.close()
+            raise
         self.endpoint = endpoint
 
     def read(self, timeout_s: float) -> list[Item] | None:
@@ -173,7 +184,10 @@ class ZmqInput:
 
     def close(self) -> None:
         self.sock.close()
-        p = ipc_path(self.endpoint)
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+        p = ipc_path(getattr(self, "endpoint", ""))
         if p is not None:
             p.unlink(missing_ok=True)
 
@@ -329,7 +343,7 @@ class TextCapture:
     def open_input(self, ctx: zmq.Context, stop: threading.Event) -> Input:
         kind, _, arg = self.cfg.input.partition(":")
         if kind == "zmq":
-            return ZmqInput(ctx, text_endpoint(self.cfg, self.bus, self.source))
+            return ZmqInput(ctx, text_endpoint(self.cfg, self.bus, self.source), self.bus)
         if kind == "stdin":
             return StreamInput(sys.stdin.fileno(), "stdin", self.cfg.max_bytes)
         if kind == "fifo":

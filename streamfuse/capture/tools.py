@@ -29,7 +29,7 @@ import zmq
 from streamfuse import clock
 from streamfuse.config import BusConfig, Config, ConfigError, TextConfig
 from streamfuse.wire import codec, topics
-from streamfuse.wire.sockets import connect_sub, max_message_bytes
+from streamfuse.wire.sockets import connect_endpoint, connect_sub, max_message_bytes
 
 log = logging.getLogger("streamfuse.tools")
 
@@ -196,8 +196,9 @@ def send_cli(args: argparse.Namespace, cfg: Config) -> int:
     with zmq.Context() as ctx:
         req = ctx.socket(zmq.REQ)
         req.linger = 0
+        req.maxmsgsize = max_message_bytes(cfg.bus)  # the answer is one short line
         try:
-            req.connect(endpoint)
+            connect_endpoint(req, endpoint, cfg.bus)  # keys when the capture is a CurveZMQ server
             req.send(raw)
             timeout_s = getattr(args, "timeout", SEND_TIMEOUT_S)
             if not req.poll(int(timeout_s * 1000)):

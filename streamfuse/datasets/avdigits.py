@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamfuse.clock import NS_PER_MS, NS_PER_S
 from streamfuse.config import Config
 from streamfuse.datasets import images as img
 from streamfuse.datasets import sound
@@ -52,9 +53,8 @@ from streamfuse.wire.schema import Message
 
 log = logging.getLogger("streamfuse.dataset")
 
-NS_PER_MS = 1_000_000
-EPOCH_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
-DAY_NS = 86_400 * 1_000_000_000
+EPOCH_NS = 1_767_225_600 * NS_PER_S  # 2026-01-01T00:00:00Z
+DAY_NS = 86_400 * NS_PER_S
 SEGMENT_NS = 2000 * NS_PER_MS
 TAIL_NS = 1500 * NS_PER_MS  # heartbeats after the last segment so every window can close
 FRAME_PERIOD_NS = 100 * NS_PER_MS  # 10 fps
@@ -242,7 +242,7 @@ def segment_events(seg: Segment, t0: int, media: Media, *, seed: int, split_idx:
             ev.append((t0 + j * FRAME_PERIOD_NS + jitter, 0, "video", img.encode_jpeg(frame, JPEG_QUALITY)))
     else:
         ev += [(t0 + j * FRAME_PERIOD_NS, 0, "video", None) for j in range(n_frames)]
-    n_samples = sound.RATE_HZ * SEGMENT_NS // 1_000_000_000
+    n_samples = sound.RATE_HZ * SEGMENT_NS // NS_PER_S
     if seg.audio:
         speech = media.speech.utterance(seg.speaker, seg.digit, rng)[: int(1.5 * sound.RATE_HZ)]
         lo, hi = int(0.25 * sound.RATE_HZ), int(1.75 * sound.RATE_HZ) - len(speech)

@@ -193,6 +193,7 @@ class Worker:
                          for part in ("align", "queue", "infer", "total")}
         self._dropped_no_model = metrics.dropped.labels(node=NODE, topic="window", reason="no_model")
         self._received = metrics.messages_in.labels(node=NODE, topic="window")
+        self._held = -1
         self._published: dict[str, tuple] = {}  # source -> (classifications, messages_out) children
         self.shadow = ShadowRunner(cfg, device, pub, labels)
 
@@ -268,6 +269,13 @@ class Worker:
             self.shadow.reload(reason="promote_if", force=True)
 
     # -- windows -------------------------------------------------------------------------
+
+    def holding(self, n: int) -> None:
+        """Publish how many windows this worker holds (queued or being classified): a
+        worker killed holding them cannot count them itself; the supervisor does."""
+        if n != self._held:
+            self._held = n
+            metrics.windows_held.set(n)
 
     def handle(self, batch: list[Pending]) -> None:
         """Classify and publish one batch (or count it dropped when no model serves)."""
@@ -405,7 +413,9 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
             wait_ms = IDLE_POLL_MS if deadline is None else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // 1_000_000)))
             if batcher.room and poller.poll(wait_ms):
                 _receive(pull, batcher, batcher.room, worker)
+                worker.holding(len(batcher))  # a batch being classified stays counted here
             worker.handle(batcher.pop_batch(clock.now_ns()))
+            worker.holding(len(batcher))
             worker.tick(clock.now_ns())
             if reload.is_set():
                 reload.clear()
@@ -422,6 +432,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
             if not len(batcher):
                 break
             worker.handle(batcher.drain())
+            worker.holding(len(batcher))
+        worker.holding(0)
         log.info("fusion worker stopped: %d classifications published, %d windows dropped without a model",
                  worker.answered, worker.dropped_no_model)
         return 0

@@ -194,6 +194,7 @@ class McapFile:
         self._metadata_indexes: list[MetadataIndex] = []
         self._counts: dict[int, int] = defaultdict(int)
         self._n = 0
+        self.messages_written = 0  # in finished chunks: on disk, whatever happens next
         self._t_min = self._t_max = 0
         self._reset_chunk()
         self._f.write(MCAP0_MAGIC, _record(Header(profile, library)), seal=True)
@@ -208,6 +209,11 @@ class McapFile:
     @property
     def bytes_on_disk(self) -> int:
         return self._f.pos
+
+    @property
+    def messages_pending(self) -> int:
+        """Messages in the chunk being filled: lost if it is never written."""
+        return self._c_n
 
     @property
     def level(self) -> int | None:
@@ -293,6 +299,7 @@ class McapFile:
             chunk_length=chunk_length, message_index_offsets=offsets,
             message_index_length=sum(len(r) for r in indexes), compression=compression,
             compressed_size=len(compressed), uncompressed_size=len(data)))
+        self.messages_written += self._c_n
         self._reset_chunk()
 
     def finish(self) -> None:

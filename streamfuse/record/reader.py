@@ -58,6 +58,7 @@ from mcap.summary import Summary
 from mcap.writer import MCAP0_MAGIC
 
 from streamfuse import clock
+from streamfuse.clock import NS_PER_S
 from streamfuse.config import Config
 from streamfuse.record import format as fmt
 from streamfuse.record.mcapfile import (
@@ -114,7 +115,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 # How far two files' spans of one topic may overlap and still be parts of one recording: a
 # capture's messages arrive in the order it stamped them, so the parts of one topic follow
 # each other; this only forgives a publisher whose stamps step back a little.
-OVERLAP_TOLERANCE_NS = 1_000_000_000
+OVERLAP_TOLERANCE_NS = NS_PER_S
 
 
 def topic_spans(path: str | Path) -> dict[str, tuple[int, int]]:
@@ -354,10 +355,9 @@ def reuse_freed_memory() -> bool:
     Each chunk is read into a new buffer and decompressed into another (~4.5 MB
     with the default ``record.chunk_kb``). By default glibc hands blocks that
     large straight back to the kernel when freed, so every chunk page-faults
-    fresh memory in: ~0.3 CPU-s per 550 MB of video, a fifth of what ``replay
-    --max`` spends. With the blocks kept, ``replay --max`` of a 3-stream VGA
-    recording went from 17.9-19.6x to 20.2-22.9x real time (bench/replay_speed.py,
-    3 runs each). Returns False (nothing changed) where the C library is not glibc.
+    fresh memory in, a fifth of what ``replay --max`` spends (docs/benchmarks.md,
+    bench/replay_speed.py). Returns False (nothing changed) where the C library
+    is not glibc.
     """
     import ctypes
     import platform

@@ -44,7 +44,7 @@ from streamfuse.progress import Progress
 from streamfuse.record import reader
 from streamfuse.signals import Signals
 from streamfuse.wire import codec
-from streamfuse.wire.sockets import LINGER_MS, _connect, send_parts
+from streamfuse.wire.sockets import LINGER_MS, connect_endpoint, send_parts
 
 log = logging.getLogger("streamfuse.replay")
 
@@ -315,7 +315,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     sock.setsockopt(zmq.XPUB_NODROP, 1)
     mon = sock.get_monitor_socket(MONITOR_EVENTS)  # before connecting, so no event is missed
     try:
-        _connect(sock, cfg.bus.input, cfg.bus)
+        connect_endpoint(sock, cfg.bus.input, cfg.bus)
         if not _wait_connected(sock, mon, cfg.bus.input, sig.stop):
             print(f"streamfuse replay: cannot reach the bus at {cfg.bus.input} (is the broker running?)",
                   file=sys.stderr)

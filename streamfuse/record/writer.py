@@ -12,6 +12,10 @@ thread through a bounded queue (``QUEUE_BYTES``), so the bus is never blocked.
 When writing falls behind, the zstd level steps down (:class:`LevelPolicy`,
 down to uncompressed chunks); only when even that cannot keep up are messages
 dropped, and counted (``streamfuse_recorder_dropped_total{reason="queue_full"}``).
+``streamfuse_recorder_messages_total`` counts messages once their chunk is on disk; when a
+write fails (a full disk) the recorder exits 1, and the messages of the chunk it was filling
+and of its queue are counted as ``reason="write_failed"``: the counters always add up to
+what the files hold plus what was dropped.
 """
 
 from __future__ import annotations
@@ -98,6 +102,15 @@ class RecordingWriter:
     @property
     def bytes_on_disk(self) -> int:
         return self._mcap.bytes_on_disk
+
+    @property
+    def messages_on_disk(self) -> int:
+        """Messages in finished chunks (``messages`` counts those still buffered too)."""
+        return self._mcap.messages_written
+
+    @property
+    def messages_pending(self) -> int:
+        return self._mcap.messages_pending
 
     def __enter__(self) -> RecordingWriter:
         return self
@@ -318,7 +331,8 @@ class _Recorder:
         self.writer: RecordingWriter | None = None
         self.opened_ns = self.flushed_ns = start_ns
         self.files: list[Path] = []
-        self.messages = self.bytes = 0
+        self.closed_messages = 0  # on disk in the files closed (or abandoned) so far
+        self.bytes = 0
         self.counted = (0, 0)
         self.dropped: Counter[str] = Counter()
         self.policy = LevelPolicy(high=QUEUE_BYTES // 8, low=QUEUE_BYTES // 64)
@@ -337,6 +351,12 @@ class _Recorder:
         log.info("recording to %s", path)
         return w
 
+    @property
+    def messages(self) -> int:
+        """Messages on disk: in finished chunks, never those still buffered (a crash loses them)."""
+        open_file = self.writer.messages_on_disk if self.writer is not None else 0
+        return self.closed_messages + open_file
+
     def write(self, parts: list[zmq.Frame], now_ns: int) -> None:
         if self.writer is None:
             self.writer = self._open(now_ns)
@@ -346,7 +366,6 @@ class _Recorder:
         except codec.DecodeError as e:
             self.dropped[e.reason] += 1
             return
-        self.messages += 1
         self.bytes += self.writer.bytes_on_disk - before
 
     def tick(self, now_ns: int, queued_bytes: int = 0) -> None:
@@ -382,14 +401,28 @@ class _Recorder:
         self.dropped_counted = dropped
 
     def _close_file(self) -> None:
-        if self.writer is not None:
-            before = self.writer.bytes_on_disk
-            w, self.writer = self.writer, None
-            w.close()
+        w = self.writer
+        if w is not None:
+            before = w.bytes_on_disk
+            w.close()  # an OSError leaves the writer here, for fail() to account for
+            self.writer = None
+            self.closed_messages += w.messages_on_disk
             self.bytes += max(0, w.bytes_on_disk - before)
 
     def close(self) -> None:
         self._close_file()
+
+    def fail(self, queued: int) -> None:
+        """After a write failed (a full disk): the file is kept up to its last finished
+        chunk; what was buffered or still queued is dropped, counted as ``write_failed``."""
+        lost = queued
+        w, self.writer = self.writer, None
+        if w is not None:
+            lost += w.messages_pending
+            w.abandon()  # readable up to its last finished chunk
+            self.closed_messages += w.messages_on_disk
+        if lost:
+            self.dropped["write_failed"] += lost
 
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
@@ -436,8 +469,9 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     except OSError as e:
         print(f"streamfuse record: cannot write {rec.files[-1] if rec.files else args.out}: "
               f"{e.strerror or e}", file=sys.stderr)
-        if rec.writer is not None:
-            rec.writer.abandon()  # readable up to its last finished chunk
+        stop_rx.set()
+        rx.join(5)  # nothing more gets queued: what is there is counted as dropped
+        rec.fail(queued=len(q.items))
         code = 1
     finally:
         stop_rx.set()

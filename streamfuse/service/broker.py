@@ -18,7 +18,6 @@ accepts only the public keys in ``bus.curve.authorized``.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,15 @@ import zmq
 from streamfuse import clock
 from streamfuse.config import BusConfig, Config, ConfigError, is_local_endpoint
 from streamfuse.wire import topics
-from streamfuse.wire.sockets import max_message_bytes, prepare_endpoint, remove_stale_ipc
+from streamfuse.wire.sockets import (
+    apply_curve_server,
+    check_authorized,
+    load_server_keys,
+    max_message_bytes,
+    prepare_endpoint,
+    remove_stale_ipc,
+    start_authenticator,
+)
 
 log = logging.getLogger("streamfuse.broker")
 
@@ -51,24 +58,6 @@ def check_security(bus: BusConfig) -> None:
                 f"bus.{key}: {ep} is reachable from the network; set [bus.curve] enabled, "
                 "server_secret and authorized (streamfuse keys generate DIR) or use a loopback address"
             )
-
-
-def load_server_keys(bus: BusConfig) -> tuple[bytes, bytes]:
-    """The broker's CurveZMQ (public, secret) key pair, or a ConfigError naming the key."""
-    import zmq.auth
-
-    try:
-        pub, secret = zmq.auth.load_certificate(bus.curve.server_secret)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"bus.curve.server_secret: cannot load key: {e}") from None
-    if secret is None:
-        raise ConfigError(f"bus.curve.server_secret: {bus.curve.server_secret} holds no secret key")
-    return pub, secret
-
-
-def _apply_curve_server(sock: zmq.Socket, keys: tuple[bytes, bytes]) -> None:
-    sock.curve_publickey, sock.curve_secretkey = keys
-    sock.curve_server = True
 
 
 SUBSCRIPTION_MAX_BYTES = 64 * 1024
@@ -225,9 +214,7 @@ class Broker:
             # Check the keys here, in the caller's thread, so a bad path is a
             # config error (exit 2) and not a dead proxy thread.
             self._keys = load_server_keys(bus)
-            if not bus.curve.authorized or not os.path.isdir(bus.curve.authorized):
-                raise ConfigError(f"bus.curve.authorized: expected a directory of allowed client "
-                                  f"public keys, got {bus.curve.authorized!r}")
+            check_authorized(bus)
         self.ctx = ctx or zmq.Context.instance()
         self._control_endpoint = f"inproc://broker-control-{id(self)}"
         self._auth: Any = None
@@ -246,7 +233,7 @@ class Broker:
             remove_stale_ipc(ep)
             sock.bind(ep)
         if secure:
-            _apply_curve_server(sock, self._keys)
+            apply_curve_server(sock, self._keys)
             for ep in secure:
                 sock.bind(ep)
 
@@ -298,12 +285,7 @@ class Broker:
             self._stopped.set()
 
     def _start_auth(self) -> None:
-        from zmq.auth.thread import ThreadAuthenticator
-
-        auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("streamfuse.auth"))
-        auth.start()
-        auth.configure_curve(domain="*", location=self.bus.curve.authorized)
-        self._auth = auth
+        self._auth = start_authenticator(self.ctx, self.bus, "streamfuse.auth")
 
     def stop(self) -> None:
         """Ask the proxy to return (safe from another thread)."""

@@ -38,13 +38,14 @@ from pathlib import Path
 import zmq
 
 from streamfuse import clock
+from streamfuse.clock import NS_PER_S as NS
 from streamfuse.config import Config, load
 from streamfuse.signals import Signals
+from streamfuse.stats import percentile
 from streamfuse.wire import topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.demo")
-NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -159,17 +160,29 @@ def _loads(model: Path) -> bool:
     return True
 
 
-def write_config(run_dir: Path, model: Path | None, *, metrics: str = "") -> Path:
-    """A daemon config with every endpoint under ``run_dir`` and no local captures."""
+def write_config(run_dir: Path, model: Path | None, *, metrics: str = "", web: str = "") -> Path:
+    """A daemon config with every endpoint under ``run_dir`` and no local captures;
+    ``web``: where its console listens ("" = no console)."""
     text = (
         f'[bus]\ninput = "ipc://{run_dir}/in"\noutput = "ipc://{run_dir}/out"\n\n'
         f'[align]\noutput = "ipc://{run_dir}/windows"\nrequired = ["video", "audio"]\n\n'
         f'[fusion]\nmodel = "{model or run_dir / "model"}"\nworkers = 1\n\n'
-        f'[metrics]\nlisten = "{metrics}"\n'
+        f'[metrics]\nlisten = "{metrics}"\n\n'
+        f'[web]\nlisten = "{web}"\n'
     )
     path = run_dir / "demo.toml"
     path.write_text(text)
     return path
+
+
+def web_listen(preferred: int = 8080) -> str:
+    """``127.0.0.1:8080``, or another free loopback port when that one is taken."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 # ----------------------------------------------------------------------------- the daemon
@@ -236,14 +249,9 @@ class Results:
         for part in ("total", "align", "queue", "infer"):
             vals = sorted(float(r["latency_ms"].get(part, 0.0)) for r in self.rows if r.get("latency_ms"))
             if vals:
-                lat[part] = {"p50": _pct(vals, 50), "p99": _pct(vals, 99)}
+                lat[part] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99)}
         return {"classifications": len(self.rows), "labelled": len(judged),
                 "accuracy": correct / len(judged) if judged else None, "latency_ms": lat}
-
-
-def _pct(sorted_vals: list[float], p: float) -> float:
-    i = min(len(sorted_vals) - 1, max(0, round(p / 100 * (len(sorted_vals) - 1))))
-    return sorted_vals[i]
 
 
 def read_label_spans(path: Path) -> dict[str, list[tuple[int, int, str]]]:
@@ -304,6 +312,15 @@ def _report(s: dict) -> None:
         print(f"demo: latency_ms.{part:<5}  p50 {v['p50']:7.2f}   p99 {v['p99']:7.2f}")
 
 
+def _keep_serving(sub: zmq.Socket, daemon: Daemon, cfg: Config, results: Results, stop: Signals) -> bool:
+    """``--keep``: report, then hold the daemon and its console up until Ctrl-C."""
+    _report(results.summary())
+    print(f"demo: --keep: the daemon and its web console (http://{cfg.web.listen}/) stay up; "
+          "Ctrl-C to stop", flush=True)
+    watch(sub, until=lambda: daemon.proc.poll() is not None, spans={}, results=Results(), stop=stop)
+    return True
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -315,16 +332,18 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
     try:
         cfg_path = write_config(run_dir, None)
         ddir, mdir = prepare(cache, size, Path(args.data) if args.data else None, cfg_path)
-        cfg_path = write_config(run_dir, mdir)
+        cfg_path = write_config(run_dir, mdir, web=web_listen())
         cfg = load(cfg_path, environ={})
         test_files = sorted(str(p) for p in (ddir / "test").glob("*.mcap"))
         spans = read_label_spans(ddir / "test" / "labels.csv")
         daemon = Daemon(cfg_path, run_dir)
         results = Results()
+        reported = False
         try:
             t0 = clock.monotonic_ns()
             status = daemon.wait_ready(120, stop)
             print(f"demo: daemon ready in {(clock.monotonic_ns() - t0) / NS:.0f} s ({status})", flush=True)
+            print(f"demo: web console on http://{cfg.web.listen}/ (live; /health, /recordings)", flush=True)
             with zmq.Context() as ctx:
                 sub = connect_sub(ctx, cfg.bus, [topics.class_topic(s) for s in spans],
                                   endpoint=cfg.bus.results)
@@ -353,6 +372,8 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
                     drain_until = clock.monotonic_ns() + 3 * NS
                     watch(sub, until=lambda: clock.monotonic_ns() > drain_until, spans=spans,
                           results=results, stop=stop)
+                    if getattr(args, "keep", False) and not stop.stop.is_set():
+                        reported = _keep_serving(sub, daemon, cfg, results, stop)
                 finally:
                     sub.close()
         finally:
@@ -360,7 +381,8 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
             if code != 0:
                 print(f"demo: the daemon exited with code {code}:\n{daemon.tail()}", file=sys.stderr)
         s = results.summary()
-        _report(s)
+        if not reported:
+            _report(s)
         (run_dir / "summary.json").write_text(json.dumps(s))
         if not results.rows:
             raise DemoFailure(f"no classification arrived; daemon log:\n{daemon.tail()}")
@@ -393,6 +415,8 @@ def run_live_demo(args: argparse.Namespace, cfg: Config, stop: Signals) -> int:
         daemon = Daemon(env_cfg, run_dir)
         try:
             daemon.wait_ready(120, stop)
+            if live_cfg.web.listen:
+                print(f"demo: web console on http://{live_cfg.web.listen}/", flush=True)
             print("demo: ready; Ctrl-C to stop", flush=True)
             with zmq.Context() as ctx:
                 sub = connect_sub(ctx, live_cfg.bus, [topics.CLASS_PREFIX],

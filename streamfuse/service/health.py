@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-NS = 1_000_000_000
+from streamfuse.clock import NS_PER_S as NS
 
 
 @dataclass
@@ -43,39 +43,47 @@ class RestartPolicy:
 
 @dataclass
 class Liveness:
-    """Is data going through? Classifications must follow inputs.
+    """Is data going through? Classifications must follow data.
 
     ``on_input`` is called for capture traffic seen on the bus, ``on_output``
-    for classifications. While inputs arrive (the last within ``quiet_s``),
-    the pipeline is stalled when no classification came for ``stall_s``
-    (counted from the first input after a quiet spell, so start-up and a
-    model-less worker are not stalls: pass ``expect_output=False`` then).
+    for classifications. Heartbeats (``data=False``) say that a source is up and
+    let its windows close, but a window of heartbeats alone holds nothing to
+    classify: an idle text-only source is alive without classifications. While
+    data arrives (the last within ``quiet_s``), the pipeline is stalled when no
+    classification came for ``stall_s`` (counted from the first data after a
+    quiet spell, so start-up and a model-less worker are not stalls: pass
+    ``expect_output=False`` then).
     """
 
     stall_s: float
     quiet_s: float = 2.0
-    last_input_ns: int | None = None
+    last_input_ns: int | None = None  # data or heartbeat
+    last_data_ns: int | None = None
     last_output_ns: int | None = None
     flowing_since_ns: int | None = None
 
-    def on_input(self, now_ns: int) -> None:
-        if self.last_input_ns is None or now_ns - self.last_input_ns > self.quiet_s * NS:
-            self.flowing_since_ns = now_ns
+    def on_input(self, now_ns: int, *, data: bool = True) -> None:
         self.last_input_ns = now_ns
+        if not data:
+            return
+        if self.last_data_ns is None or now_ns - self.last_data_ns > self.quiet_s * NS:
+            self.flowing_since_ns = now_ns
+        self.last_data_ns = now_ns
 
     def on_output(self, now_ns: int) -> None:
         self.last_output_ns = now_ns
 
     def inputs_flowing(self, now_ns: int) -> bool:
-        return self.last_input_ns is not None and now_ns - self.last_input_ns <= self.quiet_s * NS
+        """Data (not only heartbeats) arrived within ``quiet_s``."""
+        return self.last_data_ns is not None and now_ns - self.last_data_ns <= self.quiet_s * NS
 
     def stalled(self, now_ns: int, *, expect_output: bool = True) -> str | None:
-        """A reason when inputs flow but classifications do not; else None."""
+        """A reason when data flows but classifications do not; else None."""
         if not expect_output or not self.inputs_flowing(now_ns):
             return None
         since = now_ns if self.flowing_since_ns is None else self.flowing_since_ns
         if self.last_output_ns is not None:
             since = max(since, self.last_output_ns)
         if now_ns - since > self.stall_s * NS:
-            return f"inputs flow but no classification for {(now_ns - since) / NS:.1f} s"
+            return f"data flows but no classification for {(now_ns - since) / NS:.1f} s"
         return None

@@ -122,3 +122,20 @@ def model_ids_by_pid(directory: Path) -> dict[int, str]:
             if s.value >= 1 and "pid" in s.labels:
                 out[int(s.labels["pid"])] = s.labels.get("model_id", "")
     return out
+
+
+def windows_held(pid: int, directory: Path) -> int:
+    """The last ``streamfuse_worker_windows_held`` of worker ``pid`` (alive or just dead;
+    read before :func:`mark_dead` removes it), 0 when it never set one."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    files = [str(f) for f in directory.glob(f"gauge_liveall_{pid}.db")]
+    if not files:
+        return 0
+    try:
+        families = MultiProcessCollector.merge(files, accumulate=False)
+    except (struct.error, OSError, ValueError) as e:
+        log.warning("metrics: cannot read the windows worker %d held: %s", pid, e)
+        return 0
+    return int(sum(s.value for f in families if f.name == "streamfuse_worker_windows_held"
+                   for s in f.samples))

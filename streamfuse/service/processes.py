@@ -44,7 +44,7 @@ class ProcessSpec:
 
     @property
     def role(self) -> str:
-        return ROLE_NAMES[self.stop_phase]
+        return self.labels.get("role") or ROLE_NAMES[self.stop_phase]
 
 
 def _hash(obj: object) -> str:
@@ -59,7 +59,7 @@ def _base(command: list[str], cfg: Config, python: str) -> tuple[str, ...]:
 
 
 def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
-    """Every child for ``cfg``: captures, aligner, ``fusion.workers`` workers, recorder.
+    """Every child for ``cfg``: captures, aligner, ``fusion.workers`` workers, web, recorder.
 
     Children re-read ``cfg.path`` themselves (and the same ``STREAMFUSE_*``
     overrides, inherited through the environment), so they see what the
@@ -87,6 +87,12 @@ def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
             reload_on_hup=True,
             # the model file itself is not here: SIGHUP reloads it without a restart
             fingerprint=_hash([bus, asdict(cfg.align), asdict(cfg.fusion)]),
+        ))
+    if cfg.web.listen:
+        # a consumer with nothing to flush: it stops first, with the captures
+        specs.append(ProcessSpec(
+            name="web", argv=_base(["web"], cfg, py), stop_phase=CAPTURE,
+            fingerprint=_hash([bus, asdict(cfg.web), cfg.record.path]), labels={"role": "web"},
         ))
     if cfg.record.enabled:
         specs.append(ProcessSpec(

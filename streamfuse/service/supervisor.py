@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import fcntl
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ from typing import IO, Any
 import zmq
 
 from streamfuse import clock, readiness
+from streamfuse.clock import NS_PER_S as NS
 from streamfuse.config import Config, ConfigError, load, runtime_dir
 from streamfuse.service import metrics as service_metrics
 from streamfuse.service.broker import Broker, check_security
@@ -53,11 +55,10 @@ from streamfuse.service.health import Liveness, RestartPolicy
 from streamfuse.service.notify import Notifier
 from streamfuse.service.processes import CAPTURE, ProcessSpec, table
 from streamfuse.signals import Signals
-from streamfuse.wire import topics
+from streamfuse.wire import codec, topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.supervisor")
-NS = 1_000_000_000
 TICK_S = 0.05
 STOP_BUDGET_S = {0: 2.0, 1: 2.0, 2: 3.0, 3: 2.0}  # per stop phase; total stays under 10 s
 READY_FALLBACK_S = 60.0  # a worker that never reports: declare ready anyway (logged)
@@ -157,6 +158,9 @@ class Child:
     restart_at_ns: int | None = None
     gave_up: str = ""
     restarts: int = 0
+    last_exit: str = ""  # how it last ended ("exit code 1", "killed by SIGKILL")
+    retry_at_ns: int | None = None  # when to try a given-up child again
+    retries: int = 0  # periodic retries since it last ran well: each waits twice as long
 
     @property
     def running(self) -> bool:
@@ -193,6 +197,7 @@ class Supervisor:
         self._last_status = ""
         self._next_status_ns = 0
         self._next_ping_ns = 0
+        self._stand_ins: set[bytes] = set()  # topics whose heartbeats count as data
         self._model = "?"  # what the workers serve ("none", an id, "?" before they report)
         self._m: Any = None  # streamfuse.metrics, imported once PROMETHEUS_MULTIPROC_DIR is set
 
@@ -223,13 +228,26 @@ class Supervisor:
         self._m.child_up.labels(child.spec.name).set(1)
         log.info("%s started (pid %d)", child.spec.name, child.proc.pid)
 
+    def _count_lost(self, child: Child) -> None:
+        """A worker that died holding windows (queued or being classified) could not count
+        them: count them dropped for it (``worker_lost``), from its last published gauge."""
+        if child.spec.role != "worker" or child.pid is None:
+            return
+        held = service_metrics.windows_held(child.pid, self.metrics_dir)
+        if held > 0:
+            self._m.dropped.labels(node="fuse", topic="window", reason="worker_lost").inc(held)
+            log.warning("%s died holding %d window(s); counted as dropped (worker_lost)",
+                        child.spec.name, held)
+
     def _on_exit(self, child: Child, code: int) -> None:
         if child.pid is not None:
+            self._count_lost(child)
             service_metrics.mark_dead(child.pid, self.metrics_dir)
         self._m.child_up.labels(child.spec.name).set(0)
         now = clock.monotonic_ns()
         how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
             else f"exit code {code}"
+        child.last_exit = how
         if code == 2:
             child.gave_up = f"{child.spec.name} exited with code 2 (bad configuration); not restarting it"
         else:
@@ -242,6 +260,26 @@ class Supervisor:
                 log.warning("%s died (%s); restarting in %.2f s", child.spec.name, how, delay)
                 return
         log.error("%s", child.gave_up)
+        if not child.spec.essential and code != 2:
+            self._schedule_retry(child, now)
+
+    def _schedule_retry(self, child: Child, now: int) -> None:
+        """A non-essential child given up on is tried again later: a full disk or an
+        unplugged camera may be back by then (a bad configuration waits for SIGHUP)."""
+        sv = self.cfg.supervisor
+        delay = min(sv.retry_after_s * 2 ** child.retries, sv.retry_max_s)
+        child.retries += 1
+        child.retry_at_ns = now + int(delay * NS)
+        log.info("%s: trying it again in %g s (or at SIGHUP)", child.spec.name, delay)
+
+    def _revive(self, child: Child, why: str) -> None:
+        log.info("%s: starting it again (%s) after: %s", child.spec.name, why, child.gave_up)
+        child.gave_up = ""
+        child.retry_at_ns = None
+        child.policy.crashes.clear()
+        child.restarts += 1
+        self._m.child_restarts.labels(child.spec.name).inc()
+        self._start(child)
 
     def _reap_and_restart(self) -> None:
         now = clock.monotonic_ns()
@@ -253,6 +291,11 @@ class Supervisor:
                 child.restarts += 1
                 self._m.child_restarts.labels(child.spec.name).inc()
                 self._start(child)
+            if child.gave_up and child.retry_at_ns is not None and now >= child.retry_at_ns:
+                self._revive(child, "periodic retry")
+            elif child.retries and child.running \
+                    and now - child.started_ns > child.policy.window_s * NS:
+                child.retries = 0  # it runs well again: a later failure starts a new series
 
     def _stop_children(self, children: list[Child], budget_s: float) -> None:
         """Two-phase stop: SIGTERM to all, wait up to ``budget_s``, SIGKILL the rest."""
@@ -273,6 +316,7 @@ class Supervisor:
                 p.wait(2)
             if p.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 log.warning("%s stopped with exit code %s", c.spec.name, p.returncode)
+            self._count_lost(c)
             service_metrics.mark_dead(p.pid, self.metrics_dir)
             self._m.child_up.labels(c.spec.name).set(0)
         for c in children:
@@ -306,6 +350,10 @@ class Supervisor:
         self.notifier.send(RELOADING=1, MONOTONIC_USEC=clock.monotonic_ns() // 1000)
         try:
             self._reload_config()
+            for child in self.children.values():
+                if child.gave_up and not child.spec.essential:
+                    child.retries = 0  # the operator says the cause is fixed: start afresh
+                    self._revive(child, "SIGHUP")
         finally:
             self.notifier.send(READY=1)
 
@@ -424,6 +472,22 @@ class Supervisor:
                 found.add(str(rep["device"]))
         return ",".join(sorted(found))
 
+    def _write_children(self) -> None:
+        """``<run dir>/children.json``: what the web console's health page shows of each child."""
+        rows = []
+        for c in self.children.values():
+            state = "gave up" if c.gave_up else "running" if c.running else \
+                "restarting" if c.restart_at_ns is not None else "stopped"
+            rows.append({"name": c.spec.name, "role": c.spec.role, "essential": c.spec.essential,
+                         "state": state, "pid": c.pid if c.running else None, "restarts": c.restarts,
+                         "last_exit": c.last_exit, "gave_up": c.gave_up})
+        tmp = self.run_dir / ".children.json.tmp"
+        try:
+            tmp.write_text(json.dumps({"pid": os.getpid(), "model": self._model, "children": rows}))
+            os.replace(tmp, self.run_dir / "children.json")
+        except OSError as e:  # advisory, like the readiness files
+            log.debug("cannot write children.json: %s", e)
+
     def _monitor(self, sub: zmq.Socket) -> None:
         """Drain what the bus monitor received: inputs and classifications."""
         now = clock.monotonic_ns()
@@ -432,12 +496,13 @@ class Supervisor:
                 parts = sub.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            t = bytes(parts[0].buffer)
-            if topics.is_class_topic(t):
+            if topics.is_class_topic(bytes(parts[0].buffer)):
                 self._classes += 1
                 self.liveness.on_output(now)
-            else:
-                self.liveness.on_input(now)
+            elif len(parts) > 1:
+                t = bytes(parts[0].buffer)
+                heartbeat = codec.header_kind(parts[1]) == "heartbeat"
+                self.liveness.on_input(now, data=not heartbeat or t in self._stand_ins)
 
     def _monitor_topics(self) -> list[str]:
         """What the supervisor reads from the bus to see the pipeline work.
@@ -456,6 +521,10 @@ class Supervisor:
             if not s.streams():
                 small = ["audio", "text"]
             subscribed += [topics.topic(s.name, st) for st in (small or s.streams())]
+            if small == ["text"] and s.video is not None:
+                # Its text stands in for its video (too heavy to watch): text heartbeats then
+                # say that the source's data flows. A text-only source's heartbeats do not.
+                self._stand_ins.add(topics.topic(s.name, "text").encode())
         return subscribed
 
     # ------------------------------------------------------------------ main
@@ -564,6 +633,7 @@ class Supervisor:
                     self._rate = (self._classes - n0) / ((now - t0) / NS)
                 self._classes_at = (now, self._classes)
                 self._next_status_ns = now + NS
+                self._write_children()
                 line = self._status_line(problem)
                 if line != self._last_status:
                     if problem and problem not in self._last_status:

@@ -112,10 +112,6 @@ def select_features(f: Features, rows: torch.Tensor) -> Features:
                     mask=f.mask[rows])
 
 
-def empty_features(prep: Preprocessing) -> Features:
-    return to_device(collate([], prep), prep, "cpu")
-
-
 # ----------------------------------------------------------------------------- loading
 
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-NS_PER_S = 1_000_000_000
+from streamfuse.clock import NS_PER_S
+
 ABSOLUTE_MIN = 10**15  # integers at least this large are epoch ns (1970-01-12 onwards)
 HEADER = ["source", "start", "end", "label"]
 # A label may end a little after the source's last message: its last audio block

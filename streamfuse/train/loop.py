@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from streamfuse import clock
+from streamfuse.clock import NS_PER_S
 from streamfuse.config import AlignConfig, Config
 from streamfuse.fusion.features import MODALITIES, Features, Preprocessing
 from streamfuse.fusion.model import FusionModel, ModelConfig
@@ -72,7 +73,7 @@ from streamfuse.train.labels import LabelError
 log = logging.getLogger("streamfuse.train")
 
 VAL_FRACTION = 0.15
-VAL_BLOCK_NS = 30 * 1_000_000_000
+VAL_BLOCK_NS = 30 * NS_PER_S
 WARMUP_FRACTION = 0.25  # of the one-cycle schedule's steps with a rising learning rate
 
 
@@ -94,13 +95,12 @@ class TrainOptions:
     p_keep_one: float = 0.2  # ...or keep only one
     # Relative odds of each of MODALITIES (video, audio, text) being the one "drop one" clears.
     # Video, the dominant modality, 4x: the fusion head then sees audio+text alone often enough
-    # to match a model trained without video (avdigits: 55.3 % vs 53.0 % at 1:1:1 with video
-    # removed at test); (1, 1, 1) is the uniform draw of the previous recipe.
+    # to do as well as a model trained without video (docs/results.md, modality dropout).
     drop_weights: tuple[float, float, float] = (4.0, 1.0, 1.0)
     # Weight of the auxiliary unimodal losses (0 = off); see the module docstring.
     aux_weight: float = 0.5
-    # 48 px frames (the digit 22-41 px), a fourth video block, and the pool-first stack trained on one
-    # frame per window: +2.6 points fused on avdigits (94.8 % vs 92.2 %) in less training time.
+    # 48 px frames (the digit spans 22-41 px), a fourth video block, and the pool-first stack
+    # trained on one frame per window: more accurate in less training time (docs/results.md).
     image_size: int = 48
     hop_length: int = 320  # 20 ms log-mel frames: half the audio encoder's work of 10 ms
     n_mels: int = 32
@@ -115,8 +115,8 @@ class TrainOptions:
     select: str = "accuracy"
     elastic: float = 0.0  # smooth random frame displacement (see augment); 0 = off
     # Share of training windows with a bar drawn over part of the digit (see augment): a finger
-    # or a pen over what the camera shows. avdigits, seeds 0 / 1: errors where a finger covers
-    # the digit 15 / 20 -> 8 / 10 on test, 10 / 4 -> 4 / 1 on validation (docs/results.md). 0 = off.
+    # or a pen over what the camera shows; it halves the errors on covered digits
+    # (docs/results.md). 0 = off.
     occlude: float = 0.5
     # Frames of each window the video encoder sees in a training step (0 = all T): a window's
     # frames show one digit, so a random subset per step is augmentation that costs less.

@@ -82,6 +82,21 @@ def _buf(part: Any) -> Buffer:
 # ----------------------------------------------------------------------------- encoding
 
 
+class _Kind(msgspec.Struct):
+    kind: str = ""
+
+
+_kind_decoder = msgspec.msgpack.Decoder(_Kind)
+
+
+def header_kind(header: Any) -> str:
+    """The ``kind`` of a header part, the other fields unread ('' when it has none)."""
+    try:
+        return _kind_decoder.decode(_buf(header)).kind
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
 def encode(msg: Message) -> list[Buffer]:
     """Frames of a message. The header is validated by :func:`check` first."""
     check(msg)

@@ -67,7 +67,57 @@ def apply_curve_client(sock: zmq.Socket, curve: CurveConfig) -> None:
     sock.curve_serverkey = server_pub
 
 
-def _connect(sock: zmq.Socket, endpoint: str, bus: BusConfig) -> None:
+def load_server_keys(bus: BusConfig) -> tuple[bytes, bytes]:
+    """A CurveZMQ server's (public, secret) key pair, or a ConfigError naming the key."""
+    import zmq.auth
+
+    try:
+        pub, secret = zmq.auth.load_certificate(bus.curve.server_secret)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"bus.curve.server_secret: cannot load key: {e}") from None
+    if secret is None:
+        raise ConfigError(f"bus.curve.server_secret: {bus.curve.server_secret} holds no secret key")
+    return pub, secret
+
+
+def check_authorized(bus: BusConfig) -> None:
+    if not bus.curve.authorized or not Path(bus.curve.authorized).is_dir():
+        raise ConfigError(f"bus.curve.authorized: expected a directory of allowed client "
+                          f"public keys, got {bus.curve.authorized!r}")
+
+
+def apply_curve_server(sock: zmq.Socket, keys: tuple[bytes, bytes]) -> None:
+    """Make ``sock`` a CurveZMQ server: set before binding (libzmq snapshots it per bind)."""
+    sock.curve_publickey, sock.curve_secretkey = keys
+    sock.curve_server = True
+
+
+def start_authenticator(ctx: zmq.Context, bus: BusConfig, name: str) -> Any:
+    """ZAP for ``ctx``: CurveZMQ clients whose public key is in ``bus.curve.authorized``."""
+    import logging
+
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger(name))
+    auth.start()
+    auth.configure_curve(domain="*", location=bus.curve.authorized)
+    return auth
+
+
+def bind_receiver(sock: zmq.Socket, endpoint: str, bus: BusConfig,
+                  keys: tuple[bytes, bytes] | None = None) -> None:
+    """Bind a socket that receives from peers: bounded messages, CurveZMQ on tcp:// when
+    ``[bus.curve]`` is enabled (``keys`` from :func:`load_server_keys`)."""
+    sock.maxmsgsize = max_message_bytes(bus)
+    if bus.curve.enabled and endpoint.startswith("tcp://"):
+        apply_curve_server(sock, keys or load_server_keys(bus))
+    prepare_endpoint(endpoint)
+    remove_stale_ipc(endpoint)
+    sock.bind(endpoint)
+
+
+def connect_endpoint(sock: zmq.Socket, endpoint: str, bus: BusConfig) -> None:
+    """Connect under the network rule: off loopback, or any tcp:// with [bus.curve], with keys."""
     if not is_local_endpoint(endpoint) or (bus.curve.enabled and endpoint.startswith("tcp://")):
         if not bus.curve.enabled:
             raise ConfigError(f"bus: {endpoint} is not local; enable [bus.curve] to use it")
@@ -81,7 +131,7 @@ def connect_pub(ctx: zmq.Context, bus: BusConfig, *, endpoint: str | None = None
     sock.linger = LINGER_MS
     sock.sndhwm = hwm or bus.hwm
     try:
-        _connect(sock, endpoint or bus.input, bus)
+        connect_endpoint(sock, endpoint or bus.input, bus)
     except BaseException:
         sock.close(linger=0)  # a socket left open would block Context.term() forever
         raise
@@ -98,7 +148,7 @@ def connect_sub(ctx: zmq.Context, bus: BusConfig, prefixes: list[str] | tuple[st
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p.encode())
     try:
-        _connect(sock, endpoint or bus.output, bus)
+        connect_endpoint(sock, endpoint or bus.output, bus)
     except BaseException:
         sock.close(linger=0)  # a socket left open would block Context.term() forever
         raise

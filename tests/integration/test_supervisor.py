@@ -144,3 +144,21 @@ def test_sighup_reconciles_the_real_table_with_the_edited_config(bus_env) -> Non
         assert proc.poll() is None
     finally:
         assert stop(proc, timeout=15) == 0
+
+
+def test_given_up_child_is_retried_with_backoff(bus_env) -> None:
+    """Given up on, a non-essential child is tried again after retry_after_s, doubling up to
+    retry_max_s; the daemon runs on all along."""
+    import re
+
+    bus_env.write("[supervisor]\nretry_after_s = 0.5\nretry_max_s = 1.5\n")
+    children = [*PIPELINE[:3], {"name": "recorder", "role": "crasher", "phase": RECORDER}]
+    d = StandinDaemon(bus_env, children, policy={"base_s": 0.05, "max_crashes": 2, "window_s": 60})
+    try:
+        wait_for(lambda: d.log().count("recorder: trying it again") >= 4, timeout=60, what="4 retries")
+        waits = [float(x) for x in re.findall(r"recorder: trying it again in ([0-9.]+) s", d.log())]
+        assert waits[:4] == [0.5, 1.0, 1.5, 1.5]
+        assert d.log().count("recorder: starting it again (periodic retry)") >= 3
+        assert d.proc.poll() is None
+    finally:
+        assert stop(d.proc, timeout=15) == 0

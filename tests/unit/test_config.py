@@ -63,10 +63,10 @@ def test_missing_sections_take_defaults() -> None:
         ({"bus": {"results": "foo"}}, "bus.results: expected a ZeroMQ endpoint, got 'foo'"),
         ({"bus": {"public_results": "ipc:///x"}}, "bus.public_results: expected a tcp:// endpoint"),
         ({"bus": {"results": "ipc:///run/streamfuse/out"}},
-         "bus.results: ipc:///run/streamfuse/out is already bus.output"),
+         "bus.results: ipc:///run/streamfuse/out is also bus.output"),
         ({"bus": {"public_output": "tcp://127.0.0.1:5561",
                   "public_results": "tcp://127.0.0.1:5561"}},
-         "bus.public_results: tcp://127.0.0.1:5561 is already bus.public_output"),
+         "bus.public_results: tcp://127.0.0.1:5561 is also bus.public_output"),
     ],
 )
 def test_bad_values_name_their_key(data: dict, message: str) -> None:
@@ -87,10 +87,9 @@ def test_results_endpoint_defaults_beside_bus_input() -> None:
 def test_public_results_off_loopback_needs_curve() -> None:
     from streamfuse.service.broker import check_security
 
-    cfg = config.parse({"bus": {"public_results": "tcp://0.0.0.0:5562"}}, environ={})
     with pytest.raises(config.ConfigError,
                        match=r"^bus.public_results: tcp://0.0.0.0:5562 is reachable"):
-        check_security(cfg.bus)
+        config.parse({"bus": {"public_results": "tcp://0.0.0.0:5562"}}, environ={})
     loopback = config.parse({"bus": {"public_results": "tcp://127.0.0.1:5562"}}, environ={})
     check_security(loopback.bus)  # loopback needs no keys
 
@@ -180,3 +179,111 @@ def test_the_documented_file_has_every_key_of_the_code_and_no_other() -> None:
     assert {"bus.curve.enabled", "sources.video.fps", "bus.results"} <= in_code
     assert sorted(in_code - in_file) == [], "keys of streamfuse/config.py missing in the file"
     assert sorted(in_file - in_code) == [], "keys in the file that the code does not know"
+
+
+# ----------------------------------------------------------------------------- ranges and relations
+
+_TEXT = {"name": "lab", "text": {"endpoint": "tcp://0.0.0.0:5599"}}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"metrics": {"listen": "127.0.0.1:99999"}},
+         "metrics.listen: port 99999 is not in 1..65535"),
+        ({"metrics": {"listen": "127.0.0.1:0"}}, "metrics.listen: port 0 is not in 1..65535"),
+        ({"bus": {"input": "tcp://127.0.0.1:70000"}}, "bus.input: port 70000 is not in 1..65535"),
+        ({"bus": {"hwm": 10_000_000_000}}, "bus.hwm: expected at most 1e+07, got 10000000000"),
+        ({"bus": {"max_message_mb": 1e30}}, "bus.max_message_mb: expected at most 4096, got 1e+30"),
+        ({"bus": {"max_message_mb": float("nan")}},
+         "bus.max_message_mb: expected a positive number"),
+        ({"bus": {"max_message_mb": float("inf")}}, "bus.max_message_mb: expected at most 4096"),
+        ({"record": {"chunk_kb": 10**9}}, "record.chunk_kb: expected at most"),
+        ({"sources": [{"name": "a", "text": {"max_bytes": 2**40}}]},
+         "sources[0].text.max_bytes: expected at most"),
+        ({"bus": {"max_message_mb": 1},
+          "sources": [{"name": "a", "text": {"max_bytes": 2 * 2**20}}]},
+         "sources[0].text.max_bytes: 2097152 exceeds bus.max_message_mb (1 MB)"),
+        ({"sources": [{"name": "a", "text": {"endpoint": "nowhere"}}]},
+         "sources[0].text.endpoint: expected a ZeroMQ endpoint, got 'nowhere'"),
+    ],
+)
+def test_out_of_range_values_name_their_key(data: dict, message: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(data, environ={})
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"align": {"output": "ipc:///run/streamfuse/in"}},
+         "align.output: ipc:///run/streamfuse/in is also bus.input"),
+        ({"bus": {"output": "ipc:///run/streamfuse/./in"}},
+         "bus.output: ipc:///run/streamfuse/./in is also"),
+        ({"bus": {"public": "tcp://127.0.0.1:5560", "public_output": "tcp://localhost:5560"}},
+         "bus.public_output: tcp://localhost:5560 is also bus.public"),
+        ({"bus": {"input": "tcp://*:5560", "output": "tcp://127.0.0.1:5560"}},
+         "bus.output: tcp://127.0.0.1:5560 is also bus.input"),
+        ({"sources": [{"name": "a", "text": {"endpoint": "ipc:///run/streamfuse/windows"}}]},
+         "sources[0].text.endpoint: ipc:///run/streamfuse/windows is also align.output"),
+        ({"sources": [{"name": "a", "text": {"endpoint": "tcp://127.0.0.1:5599"}},
+                      {"name": "b", "text": {"endpoint": "tcp://127.0.0.1:5599"}}]},
+         "sources[1].text.endpoint: tcp://127.0.0.1:5599 is also sources[0].text.endpoint"),
+        ({"bus": {"public": "tcp://127.0.0.1:9108"}},
+         "metrics.listen: 127.0.0.1:9108 is also bus.public"),
+    ],
+)
+def test_endpoints_that_must_differ(data: dict, message: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(data, environ={})
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_default_text_endpoints_do_not_collide() -> None:
+    two = [{"name": "a", "text": {}}, {"name": "b", "text": {}}]
+    cfg = config.parse({"sources": two}, environ={})
+    eps = [ep for _, ep in config.binding_endpoints(cfg)]
+    assert "ipc:///run/streamfuse/text-a" in eps and len(set(eps)) == len(eps)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"sources": [_TEXT]},
+         "sources[0].text.endpoint: tcp://0.0.0.0:5599 is reachable from the network"),
+        ({"sources": [{**_TEXT, "text": {"endpoint": "tcp://*:5599"}}]},
+         "sources[0].text.endpoint: tcp://*:5599 is reachable from the network"),
+        ({"bus": {"curve": {"enabled": True}}, "sources": [_TEXT]},
+         "sources[0].text.endpoint: tcp://0.0.0.0:5599 is reachable"),
+        ({"metrics": {"listen": "0.0.0.0:9108"}},
+         "metrics.listen: 0.0.0.0:9108 is reachable from the network and metrics have no "
+         "authentication; use a loopback address or set metrics.allow_remote = true"),
+        ({"metrics": {"listen": "[::]:9108"}}, "metrics.listen: [::]:9108 is reachable"),
+        ({"align": {"output": "tcp://0.0.0.0:5570"}},
+         "align.output: tcp://0.0.0.0:5570 is reachable from the network"),
+    ],
+)
+def test_network_rule_at_load(data: dict, message: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(data, environ={})
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_network_rule_opt_ins() -> None:
+    cfg = config.parse({"metrics": {"listen": "0.0.0.0:9108", "allow_remote": True}}, environ={})
+    assert cfg.metrics.allow_remote
+    for listen in ("127.0.0.1:9108", "localhost:9108", "[::1]:9108", ":9108"):
+        config.parse({"metrics": {"listen": listen}}, environ={})
+    curve = {"enabled": True, "server_secret": "/k/server.key_secret", "authorized": "/k/ok"}
+    cfg = config.parse({"bus": {"curve": curve}, "sources": [_TEXT]}, environ={})
+    assert cfg.sources[0].text is not None and cfg.sources[0].text.endpoint == "tcp://0.0.0.0:5599"
+
+
+def test_cli_out_of_range_exits_2_without_traceback(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[bus]\nhwm = 10000000000\n")
+    r = subprocess.run([sys.executable, "-m", "streamfuse", "broker", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "streamfuse broker: bus.hwm: expected at most 1e+07, got 10000000000"

@@ -41,3 +41,24 @@ def test_inputs_resuming_after_a_quiet_spell_get_a_fresh_grace() -> None:
     for t in range(101, 107):
         live.on_input(t * S)
     assert live.stalled(106 * S) is not None
+
+
+def test_heartbeats_alone_demand_no_classification() -> None:
+    """An idle text-only source: heartbeats every 100 ms, nobody types, nothing to classify."""
+    live = Liveness(stall_s=5, quiet_s=2)
+    for t in range(0, 300):
+        live.on_input(t * S // 10, data=False)
+        assert live.stalled(t * S // 10) is None
+    assert live.last_input_ns == 299 * S // 10  # the source is seen up all along
+
+
+def test_data_after_heartbeats_demands_classifications() -> None:
+    live = Liveness(stall_s=5, quiet_s=2)
+    for t in range(0, 100):
+        live.on_input(t * S // 10, data=False)
+    for t in range(100, 170):
+        live.on_input(t * S // 10, data=t % 10 == 0)  # a text typed each second, heartbeats between
+    assert live.stalled(int(14.9 * S)) is None  # the grace counts from the first text (10 s)
+    assert "no classification for 6.9 s" in (live.stalled(int(16.9 * S)) or "")
+    live.on_output(int(16.9 * S))
+    assert live.stalled(17 * S) is None
