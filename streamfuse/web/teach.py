@@ -19,6 +19,7 @@ API (JSON; the page is ``/teach``):
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import shutil
@@ -199,30 +200,36 @@ class Teach:
         return JSONResponse(self.job.status())
 
     async def api_models(self, request: Request) -> Response:
-        from streamfuse.fusion import store
-
+        body: dict[str, Any] | None = None
         if request.method == "POST":
             if (refused := _foreign(request)) is not None:
                 return refused
             body = await request.json()
+        # In a thread: the store loads artifacts (torch: a second to import the first time)
+        # and copies directories, which must not hold up the labels sent meanwhile.
+        code, data = await asyncio.to_thread(self._models, body)
+        return JSONResponse(data, status_code=code)
+
+    def _models(self, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+        from streamfuse.fusion import store
+
+        if body is not None:
             action = body.get("action")
             try:
                 if action == "shadow":
-                    store.set_shadow(self.cfg, Path(str(body.get("dir", ""))) if body.get("dir") else None)
+                    store.set_shadow(self.cfg, Path(str(body["dir"])) if body.get("dir") else None)
                 elif action == "promote":
                     store.promote(self.cfg)
                 elif action == "rollback":
                     store.rollback(self.cfg)
                 else:
-                    return _bad("action: shadow, promote or rollback")
+                    return 400, {"error": "action: shadow, promote or rollback"}
             except store.StoreError as e:
-                return _bad(str(e))
+                return 400, {"error": str(e)}
             store.signal_daemon(self.cfg)
         shadow = store.shadow_dir(self.cfg)
-        return JSONResponse({"live": _id(store.live_dir(self.cfg)), "previous": _id(store.previous_dir(self.cfg)),
-                             "shadow": _id(shadow) if shadow else None,
-                             "shadow_dir": str(shadow) if shadow else None})
-
+        return 200, {"live": _id(store.live_dir(self.cfg)), "previous": _id(store.previous_dir(self.cfg)),
+                     "shadow": _id(shadow) if shadow else None, "shadow_dir": str(shadow) if shadow else None}
 
 def _id(directory: Path) -> str | None:
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from streamfuse import clock
 from streamfuse.datasets import avdigits
 from streamfuse.train.labels import LabelStream
 from streamfuse.wire import codec, topics
@@ -92,6 +93,7 @@ def test_holding_the_button_3_s_labels_exactly_that_span(console: ConsoleDaemon,
         page.select_option("#source", SOURCE)
         page.fill("#label", "seven")
         page.hover("#hold")
+        pressed_ns = clock.now_ns()
         page.mouse.down()
         page.wait_for_timeout(3000)
         page.mouse.up()
@@ -107,6 +109,7 @@ def test_holding_the_button_3_s_labels_exactly_that_span(console: ConsoleDaemon,
     assert (start.label, start.t_end_ns, start.stop) == ("seven", 0, False)
     assert (end.label, end.stop) == ("", True)
     assert 2.9e9 <= end.t_ns - start.t_ns <= 3.6e9, end.t_ns - start.t_ns
+    assert abs(start.t_ns - pressed_ns) < 0.5e9, "the label starts when the button is pressed"
     stream = LabelStream()
     for h in watcher.labels:
         stream.push(h.source, h.t_ns, h.t_end_ns, h.label, stop=h.stop)
