@@ -54,7 +54,9 @@ from streamfuse.wire.schema import Window  # noqa: E402
 class Leg:
     """A running worker (``name``: its config and endpoints) fed by a PUSH, read by a SUB."""
 
-    def __init__(self, root: Path, name: str, batch: int, windows: list[Window], shadow: Path | None) -> None:
+    def __init__(
+        self, root: Path, name: str, batch: int, windows: list[Window], shadow: Path | None
+    ) -> None:
         self.name, self.batch, self.windows = name, batch, windows
         base = _config(root, root / "model", batch, 1, 5.0)
         text = base.read_text().replace(f"windows-{batch}", f"windows-{name}")
@@ -82,10 +84,23 @@ class Leg:
         length = w.t_end_ns - w.t_start_ns
         t0 = now - length + self.seq  # the window ends now; + seq keeps every key distinct
         self.seq += 1
-        w2 = Window(source=f"{self.name}-{tag}", seq=self.seq, t_start_ns=t0, t_end_ns=t0 + length,
-                    present=w.present, frames=w.frames, frame_encoding=w.frame_encoding,
-                    frame_t_ns=w.frame_t_ns, audio=w.audio, samplerate=w.samplerate, audio_coverage=1.0,
-                    texts=w.texts, text_t_ns=w.text_t_ns, close_ns=t0 + length, emit_ns=now)
+        w2 = Window(
+            source=f"{self.name}-{tag}",
+            seq=self.seq,
+            t_start_ns=t0,
+            t_end_ns=t0 + length,
+            present=w.present,
+            frames=w.frames,
+            frame_encoding=w.frame_encoding,
+            frame_t_ns=w.frame_t_ns,
+            audio=w.audio,
+            samplerate=w.samplerate,
+            audio_coverage=1.0,
+            texts=w.texts,
+            text_t_ns=w.text_t_ns,
+            close_ns=t0 + length,
+            emit_ns=now,
+        )
         self.push.send_multipart(codec.encode_window(w2), copy=False)
 
     def recv(self, timeout_ms: int) -> list[tuple[str, dict]]:
@@ -121,15 +136,22 @@ def paced(leg: Leg, rate: float, seconds: float) -> dict:
         while time.perf_counter() < t0 + i / rate:
             for topic, body in leg.recv(1):
                 (total if topic == "class" else shadow_infer).append(
-                    body["latency_ms"]["total" if topic == "class" else "infer"])
+                    body["latency_ms"]["total" if topic == "class" else "infer"]
+                )
         leg.send("room1")
     deadline = time.perf_counter() + 20
     while len(total) < n and time.perf_counter() < deadline:
         for topic, body in leg.recv(200):
             (total if topic == "class" else shadow_infer).append(
-                body["latency_ms"]["total" if topic == "class" else "infer"])
-    return {"answered": len(total), "sent": n, "total_p50_ms": pct(total, 50), "total_p99_ms": pct(total, 99),
-            "shadow_infer_p99_ms": pct(shadow_infer, 99) if shadow_infer else 0.0}
+                body["latency_ms"]["total" if topic == "class" else "infer"]
+            )
+    return {
+        "answered": len(total),
+        "sent": n,
+        "total_p50_ms": pct(total, 50),
+        "total_p99_ms": pct(total, 99),
+        "shadow_infer_p99_ms": pct(shadow_infer, 99) if shadow_infer else 0.0,
+    }
 
 
 def saturated(leg: Leg, seconds: float) -> dict:
@@ -150,21 +172,30 @@ def saturated(leg: Leg, seconds: float) -> dict:
         elif time.perf_counter() - t_last > 30:
             raise RuntimeError(f"{leg.name} stalled: sent {sent}, received {received}")
     cpu = _cpu_s(leg.proc.pid) - cpu0
-    return {"windows_per_s": received / (t_last - t_start), "cpu_ms_per_window": cpu / received * 1e3}
+    return {
+        "windows_per_s": received / (t_last - t_start),
+        "cpu_ms_per_window": cpu / received * 1e3,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=20.0, help="windows/s of the paced load")
     ap.add_argument("--batch", type=int, default=32, help="max_batch of the saturated load")
-    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each leg in each round")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    ap.add_argument(
+        "--seconds", type=float, default=10.0, help="duration of each leg in each round"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds; medians are reported"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, prep, align = build_model(None)
     ALIGN.update(align)
-    windows = make_windows(64, frames_per_window=prep.frames_per_window, window_ms=align["window_ms"])
+    windows = make_windows(
+        64, frames_per_window=prep.frames_per_window, window_ms=align["window_ms"]
+    )
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="sf-shadow-") as tmp:
         root = Path(tmp)
@@ -174,7 +205,9 @@ def main() -> int:
             for p in other.parameters():
                 p.add_(0.01 * torch.randn_like(p))
         save_artifact(root / "shadow", other, prep, align=ALIGN)
-        broker = _spawn(["broker", "--config", str(_config(root, root / "model", 1, 1, 5))], root / "broker.log")
+        broker = _spawn(
+            ["broker", "--config", str(_config(root, root / "model", 1, 1, 5))], root / "broker.log"
+        )
         legs: list[Leg] = []
         try:
             for load, bs in (("paced", 1), ("saturated", args.batch)):
@@ -183,8 +216,12 @@ def main() -> int:
             for leg in legs:
                 leg.warm_up()
             for r in range(args.rounds):
-                for leg in (legs if r % 2 == 0 else legs[::-1]):
-                    fig = paced(leg, args.rate, args.seconds) if leg.batch == 1 else saturated(leg, args.seconds)
+                for leg in legs if r % 2 == 0 else legs[::-1]:
+                    fig = (
+                        paced(leg, args.rate, args.seconds)
+                        if leg.batch == 1
+                        else saturated(leg, args.seconds)
+                    )
                     runs.setdefault(leg.name, []).append(fig)
                 print(f"# round {r + 1}/{args.rounds} done", flush=True)
         finally:
@@ -192,20 +229,28 @@ def main() -> int:
                 leg.close()
             _stop(broker)
     res = {k: {f: float(np.median([x[f] for x in v])) for f in v[0]} for k, v in runs.items()}
-    print("\n| load | shadow | live windows/s | CPU ms / window | live total p50 ms | live total p99 ms "
-          "| shadow infer p99 ms |")
+    print(
+        "\n| load | shadow | live windows/s | CPU ms / window | live total p50 ms | live total p99 ms "
+        "| shadow infer p99 ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in res.items():
         shadow = "yes" if name.endswith("-shadow") else "no"
         if name.startswith("paced"):
-            print(f"| {args.rate:g} windows/s, batch 1 | {shadow} | {r['answered'] / args.seconds:.1f} | "
-                  f"| {r['total_p50_ms']:.2f} | {r['total_p99_ms']:.2f} | {r['shadow_infer_p99_ms']:.2f} |")
+            print(
+                f"| {args.rate:g} windows/s, batch 1 | {shadow} | {r['answered'] / args.seconds:.1f} | "
+                f"| {r['total_p50_ms']:.2f} | {r['total_p99_ms']:.2f} | {r['shadow_infer_p99_ms']:.2f} |"
+            )
         else:
-            print(f"| saturated, batch {args.batch} | {shadow} | {r['windows_per_s']:.1f} "
-                  f"| {r['cpu_ms_per_window']:.2f} | | | |")
+            print(
+                f"| saturated, batch {args.batch} | {shadow} | {r['windows_per_s']:.1f} "
+                f"| {r['cpu_ms_per_window']:.2f} | | | |"
+            )
     rise = res["paced-shadow"]["total_p99_ms"] - res["paced-alone"]["total_p99_ms"]
-    print(f"\nlive p99 rise with a shadow: {rise:.2f} ms; shadow's own infer p99: "
-          f"{res['paced-shadow']['shadow_infer_p99_ms']:.2f} ms")
+    print(
+        f"\nlive p99 rise with a shadow: {rise:.2f} ms; shadow's own infer p99: "
+        f"{res['paced-shadow']['shadow_infer_p99_ms']:.2f} ms"
+    )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

@@ -84,13 +84,15 @@ shadow_agreement = Gauge("streamfuse_shadow_agreement_ratio",
                          "Share of windows where the shadow and live models give the same label",
                          multiprocess_mode="liveall")
 judged_windows = Gauge("streamfuse_judged_windows",
-                       "Windows both models answered in the period (kind = all, labelled)", ["kind"],
+                       "Windows both models answered in the period (kind = all, labelled)",
+                       ["kind"],
                        multiprocess_mode="liveall")
 labelled_accuracy = Gauge("streamfuse_labelled_accuracy_ratio",
-                          "Accuracy on the period's windows that carry a label (role = live, shadow)",
+                          "Accuracy on the period's windows that carry a label "
+                          "(role = live, shadow)",
                           ["role", "model_id"], multiprocess_mode="liveall")
-shadow_info = Gauge("streamfuse_shadow_model_info", "1 for the shadow model being judged", ["model_id"],
-                    multiprocess_mode="liveall")
+shadow_info = Gauge("streamfuse_shadow_model_info", "1 for the shadow model being judged",
+                    ["model_id"], multiprocess_mode="liveall")
 promotions = Counter("streamfuse_promotions_total", "Shadow models made live by fusion.promote_if")
 
 # ---- recorder ------------------------------------------------------------------------

@@ -114,14 +114,23 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     with zmq.Context() as ctx:
         if args.source not in configured and not source_heard(ctx, cfg, args.source, args.wait):
             known = ", ".join(configured) or "none"
-            raise ConfigError(f"unknown source {args.source!r}: not configured ([[sources]]: {known}) "
-                              f"and nothing heard from it on {cfg.bus.output} within {args.wait:g} s")
+            raise ConfigError(
+                f"unknown source {args.source!r}: not configured ([[sources]]: {known}) "
+                f"and nothing heard from it on {cfg.bus.output} within {args.wait:g} s"
+            )
         if not publish(ctx, cfg, msg):
-            print(f"streamfuse label: cannot reach the bus at {cfg.bus.input} (is the daemon running?)",
-                  file=sys.stderr)
+            print(
+                f"streamfuse label: cannot reach the bus at {cfg.bus.input} "
+                "(is the daemon running?)",
+                file=sys.stderr,
+            )
             return EXIT_FAIL
     h = msg.header
     assert isinstance(h, LabelHeader)  # build_message makes nothing else
-    what = "stop" if h.stop else f"{h.label!r} " + (f"until {h.t_end_ns}" if h.t_end_ns else "open-ended")
+    what = (
+        "stop"
+        if h.stop
+        else f"{h.label!r} " + (f"until {h.t_end_ns}" if h.t_end_ns else "open-ended")
+    )
     log.info("%s: %s from %d", msg.topic, what, h.t_ns)
     return EXIT_OK

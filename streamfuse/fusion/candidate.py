@@ -41,7 +41,9 @@ class ShadowRunner:
     """State of one worker's shadow. ``labels``: a SUB on ``bus.output`` (no subscriptions
     yet); ``pub``: where the answers go."""
 
-    def __init__(self, cfg: Config, device: torch.device, pub: zmq.Socket, labels: zmq.Socket | None) -> None:
+    def __init__(
+        self, cfg: Config, device: torch.device, pub: zmq.Socket, labels: zmq.Socket | None
+    ) -> None:
         self.cfg = cfg
         self.device = device
         self.pub = pub
@@ -60,7 +62,7 @@ class ShadowRunner:
     # -- loading -------------------------------------------------------------------------
 
     def reload(self, *, reason: str, force: bool = False) -> None:
-        """Load the shadow in effect (:func:`streamfuse.fusion.store.shadow_dir`) when it changed."""
+        """Load the shadow in effect (:func:`streamfuse.fusion.store.shadow_dir`) if it changed."""
         from streamfuse.fusion.node import _signature, _warm_up
 
         path = store.shadow_dir(self.cfg, self.run_dir)
@@ -84,7 +86,12 @@ class ShadowRunner:
             log.error("shadow model (%s) not loaded, %s: %s", reason, keep, e)
             return
         if self.loaded is None or new.model_id != self.loaded.model_id:
-            log.info("shadow model %s from %s judged beside the live model (%s)", new.model_id, path, reason)
+            log.info(
+                "shadow model %s from %s judged beside the live model (%s)",
+                new.model_id,
+                path,
+                reason,
+            )
             self._set(new, path)
 
     def _set(self, new: LoadedModel | None, path: Path | None) -> None:
@@ -122,15 +129,19 @@ class ShadowRunner:
             return
         metrics.shadow_inference_seconds.observe((clock.perf_ns() - t0) / clock.NS_PER_S)
         now = clock.now_ns()
-        for r, s in zip(results, make_results(shadow, batch, probs, mask, start_ns=start, done_ns=now),
-                        strict=True):
+        for r, s in zip(
+            results,
+            make_results(shadow, batch, probs, mask, start_ns=start, done_ns=now),
+            strict=True,
+        ):
             w = r.window
             body = msgspec.json.decode(s.payload)
             body["live"] = {"label": r.label, "model": live.model_id}
             seq = self.seq.get(w.source, 0)
             self.seq[w.source] = seq + 1
-            msg = codec.shadow_message(w.source, seq, w.t_start_ns, w.t_end_ns, s.label, s.score,
-                                       msgspec.json.encode(body))
+            msg = codec.shadow_message(
+                w.source, seq, w.t_start_ns, w.t_end_ns, s.label, s.score, msgspec.json.encode(body)
+            )
             self.pub.send_multipart(codec.encode(msg))
             metrics.shadow_classifications.labels(source=w.source).inc()
             self.judge.answer(w.source, w.t_start_ns, w.t_end_ns, r.label, s.label, now)
@@ -179,9 +190,17 @@ class ShadowRunner:
             self.rule = None  # said once; a config reload (SIGHUP restart) re-arms it
             return False
         metrics.promotions.inc()
-        log.warning("promote_if (%s) met: shadow %s (accuracy %.3f) promoted over %s (%.3f) on %d "
-                    "labelled windows; %s keeps the previous artifact", self.cfg.fusion.promote_if,
-                    new, v.shadow_accuracy, old, v.live_accuracy, v.labelled, store.previous_dir(self.cfg))
+        log.warning(
+            "promote_if (%s) met: shadow %s (accuracy %.3f) promoted over %s (%.3f) on %d "
+            "labelled windows; %s keeps the previous artifact",
+            self.cfg.fusion.promote_if,
+            new,
+            v.shadow_accuracy,
+            old,
+            v.live_accuracy,
+            v.labelled,
+            store.previous_dir(self.cfg),
+        )
         return True
 
 

@@ -390,7 +390,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
     own_pull, own_pub, own_labels = pull is None, pub is None, labels is None
     pull = pull if pull is not None else _pull_socket(ctx, cfg)  # type: ignore[arg-type]
     pub = pub if pub is not None else connect_pub(ctx, cfg.bus)  # type: ignore[arg-type]
-    labels = labels if labels is not None else connect_sub(ctx, cfg.bus, [])  # type: ignore[arg-type]
+    if labels is None:
+        labels = connect_sub(ctx, cfg.bus, [])  # type: ignore[arg-type]
     worker = Worker(cfg, device, pub, labels)
     # A live source has a window every hop: one missed hop is tolerated before it stops being waited for.
     batcher = Batcher(cfg.fusion.max_batch, clock.ms_to_ns(cfg.fusion.max_delay_ms),

@@ -51,11 +51,15 @@ class Judge:
         self._labeller = Labeller()
         self._answers: deque[_Answer] = deque()
 
-    def label(self, source: str, t_ns: int, t_end_ns: int, label: str, *, stop: bool = False) -> None:
+    def label(
+        self, source: str, t_ns: int, t_end_ns: int, label: str, *, stop: bool = False
+    ) -> None:
         """A label message of ``source`` (in arrival order)."""
         self.labels.push(source, t_ns, t_end_ns, label, stop=stop)
 
-    def answer(self, source: str, t_start_ns: int, t_end_ns: int, live: str, shadow: str, now_ns: int) -> None:
+    def answer(
+        self, source: str, t_start_ns: int, t_end_ns: int, live: str, shadow: str, now_ns: int
+    ) -> None:
         self._answers.append(_Answer(source, t_start_ns, t_end_ns, live, shadow, now_ns))
         self._evict(now_ns)
 
@@ -81,9 +85,13 @@ class Judge:
                 labelled += 1
                 live_ok += a.live == truth
                 shadow_ok += a.shadow == truth
-        return Verdict(n, agree / n if n else None, labelled,
-                       live_ok / labelled if labelled else None,
-                       shadow_ok / labelled if labelled else None)
+        return Verdict(
+            n,
+            agree / n if n else None,
+            labelled,
+            live_ok / labelled if labelled else None,
+            shadow_ok / labelled if labelled else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -108,4 +116,3 @@ class PromoteRule:
         if v.labelled < self.min_labelled or v.live_accuracy is None or v.shadow_accuracy is None:
             return False
         return 100 * (v.shadow_accuracy - v.live_accuracy) >= self.margin_points
-

@@ -73,11 +73,15 @@ def check_candidate(directory: Path, cfg: Config) -> dict:
     except ArtifactError as e:
         raise StoreError(str(e)) from None
     if cfg.sources:
-        given = {m for s in cfg.sources for m in ("video", "audio", "text") if getattr(s, m) is not None}
+        given = {
+            m for s in cfg.sources for m in ("video", "audio", "text") if getattr(s, m) is not None
+        }
         missing = sorted(set(manifest["modalities"]) - given)
         if missing:
-            raise StoreError(f"{directory}: the model uses {', '.join(missing)}, which no configured "
-                             f"source captures ([[sources]] give {', '.join(sorted(given)) or 'nothing'})")
+            raise StoreError(
+                f"{directory}: the model uses {', '.join(missing)}, which no configured "
+                f"source captures ([[sources]] give {', '.join(sorted(given)) or 'nothing'})"
+            )
     return manifest
 
 
@@ -120,7 +124,9 @@ def promote(cfg: Config, run_dir: Path | None = None) -> tuple[str | None, str]:
     run_dir = run_dir or runtime_dir(cfg)
     shadow = shadow_dir(cfg, run_dir)
     if shadow is None:
-        raise StoreError("no shadow model to promote: set fusion.shadow or run `streamfuse shadow DIR`")
+        raise StoreError(
+            "no shadow model to promote: set fusion.shadow or run `streamfuse shadow DIR`"
+        )
     new_id = check_candidate(shadow, cfg)["model_id"]
     live, incoming, previous = live_dir(cfg), _incoming_dir(cfg), previous_dir(cfg)
     old_id = _model_id(live)
@@ -143,7 +149,9 @@ def rollback(cfg: Config) -> tuple[str | None, str]:
     live, previous = live_dir(cfg), previous_dir(cfg)
     back = _model_id(previous)
     if back is None:
-        raise StoreError(f"nothing to roll back to: {previous} holds no artifact (promote keeps it)")
+        raise StoreError(
+            f"nothing to roll back to: {previous} holds no artifact (promote keeps it)"
+        )
     exchange(previous, live)
     return _model_id(previous), back
 
@@ -179,8 +187,11 @@ def signal_daemon(cfg: Config, run_dir: Path | None = None) -> int | None:
 
 def _tell(cfg: Config, what: str) -> None:
     pid = signal_daemon(cfg)
-    where = f"told the daemon (pid {pid}) with SIGHUP" if pid else \
-        "no running daemon holds the run directory; it takes effect when one starts"
+    where = (
+        f"told the daemon (pid {pid}) with SIGHUP"
+        if pid
+        else "no running daemon holds the run directory; it takes effect when one starts"
+    )
     print(f"streamfuse: {what}; {where}")
 
 

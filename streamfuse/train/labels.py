@@ -236,7 +236,8 @@ class LabelStream:
         self.spans: dict[str, list[Span]] = {}
         self.changed: set[str] = set()
 
-    def push(self, source: str, t_ns: int, t_end_ns: int, label: str, *, stop: bool = False) -> None:
+    def push(self, source: str, t_ns: int, t_end_ns: int, label: str, *,
+             stop: bool = False) -> None:
         kept = [s if s.end_ns <= t_ns else replace(s, end_ns=t_ns)
                 for s in self.spans.get(source, []) if s.start_ns < t_ns]
         if not stop:
@@ -257,7 +258,8 @@ class LabelStream:
         return sorted(out, key=lambda s: (s.source, s.start_ns))
 
 
-def check_agree(csv_spans: Iterable[Span], stream_spans: Iterable[Span], name: str = "labels.csv") -> None:
+def check_agree(csv_spans: Iterable[Span], stream_spans: Iterable[Span],
+                name: str = "labels.csv") -> None:
     """Raise :class:`LabelError` where a CSV row and the label stream give a span two
     different labels for more than :data:`AGREE_SLACK_NS`."""
     stream = Labeller(stream_spans)
@@ -265,5 +267,6 @@ def check_agree(csv_spans: Iterable[Span], stream_spans: Iterable[Span], name: s
         for label, ns in stream.coverage(r.source, r.start_ns, r.end_ns).items():
             if label != r.label and ns > AGREE_SLACK_NS:
                 raise LabelError(
-                    f"{name}:{r.line}: {r.source} [{r.start_ns}, {r.end_ns}) is {r.label!r} in the CSV "
-                    f"but {label!r} for {ns / NS_PER_S:.3f} s of it in the recordings' label stream")
+                    f"{name}:{r.line}: {r.source} [{r.start_ns}, {r.end_ns}) is {r.label!r} in "
+                    f"the CSV but {label!r} for {ns / NS_PER_S:.3f} s of it in the recordings' "
+                    "label stream")

@@ -53,7 +53,9 @@ def _foreign(request: Request) -> Response | None:
     origin = request.headers.get("origin")
     if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
         return _bad(f"origin {origin!r} is not this console", 403)
-    if request.method == "POST" and not request.headers.get("content-type", "").startswith("application/json"):
+    if request.method == "POST" and not request.headers.get("content-type", "").startswith(
+        "application/json"
+    ):
         return _bad("expected Content-Type: application/json", 415)
     return None
 
@@ -65,8 +67,18 @@ class TrainJob:
         self.out = out
         self.log = out.with_name(out.name + ".log")
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "streamfuse", "train", "--recordings", *map(str, paths),
-                "--out", str(out), "--epochs", str(epochs)]
+        argv = [
+            sys.executable,
+            "-m",
+            "streamfuse",
+            "train",
+            "--recordings",
+            *map(str, paths),
+            "--out",
+            str(out),
+            "--epochs",
+            str(epochs),
+        ]
         if cfg.path:
             argv += ["--config", cfg.path]
         with self.log.open("w") as err:
@@ -76,16 +88,26 @@ class TrainJob:
     def status(self) -> dict[str, Any]:
         code = self.proc.poll()
         lines = [ln for ln in self.log.read_text("utf-8", "replace").splitlines() if ln.strip()]
-        state = "running" if code is None else "cancelled" if self.cancelled else \
-            "done" if code == 0 else "failed"
+        state = (
+            "running"
+            if code is None
+            else "cancelled"
+            if self.cancelled
+            else "done"
+            if code == 0
+            else "failed"
+        )
         out: dict[str, Any] = {"state": state, "dir": str(self.out), "progress": lines[-1:] or [""]}
         if state == "failed":
             out["error"] = "\n".join(lines[-5:])
         if state == "done":
             manifest = json.loads((self.out / "manifest.json").read_text())
-            out["report"] = {"model_id": manifest["model_id"], "classes": manifest["classes"],
-                             "metrics": manifest.get("metrics", {}),
-                             "windows": manifest.get("training", {}).get("train", {}).get("labelled")}
+            out["report"] = {
+                "model_id": manifest["model_id"],
+                "classes": manifest["classes"],
+                "metrics": manifest.get("metrics", {}),
+                "windows": manifest.get("training", {}).get("train", {}).get("labelled"),
+            }
         return out
 
     def cancel(self) -> None:
@@ -103,8 +125,13 @@ class TrainJob:
 class Teach:
     """State of the Teach page's endpoints (used from the server's event loop thread)."""
 
-    def __init__(self, cfg: Config, state: ConsoleState, recordings: Recordings,
-                 ctx: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        state: ConsoleState,
+        recordings: Recordings,
+        ctx: zmq.Context | None = None,
+    ) -> None:
         self.cfg = cfg
         self.state = state
         self.recordings = recordings
@@ -151,7 +178,9 @@ class Teach:
         if source not in known:
             return _bad(f"unknown source {source!r} (known: {', '.join(sorted(known)) or 'none'})")
         if action == "stop":
-            msg = codec.label_stop_message(source, 0, self._stop_time(source, body.get("held_ms"), now))
+            msg = codec.label_stop_message(
+                source, 0, self._stop_time(source, body.get("held_ms"), now)
+            )
         elif action in ("start", "span"):
             label = str(body.get("label", ""))
             why = codec.label_problem(label)
@@ -171,8 +200,13 @@ class Teach:
     async def api_labels(self, request: Request) -> Response:
         source = request.query_params.get("source", "")
         now = clock.now_ns()
-        return JSONResponse({"source": source, "now_ns": now,
-                             "spans": self.state.label_spans(source, now - TIMELINE_NS)})
+        return JSONResponse(
+            {
+                "source": source,
+                "now_ns": now,
+                "spans": self.state.label_spans(source, now - TIMELINE_NS),
+            }
+        )
 
     async def api_train(self, request: Request) -> Response:
         if request.method != "GET" and (refused := _foreign(request)) is not None:
@@ -194,7 +228,7 @@ class Teach:
         epochs = int(body.get("epochs", 20))
         if not 1 <= epochs <= 1000:
             return _bad("epochs: 1 to 1000")
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = Path(self.cfg.fusion.model).parent / "candidates" / stamp
         self.job = TrainJob(self.cfg, [p for p in paths if p is not None], epochs, out)
         return JSONResponse(self.job.status())
@@ -228,8 +262,13 @@ class Teach:
                 return 400, {"error": str(e)}
             store.signal_daemon(self.cfg)
         shadow = store.shadow_dir(self.cfg)
-        return 200, {"live": _id(store.live_dir(self.cfg)), "previous": _id(store.previous_dir(self.cfg)),
-                     "shadow": _id(shadow) if shadow else None, "shadow_dir": str(shadow) if shadow else None}
+        return 200, {
+            "live": _id(store.live_dir(self.cfg)),
+            "previous": _id(store.previous_dir(self.cfg)),
+            "shadow": _id(shadow) if shadow else None,
+            "shadow_dir": str(shadow) if shadow else None,
+        }
+
 
 def _id(directory: Path) -> str | None:
     try:

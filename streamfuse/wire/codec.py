@@ -156,7 +156,8 @@ def shadow_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label:
     return Message(topics.shadow_topic(source), hdr, (payload_json,))
 
 
-def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int | None, label: str) -> Message:
+def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int | None,
+                  label: str) -> Message:
     """``source`` shows ``label`` over ``[t_start_ns, t_end_ns)``; ``t_end_ns=None``: from
     ``t_start_ns`` until the source's next label message (open-ended)."""
     hdr = LabelHeader(source=source, stream="label", seq=seq, t_ns=t_start_ns, label=label,

@@ -43,8 +43,9 @@ class Labeller:
         self.env = env
         self.rows = rows
         source = rows[0]["source"]
-        self.sub = connect_sub(ctx, env.cfg.bus, [topics.topic(source, "audio"),
-                                                  topics.topic(source, "video")])
+        self.sub = connect_sub(
+            ctx, env.cfg.bus, [topics.topic(source, "audio"), topics.topic(source, "video")]
+        )
         self.procs: list[subprocess.Popen] = []
         self.done = threading.Event()
         self.stop = threading.Event()
@@ -53,8 +54,9 @@ class Labeller:
 
     def _label(self, *args: str) -> None:
         argv = [PYTHON, "-m", "streamfuse", "label", *args, "--config", str(self.env.path)]
-        self.procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                           text=True))
+        self.procs.append(
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
 
     def _run(self) -> None:
         i, newest = 0, 0
@@ -67,7 +69,9 @@ class Labeller:
                     seconds = (int(r["end"]) - int(r["start"])) / 1e9
                     self._label(r["source"], r["label"], "--at", r["start"], "--for", str(seconds))
                 else:
-                    assert r["end"] == self.rows[i + 1]["start"]  # contiguous: the next label ends it
+                    assert (
+                        r["end"] == self.rows[i + 1]["start"]
+                    )  # contiguous: the next label ends it
                     self._label(r["source"], r["label"], "--at", r["start"])
                 i += 1
         self.done.set()
@@ -80,15 +84,32 @@ class Labeller:
 
 
 def _train(args: list[str], out: Path) -> None:
-    r = run_streamfuse(["train", *args, "--out", str(out), "--epochs", str(EPOCHS), "--seed", "0",
-                        "--batch-size", "32", "--quiet"], timeout=600,
-                       env={"OMP_NUM_THREADS": "1", "STREAMFUSE_LOG": "WARNING"})
+    r = run_streamfuse(
+        [
+            "train",
+            *args,
+            "--out",
+            str(out),
+            "--epochs",
+            str(EPOCHS),
+            "--seed",
+            "0",
+            "--batch-size",
+            "32",
+            "--quiet",
+        ],
+        timeout=600,
+        env={"OMP_NUM_THREADS": "1", "STREAMFUSE_LOG": "WARNING"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
 def _test_accuracy(model: Path, test: Path, report: Path) -> float:
-    r = run_streamfuse(["eval", "--model", str(model), "--recordings", str(test), "--report", str(report)],
-                       timeout=600, env={"OMP_NUM_THREADS": "1"})
+    r = run_streamfuse(
+        ["eval", "--model", str(model), "--recordings", str(test), "--report", str(report)],
+        timeout=600,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return float(json.loads((report / "report.json").read_text())["accuracy"])
 
@@ -105,9 +126,20 @@ def test_labels_sent_live_train_the_same_model_as_the_csv(bus_env: BusEnv, tmp_p
     try:
         daemon.wait_ready(120)
         labeller = Labeller(ctx, bus_env, rows)
-        replay = streamfuse(["replay", str(data / "train"), "--rate", str(RATE), "--topics",
-                             *(topics.topic(source, s) for s in ("video", "audio", "text")),
-                             "--config", str(bus_env.path)], stderr=subprocess.PIPE, text=True)
+        replay = streamfuse(
+            [
+                "replay",
+                str(data / "train"),
+                "--rate",
+                str(RATE),
+                "--topics",
+                *(topics.topic(source, s) for s in ("video", "audio", "text")),
+                "--config",
+                str(bus_env.path),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _, err = replay.communicate(timeout=300)
         assert replay.returncode == 0, err
         assert labeller.done.wait(30), "the replay ended before every segment began"
@@ -123,8 +155,10 @@ def test_labels_sent_live_train_the_same_model_as_the_csv(bus_env: BusEnv, tmp_p
     recorded = bus_env.root / "recordings"
     assert list(recorded.glob("*.mcap"))
     _train(["--recordings", str(recorded)], tmp_path / "from_stream")
-    _train(["--recordings", str(data / "train"), "--labels", str(data / "train" / "labels.csv")],
-           tmp_path / "from_csv")
+    _train(
+        ["--recordings", str(data / "train"), "--labels", str(data / "train" / "labels.csv")],
+        tmp_path / "from_csv",
+    )
     ours = json.loads((tmp_path / "from_stream" / "manifest.json").read_text())
     theirs = json.loads((tmp_path / "from_csv" / "manifest.json").read_text())
     assert ours["training"]["train"]["label_files"] == ["<label messages>"]
@@ -144,9 +178,25 @@ def test_a_csv_that_disagrees_with_the_label_stream_is_refused(tmp_path: Path):
     wrong = "one" if first[3] != "one" else "two"
     bad = tmp_path / "labels.csv"
     bad.write_text("\n".join([rows[0], ",".join([*first[:3], wrong]), *rows[2:]]) + "\n")
-    r = subprocess.run([sys.executable, "-m", "streamfuse", "train", "--recordings", str(data / "test"),
-                        "--labels", str(bad), "--out", str(tmp_path / "m"), "--epochs", "1"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamfuse",
+            "train",
+            "--recordings",
+            str(data / "test"),
+            "--labels",
+            str(bad),
+            "--out",
+            str(tmp_path / "m"),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"labels.csv:2: {first[0]} [{first[1]}, {first[2]})" in r.stderr
     assert repr(wrong) in r.stderr and repr(first[3]) in r.stderr

@@ -70,9 +70,17 @@ def _answer(model: Path, feeder: Feeder) -> str:
     import cv2
 
     img = cv2.imdecode(np.frombuffer(feeder.jpeg, np.uint8), cv2.IMREAD_COLOR)
-    w = Window(source="room1", seq=0, t_start_ns=0, t_end_ns=10**9,
-               present={"video": True, "audio": True, "text": False}, frames=[img] * 4,
-               audio=np.tile(feeder.block, (50, 1)), samplerate=16000, audio_coverage=1.0)
+    w = Window(
+        source="room1",
+        seq=0,
+        t_start_ns=0,
+        t_end_ns=10**9,
+        present={"video": True, "audio": True, "text": False},
+        frames=[img] * 4,
+        audio=np.tile(feeder.block, (50, 1)),
+        samplerate=16000,
+        audio_coverage=1.0,
+    )
     loaded = load_artifact(model, align=AlignConfig())
     probs, _, _ = predict(loaded, [w], torch.device("cpu"))
     return loaded.classes[int(probs[0].argmax())]
@@ -151,17 +159,24 @@ def test_shadow_judged_promoted_and_rolled_back(running):
     n = len(collector.of(cls))
     r = _sf(env, "promote")
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: cand_id in _models_after(collector, n), timeout=60, what="the promoted model's id")
+    wait_for(
+        lambda: cand_id in _models_after(collector, n), timeout=60, what="the promoted model's id"
+    )
     n = len(collector.of(cls))
     r = _sf(env, "rollback")
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: _models_after(collector, n)[-3:] == [first_id] * 3, timeout=60,
-             what="the first model's id again")
+    wait_for(
+        lambda: _models_after(collector, n)[-3:] == [first_id] * 3,
+        timeout=60,
+        what="the first model's id again",
+    )
 
     answers = collector.of(cls)
     starts = [b["t_start_ns"] for _, b in answers]
     assert len(set(starts)) == len(starts), "a window was answered twice"
-    assert all(b - a == HOP_NS for a, b in zip(starts, starts[1:], strict=False)), "a window was skipped"
+    assert all(b - a == HOP_NS for a, b in zip(starts, starts[1:], strict=False)), (
+        "a window was skipped"
+    )
     seqs = [s for s, _ in answers]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     models = [b["model"] for _, b in answers]
@@ -213,12 +228,17 @@ def test_promote_if_promotes_a_better_shadow_by_itself(bus_env: BusEnv):
     try:
         daemon.wait_ready(120)
         thread.start()
-        wait_for(lambda: collector.of(topics.shadow_topic("room1")), timeout=120, what="shadow answers")
+        wait_for(
+            lambda: collector.of(topics.shadow_topic("room1")), timeout=120, what="shadow answers"
+        )
         r = _sf(bus_env, "label", "room1", shadow_label)
         assert r.returncode == 0, r.stderr
         cls = topics.class_topic("room1")
-        wait_for(lambda: _models_after(collector, 0)[-1:] == [cand_id], timeout=90,
-                 what="the shadow promoted by promote_if")
+        wait_for(
+            lambda: _models_after(collector, 0)[-1:] == [cand_id],
+            timeout=90,
+            what="the shadow promoted by promote_if",
+        )
     finally:
         stop.set()
         if thread.is_alive():

@@ -68,11 +68,20 @@ def console(bus_env):
         assert d.close() == 0
 
 
-def _api(console: ConsoleDaemon, method: str, path: str, body: dict | None = None,
-         headers: dict | None = None) -> tuple[int, dict]:
+def _api(
+    console: ConsoleDaemon,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    headers: dict | None = None,
+) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(console.url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        console.url + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())
@@ -88,8 +97,10 @@ def test_holding_the_button_3_s_labels_exactly_that_span(console: ConsoleDaemon,
         wait_for(lambda: watcher.video > 0, timeout=30, what="room1 on the bus")
         page = browser.page
         page.goto(console.url + "/teach")
-        page.wait_for_function(f"[...document.querySelectorAll('#source option')]"
-                               f".some(o => o.value === '{SOURCE}')", timeout=15000)
+        page.wait_for_function(
+            f"[...document.querySelectorAll('#source option')].some(o => o.value === '{SOURCE}')",
+            timeout=15000,
+        )
         page.select_option("#source", SOURCE)
         page.fill("#label", "seven")
         page.hover("#hold")
@@ -98,8 +109,11 @@ def test_holding_the_button_3_s_labels_exactly_that_span(console: ConsoleDaemon,
         page.wait_for_timeout(3000)
         page.mouse.up()
         wait_for(lambda: len(watcher.labels) >= 2, timeout=10, what="the label and its stop")
-        page.wait_for_function("(JSON.parse(document.getElementById('spans').dataset.spans || '[]'))"
-                               ".some(s => s.end_ns !== null)", timeout=10000)
+        page.wait_for_function(
+            "(JSON.parse(document.getElementById('spans').dataset.spans || '[]'))"
+            ".some(s => s.end_ns !== null)",
+            timeout=10000,
+        )
         shown = json.loads(page.get_attribute("#spans", "data-spans") or "[]")
         assert browser.errors == []
     finally:
@@ -117,19 +131,29 @@ def test_holding_the_button_3_s_labels_exactly_that_span(console: ConsoleDaemon,
     assert [(s.start_ns, s.end_ns, s.label) for s in spans] == [(start.t_ns, end.t_ns, "seven")]
     # The page holds times as JavaScript numbers: exact to well under a microsecond here.
     assert [s["label"] for s in shown] == ["seven"]
-    assert abs(shown[0]["start_ns"] - start.t_ns) < 1000 and abs(shown[0]["end_ns"] - end.t_ns) < 1000
+    assert (
+        abs(shown[0]["start_ns"] - start.t_ns) < 1000 and abs(shown[0]["end_ns"] - end.t_ns) < 1000
+    )
 
 
-def test_teach_api_refuses_bad_input_and_trains_one_job_at_a_time(console: ConsoleDaemon, bus_env,
-                                                                  tmp_path: Path) -> None:
-    for body, why in (({"source": "ghost", "label": "x", "action": "start"}, "unknown source"),
-                      ({"source": SOURCE, "label": "", "action": "start"}, "empty"),
-                      ({"source": SOURCE, "label": "x" * 65, "action": "start"}, "at most 64"),
-                      ({"source": SOURCE, "action": "dance"}, "action")):
+def test_teach_api_refuses_bad_input_and_trains_one_job_at_a_time(
+    console: ConsoleDaemon, bus_env, tmp_path: Path
+) -> None:
+    for body, why in (
+        ({"source": "ghost", "label": "x", "action": "start"}, "unknown source"),
+        ({"source": SOURCE, "label": "", "action": "start"}, "empty"),
+        ({"source": SOURCE, "label": "x" * 65, "action": "start"}, "at most 64"),
+        ({"source": SOURCE, "action": "dance"}, "action"),
+    ):
         code, data = _api(console, "POST", "/api/label", body)
         assert code == 400 and why in data["error"], (body, data)
-    code, data = _api(console, "POST", "/api/label", {"source": SOURCE, "label": "x", "action": "start"},
-                      {"Origin": "http://evil.example"})
+    code, data = _api(
+        console,
+        "POST",
+        "/api/label",
+        {"source": SOURCE, "label": "x", "action": "start"},
+        {"Origin": "http://evil.example"},
+    )
     assert code == 403
     code, data = _api(console, "POST", "/api/models", {"action": "promote"})
     assert code == 400 and "no shadow model" in data["error"]
@@ -150,8 +174,12 @@ def test_teach_api_refuses_bad_input_and_trains_one_job_at_a_time(console: Conso
     assert job["state"] == "cancelled" and not Path(job["dir"]).exists()
     code, job = _api(console, "POST", "/api/train", {"recordings": names, "epochs": 1})
     assert code == 200
-    done = wait_for(lambda: (j := _api(console, "GET", "/api/train")[1])["state"] != "running" and j,
-                    timeout=300, interval=0.5, what="the training job")
+    done = wait_for(
+        lambda: (j := _api(console, "GET", "/api/train")[1])["state"] != "running" and j,
+        timeout=300,
+        interval=0.5,
+        what="the training job",
+    )
     assert done["state"] == "done", done
     report = done["report"]
     assert report["classes"] and "val_accuracy" in report["metrics"]

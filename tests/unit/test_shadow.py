@@ -23,7 +23,9 @@ def test_judge_agreement_and_accuracy_on_labelled_windows_only():
         j.answer("room1", k * S, (k + 1) * S, live, shadow, now_ns=10 * S)
     j.answer("room1", 5 * S, 6 * S, "two", "two", now_ns=10 * S)  # after the stop: unlabelled
     v = j.verdict(now_ns=10 * S)
-    assert v == Verdict(windows=4, agreement=0.75, labelled=3, live_accuracy=2 / 3, shadow_accuracy=1 / 3)
+    assert v == Verdict(
+        windows=4, agreement=0.75, labelled=3, live_accuracy=2 / 3, shadow_accuracy=1 / 3
+    )
     assert j.verdict(now_ns=200 * S).windows == 0  # the period slid past them
 
 
@@ -59,7 +61,10 @@ def test_promote_keeps_the_previous_artifact_and_rollback_swaps_back(tmp_path):
     store.set_shadow(cfg, tmp_path / "cand", run)
     assert store.shadow_dir(cfg, run) == (tmp_path / "cand").resolve()
     assert store.promote(cfg, run) == (first, second)
-    ids = [json.loads((tmp_path / d / "manifest.json").read_text())["model_id"] for d in ("model", "model.previous")]
+    ids = [
+        json.loads((tmp_path / d / "manifest.json").read_text())["model_id"]
+        for d in ("model", "model.previous")
+    ]
     assert ids == [second, first]
     assert store.shadow_dir(cfg, run) is None  # the promoted shadow is no longer a shadow
     assert store.rollback(cfg) == (second, first)
@@ -72,8 +77,10 @@ def test_a_shadow_that_does_not_fit_the_config_is_refused(tmp_path):
     with pytest.raises(store.StoreError, match="window_ms"):
         store.set_shadow(_cfg(tmp_path), tmp_path / "cand", run)
     save_tiny(tmp_path / "av", AlignConfig())  # uses video, audio and text
-    video_only = Config(fusion=FusionConfig(model=str(tmp_path / "model")),
-                        sources=[SourceConfig(name="room1", video=VideoConfig())])
+    video_only = Config(
+        fusion=FusionConfig(model=str(tmp_path / "model")),
+        sources=[SourceConfig(name="room1", video=VideoConfig())],
+    )
     with pytest.raises(store.StoreError, match="audio, text, which no configured source captures"):
         store.set_shadow(video_only, tmp_path / "av", run)
     assert not (run / store.SHADOW_CHOICE).exists()

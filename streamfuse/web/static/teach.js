@@ -21,7 +21,8 @@ async function start() {
   pressedAt = performance.now();
   $("hold").classList.add("on");
   try {
-    await call("POST", "/api/label", {source: $("source").value, label: $("label").value, action: "start"});
+    const body = {source: $("source").value, label: $("label").value, action: "start"};
+    await call("POST", "/api/label", body);
     $("label-status").textContent = `labelling ${$("source").value} as "${$("label").value}"…`;
   } catch (e) {
     holding = false;
@@ -90,8 +91,10 @@ async function loadRecordings() {
     box.type = "checkbox";
     box.value = f.name;
     box.checked = checked.has(f.name);
-    const start = f.start_ns === null ? "–" : new Date(f.start_ns / 1e6).toISOString().slice(0, 19);
-    const cells = [box, f.name, start, f.duration_s === null ? "–" : `${f.duration_s.toFixed(1)} s`,
+    const start = f.start_ns === null ? "–"
+      : new Date(f.start_ns / 1e6).toISOString().slice(0, 19);
+    const dur = f.duration_s === null ? "–" : `${f.duration_s.toFixed(1)} s`;
+    const cells = [box, f.name, start, dur,
                    f.complete ? f.streams.join(", ") : "(being written)"];
     for (const c of cells) {
       const td = document.createElement("td");
@@ -129,9 +132,14 @@ async function act(body) {
 }
 
 $("hold").addEventListener("pointerdown", start);
-for (const ev of ["pointerup", "pointerleave", "pointercancel"]) $("hold").addEventListener(ev, stop);
+for (const ev of ["pointerup", "pointerleave", "pointercancel"]) {
+  $("hold").addEventListener(ev, stop);
+}
 document.addEventListener("keydown", e => {
-  if (e.code === "Space" && !e.repeat && e.target.tagName !== "INPUT") { e.preventDefault(); start(); }
+  if (e.code === "Space" && !e.repeat && e.target.tagName !== "INPUT") {
+    e.preventDefault();
+    start();
+  }
 });
 document.addEventListener("keyup", e => { if (e.code === "Space") stop(); });
 $("train").addEventListener("click", async () => {
@@ -145,7 +153,8 @@ $("train").addEventListener("click", async () => {
   loadJob();
 });
 $("cancel").addEventListener("click", () => call("DELETE", "/api/train").then(loadJob, () => {}));
-$("as-shadow").addEventListener("click", () => act({action: "shadow", dir: lastJob && lastJob.dir}));
+$("as-shadow").addEventListener("click",
+                                () => act({action: "shadow", dir: lastJob && lastJob.dir}));
 $("promote").addEventListener("click", () => act({action: "promote"}));
 $("rollback").addEventListener("click", () => act({action: "rollback"}));
 $("source").addEventListener("change", drawSpans);
