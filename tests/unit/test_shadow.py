@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from streamfuse.config import AlignConfig, Config, FusionConfig, SourceConfig, VideoConfig
+from streamfuse.config import (
+    AlignConfig,
+    BusConfig,
+    Config,
+    FusionConfig,
+    SourceConfig,
+    VideoConfig,
+)
 from streamfuse.fusion import store
 from streamfuse.fusion.shadow import Judge, PromoteRule, Verdict
+from streamfuse.wire import codec
 from tests.helpers.fusion import one_torch_thread, save_tiny  # noqa: F401
 
 S = 1_000_000_000
@@ -86,3 +94,59 @@ def test_a_shadow_that_does_not_fit_the_config_is_refused(tmp_path):
     assert not (run / store.SHADOW_CHOICE).exists()
     with pytest.raises(store.StoreError, match="nothing to roll back"):
         store.rollback(_cfg(tmp_path))
+
+
+class _Pub:
+    """Collects what the shadow publishes."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send_multipart(self, parts) -> None:
+        self.sent.append(codec.decode([bytes(p) for p in parts]))
+
+
+def test_the_worker_refuses_a_misfit_shadow_and_publishes_a_good_ones_answers_on_shadow(
+    tmp_path, caplog
+):
+    import numpy as np
+    import torch
+
+    from streamfuse.fusion.artifact import load_artifact
+    from streamfuse.fusion.batcher import Pending
+    from streamfuse.fusion.candidate import ShadowRunner
+    from streamfuse.fusion.node import predict, results
+    from tests.helpers.fusion import make_window
+
+    save_tiny(tmp_path / "model", AlignConfig(), seed=0)
+    save_tiny(tmp_path / "wide", AlignConfig(window_ms=2000))
+    run = tmp_path / "run"
+    cfg = Config(
+        bus=BusConfig(input=f"ipc://{run}/in", output=f"ipc://{run}/out"),
+        fusion=FusionConfig(model=str(tmp_path / "model"), shadow=str(tmp_path / "wide")),
+    )
+    pub = _Pub()
+    runner = ShadowRunner(cfg, torch.device("cpu"), pub, None)
+    runner.reload(reason="start")
+    assert runner.loaded is None
+    assert "shadow model (start) not loaded, no shadow runs" in caplog.text
+    assert "window_ms" in caplog.text
+
+    cand = save_tiny(tmp_path / "cand", AlignConfig(), seed=3)
+    store.set_shadow(cfg, tmp_path / "cand", run)
+    runner.reload(reason="SIGHUP")
+    assert runner.loaded is not None and runner.loaded.model_id == cand
+    live = load_artifact(tmp_path / "model", align=cfg.align)
+    rng = np.random.default_rng(0)
+    batch = [Pending(make_window(rng, index=i), 0) for i in range(3)]
+    probs, mask, _ = predict(live, [p.window for p in batch], torch.device("cpu"))
+    answers = results(live, batch, probs, mask, start_ns=0, done_ns=1)
+    runner.answer(live, batch, answers)
+    assert [m.topic for m in pub.sent] == ["shadow/room1"] * 3
+    bodies = [json.loads(m.text()) for m in pub.sent]
+    assert {b["model"] for b in bodies} == {cand}
+    assert [b["live"]["label"] for b in bodies] == [a.label for a in answers]
+    assert [b["t_start_ns"] for b in bodies] == [p.window.t_start_ns for p in batch]
+    store.set_shadow(cfg, None, run)  # `streamfuse shadow --off`, over fusion.shadow too
+    runner.reload(reason="SIGHUP")
+    assert runner.loaded is None and store.shadow_dir(cfg, run) is None
