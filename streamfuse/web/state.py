@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from streamfuse.clock import NS_PER_S as NS
 from streamfuse.train.labels import OPEN_END_NS, LabelStream
 from streamfuse.wire import topics
 from streamfuse.wire.schema import (
@@ -32,7 +33,6 @@ from streamfuse.wire.schema import (
     TextHeader,
 )
 
-NS = 1_000_000_000
 WAVE_NS = 5 * NS  # seconds of waveform on screen
 LEVEL_NS = NS // 10  # the level meter shows the RMS of the newest 100 ms
 WAVE_COLUMNS = 200
