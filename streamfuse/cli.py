@@ -295,6 +295,49 @@ def _send(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
+@command("label", "publish a label: from now on SOURCE shows LABEL (or --stop)",
+         "streamfuse.capture.label:cli",
+         "streamfuse label room1 seven --for 2\n  streamfuse label room1 seven\n"
+         "  streamfuse label room1 --stop")
+def _label(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", help="the source the label is about")
+    p.add_argument("label", metavar="LABEL", nargs="?", default=None,
+                   help="what it shows (1-64 printable characters); a new class if the model "
+                        "does not know it yet")
+    p.add_argument("--for", dest="duration", type=float, metavar="S", default=None,
+                   help="the label lasts S seconds (default: until the source's next label "
+                        "or --stop)")
+    p.add_argument("--stop", action="store_true",
+                   help="end SOURCE's open-ended label now (default: start one)")
+    p.add_argument("--at", type=int, metavar="T_NS", default=None,
+                   help="start at this epoch time in nanoseconds (default: now)")
+    p.add_argument("--wait", type=float, metavar="S", default=3.0,
+                   help="how long to listen for a source that is not in the config")
+    _config_arg(p)
+
+
+@command("shadow", "run a candidate model beside the live one on the same windows",
+         "streamfuse.fusion.store:shadow_cli",
+         "streamfuse shadow /var/lib/streamfuse/candidate\n  streamfuse shadow --off")
+def _shadow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+                   help="the candidate's artifact directory (checked against the config first)")
+    p.add_argument("--off", action="store_true", help="stop running a shadow model")
+    _config_arg(p)
+
+
+@command("promote", "make the shadow model the live one (the previous is kept)",
+         "streamfuse.fusion.store:promote_cli", "streamfuse promote")
+def _promote(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
+@command("rollback", "make the previous live model live again",
+         "streamfuse.fusion.store:rollback_cli", "streamfuse rollback")
+def _rollback(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
 @command("devices", "list cameras and microphones", "streamfuse.capture.tools:devices_cli",
          "streamfuse devices")
 def _devices(p: argparse.ArgumentParser) -> None:

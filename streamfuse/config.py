@@ -129,6 +129,18 @@ def _listen(v: Any) -> str | None:
     return f"{problem} in {v!r}" if problem else None
 
 
+# fusion.promote_if: "" (off) or this sentence (streamfuse.fusion.shadow.PromoteRule).
+PROMOTE_IF_RE = re.compile(r"^\s*accuracy on at least (\d+) labell?ed windows beats live by "
+                           r"(\d+(?:\.\d+)?) points?\s*$")
+PROMOTE_IF_FORM = "accuracy on at least N labelled windows beats live by P points"
+
+
+def _promote_if(v: Any) -> str | None:
+    if v == "" or PROMOTE_IF_RE.match(v):
+        return None
+    return f"expected {PROMOTE_IF_FORM!r} (e.g. N = 200, P = 1) or '', got {v!r}"
+
+
 def _check(check: Check, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
     if default is dataclasses.MISSING:
         return field(metadata={"check": check}, **kw)
@@ -232,6 +244,9 @@ class FusionConfig:
     workers: int = _check(_positive, 1)
     reload_poll_s: float = _check(_positive, 2.0)
     threads: int = _check(_non_negative, 0)  # torch CPU threads per worker (0 = min(4, (cores - 1) // workers), at least 1)
+    shadow: str = ""  # candidate artifact judged beside the live one ("" = none)
+    judge_period_s: float = _check(_positive, 600.0)  # sliding period of the shadow's figures
+    promote_if: str = _check(_promote_if, "")  # automatic promotion ("" = only by hand)
 
 
 @dataclass(frozen=True)
@@ -667,6 +682,17 @@ def _toml_char(c: str) -> str:
 def ipc_path(endpoint: str) -> Path | None:
     """The filesystem path of an ``ipc://`` endpoint, else None."""
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def runtime_dir(cfg: Config) -> Path:
+    """Where the lock, status files and metrics live: the directory of an ipc ``bus.input``."""
+    for ep in (cfg.bus.input, cfg.bus.output, cfg.align.output):
+        p = ipc_path(ep)
+        if p is not None:
+            return p.parent
+    if os.environ.get("RUNTIME_DIRECTORY"):  # systemd's RuntimeDirectory=
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/streamfuse-{os.getuid()}") / "streamfuse"
 
 
 def is_local_listen(listen: str) -> bool:

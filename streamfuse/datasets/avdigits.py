@@ -14,6 +14,8 @@ Each ~2 s segment holds one digit (0-9):
   carry unrelated chatter. Text heartbeats every 100 ms let windows close.
 - 8 % of segments have the camera covered (no frames, only video heartbeats)
   and another 8 % the microphone muted (no blocks, only audio heartbeats).
+- label (``<source>/label``): one label message per segment, ``[start, end)`` and the
+  digit's name, the same spans as ``labels.csv``: a recording carries its own truth.
 
 Layout (README.md, "Train on your own data"): ``OUT/{train,val,test}/`` (only ``OUT/test/``
 with ``split="test"``), each with ``*.mcap`` recordings of up to 200 segments
@@ -291,6 +293,10 @@ def recording_messages(segs: list[Segment], source: str, t0: int, media: Media, 
     pub = _Publisher(source)
     for k, seg in enumerate(segs):
         seg.t_start_ns = t0 + k * SEGMENT_NS
+        seq = pub.seq.get("label", 0)
+        pub.seq["label"] = seq + 1
+        yield codec.label_message(source, seq, seg.t_start_ns, seg.t_start_ns + SEGMENT_NS,
+                                  LABELS[seg.digit])
         for t, _rank, stream, data in segment_events(seg, seg.t_start_ns, media, seed=seed, split_idx=split_idx):
             yield pub.message(t, stream, data)
         if progress is not None:

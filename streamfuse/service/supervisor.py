@@ -48,7 +48,7 @@ import zmq
 
 from streamfuse import clock, readiness
 from streamfuse.clock import NS_PER_S as NS
-from streamfuse.config import Config, ConfigError, ipc_path, load
+from streamfuse.config import Config, ConfigError, load, runtime_dir
 from streamfuse.service import metrics as service_metrics
 from streamfuse.service.broker import Broker, check_security
 from streamfuse.service.health import Liveness, RestartPolicy
@@ -96,17 +96,6 @@ def check_fusion(cfg: Config) -> None:
         if importlib.util.find_spec(name) is None:
             raise UsageError(str(missing_extra(name)))
     check_device(cfg.fusion.device)
-
-
-def runtime_dir(cfg: Config) -> Path:
-    """Where the lock, status files and metrics live: the directory of an ipc ``bus.input``."""
-    for ep in (cfg.bus.input, cfg.bus.output, cfg.align.output):
-        p = ipc_path(ep)
-        if p is not None:
-            return p.parent
-    if os.environ.get("RUNTIME_DIRECTORY"):  # systemd's RuntimeDirectory=
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/streamfuse-{os.getuid()}") / "streamfuse"
 
 
 def take_lock(run_dir: Path) -> IO[str]:
