@@ -69,10 +69,6 @@ def _optional_endpoint(v: Any) -> str | None:
     return None if v == "" else _endpoint(v)
 
 
-def _optional_endpoint(v: Any) -> str | None:
-    return None if v == "" else _endpoint(v)
-
-
 def _positive(v: Any) -> str | None:
     return None if v > 0 else f"expected a positive number, got {v!r}"
 

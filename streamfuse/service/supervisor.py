@@ -90,7 +90,7 @@ def check_device(spec: str, *, python: str = sys.executable) -> None:
 
 def check_fusion(cfg: Config) -> None:
     """Before anything starts: the workers' packages are installed and their device exists."""
-    from streamfuse.cli import UsageError, missing_extra
+    from streamfuse.usage import UsageError, missing_extra
 
     for name in FUSION_MODULES:
         if importlib.util.find_spec(name) is None:
