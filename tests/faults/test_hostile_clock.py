@@ -29,11 +29,10 @@ from tests.helpers.hostile import (
     HostilePub,
     child_pids,
     free_port,
-    sample,
-    scrape,
     text_parts,
 )
 from tests.helpers.proc import wait_for
+from tests.helpers.prom import scrape, total
 from tests.integration.daemon_fixtures import Daemon, Feeder
 
 pytestmark = pytest.mark.slow
@@ -114,7 +113,7 @@ def _attack(rig: Rig, messages: list[list[bytes]], *, counter: tuple[str, dict[s
 
     def moved() -> bool:
         after.update(scrape(rig.port))
-        return sample(after, name, **labels) - sample(before, name, **labels) >= at_least
+        return total(after, name, **labels) - total(before, name, **labels) >= at_least
 
     wait_for(moved, timeout=30, interval=0.2, what=f"{name}{labels} to move by {at_least}")
     return before, after, rig.log.read_text()[log_from:]
@@ -130,7 +129,7 @@ def _assert_healthy(rig: Rig, after: dict) -> None:
     assert not stray, f"classifications stamped outside the observed time: {stray[:3]}"
     restarts = {k: v for k, v in after.items() if k[0] == "streamfuse_child_restarts_total"}
     assert not any(restarts.values()), f"a child process was restarted: {restarts}"
-    assert sample(after, "streamfuse_resyncs_total", source="room1") == 0
+    assert total(after, "streamfuse_resyncs_total", source="room1") == 0
 
 
 def test_a_near_2_64_stamp_for_an_unknown_source_is_dropped(rig: Rig) -> None:
@@ -151,8 +150,8 @@ def test_a_burst_of_near_2_64_stamps_on_the_fed_source_is_dropped(rig: Rig) -> N
         at_least=3)
     _assert_healthy(rig, after)
     labels = {"node": "align", "topic": "room1/text", "reason": "time"}
-    assert sample(after, "streamfuse_messages_dropped_total", **labels) - \
-        sample(before, "streamfuse_messages_dropped_total", **labels) == 3
+    assert total(after, "streamfuse_messages_dropped_total", **labels) - \
+        total(before, "streamfuse_messages_dropped_total", **labels) == 3
     assert re.search(r"room1/text: dropped a message: time: t_ns 1844674407\d+ is not between", log)
 
 
@@ -180,8 +179,8 @@ def test_a_huge_seq_counts_one_reset_not_lost_messages(rig: Rig) -> None:
         rig, [text_parts("room1", seq=top, t_ns=clock.now_ns())],
         counter=("streamfuse_seq_resets_total", labels), at_least=1)
     _assert_healthy(rig, after)
-    gaps = sample(after, "streamfuse_seq_gap_messages_total", **labels) - \
-        sample(before, "streamfuse_seq_gap_messages_total", **labels)
+    gaps = total(after, "streamfuse_seq_gap_messages_total", **labels) - \
+        total(before, "streamfuse_seq_gap_messages_total", **labels)
     assert gaps < 1000, f"seq gap counter moved by {gaps}"
     assert re.search(rf"room1/text: seq leapt from \d+ to {top}, counted as a reset", log), log
 
@@ -200,7 +199,7 @@ def test_after_a_sigkill_of_the_aligner_windows_total_covers_the_classifications
 
     wait_for(resumed, timeout=90, interval=0.1, what="classifications after the aligner restarted")
     m = scrape(rig.port)
-    windows = sample(m, "streamfuse_windows_total", source="room1")
-    answered = sample(m, "streamfuse_classifications_total", source="room1")
+    windows = total(m, "streamfuse_windows_total", source="room1")
+    answered = total(m, "streamfuse_classifications_total", source="room1")
     assert answered > 0 and windows >= answered, (windows, answered)
-    assert sample(m, "streamfuse_child_restarts_total", child="aligner") == 1
+    assert total(m, "streamfuse_child_restarts_total", child="aligner") == 1

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.helpers.faults import RunningDaemon, fill, free_port, recorded, scrape, small_disk, total
+from tests.helpers.faults import RunningDaemon, fill, free_port, recorded, small_disk
+from tests.helpers.prom import scrape, total
 from tests.integration.daemon_fixtures import Feeder
 
 ROOM_LEFT = 256 * 1024  # what the filler leaves: a few seconds of the feeder's traffic

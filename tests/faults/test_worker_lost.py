@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.helpers.faults import RunningDaemon, free_port, scrape, total
+from tests.helpers.faults import RunningDaemon, free_port
+from tests.helpers.prom import scrape, total
 from tests.integration.daemon_fixtures import Feeder
 
 # A second source that goes quiet makes the batcher wait for it up to max_delay_ms: the

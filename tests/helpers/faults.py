@@ -3,7 +3,7 @@
 The daemon's stderr goes to a file the test reads; a bound AF_UNIX datagram socket stands
 in for systemd and is drained on every poll (its queue holds about ten datagrams, and a
 full queue loses later messages); metrics are read as Prometheus text over HTTP, the way
-a scraper sees them.
+a scraper sees them (tests/helpers/prom.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,26 +93,6 @@ class RunningDaemon:
             return stop(self.proc, timeout=20)
         finally:
             self.notify.close()
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on ``GET /metrics``, keyed by (sample name, sorted labels)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
-    return sum(v for (n, lab), v in samples.items()
-               if n == name and all((k, w) in lab for k, w in labels.items()))
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 The hostile side builds every message by hand, ``[topic, msgspec.msgpack.encode(header),
 payload...]``, never with the project's codec, so a test does not share the code it
 attacks. The observers read what any outside client can: classifications on the bus
-(JSON payloads) and the Prometheus text format on the metrics port.
+(JSON payloads) and the Prometheus text format on the metrics port (tests/helpers/prom.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamfuse import clock
 from tests.helpers.proc import wait_for
@@ -120,23 +118,6 @@ class Collector:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(5)
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on ``/metrics``, keyed by (name, sorted labels without pid)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k != "pid"))
-            out[(s.name, labels)] = out.get((s.name, labels), 0.0) + s.value
-    return out
-
-
-def sample(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-           **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def child_pids(parent: int, argv_part: str) -> list[int]:

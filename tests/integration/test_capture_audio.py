@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +51,12 @@ def test_virtual_microphone_speech_arrives_intact_with_continuous_timestamps(bro
             if player is not None:
                 mic.stop_player(player)
             sub.close()
-            t0 = time.monotonic()
-            rc = stop(proc)
-            stopped_s = time.monotonic() - t0
+            # SIGTERM, then SIGKILL after 30 s (a ceiling against a hang, not a timing):
+            # exit code 0 means it stopped on SIGTERM by itself
+            rc = stop(proc, timeout=30)
         log = proc.stderr.read()
         devices = run_streamfuse(["devices"], env=mic.env)
-    assert rc == 0 and stopped_s < 2.0, (rc, stopped_s, log)
+    assert rc == 0, (rc, log)
 
     blocks = [m for m in got if m.kind == "audio"]
     assert all(m.header.frames == 320 and m.header.samplerate == 16000 and m.header.channels == 1

@@ -96,11 +96,11 @@ def test_mjpeg_camera_frames_in_order_and_reconnect_after_outage(broker) -> None
             assert [m.header.seq for m in bus.messages] == list(range(first, first + len(bus.messages)))
         finally:
             bus.close()
-            t0 = time.monotonic()
-            rc = stop(proc)
-            stopped_s = time.monotonic() - t0
+            # SIGTERM, then SIGKILL after 30 s (a ceiling against a hang, not a timing):
+            # exit code 0 means it stopped on SIGTERM by itself
+            rc = stop(proc, timeout=30)
     log = proc.stderr.read()
-    assert rc == 0 and stopped_s < 2.0, (rc, stopped_s, log)
+    assert rc == 0, (rc, log)
     assert "reopened" in log
     reconnects = int(log.split("reconnects=")[1].split()[0])
     assert reconnects >= 1, log

@@ -9,12 +9,12 @@ import re
 import signal
 import socket
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import prom
 from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
 from tests.integration.supervised import NotifySocket
 
@@ -45,11 +45,6 @@ def test_a_missing_cuda_device_is_a_config_error_at_start(bus_env, command: str)
     assert not list(bus_env.run_dir.iterdir())
 
 
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        return r.read().decode()
-
-
 def test_auto_reports_the_chosen_device(bus_env) -> None:
     from streamfuse.config import AlignConfig
     from tests.helpers.fusion import save_tiny
@@ -68,9 +63,10 @@ def test_auto_reports_the_chosen_device(bus_env) -> None:
         assert proc.poll() is None, log.read_text()[-3000:]
         ready = next(f for _, f in ns.received if "READY" in f)
         assert f"model {model_id} on {chosen};" in ready["STATUS"], ready
-        text = _scrape(port)
-        assert re.search(rf'^streamfuse_worker_device_info\{{device="{chosen}",pid="\d+"\}} 1\.0$',
-                         text, re.M), text[:3000]
+        info = {dict(labels)["pid"]: v for (name, labels), v in prom.scrape(port).items()
+                if name == "streamfuse_worker_device_info" and ("device", chosen) in labels}
+        assert len(info) == 1 and list(info.values()) == [1.0], info  # one worker, on that device
+        assert all(pid.isdigit() for pid in info), info
         starts = [ln for ln in log.read_text().splitlines() if "fusion worker up" in ln]
         assert len(starts) == 1 and f"device {chosen} (" in starts[0], starts
         # A reload asking for a device that is not there is refused; the worker keeps serving.

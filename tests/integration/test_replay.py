@@ -229,8 +229,10 @@ def test_replay_loop_stops_promptly_on_sigterm(broker, tmp_path: Path) -> None:
     """A looping, restamped replay (what the demo and the soak run) stops on SIGTERM
     mid-pass, not at the end of the pass; a long recorded gap does not delay it."""
     msgs = irregular(1.0)
-    # a 30 s silence after the first second: a paced replay sleeps through it
-    msgs.append(codec.text_message("room1", 99, T0 + 31_000 * MS, "after the gap"))
+    # a 300 s silence after the first second: a paced replay sleeps through it (75 s at
+    # --rate 4), far longer than the 30 s ceiling on its stop below, so a replay that
+    # waits for the end of the pass fails the test without the test timing anything
+    msgs.append(codec.text_message("room1", 99, T0 + 301_000 * MS, "after the gap"))
     path = record(tmp_path / "loop.mcap", msgs)
     with zmq.Context() as ctx:
         sub = connect_sub(ctx, broker.cfg.bus, ["room1/"])
@@ -245,12 +247,9 @@ def test_replay_loop_stops_promptly_on_sigterm(broker, tmp_path: Path) -> None:
                     assert sub.poll(10_000), "replay published nothing"
                     sub.recv_multipart()
                     n += 1
-                t0 = clock.monotonic_ns()
                 proc.terminate()
-                proc.wait(10)
-                took_s = (clock.monotonic_ns() - t0) / 1e9
+                proc.wait(30)  # raises past the ceiling; timings live in bench/
                 assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-                assert took_s < 3.0, f"replay took {took_s:.1f} s to stop"
             finally:
                 stop(proc)
                 if proc.stderr:

@@ -7,10 +7,11 @@ import threading
 import numpy as np
 import zmq
 
-from streamfuse import clock, metrics
+from streamfuse import clock
 from streamfuse.align import node
 from streamfuse.config import parse
 from streamfuse.wire import codec
+from tests.helpers import prom
 from tests.helpers.proc import wait_for
 
 MS = 1_000_000
@@ -33,8 +34,8 @@ def test_main_with_injected_sockets() -> None:
     stop = threading.Event()
     rc: list[int] = []
     t = threading.Thread(target=lambda: rc.append(node.main(cfg, sub=sub, push=push, stop=stop)))
-    before = metrics.dropped.labels(node="align", topic="r1/audio", reason="header")._value.get()
-    gaps_before = metrics.seq_gaps.labels(node="align", topic="r1/audio")._value.get()
+    before = prom.value("streamfuse_messages_dropped_total", node="align", topic="r1/audio", reason="header")
+    gaps_before = prom.value("streamfuse_seq_gap_messages_total", node="align", topic="r1/audio")
     t.start()
     try:
         # Two seconds of audio in the past, sent at once; plus garbage and another source.
@@ -73,6 +74,6 @@ def test_main_with_injected_sockets() -> None:
     assert {w.source for w in got} == {"r1"}
     full = [w for w in got if w.audio_coverage == 1.0]
     assert full and all(w.audio.shape == (16000, 1) and w.emit_ns > 0 for w in full)
-    after = metrics.dropped.labels(node="align", topic="r1/audio", reason="header")._value.get()
+    after = prom.value("streamfuse_messages_dropped_total", node="align", topic="r1/audio", reason="header")
     assert after > before  # the garbage was counted (metrics flushed at exit)
-    assert metrics.seq_gaps.labels(node="align", topic="r1/audio")._value.get() - gaps_before >= 400
+    assert prom.value("streamfuse_seq_gap_messages_total", node="align", topic="r1/audio") - gaps_before >= 400

@@ -12,11 +12,11 @@ import pytest
 import torch
 import zmq
 
-from streamfuse import metrics
 from streamfuse.config import Config, ConfigError
 from streamfuse.fusion import node
 from streamfuse.fusion.batcher import Pending
 from streamfuse.wire import codec
+from tests.helpers import prom
 from tests.helpers.fusion import (
     CLASSES,
     make_window,
@@ -82,14 +82,14 @@ def test_no_model_drops_counted_then_a_bad_then_a_good_reload(tmp_path, caplog):
     w.handle(_batch(2))
     assert [t for t, _ in pub.sent] == ["class/room1"] * 2
 
-    failed = metrics.model_reloads.labels(outcome="failed")._value.get()
+    failed = prom.value("streamfuse_model_reloads_total", outcome="failed")
     weights = tmp_path / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     w.maybe_reload()
     assert w.loaded.model_id == first
-    assert metrics.model_reloads.labels(outcome="failed")._value.get() == failed + 1
+    assert prom.value("streamfuse_model_reloads_total", outcome="failed") == failed + 1
     w.maybe_reload()  # unchanged on disk: not retried, not counted again
-    assert metrics.model_reloads.labels(outcome="failed")._value.get() == failed + 1
+    assert prom.value("streamfuse_model_reloads_total", outcome="failed") == failed + 1
 
     second = save_tiny(tmp_path / "model", cfg.align, seed=2)
     w.maybe_reload()
@@ -157,15 +157,15 @@ def test_a_failing_batch_is_dropped_and_counted_not_fatal(tmp_path, monkeypatch)
     pub = FakePub()
     w = node.Worker(cfg, torch.device("cpu"), pub)
     assert w.load(reason="test")
-    dropped = metrics.dropped.labels(node="fuse", topic="window", reason="inference_error")
-    before = dropped._value.get()
+    dropped = {"node": "fuse", "topic": "window", "reason": "inference_error"}
+    before = prom.value("streamfuse_messages_dropped_total", **dropped)
 
     def boom(*a, **k):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(node, "predict", boom)
     w.handle(_batch(3))
-    assert pub.sent == [] and dropped._value.get() == before + 3
+    assert pub.sent == [] and prom.value("streamfuse_messages_dropped_total", **dropped) == before + 3
     monkeypatch.undo()
     w.handle(_batch(2))
     assert len(pub.sent) == 2
