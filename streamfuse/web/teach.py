@@ -9,10 +9,13 @@ API (JSON; the page is ``/teach``):
   empty or over-long label: 400 with the reason, nothing published.
 - ``GET /api/labels?source=S`` the source's labelled spans of the last three minutes.
 - ``GET/POST/DELETE /api/train``: the training job (one at a time): status with the last
-  progress line, start ``{"recordings": [names under record.path], "epochs": N}``, cancel.
+  progress line, start ``{"recordings": [names under record.path], "epochs": N,
+  "modalities": [some of video, audio, text]}`` (default: every one in the data), cancel.
   The artifact goes to ``<directory of fusion.model>/candidates/<UTC time>``; when the job
   ends its report (the manifest's metrics and data summary) is in the status.
-- ``GET/POST /api/models``: live, previous and shadow ids; ``{"action": "shadow", "dir"}``,
+- ``GET/POST /api/models``: live, previous and shadow ids, and ``captured``: the modalities
+  the configured sources capture (null: none configured), which a shadow may use;
+  ``{"action": "shadow", "dir"}``,
   ``{"action": "promote"}``, ``{"action": "rollback"}`` do what ``streamfuse shadow``,
   ``promote`` and ``rollback`` do (:mod:`streamfuse.fusion.store`).
 """
@@ -41,6 +44,7 @@ from streamfuse.wire import codec
 from streamfuse.wire.sockets import connect_pub
 
 AHEAD_NS = 5 * clock.NS_PER_S
+MODALITIES = ("video", "audio", "text")
 
 
 def _bad(why: str, status: int = 400) -> Response:
@@ -63,7 +67,14 @@ def _foreign(request: Request) -> Response | None:
 class TrainJob:
     """One ``streamfuse train`` child process and what it said."""
 
-    def __init__(self, cfg: Config, paths: list[Path], epochs: int, out: Path) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        paths: list[Path],
+        epochs: int,
+        out: Path,
+        modalities: list[str] | None = None,
+    ) -> None:
         self.out = out
         self.log = out.with_name(out.name + ".log")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +90,8 @@ class TrainJob:
             "--epochs",
             str(epochs),
         ]
+        if modalities:
+            argv += ["--modalities", *modalities]
         if cfg.path:
             argv += ["--config", cfg.path]
         with self.log.open("w") as err:
@@ -228,9 +241,16 @@ class Teach:
         epochs = int(body.get("epochs", 20))
         if not 1 <= epochs <= 1000:
             return _bad("epochs: 1 to 1000")
+        modalities = body.get("modalities")
+        if modalities is not None and (
+            not isinstance(modalities, list)
+            or not modalities
+            or any(m not in MODALITIES for m in modalities)
+        ):
+            return _bad("modalities: one or more of video, audio, text")
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = Path(self.cfg.fusion.model).parent / "candidates" / stamp
-        self.job = TrainJob(self.cfg, [p for p in paths if p is not None], epochs, out)
+        self.job = TrainJob(self.cfg, [p for p in paths if p is not None], epochs, out, modalities)
         return JSONResponse(self.job.status())
 
     async def api_models(self, request: Request) -> Response:
@@ -262,11 +282,13 @@ class Teach:
                 return 400, {"error": str(e)}
             store.signal_daemon(self.cfg)
         shadow = store.shadow_dir(self.cfg)
+        captured = store.captured_modalities(self.cfg)
         return 200, {
             "live": _id(store.live_dir(self.cfg)),
             "previous": _id(store.previous_dir(self.cfg)),
             "shadow": _id(shadow) if shadow else None,
             "shadow_dir": str(shadow) if shadow else None,
+            "captured": [m for m in MODALITIES if m in captured] if captured is not None else None,
         }
 
 

@@ -115,8 +115,17 @@ async function loadJob() {
   $("report").textContent = j.report ? JSON.stringify(j.report, null, 1) : "";
 }
 
+let modalitiesSet = false;
+
 async function loadModels() {
   const m = await call("GET", "/api/models");
+  if (!modalitiesSet && m.captured) {
+    // By default a new model uses what the configured sources capture, so it can be the shadow.
+    for (const box of document.querySelectorAll("#modalities input")) {
+      box.checked = m.captured.includes(box.value);
+    }
+  }
+  modalitiesSet = true;
   $("models").textContent = `live ${m.live || "none"} · previous ${m.previous || "none"} · ` +
     `shadow ${m.shadow || "none"}`;
 }
@@ -145,7 +154,9 @@ document.addEventListener("keyup", e => { if (e.code === "Space") stop(); });
 $("train").addEventListener("click", async () => {
   const recordings = [...document.querySelectorAll("#recs input:checked")].map(i => i.value);
   try {
-    await call("POST", "/api/train", {recordings, epochs: Number($("epochs").value)});
+    const modalities = [...document.querySelectorAll("#modalities input:checked")]
+      .map(i => i.value);
+    await call("POST", "/api/train", {recordings, modalities, epochs: Number($("epochs").value)});
   } catch (e) {
     $("job").textContent = `not started: ${e.message}`;
     return;
