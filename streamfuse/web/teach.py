@@ -12,7 +12,9 @@ API (JSON; the page is ``/teach``):
   progress line, start ``{"recordings": [names under record.path], "epochs": N,
   "modalities": [some of video, audio, text]}`` (default: every one in the data), cancel.
   The artifact goes to ``<directory of fusion.model>/candidates/<UTC time>``; when the job
-  ends its report (the manifest's metrics and data summary) is in the status.
+  ends its report (the manifest's metrics and data summary) is in the status, and
+  ``GET /api/train/confusion.png`` and ``/api/train/reliability.png`` draw its validation
+  confusion matrix and reliability diagram.
 - ``GET/POST /api/models``: live, previous and shadow ids, and ``captured``: the modalities
   the configured sources capture (null: none configured), which a shadow may use;
   ``{"action": "shadow", "dir"}``,
@@ -28,13 +30,14 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
 from streamfuse import clock
 from streamfuse.config import Config
@@ -44,6 +47,8 @@ from streamfuse.wire import codec
 from streamfuse.wire.sockets import connect_pub
 
 AHEAD_NS = 5 * clock.NS_PER_S
+PLOTS = ("confusion", "reliability")
+_PLOTTING = threading.Lock()  # pyplot's figures are global state: one drawing at a time
 MODALITIES = ("video", "audio", "text")
 
 
@@ -115,13 +120,41 @@ class TrainJob:
             out["error"] = "\n".join(lines[-5:])
         if state == "done":
             manifest = json.loads((self.out / "manifest.json").read_text())
+            mets = manifest.get("metrics", {})
             out["report"] = {
                 "model_id": manifest["model_id"],
                 "classes": manifest["classes"],
-                "metrics": manifest.get("metrics", {}),
+                "metrics": mets,
                 "windows": manifest.get("training", {}).get("train", {}).get("labelled"),
             }
+            out["plots"] = [
+                f"/api/train/{p}.png?model={manifest['model_id']}"
+                for p in PLOTS
+                if f"val_{p}" in mets
+            ]
         return out
+
+    def plot(self, name: str) -> Path | None:
+        """The PNG of the finished job's validation ``name`` (one of :data:`PLOTS`), drawn
+        beside the artifact the first time (not in it: promote copies the artifact)."""
+        path = self.out.with_name(f"{self.out.name}.{name}.png")
+        if path.exists():
+            return path
+        try:
+            manifest = json.loads((self.out / "manifest.json").read_text())
+            data = manifest["metrics"][f"val_{name}"]
+        except (OSError, ValueError, KeyError):
+            return None
+        from streamfuse.train import evaluate
+
+        tmp = path.with_name(path.name + ".tmp.png")
+        with _PLOTTING:
+            if name == "confusion":
+                evaluate.plot_confusion(tmp, data, manifest["classes"])
+            else:
+                evaluate.plot_reliability(tmp, data, manifest["metrics"].get("val_ece", 0.0))
+            tmp.replace(path)
+        return path
 
     def cancel(self) -> None:
         if self.proc.poll() is None:
@@ -252,6 +285,17 @@ class Teach:
         out = Path(self.cfg.fusion.model).parent / "candidates" / stamp
         self.job = TrainJob(self.cfg, [p for p in paths if p is not None], epochs, out, modalities)
         return JSONResponse(self.job.status())
+
+    async def api_train_plot(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        job = self.job
+        if name not in PLOTS or job is None or job.proc.poll() != 0 or job.cancelled:
+            return _bad("no such plot of a finished training job", 404)
+        # In a thread: matplotlib takes a second to import and draw.
+        path = await asyncio.to_thread(job.plot, name)
+        if path is None:
+            return _bad("this model's manifest has no such figure", 404)
+        return FileResponse(path, media_type="image/png")
 
     async def api_models(self, request: Request) -> Response:
         body: dict[str, Any] | None = None
