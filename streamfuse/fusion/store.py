@@ -64,6 +64,14 @@ def shadow_dir(cfg: Config, run_dir: Path | None = None) -> Path | None:
     return Path(text) if text else None
 
 
+def captured_modalities(cfg: Config) -> set[str] | None:
+    """The modalities the configured sources capture; None when no source is configured
+    (everything then comes from the bus, and any modality may)."""
+    if not cfg.sources:
+        return None
+    return {m for s in cfg.sources for m in ("video", "audio", "text") if getattr(s, m) is not None}
+
+
 def check_candidate(directory: Path, cfg: Config) -> dict:
     """The manifest of an artifact that can run beside the live model under ``cfg``, or
     :class:`StoreError`: its aligner parameters must match ``[align]`` and every modality
@@ -72,10 +80,8 @@ def check_candidate(directory: Path, cfg: Config) -> dict:
         manifest = load_artifact(directory, align=cfg.align).manifest  # the worker's checks
     except ArtifactError as e:
         raise StoreError(str(e)) from None
-    if cfg.sources:
-        given = {
-            m for s in cfg.sources for m in ("video", "audio", "text") if getattr(s, m) is not None
-        }
+    given = captured_modalities(cfg)
+    if given is not None:
         missing = sorted(set(manifest["modalities"]) - given)
         if missing:
             raise StoreError(

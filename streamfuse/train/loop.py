@@ -501,7 +501,10 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
         s = metrics.summary(probs.cpu(), val_y.cpu(), classes)
         result.update({"temperature": t, "val_accuracy": s["accuracy"], "val_macro_f1": s["macro_f1"],
                        "val_ece": s["ece"], "val_ece_uncalibrated": metrics.ece(probs_raw.cpu(), val_y.cpu()),
-                       "val_nll": metrics.nll(logits / t, val_y), "val_windows": len(val_set)})
+                       "val_nll": metrics.nll(logits / t, val_y), "val_windows": len(val_set),
+                       # what the console's Teach page draws (confusion matrix, reliability diagram)
+                       "val_confusion": s["confusion"],
+                       "val_reliability": metrics.reliability(probs.cpu(), val_y.cpu())})
     return model, result
 
 

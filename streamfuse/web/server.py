@@ -198,6 +198,7 @@ class Console:
             Route("/api/label", self.teach.api_label, methods=["POST"]),
             Route("/api/labels", self.teach.api_labels),
             Route("/api/train", self.teach.api_train, methods=["GET", "POST", "DELETE"]),
+            Route("/api/train/{name}.png", self.teach.api_train_plot),
             Route("/api/models", self.teach.api_models, methods=["GET", "POST"]),
             Route("/api/health", self.api_health),
             Route("/api/recordings", self.api_recordings),

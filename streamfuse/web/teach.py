@@ -9,10 +9,15 @@ API (JSON; the page is ``/teach``):
   empty or over-long label: 400 with the reason, nothing published.
 - ``GET /api/labels?source=S`` the source's labelled spans of the last three minutes.
 - ``GET/POST/DELETE /api/train``: the training job (one at a time): status with the last
-  progress line, start ``{"recordings": [names under record.path], "epochs": N}``, cancel.
+  progress line, start ``{"recordings": [names under record.path], "epochs": N,
+  "modalities": [some of video, audio, text]}`` (default: every one in the data), cancel.
   The artifact goes to ``<directory of fusion.model>/candidates/<UTC time>``; when the job
-  ends its report (the manifest's metrics and data summary) is in the status.
-- ``GET/POST /api/models``: live, previous and shadow ids; ``{"action": "shadow", "dir"}``,
+  ends its report (the manifest's metrics and data summary) is in the status, and
+  ``GET /api/train/confusion.png`` and ``/api/train/reliability.png`` draw its validation
+  confusion matrix and reliability diagram.
+- ``GET/POST /api/models``: live, previous and shadow ids, and ``captured``: the modalities
+  the configured sources capture (null: none configured), which a shadow may use;
+  ``{"action": "shadow", "dir"}``,
   ``{"action": "promote"}``, ``{"action": "rollback"}`` do what ``streamfuse shadow``,
   ``promote`` and ``rollback`` do (:mod:`streamfuse.fusion.store`).
 """
@@ -25,13 +30,14 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
 from streamfuse import clock
 from streamfuse.config import Config
@@ -41,6 +47,9 @@ from streamfuse.wire import codec
 from streamfuse.wire.sockets import connect_pub
 
 AHEAD_NS = 5 * clock.NS_PER_S
+PLOTS = ("confusion", "reliability")
+_PLOTTING = threading.Lock()  # pyplot's figures are global state: one drawing at a time
+MODALITIES = ("video", "audio", "text")
 
 
 def _bad(why: str, status: int = 400) -> Response:
@@ -63,7 +72,14 @@ def _foreign(request: Request) -> Response | None:
 class TrainJob:
     """One ``streamfuse train`` child process and what it said."""
 
-    def __init__(self, cfg: Config, paths: list[Path], epochs: int, out: Path) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        paths: list[Path],
+        epochs: int,
+        out: Path,
+        modalities: list[str] | None = None,
+    ) -> None:
         self.out = out
         self.log = out.with_name(out.name + ".log")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +95,8 @@ class TrainJob:
             "--epochs",
             str(epochs),
         ]
+        if modalities:
+            argv += ["--modalities", *modalities]
         if cfg.path:
             argv += ["--config", cfg.path]
         with self.log.open("w") as err:
@@ -102,13 +120,41 @@ class TrainJob:
             out["error"] = "\n".join(lines[-5:])
         if state == "done":
             manifest = json.loads((self.out / "manifest.json").read_text())
+            mets = manifest.get("metrics", {})
             out["report"] = {
                 "model_id": manifest["model_id"],
                 "classes": manifest["classes"],
-                "metrics": manifest.get("metrics", {}),
+                "metrics": mets,
                 "windows": manifest.get("training", {}).get("train", {}).get("labelled"),
             }
+            out["plots"] = [
+                f"/api/train/{p}.png?model={manifest['model_id']}"
+                for p in PLOTS
+                if f"val_{p}" in mets
+            ]
         return out
+
+    def plot(self, name: str) -> Path | None:
+        """The PNG of the finished job's validation ``name`` (one of :data:`PLOTS`), drawn
+        beside the artifact the first time (not in it: promote copies the artifact)."""
+        path = self.out.with_name(f"{self.out.name}.{name}.png")
+        if path.exists():
+            return path
+        try:
+            manifest = json.loads((self.out / "manifest.json").read_text())
+            data = manifest["metrics"][f"val_{name}"]
+        except (OSError, ValueError, KeyError):
+            return None
+        from streamfuse.train import evaluate
+
+        tmp = path.with_name(path.name + ".tmp.png")
+        with _PLOTTING:
+            if name == "confusion":
+                evaluate.plot_confusion(tmp, data, manifest["classes"])
+            else:
+                evaluate.plot_reliability(tmp, data, manifest["metrics"].get("val_ece", 0.0))
+            tmp.replace(path)
+        return path
 
     def cancel(self) -> None:
         if self.proc.poll() is None:
@@ -228,10 +274,28 @@ class Teach:
         epochs = int(body.get("epochs", 20))
         if not 1 <= epochs <= 1000:
             return _bad("epochs: 1 to 1000")
+        modalities = body.get("modalities")
+        if modalities is not None and (
+            not isinstance(modalities, list)
+            or not modalities
+            or any(m not in MODALITIES for m in modalities)
+        ):
+            return _bad("modalities: one or more of video, audio, text")
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = Path(self.cfg.fusion.model).parent / "candidates" / stamp
-        self.job = TrainJob(self.cfg, [p for p in paths if p is not None], epochs, out)
+        self.job = TrainJob(self.cfg, [p for p in paths if p is not None], epochs, out, modalities)
         return JSONResponse(self.job.status())
+
+    async def api_train_plot(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        job = self.job
+        if name not in PLOTS or job is None or job.proc.poll() != 0 or job.cancelled:
+            return _bad("no such plot of a finished training job", 404)
+        # In a thread: matplotlib takes a second to import and draw.
+        path = await asyncio.to_thread(job.plot, name)
+        if path is None:
+            return _bad("this model's manifest has no such figure", 404)
+        return FileResponse(path, media_type="image/png")
 
     async def api_models(self, request: Request) -> Response:
         body: dict[str, Any] | None = None
@@ -262,11 +326,13 @@ class Teach:
                 return 400, {"error": str(e)}
             store.signal_daemon(self.cfg)
         shadow = store.shadow_dir(self.cfg)
+        captured = store.captured_modalities(self.cfg)
         return 200, {
             "live": _id(store.live_dir(self.cfg)),
             "previous": _id(store.previous_dir(self.cfg)),
             "shadow": _id(shadow) if shadow else None,
             "shadow_dir": str(shadow) if shadow else None,
+            "captured": [m for m in MODALITIES if m in captured] if captured is not None else None,
         }
 
 

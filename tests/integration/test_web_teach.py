@@ -3,6 +3,9 @@
 The browser test holds the page's button for 3 s in Debian's Chromium (Playwright) while a
 plain ZeroMQ subscriber watches ``room1/label``: the stream must carry exactly that span
 (an open-ended label on press, a stop on release) and the page's timeline must show it.
+Another trains on a small avdigits set from the page (text only, what ``room1`` captures),
+waits for the report's figures, starts it as the shadow and promotes it, while a plain
+subscriber checks that the classifications then name the new model.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -160,13 +164,12 @@ def test_teach_api_refuses_bad_input_and_trains_one_job_at_a_time(
     code, data = _api(console, "POST", "/api/train", {"recordings": ["../etc.mcap"]})
     assert code == 400
     # A recording of a labelled source in record.path: train it, once at a time, then shadow it.
-    data_dir = tmp_path / "avd"
-    avdigits.build(data_dir, avdigits.Params(segments=40, seed=5, split="test"))
-    rec_dir = Path(bus_env.cfg.record.path)
-    rec_dir.mkdir(parents=True, exist_ok=True)
-    for f in (data_dir / "test").glob("*.mcap"):
-        shutil.copy(f, rec_dir / f.name)
-    names = [f.name for f in rec_dir.glob("*.mcap")]
+    names = _recordings_for_training(bus_env, tmp_path)
+    for modalities in (["smell"], [], "text"):
+        body = {"recordings": names, "epochs": 1, "modalities": modalities}
+        code, data = _api(console, "POST", "/api/train", body)
+        assert code == 400 and "modalities" in data["error"], (modalities, data)
+    assert _api(console, "GET", "/api/models")[1]["captured"] == ["text"]
     code, job = _api(console, "POST", "/api/train", {"recordings": names, "epochs": 1})
     assert code == 200 and job["state"] == "running"
     assert _api(console, "POST", "/api/train", {"recordings": names, "epochs": 1})[0] == 409
@@ -187,3 +190,90 @@ def test_teach_api_refuses_bad_input_and_trains_one_job_at_a_time(
     code, refused = _api(console, "POST", "/api/models", {"action": "shadow", "dir": done["dir"]})
     assert code == 400 and "no configured source captures" in refused["error"]
     assert _api(console, "GET", "/api/models")[1]["shadow"] is None
+
+
+def _recordings_for_training(bus_env, tmp_path: Path) -> list[str]:
+    """A small avdigits set (its labels as label streams inside) copied into record.path."""
+    data_dir = tmp_path / "avd"
+    avdigits.build(data_dir, avdigits.Params(segments=40, seed=5, split="test"))
+    rec_dir = Path(bus_env.cfg.record.path)
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    for f in (data_dir / "test").glob("*.mcap"):
+        shutil.copy(f, rec_dir / f.name)
+    return sorted(f.name for f in rec_dir.glob("*.mcap"))
+
+
+@needs_browser
+def test_train_shadow_and_promote_from_the_page(
+    console: ConsoleDaemon, bus_env, tmp_path: Path
+) -> None:
+    """Issue #19: train on the page (text only: room1 captures text), read the report with
+    its figures, start it as the shadow, promote it: the classifications then name it."""
+    names = _recordings_for_training(bus_env, tmp_path)
+    assert console.watcher is not None
+    watcher = console.watcher
+    old_id = wait_for(
+        lambda: (r := watcher.latest()) and r[1]["model"],
+        timeout=30,
+        what="a classification of the tiny live model",
+    )
+    browser = Browser()
+    try:
+        page = browser.page
+        page.goto(console.url + "/teach")
+        for name in names:
+            page.check(f"#recs input[value='{name}']")
+        # The modalities default to what the configured sources capture: room1, text only.
+        page.wait_for_function(
+            "!document.querySelector('#modalities input[value=video]').checked", timeout=10000
+        )
+        assert page.is_checked("#modalities input[value=text]")
+        assert not page.is_checked("#modalities input[value=audio]")
+        page.fill("#epochs", "1")
+        page.click("#train")
+        page.wait_for_function(
+            "document.getElementById('accuracy').textContent !== '' && "
+            "[...document.querySelectorAll('#plots img')].length === 2 && "
+            "[...document.querySelectorAll('#plots img')].every(i => i.complete && i.naturalWidth)",
+            timeout=300_000,
+            polling=500,
+        )
+        job = _api(console, "GET", "/api/train")[1]
+        new_id = job["report"]["model_id"]
+        assert job["state"] == "done" and new_id != old_id
+        assert "validation accuracy" in page.inner_text("#accuracy")
+        assert new_id in page.inner_text("#accuracy")
+        page.click("#as-shadow")
+        page.wait_for_function(
+            f"document.getElementById('models').textContent.includes('shadow {new_id}')",
+            timeout=10000,
+        )
+        assert _api(console, "GET", "/api/models")[1]["shadow"] == new_id
+        page.click("#promote")
+        page.wait_for_function(
+            f"document.getElementById('models').textContent.includes('live {new_id}')",
+            timeout=10000,
+        )
+        promoted = time.monotonic()
+        models = _api(console, "GET", "/api/models")[1]
+        assert (models["live"], models["previous"], models["shadow"]) == (new_id, old_id, None)
+        assert page.inner_text("#model-status") == "promote: done"
+
+        # The workers load it between two batches: from its first answer on, only it answers.
+        def rows() -> list[tuple[float, dict]]:
+            with watcher.lock:
+                return list(watcher.rows)
+
+        first = wait_for(
+            lambda: next((i for i, (_, c) in enumerate(rows()) if c["model"] == new_id), None),
+            timeout=15,
+            what="a classification by the promoted model",
+        )
+        time.sleep(1.5)
+        seen = rows()
+        assert seen[-1][0] > promoted + 1, "classifications still flow after the promotion"
+        assert {c["model"] for _, c in seen[first:]} == {new_id}
+        assert {c["model"] for _, c in seen[:first]} == {old_id}
+        assert [e for e in browser.errors if "favicon" not in e] == []
+    finally:
+        browser.close()

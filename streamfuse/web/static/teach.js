@@ -112,11 +112,37 @@ async function loadJob() {
   lastJob = j;
   $("job").textContent = j.state === "idle" ? "no training job" :
     `${j.state}: ${j.error || j.progress.join(" ")}`;
-  $("report").textContent = j.report ? JSON.stringify(j.report, null, 1) : "";
+  const r = j.report;
+  const m = r ? r.metrics : {};
+  $("accuracy").textContent = r && m.val_accuracy !== undefined ?
+    `validation accuracy ${(100 * m.val_accuracy).toFixed(1)} % on ${m.val_windows} windows ` +
+    `(model ${r.model_id})` : "";
+  const plots = j.plots || [];
+  if ($("plots").dataset.shown !== plots.join(" ")) {  // new images only when they change
+    $("plots").dataset.shown = plots.join(" ");
+    $("plots").replaceChildren(...plots.map(src => {
+      const img = new Image();
+      img.src = src;
+      img.alt = src.includes("confusion") ? "confusion matrix" : "reliability diagram";
+      return img;
+    }));
+  }
+  // The figures are drawn above; the rest of the report as it is.
+  const {val_confusion, val_reliability, ...rest} = m;
+  $("report").textContent = r ? JSON.stringify({...r, metrics: rest}, null, 1) : "";
 }
+
+let modalitiesSet = false;
 
 async function loadModels() {
   const m = await call("GET", "/api/models");
+  if (!modalitiesSet && m.captured) {
+    // By default a new model uses what the configured sources capture, so it can be the shadow.
+    for (const box of document.querySelectorAll("#modalities input")) {
+      box.checked = m.captured.includes(box.value);
+    }
+  }
+  modalitiesSet = true;
   $("models").textContent = `live ${m.live || "none"} · previous ${m.previous || "none"} · ` +
     `shadow ${m.shadow || "none"}`;
 }
@@ -145,7 +171,9 @@ document.addEventListener("keyup", e => { if (e.code === "Space") stop(); });
 $("train").addEventListener("click", async () => {
   const recordings = [...document.querySelectorAll("#recs input:checked")].map(i => i.value);
   try {
-    await call("POST", "/api/train", {recordings, epochs: Number($("epochs").value)});
+    const modalities = [...document.querySelectorAll("#modalities input:checked")]
+      .map(i => i.value);
+    await call("POST", "/api/train", {recordings, modalities, epochs: Number($("epochs").value)});
   } catch (e) {
     $("job").textContent = `not started: ${e.message}`;
     return;
