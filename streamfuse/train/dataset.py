@@ -176,6 +176,94 @@ class _LazyLabeller:
         return self.labeller.label(w.source, w.t_start_ns, w.t_end_ns)
 
 
+def _recording_files(recordings: Sequence[str | Path]) -> list[Path]:
+    """The ``*.mcap`` files ``recordings`` name, refused when two hold one topic at once."""
+    from streamfuse.record.reader import RecordingError, check_disjoint, expand_paths
+
+    try:
+        files = expand_paths(recordings)
+        check_disjoint(files)
+    except RecordingError as e:
+        raise DataError(str(e)) from None
+    if not files:
+        raise DataError(f"no *.mcap recordings in {', '.join(map(str, recordings))}")
+    return files
+
+
+def _label_rows(labels: str | Path | None,
+                recordings: Sequence[str | Path]) -> tuple[list[Path], list[Any] | None]:
+    """The label CSVs (``labels``, else ``labels.csv`` beside the recordings) and their rows;
+    None when there is no CSV (the labels are then the recordings' label messages)."""
+    label_files = [Path(labels)] if labels else find_label_files(recordings)
+    if not label_files:
+        return [], None
+    rows: list[Any] = []
+    for lf in label_files:
+        try:
+            text = lf.read_text(encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"{lf}: cannot read: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{lf}: not UTF-8") from None
+        rows += lab.parse_rows(text, lf.name if len(label_files) == 1 else str(lf))
+    return label_files, rows
+
+
+class _Collector:
+    """Labelled windows, featurised ``FEATURISE_CHUNK`` at a time (a window's frames are
+    dropped as soon as its features exist)."""
+
+    def __init__(self, prep: Preprocessing) -> None:
+        self.prep = prep
+        self.chunks: list[Features] = []
+        self.ys: list[str] = []
+        self.keys: list[tuple[str, int]] = []
+        self.pending: list[Window] = []
+        self.stats: Counter[str] = Counter()
+        self.problems: Counter[str] = Counter()
+
+    def add(self, w: Window, name: str) -> None:
+        self.pending.append(w)
+        self.ys.append(name)
+        self.keys.append((w.source, w.t_start_ns))
+        if len(self.pending) >= FEATURISE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            raw = collate(self.pending, self.prep)
+            for p in raw.problems:
+                self.problems[p.split(": ")[1] if ": " in p else p] += 1
+            self.chunks.append(to_device(raw, self.prep, "cpu"))
+            self.pending.clear()
+
+
+def _collect(tap: _Tap, align: AlignConfig, labeller: _LazyLabeller, out: _Collector,
+             classes: Sequence[str] | None, span: tuple[int, int] | None) -> None:
+    """Align the recordings' messages into windows and keep the labelled ones in ``out``."""
+    from streamfuse.align.offline import windows_from_messages
+
+    stats = out.stats
+    total_s = (span[1] - span[0]) / clock.NS_PER_S if span else None
+    bar = Progress("windows from recordings", total_s, unit="s", enabled=span is not None)
+    for w in windows_from_messages(tap, align):
+        stats["windows"] += 1
+        if span is not None:
+            bar.advance_to(max(0, min(w.t_end_ns, span[1]) - span[0]) / clock.NS_PER_S)
+        name = labeller.label(w)
+        if name is None:
+            stats["unlabelled"] += 1
+        elif classes is not None and name not in classes:
+            stats["unknown_label"] += 1
+        else:
+            out.add(w, name)
+    out.flush()
+    bar.set_note(f"{stats['windows']} windows")
+    if bar.total is not None:
+        bar.advance_to(bar.total)  # all read: the last window ends before the files' tails
+    bar.close()
+
+
 def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Preprocessing, *,
                  labels: str | Path | None = None, classes: Sequence[str] | None = None,
                  progress: bool = False) -> WindowSet:
@@ -188,80 +276,17 @@ def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Pre
     (:class:`streamfuse.progress.Progress`).
     Raises :class:`DataError` / :class:`streamfuse.train.labels.LabelError`.
     """
-    from streamfuse.align.offline import windows_from_messages
-    from streamfuse.record.reader import (
-        RecordingError,
-        check_disjoint,
-        expand_paths,
-        read_messages,
-        time_range,
-    )
+    from streamfuse.record.reader import read_messages, time_range
 
-    try:
-        files = expand_paths(recordings)
-        check_disjoint(files)
-    except RecordingError as e:
-        raise DataError(str(e)) from None
-    if not files:
-        raise DataError(f"no *.mcap recordings in {', '.join(map(str, recordings))}")
-    label_files = [Path(labels)] if labels else find_label_files(recordings)
-    rows: list[Any] | None = None
-    if label_files:
-        rows = []
-        for lf in label_files:
-            try:
-                text = lf.read_text(encoding="utf-8")
-            except OSError as e:
-                raise DataError(f"{lf}: cannot read: {e.strerror or e}") from None
-            except UnicodeDecodeError:
-                raise DataError(f"{lf}: not UTF-8") from None
-            rows += lab.parse_rows(text, lf.name if len(label_files) == 1 else str(lf))
+    files = _recording_files(recordings)
+    label_files, rows = _label_rows(labels, recordings)
     if rows is not None and classes is None:
         classes = class_order(r.label for r in rows)
-
     errors: Counter[str] = Counter()
     tap = _Tap(read_messages(files, errors=errors))
-    labeller = _LazyLabeller(rows, tap)
-    chunks: list[Features] = []
-    ys: list[str] = []
-    keys: list[tuple[str, int]] = []
-    pending: list[Window] = []
-    stats: Counter[str] = Counter()
-    problems: Counter[str] = Counter()
-
-    def flush() -> None:
-        if pending:
-            raw = collate(pending, prep)
-            for p in raw.problems:
-                problems[p.split(": ")[1] if ": " in p else p] += 1
-            chunks.append(to_device(raw, prep, "cpu"))
-            pending.clear()
-
-    span = time_range(files) if progress else None
-    total_s = (span[1] - span[0]) / clock.NS_PER_S if span else None
-    bar = Progress("windows from recordings", total_s, unit="s", enabled=span is not None)
-    for w in windows_from_messages(tap, align):
-        stats["windows"] += 1
-        if span is not None:
-            bar.advance_to(max(0, min(w.t_end_ns, span[1]) - span[0]) / clock.NS_PER_S)
-        name = labeller.label(w)
-        if name is None:
-            stats["unlabelled"] += 1
-            continue
-        if classes is not None and name not in classes:
-            stats["unknown_label"] += 1
-            continue
-        pending.append(w)
-        ys.append(name)
-        keys.append((w.source, w.t_start_ns))
-        if len(pending) >= FEATURISE_CHUNK:
-            flush()
-    flush()
-    bar.set_note(f"{stats['windows']} windows")
-    if bar.total is not None:
-        bar.advance_to(bar.total)  # all read: the last window ends before the files' tails
-    bar.close()
-
+    out = _Collector(prep)
+    _collect(tap, align, _LazyLabeller(rows, tap), out, classes,
+             time_range(files) if progress else None)
     stream_spans = tap.labels.finish(tap.ranges)
     if rows is not None:  # now every source's full time range is known
         name = label_files[0].name if len(label_files) == 1 else "labels"
@@ -270,32 +295,39 @@ def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Pre
     else:
         spans = stream_spans
         if not tap.n_label_messages:
-            raise DataError(f"no labels: pass --labels, put labels.csv beside the recordings, or record "
-                            f"<source>/label messages ({', '.join(map(str, recordings))})")
+            raise DataError(f"no labels: pass --labels, put labels.csv beside the recordings, or "
+                            f"record <source>/label messages ({', '.join(map(str, recordings))})")
         if classes is None:
             classes = class_order(s.label for s in spans)
-            stats["unknown_label"] = 0
+            out.stats["unknown_label"] = 0
     assert classes is not None
-    if not ys:
+    if not out.ys:
         raise DataError(f"no labelled windows in {', '.join(map(str, recordings))} "
-                        f"({stats['windows']} windows, {stats['unlabelled']} unlabelled)")
+                        f"({out.stats['windows']} windows, {out.stats['unlabelled']} unlabelled)")
     index = {c: i for i, c in enumerate(classes)}
-    y = torch.tensor([index[n] for n in ys], dtype=torch.int64)
-    features = concat_features(chunks)
+    y = torch.tensor([index[n] for n in out.ys], dtype=torch.int64)
+    features = concat_features(out.chunks)
+    summary = _summary(files, label_files, tap, errors, out, len(spans), classes, y, features)
+    return WindowSet(features, y, out.keys, list(classes), summary)
+
+
+def _summary(files: list[Path], label_files: list[Path], tap: _Tap, errors: Counter[str],
+             out: _Collector, n_spans: int, classes: Sequence[str], y: torch.Tensor,
+             features: Features) -> dict[str, Any]:
+    """What :attr:`WindowSet.summary` says of the data (an artifact's manifest keeps it)."""
     mask = features.mask
-    summary = {
+    return {
         "recordings": [str(f) for f in files],
         "label_files": [str(f) for f in label_files] or ["<label messages>"],
         "sources": sorted(tap.ranges),
         "messages": dict(tap.counts),
         "reader_errors": dict(errors),
-        "windows": stats["windows"],
-        "labelled": len(ys),
-        "unlabelled": stats["unlabelled"],
-        "unknown_label": stats["unknown_label"],
-        "label_spans": len(spans),
+        "windows": out.stats["windows"],
+        "labelled": len(out.ys),
+        "unlabelled": out.stats["unlabelled"],
+        "unknown_label": out.stats["unknown_label"],
+        "label_spans": n_spans,
         "per_class": {c: int((y == i).sum()) for i, c in enumerate(classes)},
         "present": {m: int(mask[:, j].sum()) for j, m in enumerate(MODALITIES)},
-        "feature_problems": dict(problems),
+        "feature_problems": dict(out.problems),
     }
-    return WindowSet(features, y, keys, list(classes), summary)

@@ -368,22 +368,68 @@ def holdout_split(keys: list[tuple[str, int]], fraction: float, seed: int) -> tu
     return (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
 
 
-def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: TrainOptions, *,
-          dist: Dist | None = None, quiet: bool = False) -> tuple[FusionModel, dict[str, Any]]:
-    """Train a :class:`FusionModel`; returns it (best epoch, temperature set) and its metrics.
+class EarlyStopping:
+    """Keeps the best epoch's weights and says when to stop.
 
-    Under DDP every rank calls this; only rank 0's returned metrics are complete.
+    Best: the highest validation accuracy, ties to the lower loss (``select="accuracy"``), or
+    the lowest validation NLL (``"loss"``). Stop after ``patience`` epochs without a better
+    one, but never before the learning rate's warm-up has ended plus ``patience``: while it is
+    still rising a small data set can sit at chance for several epochs before it learns.
     """
-    if opts.select not in ("accuracy", "loss"):
-        raise ValueError(f"select: expected 'accuracy' or 'loss', got {opts.select!r}")
-    dist = dist or Dist()
+
+    def __init__(self, model: FusionModel, *, select: str, patience: int, warmup_epochs: int) -> None:
+        self.select = select
+        self.patience = patience
+        self.warmup_epochs = warmup_epochs
+        self.best: tuple[float, float] = (-1.0, float("inf"))  # (accuracy, loss)
+        self.best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, epoch: int, val_acc: float, val_loss: float, model: FusionModel) -> bool:
+        """Record epoch ``epoch`` (1-based); True when it is the best so far."""
+        if self.select == "loss":
+            improved = val_loss < self.best[1]
+        else:
+            improved = (val_acc, -val_loss) > (self.best[0], -self.best[1])
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = (val_acc, val_loss), epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.bad_epochs >= self.patience and epoch >= self.warmup_epochs + self.patience
+
+
+@dataclass
+class _Trainer:
+    """One training run's model, optimiser and random streams, built by :func:`_trainer`."""
+
+    model: FusionModel
+    net: torch.nn.Module  # the model, or model + aux heads, maybe wrapped in DDP
+    use_aux: bool
+    opt: torch.optim.Optimizer
+    sched: Any
+    weights: torch.Tensor  # per-class loss weights
+    gen: torch.Generator  # augmentation and modality dropout
+    drop_weights: torch.Tensor
+    sampler: Any  # DistributedSampler over the training rows
+    batch: int  # rows per step on this rank
+    steps: int  # steps per epoch
+
+
+def _trainer(train_set: WindowSet, prep: Preprocessing, opts: TrainOptions, dist: Dist) -> _Trainer:
+    """The model (initialised from ``opts.seed``), its optimiser, schedule and sampler."""
+    from torch.utils.data import DistributedSampler
+
     dev = dist.device
     torch.manual_seed(opts.seed)
-    classes = train_set.classes
-    cfg = ModelConfig.for_preprocessing(classes, prep, fusion=opts.fusion, modalities=opts.modalities,
-                                        embed_dim=opts.embed_dim, dropout=opts.dropout,
-                                        video_channels=opts.video_channels, audio_channels=opts.audio_channels,
-                                        encoder=opts.encoder, video_stem=opts.video_stem)
+    cfg = ModelConfig.for_preprocessing(
+        train_set.classes, prep, fusion=opts.fusion, modalities=opts.modalities,
+        embed_dim=opts.embed_dim, dropout=opts.dropout, video_channels=opts.video_channels,
+        audio_channels=opts.audio_channels, encoder=opts.encoder, video_stem=opts.video_stem)
     model = FusionModel(cfg).to(dev)
     use_aux = opts.aux_weight > 0
     # Built even when unused, so that aux_weight alone does not shift the later random draws.
@@ -393,119 +439,150 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # Encoders are skipped for absent modalities, so some parameters may go unused in a step.
-        net = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
-    feats = train_set.features.to(dev)
-    y = train_set.y.to(dev)
-    val_feats, val_y = val_set.features.to(dev), val_set.y.to(dev)
-    weights = class_weights(train_set.y, len(classes)).to(dev)
-    n = len(train_set)
-    per_rank_batch = max(1, opts.batch_size // dist.world)
-    from torch.utils.data import DistributedSampler
-
+        net = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                  find_unused_parameters=True)
+    batch = max(1, opts.batch_size // dist.world)
     sampler: DistributedSampler[int] = DistributedSampler(
-        range(n), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=opts.seed,  # type: ignore[arg-type]
-        drop_last=False)
-    steps = max(1, math.ceil(len(sampler) / per_rank_batch))
-    params = list(net.parameters())
-    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        range(len(train_set)), num_replicas=dist.world, rank=dist.rank,  # type: ignore[arg-type]
+        shuffle=True, seed=opts.seed, drop_last=False)
+    steps = max(1, math.ceil(len(sampler) / batch))
+    opt = torch.optim.AdamW(list(net.parameters()), lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr, total_steps=opts.epochs * steps,
                                                 pct_start=WARMUP_FRACTION)
-    # Early stopping waits for the learning rate's warm-up to end: while it is still rising a
-    # small data set can sit at chance for several epochs before it starts to learn.
-    warmup_epochs = math.ceil(WARMUP_FRACTION * opts.epochs)
-    gen = torch.Generator().manual_seed(opts.seed * 1000 + dist.rank)
     columns = model.mask_columns.cpu()
-    drop_weights = torch.tensor(opts.drop_weights, dtype=torch.float32)[columns]
-    best: tuple[float, float] = (-1.0, float("inf"))
-    best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
-    best_epoch, bad_epochs, history = 0, 0, []
+    return _Trainer(model=model, net=net, use_aux=use_aux, opt=opt, sched=sched,
+                    weights=class_weights(train_set.y, len(train_set.classes)).to(dev),
+                    gen=torch.Generator().manual_seed(opts.seed * 1000 + dist.rank),
+                    drop_weights=torch.tensor(opts.drop_weights, dtype=torch.float32)[columns],
+                    sampler=sampler, batch=batch, steps=steps)
+
+
+def _step(tr: _Trainer, feats: Features, y: torch.Tensor, rows: torch.Tensor,
+          opts: TrainOptions) -> tuple[float, float]:
+    """One optimisation step on ``rows``: (fused loss, auxiliary loss)."""
+    model, dev = tr.model, y.device
+    batch = select_features(feats, rows)
+    if 0 < opts.train_frames < batch.frames.shape[1]:
+        batch = subsample_frames(batch, opts.train_frames, tr.gen)
+    if opts.augment:
+        batch = augment(batch, tr.gen, elastic=opts.elastic, occlude=opts.occlude)
+    dropped = modality_dropout(batch.mask.cpu(), tr.gen, p_drop_one=opts.p_drop_one,
+                               p_keep_one=opts.p_keep_one, columns=model.mask_columns.cpu(),
+                               drop_weights=tr.drop_weights)
+    yb = y[rows.to(dev)]
+    if tr.use_aux:
+        # Encoders see every present window; dropout only hides embeddings from the fusion.
+        present = model.model_mask(batch)
+        logits, aux_logits = tr.net(batch, dropped.to(dev).index_select(1, model.mask_columns).bool())
+        extra = aux_loss(aux_logits, present, yb, model.modalities, weight=tr.weights,
+                         label_smoothing=opts.label_smoothing)
+    else:
+        logits = tr.net(batch.with_mask(dropped))
+        extra = torch.zeros((), device=dev)
+    fused = F.cross_entropy(logits.float(), yb, weight=tr.weights,
+                            label_smoothing=opts.label_smoothing)
+    loss = fused + opts.aux_weight * extra
+    tr.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(tr.net.parameters()), 5.0)
+    tr.opt.step()
+    tr.sched.step()
+    return float(fused.detach()), float(extra.detach())
+
+
+def _epoch(tr: _Trainer, feats: Features, y: torch.Tensor, epoch: int, opts: TrainOptions,
+           bar: Progress) -> tuple[float, float]:
+    """One pass over this rank's share of the training rows: mean (fused, auxiliary) loss."""
+    tr.sampler.set_epoch(epoch)
+    order = torch.tensor(list(iter(tr.sampler)), dtype=torch.int64)
+    tr.net.train()
+    total, total_aux, count = 0.0, 0.0, 0
+    for step in range(tr.steps):
+        rows = order[step * tr.batch:(step + 1) * tr.batch]
+        if rows.numel() == 0:
+            rows = order[:1]
+        fused, extra = _step(tr, feats, y, rows, opts)
+        total += fused * rows.numel()
+        total_aux += extra * rows.numel()
+        count += rows.numel()
+        bar.set_note(f"epoch {epoch + 1}/{opts.epochs} loss {total / count:.4f}")
+        bar.update()
+    return total / max(1, count), total_aux / max(1, count)
+
+
+def calibrate(model: FusionModel, val_feats: Features, val_y: torch.Tensor,
+              classes: list[str]) -> dict[str, Any]:
+    """Fit the model's temperature on the validation windows; their calibrated metrics."""
+    logits = predict_logits(model, val_feats)
+    probs_raw = torch.softmax(logits, 1)
+    t = metrics.fit_temperature(logits, val_y)
+    model.set_temperature(t)
+    probs = torch.softmax(logits / t, 1)
+    s = metrics.summary(probs.cpu(), val_y.cpu(), classes)
+    return {"temperature": t, "val_accuracy": s["accuracy"], "val_macro_f1": s["macro_f1"],
+            "val_ece": s["ece"], "val_ece_uncalibrated": metrics.ece(probs_raw.cpu(), val_y.cpu()),
+            "val_nll": metrics.nll(logits / t, val_y), "val_windows": len(val_y),
+            # what the console's Teach page draws (confusion matrix, reliability diagram)
+            "val_confusion": s["confusion"],
+            "val_reliability": metrics.reliability(probs.cpu(), val_y.cpu())}
+
+
+def _stop_everywhere(stop: bool, dist: Dist) -> bool:
+    """Rank 0's decision, for every rank."""
+    flag = torch.tensor([float(stop), 0.0])
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.broadcast(flag, src=0)
+    return bool(flag[0])
+
+
+def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: TrainOptions, *,
+          dist: Dist | None = None, quiet: bool = False) -> tuple[FusionModel, dict[str, Any]]:
+    """Train a :class:`FusionModel`; returns it (best epoch, temperature set) and its metrics.
+
+    Epochs (:func:`_epoch`), validation with early stopping (:class:`EarlyStopping`), then
+    temperature calibration (:func:`calibrate`). Under DDP every rank calls this; only rank
+    0 validates, and only its returned metrics are complete.
+    """
+    if opts.select not in ("accuracy", "loss"):
+        raise ValueError(f"select: expected 'accuracy' or 'loss', got {opts.select!r}")
+    dist = dist or Dist()
+    dev = dist.device
+    tr = _trainer(train_set, prep, opts, dist)
+    feats, y = train_set.features.to(dev), train_set.y.to(dev)
+    val_feats, val_y = val_set.features.to(dev), val_set.y.to(dev)
+    stopper = EarlyStopping(tr.model, select=opts.select, patience=opts.patience,
+                            warmup_epochs=math.ceil(WARMUP_FRACTION * opts.epochs))
+    history: list[dict[str, Any]] = []
     t_start = clock.monotonic_ns()
-    bar = Progress("training", opts.epochs * steps, unit="step", enabled=not quiet and dist.main)
+    bar = Progress("training", opts.epochs * tr.steps, unit="step", enabled=not quiet and dist.main)
     for epoch in range(opts.epochs):
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(iter(sampler)), dtype=torch.int64)
-        net.train()
-        total, total_aux, count = 0.0, 0.0, 0
-        for step in range(steps):
-            rows = order[step * per_rank_batch:(step + 1) * per_rank_batch]
-            if rows.numel() == 0:
-                rows = order[:1]
-            batch = select_features(feats, rows)
-            if 0 < opts.train_frames < batch.frames.shape[1]:
-                batch = subsample_frames(batch, opts.train_frames, gen)
-            if opts.augment:
-                batch = augment(batch, gen, elastic=opts.elastic, occlude=opts.occlude)
-            dropped = modality_dropout(batch.mask.cpu(), gen, p_drop_one=opts.p_drop_one,
-                                       p_keep_one=opts.p_keep_one, columns=columns, drop_weights=drop_weights)
-            yb = y[rows.to(dev)]
-            if use_aux:
-                # Encoders see every present window; dropout only hides embeddings from the fusion.
-                present = model.model_mask(batch)
-                logits, aux_logits = net(batch, dropped.to(dev).index_select(1, model.mask_columns).bool())
-                extra = aux_loss(aux_logits, present, yb, model.modalities, weight=weights,
-                                 label_smoothing=opts.label_smoothing)
-            else:
-                logits = net(batch.with_mask(dropped))
-                extra = torch.zeros((), device=dev)
-            fused_loss = F.cross_entropy(logits.float(), yb, weight=weights, label_smoothing=opts.label_smoothing)
-            loss = fused_loss + opts.aux_weight * extra
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            sched.step()
-            total += float(fused_loss.detach()) * rows.numel()
-            total_aux += float(extra.detach()) * rows.numel()
-            count += rows.numel()
-            bar.set_note(f"epoch {epoch + 1}/{opts.epochs} loss {total / count:.4f}")
-            bar.update()
-        stop = torch.zeros(2)
+        loss, extra = _epoch(tr, feats, y, epoch, opts, bar)
+        stop = False
         if dist.main:
-            val_logits = predict_logits(model, val_feats)
+            val_logits = predict_logits(tr.model, val_feats)
             val_acc = metrics.accuracy(val_logits.argmax(1), val_y)
             val_loss = metrics.nll(val_logits, val_y)
             elapsed = (clock.monotonic_ns() - t_start) / 1e9
-            history.append({"epoch": epoch + 1, "loss": total / max(1, count),
-                            "aux_loss": total_aux / max(1, count), "val_accuracy": val_acc,
-                            "val_loss": val_loss, "lr": sched.get_last_lr()[0], "elapsed_s": elapsed})
-            if opts.select == "loss":
-                improved = val_loss < best[1]
-            else:
-                improved = (val_acc, -val_loss) > (best[0], -best[1])
-            if improved:
-                best, best_epoch, bad_epochs = (val_acc, val_loss), epoch + 1, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_epochs += 1
-            bar.write(f"epoch {epoch + 1}/{opts.epochs} loss {total / max(1, count):.4f} "
-                      f"val_acc {val_acc:.4f} val_loss {val_loss:.4f} {elapsed:.0f}s"
-                      f"{' *' if improved else ''}")
-            stop[0] = float(bad_epochs >= opts.patience and epoch + 1 >= warmup_epochs + opts.patience)
-        if dist.world > 1:
-            import torch.distributed as tdist
-
-            tdist.broadcast(stop, src=0)
-        if bool(stop[0]):
+            history.append({"epoch": epoch + 1, "loss": loss, "aux_loss": extra,
+                            "val_accuracy": val_acc, "val_loss": val_loss,
+                            "lr": tr.sched.get_last_lr()[0], "elapsed_s": elapsed})
+            improved = stopper.update(epoch + 1, val_acc, val_loss, tr.model)
+            bar.write(f"epoch {epoch + 1}/{opts.epochs} loss {loss:.4f} val_acc {val_acc:.4f} "
+                      f"val_loss {val_loss:.4f} {elapsed:.0f}s{' *' if improved else ''}")
+            stop = stopper.should_stop(epoch + 1)
+        if _stop_everywhere(stop, dist):
             break
     bar.close()
-    train_s = (clock.monotonic_ns() - t_start) / 1e9
-    model.load_state_dict(best_state)
-    result: dict[str, Any] = {"epochs_run": len(history) or opts.epochs, "best_epoch": best_epoch,
-                              "train_seconds": round(train_s, 2), "history": history}
+    tr.model.load_state_dict(stopper.best_state)
+    result: dict[str, Any] = {"epochs_run": len(history) or opts.epochs,
+                              "best_epoch": stopper.best_epoch,
+                              "train_seconds": round((clock.monotonic_ns() - t_start) / 1e9, 2),
+                              "history": history}
     if dist.main:
-        logits = predict_logits(model, val_feats)
-        probs_raw = torch.softmax(logits, 1)
-        t = metrics.fit_temperature(logits, val_y)
-        model.set_temperature(t)
-        probs = torch.softmax(logits / t, 1)
-        s = metrics.summary(probs.cpu(), val_y.cpu(), classes)
-        result.update({"temperature": t, "val_accuracy": s["accuracy"], "val_macro_f1": s["macro_f1"],
-                       "val_ece": s["ece"], "val_ece_uncalibrated": metrics.ece(probs_raw.cpu(), val_y.cpu()),
-                       "val_nll": metrics.nll(logits / t, val_y), "val_windows": len(val_set),
-                       # what the console's Teach page draws (confusion matrix, reliability diagram)
-                       "val_confusion": s["confusion"],
-                       "val_reliability": metrics.reliability(probs.cpu(), val_y.cpu())})
-    return model, result
+        result.update(calibrate(tr.model, val_feats, val_y, train_set.classes))
+    return tr.model, result
 
 
 # ----------------------------------------------------------------------------- command
