@@ -40,6 +40,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse import clock
 from streamfuse.config import Config
+from streamfuse.frameplane.replay import replay_plane
 from streamfuse.progress import Progress
 from streamfuse.record import reader
 from streamfuse.signals import Signals
@@ -314,6 +315,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     sock.sndhwm = cfg.bus.hwm
     sock.setsockopt(zmq.XPUB_NODROP, 1)
     mon = sock.get_monitor_socket(MONITOR_EVENTS)  # before connecting, so no event is missed
+    plane = None
     try:
         connect_endpoint(sock, cfg.bus.input, cfg.bus)
         if not _wait_connected(sock, mon, cfg.bus.input, sig.stop):
@@ -321,10 +323,12 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
                   file=sys.stderr)
             return 1
         progress, bar = _progress(plan.loop)
+        send = _sender(sock, sig.stop)
+        plane = replay_plane(cfg.bus, cfg.align, plan.rate)
         try:
             with bar:
-                stats = run(plan, _sender(sock, sig.stop), stop=sig.stop, progress=progress,
-                            sleep_until=_interruptible_sleep(sig.stop))
+                stats = run(plan, plane.wrap(send) if plane else send, stop=sig.stop,
+                            progress=progress, sleep_until=_interruptible_sleep(sig.stop))
         except reader.RecordingError as e:
             print(f"streamfuse replay: {e}", file=sys.stderr)
             return 1
@@ -340,3 +344,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
             if not s.closed:
                 s.close(linger=0)
         ctx.term()
+        if plane is not None:
+            # After the socket's linger, so the last frames reached the bus; readers that
+            # mapped a ring keep reading it after the unlink.
+            plane.close()
