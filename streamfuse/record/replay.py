@@ -41,6 +41,7 @@ from zmq.utils.monitor import recv_monitor_message
 from streamfuse import clock
 from streamfuse.config import Config
 from streamfuse.frameplane.replay import replay_plane
+from streamfuse.frameplane.writer import hold_ms
 from streamfuse.progress import Progress
 from streamfuse.record import reader
 from streamfuse.signals import Signals
@@ -345,6 +346,9 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
                 s.close(linger=0)
         ctx.term()
         if plane is not None:
-            # After the socket's linger, so the last frames reached the bus; readers that
-            # mapped a ring keep reading it after the unlink.
+            # The last frames must outlive the windows that show them (they close up to
+            # max_lateness_ms later, then queue for a worker), as they would in a ring that
+            # kept running; a reader that mapped a ring keeps it after the unlink.
+            if not sig.stop.is_set():
+                sig.stop.wait(hold_ms(cfg.align) / 1000)
             plane.close()
