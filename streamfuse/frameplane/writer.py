@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from streamfuse.config import AlignConfig, BusConfig
+from streamfuse.config import AlignConfig, BusConfig, is_local_endpoint
 from streamfuse.frameplane import ring
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
@@ -56,8 +56,13 @@ class PlaneWriter:
     @classmethod
     def open(cls, bus: BusConfig, owner: str, *, slots: int, nbytes: int) -> PlaneWriter:
         """A writer on a new segment named after ``owner`` and this pid, or an inline
-        one when ``bus.frame_plane`` is ``inline`` or shared memory is unavailable."""
+        one when ``bus.frame_plane`` is ``inline``, when the bus is on another host (an
+        edge capture publishing to a remote daemon's ``bus.public``) or when shared
+        memory is unavailable."""
         if bus.frame_plane != "shm":
+            return cls(None)
+        if not is_local_endpoint(bus.input):
+            log.info("bus.input %s is on another host: frames of %s go inline", bus.input, owner)
             return cls(None)
         why = ring.available()
         if why is None:

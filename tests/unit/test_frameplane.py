@@ -120,6 +120,10 @@ def test_a_window_whose_frames_were_overwritten_has_no_video(plane, tmp_path: Pa
 def test_the_plane_falls_back_to_inline(tmp_path: Path) -> None:
     off = PlaneWriter.open(BusConfig(frame_plane="inline"), "cam-video", slots=2, nbytes=9216)
     assert off.ring is None
+    # An edge capture publishing to another host's bus cannot share its memory with it.
+    remote = PlaneWriter.open(BusConfig(input="tcp://10.1.2.3:5560"), "cam-video", slots=2,
+                              nbytes=9216)
+    assert remote.ring is None
     msg = off.message("cam", 0, T, _img(0), encoding="raw", shape=SHAPE)
     assert msg.header.encoding == "raw" and msg == codec.frame_message("cam", 0, T, _img(0))
     on = PlaneWriter.open(BusConfig(input=f"ipc://{tmp_path}/in"), "cam-video", slots=2, nbytes=100)
