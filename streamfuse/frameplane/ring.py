@@ -63,7 +63,8 @@ def _stride(slot_bytes: int) -> int:
 class RingWriter:
     """Writes frames into ``slots`` slots of ``slot_bytes`` each (one writer per segment)."""
 
-    def __init__(self, name: str, slots: int, slot_bytes: int, *, directory: Path = PLANE_DIR) -> None:
+    def __init__(self, name: str, slots: int, slot_bytes: int, *,
+                 directory: Path = PLANE_DIR) -> None:
         if slots < 1 or slot_bytes < 1:
             raise ValueError(f"a ring needs slots and bytes, got {slots} x {slot_bytes}")
         self.name = name
@@ -81,10 +82,12 @@ class RingWriter:
             self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
             self.path.unlink(missing_ok=True)
-            raise PlaneError(e.errno, f"cannot size {self.path} to {size} bytes: {e.strerror}") from None
+            raise PlaneError(e.errno, f"cannot size {self.path} to {size} bytes: "
+                                      f"{e.strerror}") from None
         finally:
             os.close(fd)
-        self._mm[:HEADER_BYTES] = _HEAD.pack(MAGIC, VERSION, slots, slot_bytes).ljust(HEADER_BYTES, b"\0")
+        head = _HEAD.pack(MAGIC, VERSION, slots, slot_bytes)
+        self._mm[:HEADER_BYTES] = head.ljust(HEADER_BYTES, b"\0")
         self._buf = np.frombuffer(self._mm, dtype=np.uint8)
         self.generation = 0
 

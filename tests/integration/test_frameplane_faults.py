@@ -81,7 +81,8 @@ def test_killed_children_leave_no_segment(bus_env) -> None:
 
         os.kill(capture, signal.SIGKILL)
         killed_ns = time.time_ns()
-        wait_for(lambda: len(_pids(log, "capture-room1-video")) == 2, timeout=5, what="capture restart")
+        wait_for(lambda: len(_pids(log, "capture-room1-video")) == 2, timeout=5,
+                 what="capture restart")
         new = _pids(log, "capture-room1-video")[1]
         wait_for(lambda: with_video(killed_ns + 10**9), timeout=30, what="video after the restart")
         assert names() == [ring.segment_name(tag, f"{SOURCE}-video", new)]
@@ -90,7 +91,8 @@ def test_killed_children_leave_no_segment(bus_env) -> None:
         os.kill(aligner, signal.SIGKILL)
         killed_ns = time.time_ns()
         wait_for(lambda: len(_pids(log, "aligner")) == 2, timeout=5, what="aligner restart")
-        wait_for(lambda: with_video(killed_ns + 10**9), timeout=30, what="video after the aligner's restart")
+        wait_for(lambda: with_video(killed_ns + 10**9), timeout=30,
+                 what="video after the aligner's restart")
         assert names() == [ring.segment_name(tag, f"{SOURCE}-video", new)]
         sub.close()
         assert stop(proc, timeout=15) == 0

@@ -71,7 +71,8 @@ def classify(root: Path, mode: str, rec: Path, model: Path, want: int) -> tuple[
     try:
         wait_for(lambda: ipc_ready(cfg.bus.input) and ipc_ready(cfg.bus.output), timeout=15,
                  what="broker")
-        procs += [streamfuse([cmd, "--config", str(env.path)], stderr=log) for cmd in ("align", "fuse")]
+        procs += [streamfuse([cmd, "--config", str(env.path)], stderr=log)
+                  for cmd in ("align", "fuse")]
         pub = connect_pub(ctx, cfg.bus)
         sub = ctx.socket(zmq.SUB)
         sub.linger = 0
@@ -92,14 +93,16 @@ def classify(root: Path, mode: str, rec: Path, model: Path, want: int) -> tuple[
         seq = [0]
 
         def warm() -> bool:  # the chain carries a window end to end (subscriptions, model)
-            pub.send_multipart(codec.encode(codec.text_message("warm", seq[0], clock.now_ns(), "hi")))
+            hello = codec.text_message("warm", seq[0], clock.now_ns(), "hi")
+            pub.send_multipart(codec.encode(hello))
             seq[0] += 1
             receive(50)
             return any(s == "warm" for s, _ in got)
 
         wait_for(warm, timeout=90, interval=0, what="a warm-up classification")
         pub.close(linger=0)
-        r = run_streamfuse(["replay", str(rec), "--rate", "1", "--config", str(env.path)], timeout=60)
+        r = run_streamfuse(["replay", str(rec), "--rate", "1", "--config", str(env.path)],
+                           timeout=60)
         assert r.returncode == 0, r.stderr
         wait_for(lambda: sum(s != "warm" for s, _ in got) >= want or receive(50) < 0, timeout=30,
                  what=f"{want} classifications")

@@ -111,7 +111,8 @@ def test_a_window_whose_frames_were_overwritten_has_no_video(plane, tmp_path: Pa
     for i in range(3):
         plane.write(_img(10 + i), "raw")
     source = WindowFrames(ring.RingReader(tmp_path))
-    raw = collate([_window(refs, [1, 2])], Preprocessing(frames_per_window=2, image_size=16), source)
+    prep = Preprocessing(frames_per_window=2, image_size=16)
+    raw = collate([_window(refs, [1, 2])], prep, source)
     assert not bool(raw.mask[0, 0]) and not raw.frames.numpy().any()
     assert source.overwritten == 1 and raw.problems  # counted, and the reason is listed
     source.close()
@@ -129,7 +130,8 @@ def test_the_plane_falls_back_to_inline(tmp_path: Path) -> None:
     on = PlaneWriter.open(BusConfig(input=f"ipc://{tmp_path}/in"), "cam-video", slots=2, nbytes=100)
     try:
         # A frame larger than a slot (the camera changed size) goes inline, not lost.
-        assert on.message("cam", 0, T, _img(0), encoding="raw", shape=SHAPE).header.encoding == "raw"
+        msg = on.message("cam", 0, T, _img(0), encoding="raw", shape=SHAPE)
+        assert msg.header.encoding == "raw"
         assert on.inline_frames == 1
     finally:
         on.close()
