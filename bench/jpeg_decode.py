@@ -65,10 +65,12 @@ def rate(fn, jpegs: list[bytes], size: int) -> float:
 
 
 def windows(jpegs: list[bytes], per_window: int = 4) -> list[Window]:
-    """A 10 fps source's windows: 10 frames each, hop 5 frames, ``per_window`` picked."""
+    """A 10 fps source's windows: 10 frames each, hop 5 frames, ``per_window`` picked
+    nearest to the aligner's instants ``(i + 0.5) * window / per_window``, so that two
+    overlapping windows share half their frames, as the aligner's do."""
     out = []
     for k in range(0, len(jpegs) - 10, 5):
-        picks = [k + round(i * 9 / (per_window - 1)) for i in range(per_window)]
+        picks = [k + round((i + 0.5) * 10 / per_window) for i in range(per_window)]
         out.append(Window(source="cam", seq=k, t_start_ns=k, t_end_ns=k + 10,
                           present={"video": True}, frames=[jpegs[i] for i in picks],
                           frame_encoding="jpeg", frame_t_ns=picks))

@@ -274,8 +274,10 @@ class Broker:
             results = _ResultsProxy(self.ctx, inner_output, bus.hwm * 10, tag=id(self))
             self._bind(results.pub, bus.results, bus.public_results)
             if curve:
-                monitor = _RejectionLog(self.ctx, {"input": xsub, "output": xpub,
-                                                   "results": results.pub}, id(self))
+                watched = {"input": xsub, "output": xpub, "results": results.pub}
+                if public is not None:
+                    watched["public_output"] = public.xpub
+                monitor = _RejectionLog(self.ctx, watched, id(self))
             results.start()
             if public is not None:
                 public.start()
