@@ -18,8 +18,9 @@ from streamfuse.frameplane.ring import RingReader
 from streamfuse.record.reader import read_messages
 from streamfuse.record.writer import RecordingWriter
 from streamfuse.wire import codec
-from streamfuse.wire.schema import FrameRef, Message, Window
+from streamfuse.wire.schema import Message, Window
 from tests.helpers import media
+from tests.helpers.frameplane import inline_window
 from tests.helpers.proc import ipc_ready, stop, streamfuse, wait_for
 
 MS = 1_000_000
@@ -60,19 +61,7 @@ _plane = RingReader()
 
 
 def inline(w: Window) -> Window:
-    """``w`` with frames by reference replaced by their bytes (as a JPEG or raw array)."""
-    if w.frame_encoding != "shm":
-        return w
-    refs = [f for f in w.frames if isinstance(f, FrameRef)]
-    frames: list[np.ndarray | bytes | FrameRef] = []
-    for ref in refs:
-        data = _plane.copy(ref)
-        assert data is not None, (ref, _plane.missing, _plane.overwritten)
-        frames.append(data if ref.encoding == "jpeg" else
-                      np.frombuffer(data, np.uint8).reshape(w.frame_shape))
-    w.frames = frames
-    w.frame_encoding = refs[0].encoding
-    return w
+    return inline_window(w, _plane)
 
 
 def record(path: Path, t0: int, seconds: int) -> int:
