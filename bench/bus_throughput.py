@@ -63,13 +63,29 @@ def _array(payload: str):
 # ----------------------------------------------------------------------------- processes
 
 
+def _builder(leg: str, payload: str, arr, endpoint: str):
+    """``(build(seq) -> Message, plane or None)`` for the streamfuse legs."""
+    from streamfuse.wire import codec
+
+    if leg == "shm":
+        from streamfuse.config import BusConfig
+        from streamfuse.frameplane.writer import PlaneWriter
+
+        plane = PlaneWriter.open(BusConfig(input=endpoint), "bench-video", slots=SHM_SLOTS,
+                                 nbytes=arr.nbytes)
+        return (lambda seq: plane.message("bench", seq, time.time_ns(), arr, encoding="raw",
+                                          shape=arr.shape)), plane
+    if payload == "frame":
+        return (lambda seq: codec.frame_message("bench", seq, time.time_ns(), arr)), None
+    return (lambda seq: codec.audio_message("bench", seq, time.time_ns(), arr, 16000)), None
+
+
 def sender(leg: str, payload: str, endpoint: str, ready, done, out, done_reading) -> None:
     """Publish as fast as possible once the receiver has seen a warm-up message."""
     import zmq
 
     from streamfuse.capture.publish import StreamPublisher
     from streamfuse.wire import codec
-    from streamfuse.wire.schema import Message
     from streamfuse.wire.sockets import send_parts
 
     arr = _array(payload)
@@ -84,22 +100,7 @@ def sender(leg: str, payload: str, endpoint: str, ready, done, out, done_reading
         # What a capture does per message: StreamPublisher.send builds, encodes (validating),
         # sends and counts (Prometheus counters included).
         pub = StreamPublisher(sock, "bench", "video" if payload == "frame" else "audio")
-        if leg == "shm":
-            from streamfuse.config import BusConfig
-            from streamfuse.frameplane.writer import PlaneWriter
-
-            plane = PlaneWriter.open(BusConfig(input=endpoint), "bench-video", slots=SHM_SLOTS,
-                                     nbytes=arr.nbytes)
-
-            def build(seq: int) -> Message:
-                return plane.message("bench", seq, time.time_ns(), arr, encoding="raw",
-                                     shape=arr.shape)
-        elif payload == "frame":
-            def build(seq: int) -> Message:
-                return codec.frame_message("bench", seq, time.time_ns(), arr)
-        else:
-            def build(seq: int) -> Message:
-                return codec.audio_message("bench", seq, time.time_ns(), arr, 16000)
+        build, plane = _builder(leg, payload, arr, endpoint)
 
         def send() -> None:
             pub.send(build)

@@ -57,8 +57,26 @@ def _share(before: dict[str, float], after: dict[str, float], fed: list[dict],
     return {k: round(100 * v / wall_s, 1) for k, v in out.items()}
 
 
-def step(n: int, seconds: float, model: Path, plane: str) -> dict:
+def _feed(cfg_path: Path, n: int, seconds: float, sub: zmq.Socket, rows: Collected,
+          pid: int) -> tuple[list[dict], dict[str, float]]:
+    """Run the ``n`` feeders, collecting classifications: their reports and the CPU share
+    by role over the fed seconds."""
     from streamfuse import clock
+
+    cpu0, t0 = cpu_tree(pid), clock.monotonic_ns()
+    feeders = [subprocess.Popen([sys.executable, str(HERE / "feed_source.py"), str(cfg_path), f"s{i}",
+                                 str(seconds)], stdout=subprocess.PIPE, text=True) for i in range(n)]
+    cpu1, wall_s = cpu0, 0.0
+    while any(f.poll() is None for f in feeders):
+        collect(sub, rows, 0.5)
+        if not wall_s and clock.monotonic_ns() - t0 >= (seconds + 1) * 1e9:
+            cpu1, wall_s = cpu_tree(pid), (clock.monotonic_ns() - t0) / 1e9
+    collect(sub, rows, 2.5)
+    fed = [json.loads(f.stdout.read().strip().splitlines()[-1]) for f in feeders]
+    return fed, (_share(cpu0, cpu1, fed, wall_s) if wall_s else {})
+
+
+def step(n: int, seconds: float, model: Path, plane: str) -> dict:
     from streamfuse.config import load
     from streamfuse.signals import Signals
 
@@ -82,17 +100,8 @@ def step(n: int, seconds: float, model: Path, plane: str) -> dict:
                 for i in range(n):
                     sub.subscribe(topics.class_topic(f"s{i}").encode())
                 sub.connect(cfg.bus.output)
-                cpu0, t0 = cpu_tree(daemon.proc.pid), clock.monotonic_ns()
-                feeders = [subprocess.Popen([sys.executable, str(HERE / "feed_source.py"), str(cfg_path), f"s{i}",
-                                             str(seconds)], stdout=subprocess.PIPE, text=True) for i in range(n)]
-                cpu1, wall_s = cpu0, 0.0
-                while any(f.poll() is None for f in feeders):
-                    collect(sub, rows, 0.5)
-                    if not wall_s and clock.monotonic_ns() - t0 >= (seconds + 1) * 1e9:
-                        cpu1, wall_s = cpu_tree(daemon.proc.pid), (clock.monotonic_ns() - t0) / 1e9
-                collect(sub, rows, 2.5)
+                fed, share = _feed(cfg_path, n, seconds, sub, rows, daemon.proc.pid)
                 sub.close()
-            fed = [json.loads(f.stdout.read().strip().splitlines()[-1]) for f in feeders]
             text = scrape(port)
         finally:
             daemon.stop()
@@ -113,7 +122,6 @@ def step(n: int, seconds: float, model: Path, plane: str) -> dict:
         ok = answered > 0 and missing == 0 and gaps == 0 and dropped == 0 and p99 < 100 and answered >= 0.9 * expected
         present = {m: sum(bool(r["present"].get(m)) for r in rows.rows) / max(1, len(rows.rows))
                    for m in ("video", "audio")}
-        share = _share(cpu0, cpu1, fed, wall_s) if wall_s else {}
         return {"sources": n, "frame_plane": plane, "ok": ok, "cpu_pct": share, "present": present, "classifications": answered, "expected_about": expected,
                 "missing": missing, "twice": twice, "seq_gaps": gaps, "dropped": dropped, "latency_ms": lat,
                 "feeder_worst_lag_ms": max(f["worst_lag_ms"] for f in fed)}

@@ -238,6 +238,22 @@ class Broker:
             for ep in secure:
                 sock.bind(ep)
 
+    def _public_output(self, inner_output: str) -> PublicOutput:
+        """``bus.public_output`` on its own XPUB, fed with frames made inline."""
+        bus = self.bus
+        xpub = self.ctx.socket(zmq.XPUB)
+        xpub.linger = 0
+        xpub.sndhwm = bus.hwm * 10
+        xpub.maxmsgsize = SUBSCRIPTION_MAX_BYTES
+        public = PublicOutput(self.ctx, inner_output, xpub, hwm=bus.hwm * 10,
+                              max_bytes=max_message_bytes(bus))
+        try:
+            self._bind(xpub, "", bus.public_output)
+        except BaseException:
+            public.stop()  # closes both of its sockets, or the context could never terminate
+            raise
+        return public
+
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         bus = self.bus
         curve = bool(_curve_endpoints(bus))
@@ -263,13 +279,7 @@ class Broker:
             inner_output = f"inproc://broker-output-{id(self)}"
             xpub.bind(inner_output)
             if by_ref:
-                public_xpub = self.ctx.socket(zmq.XPUB)
-                public_xpub.linger = 0
-                public_xpub.sndhwm = bus.hwm * 10
-                public_xpub.maxmsgsize = SUBSCRIPTION_MAX_BYTES
-                public = PublicOutput(self.ctx, inner_output, public_xpub, hwm=bus.hwm * 10,
-                                      max_bytes=max_message_bytes(bus))
-                self._bind(public_xpub, "", bus.public_output)
+                public = self._public_output(inner_output)
             control.bind(self._control_endpoint)
             results = _ResultsProxy(self.ctx, inner_output, bus.hwm * 10, tag=id(self))
             self._bind(results.pub, bus.results, bus.public_results)

@@ -257,6 +257,14 @@ class Supervisor:
         if gone:
             log.info("removed %d frame-plane segment(s) of pid %d", len(gone), pid)
 
+    def _reclaim_segments(self) -> None:
+        """Frame-plane rings of an earlier run whose writers are gone; say if there is no plane."""
+        stale = frame_ring.reclaim(frame_ring.bus_tag(self.cfg.bus.input))
+        if stale:
+            log.warning("removed %d frame-plane segment(s) left by a previous run", len(stale))
+        if self.cfg.bus.frame_plane == "shm" and (why := frame_ring.available()) is not None:
+            log.warning("frame plane unavailable (%s): video frames travel inline", why)
+
     def _on_exit(self, child: Child, code: int) -> None:
         if child.pid is not None:
             self._count_lost(child)
@@ -556,11 +564,7 @@ class Supervisor:
             text = Path(self.source_path).read_text(encoding="utf-8")
             self.cfg = dataclasses.replace(load(self.source_path), path=str(self._snapshot(text)))
         self.metrics_dir = service_metrics.prepare_dir(self.run_dir)
-        stale = frame_ring.reclaim(frame_ring.bus_tag(self.cfg.bus.input))
-        if stale:
-            log.warning("removed %d frame-plane segment(s) left by a previous run", len(stale))
-        if self.cfg.bus.frame_plane == "shm" and (why := frame_ring.available()) is not None:
-            log.warning("frame plane unavailable (%s): video frames travel inline", why)
+        self._reclaim_segments()
         from streamfuse import metrics as m  # only now: prometheus-client picks multiprocess mode
 
         self._m = m

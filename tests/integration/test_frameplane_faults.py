@@ -39,6 +39,12 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def _stale_segment(tag: str) -> None:
+    """A ring as a capture killed in an earlier run leaves it."""
+    stale = ring.RingWriter(ring.segment_name(tag, f"{SOURCE}-video", _dead_pid()), 2, 64)
+    stale.close(unlink=False)
+
+
 def test_killed_children_leave_no_segment(bus_env) -> None:
     from tests.helpers.fusion import save_tiny
 
@@ -51,8 +57,7 @@ def test_killed_children_leave_no_segment(bus_env) -> None:
         'reconnect_max_s = 0.5\n'
     )
     tag = ring.bus_tag(bus_env.cfg.bus.input)
-    stale = ring.RingWriter(ring.segment_name(tag, f"{SOURCE}-video", _dead_pid()), 2, 64)
-    stale.close(unlink=False)  # as a capture killed in an earlier run leaves it
+    _stale_segment(tag)
     log = bus_env.root / "daemon.log"
     with open(log, "w") as err:
         proc = streamfuse(["run", "--config", str(bus_env.path)], stderr=err)
@@ -72,7 +77,6 @@ def test_killed_children_leave_no_segment(bus_env) -> None:
 
     def names() -> list[str]:
         return [p.name for p in ring.segments(tag)]
-
     try:
         wait_for(lambda: with_video(0), timeout=90, what="classifications with video")
         (capture,) = _pids(log, "capture-room1-video")
