@@ -1,7 +1,7 @@
 """Crash safety of the frame plane in a real daemon (MJPEG camera over HTTP, capture,
-aligner, worker, broker in the supervisor): SIGKILL of the capture and of the aligner
-leaves no segment behind once the supervisor has restarted them, video windows come
-back, a stale segment from an earlier run is reclaimed at start, and a stopped daemon
+aligner, worker, broker in the supervisor): SIGKILL of the capture, the aligner and the
+worker (which reads the slots) leaves no segment behind once the supervisor has restarted
+them, video windows come back, a stale segment from an earlier run is reclaimed at start, and a stopped daemon
 leaves nothing in shared memory."""
 
 from __future__ import annotations
@@ -91,13 +91,14 @@ def test_killed_children_leave_no_segment(bus_env) -> None:
         wait_for(lambda: with_video(killed_ns + 10**9), timeout=30, what="video after the restart")
         assert names() == [ring.segment_name(tag, f"{SOURCE}-video", new)]
 
-        (aligner,) = _pids(log, "aligner")
-        os.kill(aligner, signal.SIGKILL)
-        killed_ns = time.time_ns()
-        wait_for(lambda: len(_pids(log, "aligner")) == 2, timeout=5, what="aligner restart")
-        wait_for(lambda: with_video(killed_ns + 10**9), timeout=30,
-                 what="video after the aligner's restart")
-        assert names() == [ring.segment_name(tag, f"{SOURCE}-video", new)]
+        for reader in ("aligner", "worker-0"):  # readers: nothing of theirs to clean up
+            (pid,) = _pids(log, reader)
+            os.kill(pid, signal.SIGKILL)
+            killed_ns = time.time_ns()
+            wait_for(lambda r=reader: len(_pids(log, r)) == 2, timeout=5, what=f"{reader} restart")
+            wait_for(lambda t=killed_ns: with_video(t + 10**9), timeout=60,
+                     what=f"video after the {reader}'s restart")
+            assert names() == [ring.segment_name(tag, f"{SOURCE}-video", new)]
         sub.close()
         assert stop(proc, timeout=15) == 0
         assert names() == []
