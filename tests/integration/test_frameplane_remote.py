@@ -99,3 +99,37 @@ def test_tcp_subscribers_get_pixels_identical_to_inline_mode(bus_env) -> None:
     assert remote_shm == remote_inline == local_inline
     assert all(codec.decode(p).header.encoding in ("raw", "jpeg") for p in remote_shm)
     assert all(codec.decode(p).header.encoding == "shm" for p in local_shm)
+
+
+@pytest.mark.slow
+def test_a_recording_of_frames_by_reference_equals_the_inline_one(broker, tmp_path) -> None:
+    """The recorder writes pixels: messages published by reference are recorded byte for
+    byte as their inline form, so replay cannot tell whether the frame plane was on."""
+    from tests.integration.test_record_roundtrip import (
+        Probe,
+        count_raw,
+        raw_records,
+        start_recorder,
+    )
+
+    cfg = broker.cfg
+    inline = [codec.frame_message("cam", seq, T + seq, data, encoding=enc, shape=SHAPE)
+              for seq, (data, enc) in enumerate(_frames())]
+    plane = PlaneWriter.open(cfg.bus, "cam-video", slots=32, nbytes=160 * 120 * 3 + 65536)
+    by_ref = [plane.message("cam", seq, T + seq, data, encoding=enc, shape=SHAPE)
+              for seq, (data, enc) in enumerate(_frames())]
+    assert all(m.header.encoding == "shm" for m in by_ref)
+    with zmq.Context() as ctx:
+        probe = Probe(ctx, cfg.bus)
+        rec = start_recorder(broker, tmp_path / "r.mcap", "--topics", "cam/")
+        try:
+            probe.wait_subscribers(b"cam/")
+            probe.publish(by_ref)
+            path = tmp_path / "r-0000.mcap"
+            wait_for(lambda: count_raw([path]) >= len(by_ref), timeout=20, what="the recording")
+        finally:
+            assert stop(rec) == 0
+            probe.close()
+            plane.close()
+    got = [parts for _t, _ts, parts in raw_records(path)]
+    assert got == [[bytes(p) for p in codec.encode(m)] for m in inline]
