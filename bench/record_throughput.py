@@ -148,7 +148,8 @@ def main() -> None:
             with open(f, "rb") as fh:
                 summ = make_reader(fh).get_summary()
             assert summ is not None and summ.statistics is not None
-            names = {c.id: c.topic for c in summ.channels.values()}
+            # MCAP topics name Foxglove channels: count by the wire topic they carry
+            names = {c.id: reader.wire_route(c)[0] for c in summ.channels.values()}
             for cid, n in summ.statistics.channel_message_counts.items():
                 recorded[names[cid]] += n
             size += f.stat().st_size

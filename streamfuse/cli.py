@@ -15,68 +15,17 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from streamfuse import __version__, logs, signals
 from streamfuse.config import Config, ConfigError, load
+from streamfuse.usage import UsageError, missing_extra
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 128 + 2  # SIGINT, as shells report it
 # Commands whose torch trains (see main: OpenMP's wait policy is set before torch loads).
 TRAINING_COMMANDS = frozenset({"train", "eval", "demo"})
-
-
-class UsageError(Exception):
-    """Bad usage found after parsing (exit 2, one line)."""
-
-
-# Top-level modules that only an optional extra of pyproject.toml installs: a command that
-# needs one which is missing names the extra instead of failing with a traceback.
-EXTRAS = {"torch": "fusion", "torchaudio": "fusion", "safetensors": "fusion",
-          "matplotlib": "fusion", "sklearn": "demo", "scipy": "demo"}
-
-
-def missing_extra(module: str) -> str | None:
-    """``"needs torch, ..."``: how to get ``module`` when an extra brings it, else None."""
-    top = module.partition(".")[0]
-    extra = EXTRAS.get(top)
-    if extra is None:
-        return None
-    return (f"needs {top}, which this install lacks: install streamfuse with its {extra!r} "
-            f"extra (pip install '.[{extra}]' in the source tree)")
-
-
-def check_output_dir(path: str | Path, flag: str) -> None:
-    """Raise :class:`UsageError` naming ``flag`` unless ``path`` is, or can be made, a directory
-    this process can write in; checked before a long job rather than at its end. Leaves
-    nothing behind: directories it creates to try are removed again."""
-    p = Path(path)
-    missing: list[Path] = []
-    q = p
-    while not q.exists() and q != q.parent:
-        missing.append(q)
-        q = q.parent
-    created: list[Path] = []
-    try:
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
-                continue  # made meanwhile by someone else: theirs to keep
-            created.append(d)
-        with tempfile.TemporaryFile(dir=p):
-            pass
-    except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot write there: {e.strerror or e}") from None
-    finally:
-        for d in reversed(created):
-            try:
-                d.rmdir()
-            except OSError:
-                pass  # someone else has started to use it
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -190,6 +139,20 @@ def _replay(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
+@command("convert", "rewrite old recordings in the current (Foxglove) layout",
+         "streamfuse.record.convert:cli", "streamfuse convert /data/old/session-0000.mcap")
+def _convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="recordings in the old layout")
+    p.add_argument("--out", metavar="PATH", default=None,
+                   help="output file (one input only; default: FILE-converted.mcap beside it)")
+
+
+@command("foxglove", "serve the bus to Foxglove over WebSocket ([foxglove] listen)",
+         "streamfuse.bridge.foxglove:cli", "streamfuse foxglove --config /etc/streamfuse/streamfuse.toml")
+def _foxglove(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
 @command("inspect", "summarise recordings: topics, counts, rates, gaps, size",
          "streamfuse.record.reader:cli", "streamfuse inspect --json /data/recordings")
 def _inspect(p: argparse.ArgumentParser) -> None:
@@ -237,7 +200,7 @@ def _train(p: argparse.ArgumentParser) -> None:
 
 
 @command("eval", "metrics, confusion matrix, per-modality ablation",
-         "streamfuse.train.evaluate:cli",
+         "streamfuse.commands.evaluate:run",
          "streamfuse eval --model /var/lib/streamfuse/model --recordings /data/avdigits/test "
          "--report /tmp/report")
 def _eval(p: argparse.ArgumentParser) -> None:
@@ -278,6 +241,49 @@ def _send(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="source name whose text capture takes it")
     p.add_argument("--timeout", type=float, default=3.0, metavar="S",
                    help="wait this long for the text capture's answer")
+    _config_arg(p)
+
+
+@command("label", "publish a label: from now on SOURCE shows LABEL (or --stop)",
+         "streamfuse.capture.label:cli",
+         "streamfuse label room1 seven --for 2\n  streamfuse label room1 seven\n"
+         "  streamfuse label room1 --stop")
+def _label(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", help="the source the label is about")
+    p.add_argument("label", metavar="LABEL", nargs="?", default=None,
+                   help="what it shows (1-64 printable characters); a new class if the model "
+                        "does not know it yet")
+    p.add_argument("--for", dest="duration", type=float, metavar="S", default=None,
+                   help="the label lasts S seconds (default: until the source's next label "
+                        "or --stop)")
+    p.add_argument("--stop", action="store_true",
+                   help="end SOURCE's open-ended label now (default: start one)")
+    p.add_argument("--at", type=int, metavar="T_NS", default=None,
+                   help="start at this epoch time in nanoseconds (default: now)")
+    p.add_argument("--wait", type=float, metavar="S", default=3.0,
+                   help="how long to listen for a source that is not in the config")
+    _config_arg(p)
+
+
+@command("shadow", "run a candidate model beside the live one on the same windows",
+         "streamfuse.fusion.store:shadow_cli",
+         "streamfuse shadow /var/lib/streamfuse/candidate\n  streamfuse shadow --off")
+def _shadow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+                   help="the candidate's artifact directory (checked against the config first)")
+    p.add_argument("--off", action="store_true", help="stop running a shadow model")
+    _config_arg(p)
+
+
+@command("promote", "make the shadow model the live one (the previous is kept)",
+         "streamfuse.fusion.store:promote_cli", "streamfuse promote")
+def _promote(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
+@command("rollback", "make the previous live model live again",
+         "streamfuse.fusion.store:rollback_cli", "streamfuse rollback")
+def _rollback(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 

@@ -69,10 +69,6 @@ def _optional_endpoint(v: Any) -> str | None:
     return None if v == "" else _endpoint(v)
 
 
-def _optional_endpoint(v: Any) -> str | None:
-    return None if v == "" else _endpoint(v)
-
-
 def _positive(v: Any) -> str | None:
     return None if v > 0 else f"expected a positive number, got {v!r}"
 
@@ -127,6 +123,18 @@ def _listen(v: Any) -> str | None:
         return f"expected HOST:PORT (or '' to disable), got {v!r}"
     problem = _port_problem(v.rpartition(":")[2])
     return f"{problem} in {v!r}" if problem else None
+
+
+# fusion.promote_if: "" (off) or this sentence (streamfuse.fusion.shadow.PromoteRule).
+PROMOTE_IF_RE = re.compile(r"^\s*accuracy on at least (\d+) labell?ed windows beats live by "
+                           r"(\d+(?:\.\d+)?) points?\s*$")
+PROMOTE_IF_FORM = "accuracy on at least N labelled windows beats live by P points"
+
+
+def _promote_if(v: Any) -> str | None:
+    if v == "" or PROMOTE_IF_RE.match(v):
+        return None
+    return f"expected {PROMOTE_IF_FORM!r} (e.g. N = 200, P = 1) or '', got {v!r}"
 
 
 def _check(check: Check, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -234,6 +242,9 @@ class FusionConfig:
     workers: int = _check(_positive, 1)
     reload_poll_s: float = _check(_positive, 2.0)
     threads: int = _check(_non_negative, 0)  # torch CPU threads per worker (0 = min(4, (cores - 1) // workers), at least 1)
+    shadow: str = ""  # candidate artifact judged beside the live one ("" = none)
+    judge_period_s: float = _check(_positive, 600.0)  # sliding period of the shadow's figures
+    promote_if: str = _check(_promote_if, "")  # automatic promotion ("" = only by hand)
 
 
 @dataclass(frozen=True)
@@ -244,6 +255,20 @@ class RecordConfig:
     max_duration_s: float = _check(_positive, 3600.0)
     topics: list[str] = field(default_factory=list)  # prefixes; empty = everything
     chunk_kb: int = _check(_positive_max(MAX_CHUNK_KB), 4096)
+
+
+@dataclass(frozen=True)
+class FoxgloveConfig:
+    """The Foxglove WebSocket bridge (docs/protocol.md, "Recordings" and README.md).
+
+    ``listen`` "" = off. Foxglove's protocol has no authentication, so an address other
+    than loopback needs ``allow_remote`` = true: anyone who reaches it sees every stream.
+    ``max_fps``: frames per second per video topic sent to Foxglove (the rest is skipped).
+    """
+
+    listen: str = _check(_listen, "")
+    allow_remote: bool = False
+    max_fps: float = _check(_positive, 10.0)
 
 
 @dataclass(frozen=True)
@@ -276,6 +301,7 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    foxglove: FoxgloveConfig = field(default_factory=FoxgloveConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
@@ -438,6 +464,11 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
     if cfg.web.listen and not cfg.web.token and not is_local_listen(cfg.web.listen):
         raise ConfigError(f"web.token: required when web.listen ({cfg.web.listen}) is not a "
                           "loopback address")
+    fox = cfg.foxglove
+    if fox.listen and not is_local_listen(fox.listen) and not fox.allow_remote:
+        raise ConfigError(f"foxglove.listen: {fox.listen} is not a loopback address and the "
+                          f"Foxglove protocol has no authentication: set foxglove.allow_remote = "
+                          f"true to serve it")
     return dataclasses.replace(cfg, path=path)
 
 
@@ -463,6 +494,8 @@ def binding_endpoints(cfg: Config) -> list[tuple[str, str]]:
         eps.append(("metrics.listen", f"tcp://{cfg.metrics.listen}"))
     if cfg.web.listen:
         eps.append(("web.listen", f"tcp://{cfg.web.listen}"))
+    if cfg.foxglove.listen:
+        eps.append(("foxglove.listen", f"tcp://{cfg.foxglove.listen}"))
     return [(k, e) for k, e in eps if e]
 
 
@@ -647,6 +680,17 @@ def _toml_char(c: str) -> str:
 def ipc_path(endpoint: str) -> Path | None:
     """The filesystem path of an ``ipc://`` endpoint, else None."""
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def runtime_dir(cfg: Config) -> Path:
+    """Where the lock, status files and metrics live: the directory of an ipc ``bus.input``."""
+    for ep in (cfg.bus.input, cfg.bus.output, cfg.align.output):
+        p = ipc_path(ep)
+        if p is not None:
+            return p.parent
+    if os.environ.get("RUNTIME_DIRECTORY"):  # systemd's RuntimeDirectory=
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/streamfuse-{os.getuid()}") / "streamfuse"
 
 
 def is_local_listen(listen: str) -> bool:

@@ -74,6 +74,27 @@ windows_held = Gauge("streamfuse_worker_windows_held",
                      "Windows a worker has received and not yet answered or dropped",
                      multiprocess_mode="liveall")
 
+# ---- shadow model (figures over fusion.judge_period_s) -----------------------------------
+shadow_classifications = Counter("streamfuse_shadow_classifications_total",
+                                 "Shadow model answers published on shadow/<source>", ["source"])
+shadow_inference_seconds = Histogram("streamfuse_shadow_inference_seconds",
+                                     "Shadow model time per batch (preprocess + forward)",
+                                     buckets=LATENCY_BUCKETS_S)
+shadow_agreement = Gauge("streamfuse_shadow_agreement_ratio",
+                         "Share of windows where the shadow and live models give the same label",
+                         multiprocess_mode="liveall")
+judged_windows = Gauge("streamfuse_judged_windows",
+                       "Windows both models answered in the period (kind = all, labelled)",
+                       ["kind"],
+                       multiprocess_mode="liveall")
+labelled_accuracy = Gauge("streamfuse_labelled_accuracy_ratio",
+                          "Accuracy on the period's windows that carry a label "
+                          "(role = live, shadow)",
+                          ["role", "model_id"], multiprocess_mode="liveall")
+shadow_info = Gauge("streamfuse_shadow_model_info", "1 for the shadow model being judged",
+                    ["model_id"], multiprocess_mode="liveall")
+promotions = Counter("streamfuse_promotions_total", "Shadow models made live by fusion.promote_if")
+
 # ---- recorder ------------------------------------------------------------------------
 recorder_bytes = Counter("streamfuse_recorder_bytes_total", "Bytes written to recordings")
 recorder_messages = Counter("streamfuse_recorder_messages_total", "Messages written to recordings")

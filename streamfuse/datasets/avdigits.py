@@ -14,6 +14,8 @@ Each ~2 s segment holds one digit (0-9):
   carry unrelated chatter. Text heartbeats every 100 ms let windows close.
 - 8 % of segments have the camera covered (no frames, only video heartbeats)
   and another 8 % the microphone muted (no blocks, only audio heartbeats).
+- label (``<source>/label``): one label message per segment, ``[start, end)`` and the
+  digit's name, the same spans as ``labels.csv``: a recording carries its own truth.
 
 Layout (README.md, "Train on your own data"): ``OUT/{train,val,test}/`` (only ``OUT/test/``
 with ``split="test"``), each with ``*.mcap`` recordings of up to 200 segments
@@ -38,6 +40,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -291,6 +294,10 @@ def recording_messages(segs: list[Segment], source: str, t0: int, media: Media, 
     pub = _Publisher(source)
     for k, seg in enumerate(segs):
         seg.t_start_ns = t0 + k * SEGMENT_NS
+        seq = pub.seq.get("label", 0)
+        pub.seq["label"] = seq + 1
+        yield codec.label_message(source, seq, seg.t_start_ns, seg.t_start_ns + SEGMENT_NS,
+                                  LABELS[seg.digit])
         for t, _rank, stream, data in segment_events(seg, seg.t_start_ns, media, seed=seed, split_idx=split_idx):
             yield pub.message(t, stream, data)
         if progress is not None:
@@ -484,7 +491,7 @@ def _split_summary(p: SplitPlan, files: list[str]) -> dict:
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse dataset avdigits --out DIR ...`` (exit 2 on unusable inputs)."""
-    from streamfuse.cli import UsageError, check_output_dir
+    from streamfuse.usage import UsageError, check_output_dir
 
     if args.segments < 1:
         raise UsageError("--segments: must be at least 1")
@@ -502,3 +509,53 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
         print(f"{args.out}/{name}: {s['segments']} segments in {len(s['files'])} recordings, "
               f"speakers {', '.join(s['speakers'])}, {len(s['images'])} images")
     return 0
+
+
+class EvidenceBreakdown:
+    """``streamfuse eval``'s view of avdigits: accuracy by what in each window shows its label
+    (``segments.csv``, :func:`window_evidence`), and over the windows where something does
+    (``accuracy_observable``). A :class:`streamfuse.train.evaluate.Breakdown`."""
+
+    def __init__(self, segments: dict[str, list[SegmentRow]], *, window_ms: int,
+                 text_context_ms: int) -> None:
+        self.segments = segments
+        self.window_ns = window_ms * NS_PER_MS
+        self.context_ns = text_context_ms * NS_PER_MS
+
+    @classmethod
+    def for_recordings(cls, recordings: list[str], *, window_ms: int,
+                       text_context_ms: int) -> EvidenceBreakdown | None:
+        """From the ``segments.csv`` beside ``recordings``; None when there is none.
+        Raises :class:`SegmentsError` for an unreadable one."""
+        files = find_segment_files(recordings)
+        if not files:
+            return None
+        return cls(read_segments(files), window_ms=window_ms, text_context_ms=text_context_ms)
+
+    def compute(self, correct: list[bool], keys: list[tuple[str, int]], classes: list[str],
+                y: list[int]) -> dict[str, Any]:
+        groups: dict[str, list[int]] = {}
+        for ok, (source, start), label in zip(correct, keys, y, strict=True):
+            kind = window_evidence(self.segments.get(source, []), start, self.window_ns,
+                                   self.context_ns, classes[label])
+            groups.setdefault(kind, [0, 0])
+            groups[kind][0] += 1
+            groups[kind][1] += int(ok)
+        seen = [v for k, v in groups.items() if k != "none"]
+        n_seen = sum(v[0] for v in seen)
+        return {"by_evidence": {k: {"n": groups[k][0], "accuracy": groups[k][1] / groups[k][0]}
+                                for k in EVIDENCE if k in groups},
+                "accuracy_observable": sum(v[1] for v in seen) / n_seen if n_seen else None,
+                "n_unobservable": groups.get("none", [0])[0]}
+
+    def markdown(self, r: dict[str, Any]) -> list[str]:
+        if not r.get("by_evidence"):
+            return []
+        lines = ["", "## Accuracy by what shows the label (avdigits segments.csv)", "",
+                 "| evidence in the window | windows | accuracy |", "|---|---|---|"]
+        lines += [f"| {k} | {v['n']} | {v['accuracy']:.4f} |" for k, v in r["by_evidence"].items()]
+        if r.get("accuracy_observable") is not None:
+            lines += ["", "Accuracy over the windows where some modality shows the label: "
+                          f"{r['accuracy_observable']:.4f} ({r['n_unobservable']} windows show it "
+                          "nowhere)."]
+        return lines

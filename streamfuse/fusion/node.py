@@ -32,6 +32,11 @@ is logged and counted (``model_reloads{outcome="failed"}``) and the old model
 keeps serving. Loading happens in this thread between batches: windows that
 arrive meanwhile wait in the socket, so none is lost or answered twice.
 
+Shadow (docs/architecture.md, "Shadow"): a candidate artifact (``fusion.shadow``, or the
+one ``streamfuse shadow DIR`` chose) answers the same batches after the live model has
+published; :mod:`streamfuse.fusion.candidate` runs it, judges it and applies
+``fusion.promote_if``. SIGHUP and the on-disk check reload it as they reload the live one.
+
 SIGTERM/SIGINT: stop reading new work, answer every window already received
 (queued here or waiting in this socket's buffer), then exit 0.
 """
@@ -64,11 +69,12 @@ from streamfuse.fusion.artifact import (
     load_artifact,
 )
 from streamfuse.fusion.batcher import Batcher, Pending
+from streamfuse.fusion.candidate import ShadowRunner
 from streamfuse.fusion.features import MODALITIES, FrameSource, collate, to_device
 from streamfuse.fusion.frames import WindowFrames
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Window
-from streamfuse.wire.sockets import connect_pub, max_message_bytes
+from streamfuse.wire.sockets import connect_pub, connect_sub, max_message_bytes
 
 log = logging.getLogger("streamfuse.fuse")
 NODE = "fuse"
@@ -172,7 +178,8 @@ def _signature(directory: Path) -> tuple[tuple[int, int, int], ...] | None:
 class Worker:
     """The worker's state between loop turns: the serving model, counters, publisher."""
 
-    def __init__(self, cfg: Config, device: torch.device, pub: zmq.Socket) -> None:
+    def __init__(self, cfg: Config, device: torch.device, pub: zmq.Socket,
+                 labels: zmq.Socket | None = None) -> None:
         self.cfg = cfg
         self.device = device
         self.pub = pub
@@ -192,6 +199,7 @@ class Worker:
         self._published: dict[str, tuple] = {}  # source -> (classifications, messages_out) children
         self.frames = WindowFrames()  # frames by reference, and each frame decoded once
         self._overwritten = 0
+        self.shadow = ShadowRunner(cfg, device, pub, labels, frames=self.frames)
 
     # -- model ---------------------------------------------------------------------------
 
@@ -256,6 +264,13 @@ class Worker:
         sig = _signature(self.model_dir)
         if sig != self.seen_signature and (sig is not None or self.loaded is None):
             self.load(reason="artifact changed on disk")
+        self.shadow.reload(reason="shadow changed on disk")
+
+    def tick(self, now_ns: int) -> None:
+        """Between batches: labels in, shadow figures out, and a promotion by ``promote_if``."""
+        if self.shadow.tick(self.loaded, now_ns):
+            self.load(reason="promote_if")
+            self.shadow.reload(reason="promote_if", force=True)
 
     # -- windows -------------------------------------------------------------------------
 
@@ -297,7 +312,12 @@ class Worker:
             log.debug("window stream dropped: %s", why)
             metrics.dropped.labels(node=NODE, topic="window", reason="undecodable").inc()
         metrics.batch_size.observe(len(batch))
-        for r in results(loaded, batch, probs, mask, start_ns=start, done_ns=clock.now_ns()):
+        answers = results(loaded, batch, probs, mask, start_ns=start, done_ns=clock.now_ns())
+        self._publish(answers)
+        self.shadow.answer(loaded, batch, answers)
+
+    def _publish(self, answers: list[Result]) -> None:
+        for r in answers:
             src = r.window.source
             seq = self.seq.get(src, 0)
             self.seq[src] = seq + 1
@@ -365,18 +385,22 @@ def _receive(pull: zmq.Socket, batcher: Batcher, limit: int, worker: Worker) -> 
 
 
 def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None = None,
-         stop: threading.Event | None = None, reload: threading.Event | None = None) -> int:
-    """Run the worker until ``stop`` is set; returns the exit code (0 after draining)."""
+         stop: threading.Event | None = None, reload: threading.Event | None = None,
+         labels: zmq.Socket | None = None) -> int:
+    """Run the worker until ``stop`` is set; returns the exit code (0 after draining).
+    ``labels``: a SUB socket for label messages (default: one on ``bus.output``)."""
     stop = stop or threading.Event()
     reload = reload or threading.Event()
     torch.set_num_threads(thread_count(cfg.fusion.threads, cfg.fusion.workers))
     device = resolve_device(cfg.fusion.device)
     metrics.worker_device.labels(device=str(device)).set(1)
-    ctx = zmq.Context() if (pull is None or pub is None) else None
-    own_pull, own_pub = pull is None, pub is None
+    ctx = zmq.Context() if (pull is None or pub is None or labels is None) else None
+    own_pull, own_pub, own_labels = pull is None, pub is None, labels is None
     pull = pull if pull is not None else _pull_socket(ctx, cfg)  # type: ignore[arg-type]
     pub = pub if pub is not None else connect_pub(ctx, cfg.bus)  # type: ignore[arg-type]
-    worker = Worker(cfg, device, pub)
+    if labels is None:
+        labels = connect_sub(ctx, cfg.bus, [])  # type: ignore[arg-type]
+    worker = Worker(cfg, device, pub, labels)
     # A live source has a window every hop: one missed hop is tolerated before it stops being waited for.
     batcher = Batcher(cfg.fusion.max_batch, clock.ms_to_ns(cfg.fusion.max_delay_ms),
                       horizon_ns=2 * clock.ms_to_ns(cfg.align.hop_ms))
@@ -386,6 +410,7 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
              fusion_device.describe(device, cfg.fusion.device),
              torch.get_num_threads(), cfg.fusion.max_batch, cfg.fusion.max_delay_ms)
     worker.load(reason="start")
+    worker.shadow.reload(reason="start")
     next_check = clock.now_ns() + poll_ns
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
@@ -400,9 +425,11 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
                 worker.holding(len(batcher))  # a batch being classified stays counted here
             worker.handle(batcher.pop_batch(clock.now_ns()))
             worker.holding(len(batcher))
+            worker.tick(clock.now_ns())
             if reload.is_set():
                 reload.clear()
                 worker.load(reason="SIGHUP")
+                worker.shadow.reload(reason="SIGHUP", force=True)
             elif clock.now_ns() >= next_check:
                 worker.maybe_reload()
                 next_check = clock.now_ns() + poll_ns
@@ -422,6 +449,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
     finally:
         if own_pull:
             pull.close(linger=0)
+        if own_labels:
+            labels.close(linger=0)
         if own_pub:
             pub.close(linger=500)  # bounded: the last classifications get out, a dead broker can't hang us
         if ctx is not None:

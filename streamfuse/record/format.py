@@ -1,12 +1,15 @@
-"""How a wire message is stored in an MCAP file (docs/protocol.md, "Recordings").
+"""The ``wire`` layout of a recorded message (docs/protocol.md, "Recordings").
 
-This is the contract any other tool relies on to read a streamfuse recording:
+Recordings store most messages in Foxglove's schemas (:mod:`streamfuse.record.layout`);
+this framing holds the rest (heartbeats, anything a Foxglove schema cannot hold exactly) on
+``/streamfuse/wire/<topic>`` channels, and every message of recordings made before that
+layout, whose channels are named by the wire topic itself:
 
-- one MCAP **channel per topic** (``room1/video``, ...), ``message_encoding`` =
-  ``"streamfuse-multipart"``, channel metadata ``{"source", "stream"}``;
-- every channel points at one **schema** record named ``streamfuse.wire.v<N>``
+- channel ``message_encoding`` = ``"streamfuse-multipart"``, channel metadata
+  ``{"source", "stream"}`` (plus ``wire_topic`` and ``wire_layout`` in the new layout);
+- the channel's **schema** record is named ``streamfuse.wire.v<N>``
   (``N`` = ``streamfuse.wire.schema.SCHEMA_VERSION``), encoding
-  ``"streamfuse-wire"``, whose data is a UTF-8 description of this framing;
+  ``"streamfuse-wire"``, and its data is a UTF-8 description of this framing;
 - MCAP ``log_time`` = ``publish_time`` = the header's ``t_ns`` (epoch ns), MCAP
   ``sequence`` = the header's ``seq`` modulo 2**32;
 - the MCAP message **data** holds the wire parts after the topic,
@@ -15,8 +18,7 @@ This is the contract any other tool relies on to read a streamfuse recording:
 
       u32 len(header) | header bytes (MessagePack) | u32 len(p1) | p1 | ...
 
-  so the exact header and payload bytes travel unchanged and the multipart
-  message is ``[channel.topic.encode(), header, p1, ...]``;
+  so the exact header and payload bytes travel unchanged;
 - a metadata record named ``streamfuse`` holds the writer's version, host,
   schema version and (from the recorder) the config it ran with.
 """

@@ -210,6 +210,10 @@ class McapFile:
     def bytes_on_disk(self) -> int:
         return self._f.pos
 
+    def channel_counts(self) -> dict[int, int]:
+        """Messages added per channel id."""
+        return dict(self._counts)
+
     @property
     def messages_pending(self) -> int:
         """Messages in the chunk being filled: lost if it is never written."""

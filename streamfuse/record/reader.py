@@ -61,6 +61,7 @@ from streamfuse import clock
 from streamfuse.clock import NS_PER_S
 from streamfuse.config import Config
 from streamfuse.record import format as fmt
+from streamfuse.record import layout
 from streamfuse.record.mcapfile import (
     MESSAGE_FIXED,
     RECORD_HEADER,
@@ -136,8 +137,9 @@ def topic_spans(path: str | Path) -> dict[str, tuple[int, int]]:
                     continue
                 span = _indexed_span(f, offset) if offset is not None else None
                 lo, hi = span or (ci.message_start_time, ci.message_end_time)
-                old = spans.get(ch.topic)
-                spans[ch.topic] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+                topic = wire_route(ch)[0]
+                old = spans.get(topic)
+                spans[topic] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
     return spans
 
 
@@ -176,6 +178,11 @@ def check_disjoint(paths: Sequence[Path]) -> None:
                         f"make windows that never happened. Read them separately, or record or replay one "
                         f"of them under another source name or with shifted times (replay --restamp)")
             owners.setdefault(topic, []).append((lo, hi, p))
+
+
+def wire_route(ch: Channel) -> tuple[str, str]:
+    """``(wire topic, layout)`` of a channel (:func:`streamfuse.record.layout.route`)."""
+    return layout.route(ch.message_encoding, ch.topic, ch.metadata)
 
 
 def _match(topic: str, prefixes: Sequence[str] | None) -> bool:
@@ -401,7 +408,7 @@ def _decompressed(f: io.BufferedReader, recs: list[_Rec]) -> Iterator[Loaded]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-_Item = tuple[int, int, str, str, bytes | memoryview]  # (t_ns, order, topic, encoding, data)
+_Item = tuple[int, int, str, str, bytes | memoryview]  # (t_ns, order, wire topic, layout, data)
 
 
 def _indexed_count(f: io.BufferedReader, rec: _Rec) -> int | None:
@@ -451,6 +458,7 @@ def _ordered(f: io.BufferedReader, path: Path, recs: list[_Rec], channels: dict[
         suffix_min[i] = min(recs[i].t_min, suffix_min[i + 1])
     heap: list[_Item] = []
     order = 0
+    routes: dict[int, tuple[str, str]] = {}
     for i, loaded in enumerate(_decompressed(f, recs)):
         while heap and heap[0][0] < suffix_min[i]:
             yield heapq.heappop(heap)
@@ -458,12 +466,14 @@ def _ordered(f: io.BufferedReader, path: Path, recs: list[_Rec], channels: dict[
             for opcode, body in loaded():
                 if opcode == Opcode.MESSAGE:
                     ch_id, _seq, t, _pub = _MSG_HEAD.unpack_from(body)
-                    ch = channels.get(ch_id)
-                    if ch is None:
+                    route = routes.get(ch_id)
+                    if route is None and (ch := channels.get(ch_id)) is not None:
+                        route = routes[ch_id] = wire_route(ch)
+                    if route is None:
                         errors["channel"] += 1
                     elif (start_ns is None or t >= start_ns) and (end_ns is None or t < end_ns) \
-                            and _match(ch.topic, prefixes):
-                        heapq.heappush(heap, (t, order, ch.topic, ch.message_encoding, body[_MSG_HEAD.size:]))
+                            and _match(route[0], prefixes):
+                        heapq.heappush(heap, (t, order, route[0], route[1], body[_MSG_HEAD.size:]))
                         order += 1
                 elif opcode == Opcode.CHANNEL:
                     c = Channel.read(ReadDataStream(io.BytesIO(body)))
@@ -514,7 +524,7 @@ def _file_items(f: io.BufferedReader, path: Path, summary: Summary | None,
     """The messages of :func:`_iter_file`: through the summary's index, or linearly."""
     if summary is not None and _directs_reading(summary):
         channels = dict(summary.channels)
-        wanted = {i for i, c in channels.items() if _match(c.topic, prefixes)}
+        wanted = {i for i, c in channels.items() if _match(wire_route(c)[0], prefixes)}
         if wanted:
             yield from _ordered(f, path, _from_index(summary, wanted, start_ns, end_ns), channels,
                                 prefixes, start_ns, end_ns, errors)
@@ -547,12 +557,12 @@ def read_raw(paths: Iterable[str | Path], *, topics: Sequence[str] | None = None
     are zero-copy ``memoryview`` slices). ``topics`` are prefixes; ``start_ns``
     inclusive, ``end_ns`` exclusive."""
     errs = errors if errors is not None else Counter()
-    for t_ns, _o, topic, encoding, data in _merged(paths, topics, start_ns, end_ns, errs):
-        if encoding != fmt.MESSAGE_ENCODING:
+    for t_ns, _o, topic, lay, data in _merged(paths, topics, start_ns, end_ns, errs):
+        if not lay:
             errs["encoding"] += 1
             continue
         try:
-            parts = fmt.unframe(data)
+            parts = layout.decode(lay, data)
         except fmt.FramingError:
             errs["framing"] += 1
             continue
@@ -694,17 +704,17 @@ def inspect_file(path: str | Path) -> FileStats:
     errors: Counter[str] = Counter()
     stats: dict[tuple[str, str], TopicStats] = {}
     last_seq: dict[tuple[str, str], int] = {}
-    for _t, _o, topic, encoding, data in _iter_file(p, None, None, None, errors):
+    for _t, _o, topic, lay, data in _iter_file(p, None, None, None, errors):
         kind = ""
         seq = None
-        if encoding == fmt.MESSAGE_ENCODING:
+        if lay:
             try:
-                hdr = _kind_decoder.decode(fmt.unframe(data)[0])
+                hdr = _kind_decoder.decode(layout.decode(lay, data)[0])
                 kind, seq = hdr.kind, hdr.seq
             except (fmt.FramingError, msgspec.DecodeError, msgspec.ValidationError):
                 errors["header"] += 1
         else:
-            kind = f"({encoding})"
+            kind = "(foreign)"
         key = (topic, kind)
         ts = stats.get(key)
         if ts is None:

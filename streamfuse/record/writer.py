@@ -26,7 +26,6 @@ import datetime
 import json
 import logging
 import socket
-import struct
 import sys
 import threading
 from collections import Counter, deque
@@ -42,6 +41,7 @@ from streamfuse import __version__, clock, metrics
 from streamfuse.config import Config
 from streamfuse.frameplane.inline import Inliner
 from streamfuse.record import format as fmt
+from streamfuse.record import layout
 from streamfuse.record.mcapfile import McapFile
 from streamfuse.signals import Signals
 from streamfuse.wire import codec, topics
@@ -50,7 +50,6 @@ from streamfuse.wire.sockets import connect_sub, max_message_bytes
 
 log = logging.getLogger("streamfuse.record")
 
-_LEN = struct.Struct("<I")
 QUEUE_BYTES = 512 * 1024 * 1024  # the recorder's backlog limit: beyond it messages are dropped
 
 
@@ -67,12 +66,25 @@ def default_metadata(cfg: Config | None = None) -> dict[str, str]:
         "streamfuse_version": __version__,
         "schema_version": str(SCHEMA_VERSION),
         "host": socket.gethostname(),
-        "message_encoding": fmt.MESSAGE_ENCODING,
+        "layout": "foxglove",  # docs/protocol.md, "Recordings"
     }
     if cfg is not None:
         md["config_path"] = cfg.path
         md["config"] = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
     return md
+
+
+def _kept(parts: Sequence[Any], bufs: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
+    """Payload buffers safe to hold until their chunk is written: a received zmq.Frame or
+    bytes never changes and is kept by reference; a writable buffer is copied."""
+    out: list[bytes | memoryview] = []
+    for part, b in zip(parts, bufs, strict=True):
+        view = memoryview(b)
+        if view.nbytes > fmt.MAX_PART:
+            raise codec.DecodeError("too_large", f"part of {view.nbytes} bytes")
+        keep = isinstance(part, (bytes, zmq.Frame)) or view.readonly
+        out.append(b if keep else bytes(view))
+    return out
 
 
 class RecordingWriter:
@@ -83,17 +95,26 @@ class RecordingWriter:
     ``"zstd"`` (default, ``zstd_level`` 3) or ``"none"``. Immutable parts
     (``bytes``, received ``zmq.Frame`` buffers) are kept by reference until their
     chunk is written; writable buffers (numpy arrays) are copied at once, so the
-    caller may reuse them.
+    caller may reuse them. ``legacy`` writes every message in the ``wire`` layout under
+    its own topic, as recordings were written before the Foxglove layouts (kept to make
+    old-format files for tests and to measure against).
     """
 
     def __init__(self, path: str | Path, *, chunk_size: int = 4 * 1024 * 1024, compression: str = "zstd",
-                 metadata: dict[str, str] | None = None, zstd_level: int | None = 3) -> None:
+                 metadata: dict[str, str] | None = None, zstd_level: int | None = 3,
+                 legacy: bool = False) -> None:
         self.path = Path(path)
         self._mcap = McapFile(self.path, chunk_size=chunk_size, compression=compression, level=zstd_level,
                               profile=fmt.PROFILE, library=f"streamfuse {__version__}")
-        self._schema_id = self._mcap.add_schema(fmt.SCHEMA_NAME, fmt.SCHEMA_ENCODING, fmt.SCHEMA_TEXT)
-        self._mcap.add_metadata(fmt.METADATA_NAME, {**default_metadata(), **(metadata or {})})
-        self._channels: dict[str, int] = {}
+        self._legacy = legacy
+        if not legacy:
+            layout.preload()
+        self._schemas: dict[str, int] = {}
+        md = {**default_metadata(), **(metadata or {})}
+        if legacy:
+            md["message_encoding"] = fmt.MESSAGE_ENCODING
+        self._mcap.add_metadata(fmt.METADATA_NAME, md)
+        self._channels: dict[tuple[str, str], int] = {}
         self._closed = False
         self.messages = 0
         self.data_bytes = 0  # uncompressed message data
@@ -119,13 +140,20 @@ class RecordingWriter:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def _channel(self, topic: str) -> int:
-        ch = self._channels.get(topic)
+    def _channel(self, topic: str, lay: str) -> int:
+        ch = self._channels.get((topic, lay))
         if ch is None:
-            source, _, stream = topic.partition("/")
-            ch = self._mcap.add_channel(topic, fmt.MESSAGE_ENCODING, self._schema_id,
-                                        {"source": source, "stream": stream})
-            self._channels[topic] = ch
+            spec = layout.channel_spec(topic, lay)
+            sid = self._schemas.get(spec.schema_name)
+            if sid is None:
+                sid = self._schemas[spec.schema_name] = self._mcap.add_schema(
+                    spec.schema_name, spec.schema_encoding, spec.schema_data)
+            if self._legacy:
+                meta = {k: spec.metadata[k] for k in ("source", "stream")}
+                ch = self._mcap.add_channel(topic, spec.message_encoding, sid, meta)
+            else:
+                ch = self._mcap.add_channel(spec.topic, spec.message_encoding, sid, spec.metadata)
+            self._channels[(topic, lay)] = ch
         return ch
 
     def write(self, parts: Sequence[bytes | memoryview | zmq.Frame], t_ns: int | None = None) -> int:
@@ -144,25 +172,25 @@ class RecordingWriter:
             topics.split(topic)
         except (UnicodeDecodeError, ValueError):
             raise codec.DecodeError("topic", f"bad topic {bytes(bufs[0])[:64]!r}") from None
-        seq = 0
+        info: layout.Info | None = None
+        try:
+            info = layout.read_info(bufs[1])
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            problem = str(e)
         if t_ns is None:
-            try:
-                stamp = fmt.read_stamp(bufs[1])
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                raise codec.DecodeError("header", f"no t_ns in header: {e}") from None
-            t_ns, seq = stamp.t_ns, stamp.seq
+            if info is None:
+                raise codec.DecodeError("header", f"no t_ns in header: {problem}")
+            t_ns = info.t_ns
         if t_ns < 0:
             raise codec.DecodeError("field", f"negative t_ns {t_ns}")
-        pieces: list[bytes | memoryview] = []
-        for part, b in zip(parts[1:], bufs[1:], strict=True):
-            view = memoryview(b)
-            if view.nbytes > fmt.MAX_PART:
-                raise codec.DecodeError("too_large", f"part of {view.nbytes} bytes")
-            pieces.append(_LEN.pack(view.nbytes))
-            # A received zmq.Frame is ours and never changes: keep a reference.
-            keep = isinstance(part, (bytes, zmq.Frame)) or view.readonly
-            pieces.append(b if keep else bytes(view))
-        n = self._mcap.add_message(self._channel(topic), t_ns, pieces, sequence=seq)
+        payload = _kept(parts[2:], bufs[2:])
+        if info is None or self._legacy:
+            lay, pieces = "wire", layout.encode_wire(bufs[1], payload)
+            seq = 0 if info is None else info.seq
+        else:
+            lay = layout.choose(info, payload)
+            pieces, seq = layout.encode(lay, info, bufs[1], payload), info.seq
+        n = self._mcap.add_message(self._channel(topic, lay), t_ns, pieces, sequence=seq)
         self.messages += 1
         self.data_bytes += n
         self.first_t_ns = t_ns if self.first_t_ns is None else min(self.first_t_ns, t_ns)
@@ -172,6 +200,14 @@ class RecordingWriter:
     def write_message(self, msg: Message) -> int:
         """Record a decoded message (encoded and validated by :func:`codec.encode`)."""
         return self.write(codec.encode(msg))
+
+    def channel_counts(self) -> dict[str, int]:
+        """Messages written per channel, keyed ``"<MCAP topic> <schema name>"``."""
+        names: dict[int, str] = {}
+        for (topic, lay), cid in self._channels.items():
+            spec = layout.channel_spec(topic, lay)
+            names[cid] = f"{topic if self._legacy else spec.topic} {spec.schema_name}"
+        return {names[cid]: n for cid, n in self._mcap.channel_counts().items()}
 
     @property
     def zstd_level(self) -> int | None:

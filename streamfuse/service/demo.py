@@ -434,7 +434,7 @@ def run_live_demo(args: argparse.Namespace, cfg: Config, stop: Signals) -> int:
 
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
-    from streamfuse.cli import check_output_dir
+    from streamfuse.usage import check_output_dir
 
     check_output_dir(_cache_dir(args.cache), "--cache" if args.cache else "the demo cache")
     stop = Signals()

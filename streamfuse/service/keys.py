@@ -16,8 +16,8 @@ from pathlib import Path
 
 import zmq.auth
 
-from streamfuse.cli import UsageError, check_output_dir
 from streamfuse.config import Config
+from streamfuse.usage import UsageError, check_output_dir
 
 
 def generate(directory: Path, name: str) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from streamfuse.config import Config
 
@@ -40,11 +40,11 @@ class ProcessSpec:
     reload_on_hup: bool = False  # forward SIGHUP (workers: reload the model)
     env: tuple[tuple[str, str], ...] = ()
     fingerprint: str = ""
-    labels: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    role_name: str = ""  # when the stop phase's name does not say what the child is
 
     @property
     def role(self) -> str:
-        return self.labels.get("role") or ROLE_NAMES[self.stop_phase]
+        return self.role_name or ROLE_NAMES[self.stop_phase]
 
 
 def _hash(obj: object) -> str:
@@ -59,7 +59,8 @@ def _base(command: list[str], cfg: Config, python: str) -> tuple[str, ...]:
 
 
 def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
-    """Every child for ``cfg``: captures, aligner, ``fusion.workers`` workers, web, recorder.
+    """Every child for ``cfg``: captures, aligner, ``fusion.workers`` workers, web, recorder,
+    Foxglove bridge.
 
     Children re-read ``cfg.path`` themselves (and the same ``STREAMFUSE_*``
     overrides, inherited through the environment), so they see what the
@@ -75,7 +76,6 @@ def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
                 argv=_base(["capture", stream, "--source", src.name], cfg, py),
                 stop_phase=CAPTURE,
                 fingerprint=_hash([bus, asdict(getattr(src, stream))]),
-                labels={"source": src.name, "stream": stream},
             ))
     specs.append(ProcessSpec(
         name="aligner", argv=_base(["align"], cfg, py), stop_phase=ALIGNER, essential=True,
@@ -92,11 +92,18 @@ def table(cfg: Config, *, python: str | None = None) -> list[ProcessSpec]:
         # a consumer with nothing to flush: it stops first, with the captures
         specs.append(ProcessSpec(
             name="web", argv=_base(["web"], cfg, py), stop_phase=CAPTURE,
-            fingerprint=_hash([bus, asdict(cfg.web), cfg.record.path]), labels={"role": "web"},
+            fingerprint=_hash([bus, asdict(cfg.web), cfg.record.path]), role_name="web",
         ))
     if cfg.record.enabled:
         specs.append(ProcessSpec(
             name="recorder", argv=_base(["record", "--out", cfg.record.path], cfg, py),
             stop_phase=RECORDER, fingerprint=_hash([bus, asdict(cfg.record)]),
+        ))
+    if cfg.foxglove.listen:
+        # Stopped first, with the captures: nothing downstream waits for it.
+        specs.append(ProcessSpec(
+            name="foxglove", argv=_base(["foxglove"], cfg, py), stop_phase=CAPTURE,
+            role_name="bridge",
+            fingerprint=_hash([bus, asdict(cfg.foxglove)]),
         ))
     return specs

@@ -48,13 +48,13 @@ import zmq
 
 from streamfuse import clock, readiness
 from streamfuse.clock import NS_PER_S as NS
-from streamfuse.config import Config, ConfigError, ipc_path, load
+from streamfuse.config import Config, ConfigError, load, runtime_dir
 from streamfuse.frameplane import ring as frame_ring
 from streamfuse.service import metrics as service_metrics
 from streamfuse.service.broker import Broker, check_security
 from streamfuse.service.health import Liveness, RestartPolicy
 from streamfuse.service.notify import Notifier
-from streamfuse.service.processes import CAPTURE, ProcessSpec, table
+from streamfuse.service.processes import ProcessSpec, table
 from streamfuse.signals import Signals
 from streamfuse.wire import codec, topics
 from streamfuse.wire.sockets import connect_sub
@@ -91,23 +91,12 @@ def check_device(spec: str, *, python: str = sys.executable) -> None:
 
 def check_fusion(cfg: Config) -> None:
     """Before anything starts: the workers' packages are installed and their device exists."""
-    from streamfuse.cli import UsageError, missing_extra
+    from streamfuse.usage import UsageError, missing_extra
 
     for name in FUSION_MODULES:
         if importlib.util.find_spec(name) is None:
             raise UsageError(str(missing_extra(name)))
     check_device(cfg.fusion.device)
-
-
-def runtime_dir(cfg: Config) -> Path:
-    """Where the lock, status files and metrics live: the directory of an ipc ``bus.input``."""
-    for ep in (cfg.bus.input, cfg.bus.output, cfg.align.output):
-        p = ipc_path(ep)
-        if p is not None:
-            return p.parent
-    if os.environ.get("RUNTIME_DIRECTORY"):  # systemd's RuntimeDirectory=
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/streamfuse-{os.getuid()}") / "streamfuse"
 
 
 def take_lock(run_dir: Path) -> IO[str]:
@@ -229,7 +218,7 @@ class Supervisor:
         child.status_file.unlink(missing_ok=True)
         try:
             child.proc = subprocess.Popen(list(child.spec.argv), env=env, stdin=subprocess.DEVNULL
-                                          if child.spec.stop_phase != CAPTURE else None,
+                                          if child.spec.role != "capture" else None,
                                           preexec_fn=_set_child_attrs, close_fds=True)
         except OSError as e:
             log.error("%s: cannot start %s: %s", child.spec.name, child.spec.argv[0], e)

@@ -12,8 +12,11 @@ aligner, so the trainer sees exactly the windows the daemon would (docs/architec
 Labels come from, in this order: the ``labels`` file given; else every
 ``labels.csv`` directly inside the directories given as recordings (the
 ``streamfuse dataset`` layout); else label messages (``<source>/label``)
-inside the recordings. A CSV is checked for syntax, order and overlaps before
-anything is read, and against the recordings' sources and time ranges after.
+inside the recordings (open-ended ones end at the source's next label message,
+a stop, or the source's last message). A CSV is checked for syntax, order and
+overlaps before anything is read, and against the recordings' sources and time
+ranges after; when the recordings also carry label messages, a span the two label
+differently is an error naming both (:func:`streamfuse.train.labels.check_agree`).
 """
 
 from __future__ import annotations
@@ -124,14 +127,16 @@ class _Tap:
     def __init__(self, messages: Iterable[Message]) -> None:
         self._it = messages
         self.ranges: dict[str, tuple[int, int]] = {}
-        self.label_spans: list[lab.Span] = []
+        self.labels = lab.LabelStream()
+        self.n_label_messages = 0
         self.counts: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator[Message]:
         for m in self._it:
             h = m.header
             if isinstance(h, LabelHeader):
-                self.label_spans.append(lab.Span(h.source, h.t_ns, h.t_end_ns, h.label))
+                self.labels.push(h.source, h.t_ns, h.t_end_ns, h.label, stop=h.stop)
+                self.n_label_messages += 1
                 continue
             if h.stream not in CAPTURE_STREAMS:
                 continue
@@ -155,12 +160,13 @@ class _LazyLabeller:
         self.tap = tap
         self.labeller = lab.Labeller()
         self._resolved: set[str] = set()
-        self._n_msg_spans = 0
 
     def label(self, w: Window) -> str | None:
         if self.rows is None:
-            self.labeller.add(self.tap.label_spans[self._n_msg_spans:])
-            self._n_msg_spans = len(self.tap.label_spans)
+            stream = self.tap.labels
+            for source in stream.changed:
+                self.labeller.replace(source, stream.spans[source])
+            stream.changed.clear()
         elif w.source not in self._resolved:
             self._resolved.add(w.source)
             first = self.tap.ranges.get(w.source, (w.t_start_ns, w.t_start_ns))[0]
@@ -256,11 +262,14 @@ def load_windows(recordings: Sequence[str | Path], align: AlignConfig, prep: Pre
         bar.advance_to(bar.total)  # all read: the last window ends before the files' tails
     bar.close()
 
+    stream_spans = tap.labels.finish(tap.ranges)
     if rows is not None:  # now every source's full time range is known
-        spans = lab.resolve(rows, tap.ranges, label_files[0].name if len(label_files) == 1 else "labels")
+        name = label_files[0].name if len(label_files) == 1 else "labels"
+        spans = lab.resolve(rows, tap.ranges, name)
+        lab.check_agree(spans, stream_spans, name)
     else:
-        spans = tap.label_spans
-        if not spans:
+        spans = stream_spans
+        if not tap.n_label_messages:
             raise DataError(f"no labels: pass --labels, put labels.csv beside the recordings, or record "
                             f"<source>/label messages ({', '.join(map(str, recordings))})")
         if classes is None:

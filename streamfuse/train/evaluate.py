@@ -1,4 +1,4 @@
-"""``streamfuse eval``: a model artifact on labelled recordings -> metrics and a report.
+"""A model on labelled windows -> metrics and a report (``streamfuse eval``: commands/evaluate.py).
 
 The artifact is loaded as the daemon loads it (validated against the config's
 ``[align]``), the windows are made by the same offline aligner with the same
@@ -19,24 +19,37 @@ through its presence mask:
 
 ``--report DIR`` writes ``report.json`` (the keys README.md lists and more),
 ``report.md``, ``confusion.png`` and ``reliability.png``.
+
+A data set can add its own view of the results through a :class:`Breakdown` (avdigits:
+accuracy by what in each window shows its label); this module knows none of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from streamfuse.config import AlignConfig, Config
-from streamfuse.datasets import avdigits
 from streamfuse.fusion.features import MODALITIES
 from streamfuse.train import metrics
-from streamfuse.train.dataset import DataError, WindowSet
-from streamfuse.train.labels import LabelError
+from streamfuse.train.dataset import WindowSet
+
+
+class Breakdown(Protocol):
+    """A data set's own view of the results, added to the report by :func:`evaluate`."""
+
+    def compute(self, correct: list[bool], keys: list[tuple[str, int]], classes: list[str],
+                y: list[int]) -> dict[str, Any]:
+        """Report keys from whether each window (``keys``: ``(source, start_ns)``, true label
+        index ``y``) was classified right."""
+        ...
+
+    def markdown(self, report: dict[str, Any]) -> list[str]:
+        """The lines of ``report.md`` that show what :meth:`compute` added."""
+        ...
 
 
 def presence_pattern(mask_row: list[bool]) -> str:
@@ -46,11 +59,9 @@ def presence_pattern(mask_row: list[bool]) -> str:
 
 @torch.no_grad()
 def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu",
-             segments: dict[str, list[avdigits.SegmentRow]] | None = None,
-             align: AlignConfig | None = None) -> dict[str, Any]:
-    """All metrics of ``model`` (a :class:`FusionModel` with its temperature) on ``ws``;
-    with avdigits ``segments`` (and the ``align`` that made the windows) also accuracy by
-    what shows each window's label (:func:`by_evidence`)."""
+             breakdowns: Sequence[Breakdown] = ()) -> dict[str, Any]:
+    """All metrics of ``model`` (a :class:`FusionModel` with its temperature) on ``ws``,
+    plus what each of ``breakdowns`` (a data set's own views of the results) adds."""
     from streamfuse.train.loop import predict_logits
 
     feats = ws.features.to(device)
@@ -95,47 +106,29 @@ def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu",
         d["correct"] += int(ok)
     report["by_presence"] = {k: {"n": v["n"], "accuracy": v["correct"] / v["n"]}
                              for k, v in sorted(patterns.items(), key=lambda kv: -kv[1]["n"])}
-    if segments is not None and align is not None:
-        report.update(by_evidence((pred == y).cpu().tolist(), ws.keys, segments, align, ws.classes, ws.y.tolist()))
+    correct = (pred == y).cpu().tolist()
+    for b in breakdowns:
+        report.update(b.compute(correct, ws.keys, ws.classes, ws.y.tolist()))
     return report
-
-
-def by_evidence(correct: list[bool], keys: list[tuple[str, int]], segments: dict[str, list[avdigits.SegmentRow]],
-                align: AlignConfig, classes: list[str], y: list[int]) -> dict[str, Any]:
-    """Accuracy by what in each window shows its label (avdigits ``segments.csv``, see
-    :func:`streamfuse.datasets.avdigits.window_evidence`), and the accuracy over the
-    windows where something does (``accuracy_observable``)."""
-    window_ns, context_ns = align.window_ms * 1_000_000, align.text_context_ms * 1_000_000
-    groups: dict[str, list[int]] = {}
-    for ok, (source, start), label in zip(correct, keys, y, strict=True):
-        kind = avdigits.window_evidence(segments.get(source, []), start, window_ns, context_ns, classes[label])
-        groups.setdefault(kind, [0, 0])
-        groups[kind][0] += 1
-        groups[kind][1] += int(ok)
-    seen = [v for k, v in groups.items() if k != "none"]
-    n_seen = sum(v[0] for v in seen)
-    return {"by_evidence": {k: {"n": groups[k][0], "accuracy": groups[k][1] / groups[k][0]}
-                            for k in avdigits.EVIDENCE if k in groups},
-            "accuracy_observable": sum(v[1] for v in seen) / n_seen if n_seen else None,
-            "n_unobservable": groups.get("none", [0])[0]}
 
 
 # ----------------------------------------------------------------------------- report files
 
 
-def write_report(directory: str | Path, report: dict[str, Any]) -> list[Path]:
+def write_report(directory: str | Path, report: dict[str, Any],
+                 breakdowns: Sequence[Breakdown] = ()) -> list[Path]:
     """``report.json``, ``report.md``, ``confusion.png``, ``reliability.png`` under ``directory``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     paths = [d / "report.json", d / "report.md", d / "confusion.png", d / "reliability.png"]
     paths[0].write_text(json.dumps(report, indent=1) + "\n")
-    paths[1].write_text(markdown(report))
+    paths[1].write_text(markdown(report, breakdowns))
     plot_confusion(paths[2], report["confusion"], report["classes"])
     plot_reliability(paths[3], report["reliability"], report["ece"])
     return paths
 
 
-def markdown(r: dict[str, Any]) -> str:
+def markdown(r: dict[str, Any], breakdowns: Sequence[Breakdown] = ()) -> str:
     model = r.get("model", {})
     lines = [f"# Evaluation of model `{model.get('id', '?')}`", ""]
     if model:
@@ -159,14 +152,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "## Accuracy by the modalities present", "", "| present | windows | accuracy |", "|---|---|---|"]
     for k, v in r["by_presence"].items():
         lines.append(f"| {k} | {v['n']} | {v['accuracy']:.4f} |")
-    if r.get("by_evidence"):
-        lines += ["", "## Accuracy by what shows the label (avdigits segments.csv)", "",
-                  "| evidence in the window | windows | accuracy |", "|---|---|---|"]
-        for k, v in r["by_evidence"].items():
-            lines.append(f"| {k} | {v['n']} | {v['accuracy']:.4f} |")
-        if r.get("accuracy_observable") is not None:
-            lines += ["", f"Accuracy over the windows where some modality shows the label: "
-                          f"{r['accuracy_observable']:.4f} ({r['n_unobservable']} windows show it nowhere)."]
+    for b in breakdowns:
+        lines += b.markdown(r)
     lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c, v in r["per_class"].items():
         lines.append(f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |")
@@ -231,41 +218,3 @@ def plot_reliability(path: Path, rel: dict[str, list[float]], ece: float) -> Non
 
 
 # ----------------------------------------------------------------------------- command
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse eval``: exit 2 for bad labels/data/model, 0 with the summary on stdout."""
-    from streamfuse.cli import UsageError, check_output_dir
-    from streamfuse.fusion.artifact import ArtifactError, load_artifact
-    from streamfuse.train.dataset import load_windows
-    from streamfuse.train.loop import _pick_device
-
-    if args.report:
-        check_output_dir(args.report, "--report")
-    device = _pick_device(args.device)
-    try:
-        loaded = load_artifact(args.model, align=cfg.align, device=device)
-        ws = load_windows(args.recordings, cfg.align, loaded.prep, labels=args.labels,
-                          classes=list(loaded.model.cfg.classes), progress=True)
-    except (ArtifactError, DataError, LabelError) as e:
-        raise UsageError(str(e)) from None
-    try:
-        segment_files = avdigits.find_segment_files(list(args.recordings))
-        segments = avdigits.read_segments(segment_files) if segment_files else None
-    except avdigits.SegmentsError as e:
-        raise UsageError(str(e)) from None
-    report = evaluate(loaded.model, ws, device=device, segments=segments, align=cfg.align)
-    report["model"] = {"id": loaded.model_id, "path": str(args.model), "fusion": loaded.model.cfg.fusion,
-                       "modalities": list(loaded.model.cfg.modalities), "temperature": float(loaded.model.temperature)}
-    report["data"] = ws.summary
-    print(f"{args.model} on {len(ws)} windows: accuracy {report['accuracy']:.4f}, macro-F1 "
-          f"{report['macro_f1']:.4f}, ECE {report['ece']:.4f}")
-    if "by_evidence" in report:
-        print("  by evidence: " + ", ".join(f"{k} {v['accuracy']:.4f} ({v['n']})"
-                                            for k, v in report["by_evidence"].items()))
-    for m, a in report["ablation"].items():
-        print(f"  {m:5s} alone {a['alone']:.4f}  removed {a['removed']:.4f}")
-    if args.report:
-        for p in write_report(args.report, report):
-            print(p, file=sys.stderr)
-    return 0

@@ -26,7 +26,7 @@ import bisect
 import csv
 import io
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -173,6 +173,11 @@ class Labeller:
         self._starts: dict[str, list[int]] = {}
         self.add(spans)
 
+    def replace(self, source: str, spans: Iterable[Span]) -> None:
+        """Make ``spans`` (disjoint) the whole of ``source``'s labels."""
+        self._by_source[source] = sorted(spans, key=lambda s: s.start_ns)
+        self._starts[source] = [s.start_ns for s in self._by_source[source]]
+
     def add(self, spans: Iterable[Span]) -> None:
         """Add spans (e.g. label messages as they are read)."""
         touched = set()
@@ -208,3 +213,60 @@ class Labeller:
             return None
         best = max(cov, key=lambda k: cov[k])
         return best if 2 * cov[best] > (t1 - t0) else None
+
+
+# ----------------------------------------------------------------------------- label messages
+
+OPEN_END_NS = 1 << 62  # the end of an open-ended span until a later message ends it
+# A CSV and a label stream may differ this much where their spans meet (a person labelling
+# live presses a key a little late) before they are said to disagree.
+AGREE_SLACK_NS = NS_PER_S // 2
+
+
+class LabelStream:
+    """Label messages (docs/protocol.md, "label") -> disjoint spans per source.
+
+    Messages are pushed in ``t_ns`` order. Each one ends, at its ``t_ns``, every span of
+    its source still running then; a span message adds ``[t_ns, t_end_ns)``, an
+    open-ended one ``[t_ns, ...)`` (its end is :data:`OPEN_END_NS` until a later
+    message or :meth:`finish` sets it), a stop adds nothing.
+    """
+
+    def __init__(self) -> None:
+        self.spans: dict[str, list[Span]] = {}
+        self.changed: set[str] = set()
+
+    def push(self, source: str, t_ns: int, t_end_ns: int, label: str, *,
+             stop: bool = False) -> None:
+        kept = [s if s.end_ns <= t_ns else replace(s, end_ns=t_ns)
+                for s in self.spans.get(source, []) if s.start_ns < t_ns]
+        if not stop:
+            kept.append(Span(source, t_ns, t_end_ns or OPEN_END_NS, label))
+        self.spans[source] = kept
+        self.changed.add(source)
+
+    def finish(self, ranges: Mapping[str, tuple[int, int]]) -> list[Span]:
+        """Every span, open-ended ones ended at their source's last message (``ranges``)."""
+        out = []
+        for source, lst in self.spans.items():
+            last = ranges.get(source, (0, 0))[1]
+            for s in lst:
+                if s.end_ns == OPEN_END_NS:
+                    s = replace(s, end_ns=max(last, s.start_ns))
+                if s.end_ns > s.start_ns:
+                    out.append(s)
+        return sorted(out, key=lambda s: (s.source, s.start_ns))
+
+
+def check_agree(csv_spans: Iterable[Span], stream_spans: Iterable[Span],
+                name: str = "labels.csv") -> None:
+    """Raise :class:`LabelError` where a CSV row and the label stream give a span two
+    different labels for more than :data:`AGREE_SLACK_NS`."""
+    stream = Labeller(stream_spans)
+    for r in csv_spans:
+        for label, ns in stream.coverage(r.source, r.start_ns, r.end_ns).items():
+            if label != r.label and ns > AGREE_SLACK_NS:
+                raise LabelError(
+                    f"{name}:{r.line}: {r.source} [{r.start_ns}, {r.end_ns}) is {r.label!r} in "
+                    f"the CSV but {label!r} for {ns / NS_PER_S:.3f} s of it in the recordings' "
+                    "label stream")

@@ -513,14 +513,14 @@ def _pick_device(name: str, local_rank: int = 0) -> torch.device:
 
     problem = device_problem(name)
     if problem:
-        from streamfuse.cli import UsageError
+        from streamfuse.usage import UsageError
 
         raise UsageError(f"--device: {problem}")
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from streamfuse.cli import UsageError
+        from streamfuse.usage import UsageError
 
         raise UsageError(f"--device {name}: CUDA is not available here")
     if dev.type == "cuda" and dev.index is None:
@@ -615,7 +615,7 @@ def _subset(ws: WindowSet, rows: torch.Tensor) -> WindowSet:
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse train`` (exit 2 on bad labels or data, 1 on other failures)."""
-    from streamfuse.cli import UsageError, check_output_dir
+    from streamfuse.usage import UsageError, check_output_dir
 
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
         raise UsageError("--epochs and --batch-size must be >= 1 and --lr > 0")

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from streamfuse import readiness
+from streamfuse.clock import NS_PER_S as NS
 
-NS = 1_000_000_000
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 

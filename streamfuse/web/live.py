@@ -26,13 +26,14 @@ from collections import Counter
 from typing import Any, Protocol
 
 from streamfuse import clock, metrics
+from streamfuse.clock import NS_PER_S
 from streamfuse.web.frames import preview_jpeg
 from streamfuse.web.state import ConsoleState
 
 log = logging.getLogger("streamfuse.web")
 WINDOW = 4  # messages in flight per browser
 PANELS = ("audio", "text", "class")
-METRICS_EVERY_NS = 1_000_000_000
+METRICS_EVERY_NS = NS_PER_S
 
 
 class Socket(Protocol):

@@ -12,9 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamfuse.clock import NS_PER_S as NS
 from streamfuse.record.reader import RecordingError, file_time_range, topic_spans
-
-NS = 1_000_000_000
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Pages: ``/`` (live: camera, microphone, text, classification, label timeline),
 ``/health`` (children, stream rates, drops, latency), ``/recordings`` (files under
-``record.path``, with downloads). Data: ``/ws`` (the live protocol, see
+``record.path``, with downloads), ``/teach`` (label live, train, shadow, promote:
+:mod:`streamfuse.web.teach`). Data: ``/ws`` (the live protocol, see
 :mod:`streamfuse.web.live`), ``/api/health``, ``/api/recordings``. Static files come
 from the package (``streamfuse/web/static``), so the console works offline.
 
@@ -47,6 +48,7 @@ from streamfuse.web.health import HealthReader
 from streamfuse.web.live import Client, Hub
 from streamfuse.web.recordings import Recordings
 from streamfuse.web.state import ConsoleState
+from streamfuse.web.teach import Teach
 
 log = logging.getLogger("streamfuse.web")
 STATIC = Path(__file__).parent / "static"
@@ -128,12 +130,14 @@ class Console:
         self.hub = Hub(self.state, cfg.web.max_fps)
         self.health = health or HealthReader.from_environment()
         self.recordings = Recordings(cfg.record.path)
+        self.teach = Teach(cfg, self.state, self.recordings)
         self._health_cache: tuple[int, dict[str, Any]] = (0, {})
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
         reader = BusReader(self.cfg.bus, self.state)
         reader.start()
+        self.teach.connect()
         hub = asyncio.create_task(self.hub.run())
         readiness.report("ready")
         try:
@@ -141,6 +145,7 @@ class Console:
         finally:
             hub.cancel()
             reader.close()
+            self.teach.close()
 
     async def api_health(self, _: Request) -> Response:
         now = clock.monotonic_ns()
@@ -189,6 +194,11 @@ class Console:
             Route("/", _page("index.html")),
             Route("/health", _page("health.html")),
             Route("/recordings", _page("recordings.html")),
+            Route("/teach", _page("teach.html")),
+            Route("/api/label", self.teach.api_label, methods=["POST"]),
+            Route("/api/labels", self.teach.api_labels),
+            Route("/api/train", self.teach.api_train, methods=["GET", "POST", "DELETE"]),
+            Route("/api/models", self.teach.api_models, methods=["GET", "POST"]),
             Route("/api/health", self.api_health),
             Route("/api/recordings", self.api_recordings),
             Route("/recordings/{name}", self.download),

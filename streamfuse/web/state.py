@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from streamfuse.clock import NS_PER_S as NS
+from streamfuse.train.labels import OPEN_END_NS, LabelStream
 from streamfuse.wire import topics
 from streamfuse.wire.schema import (
     AudioHeader,
@@ -31,10 +33,10 @@ from streamfuse.wire.schema import (
     TextHeader,
 )
 
-NS = 1_000_000_000
 WAVE_NS = 5 * NS  # seconds of waveform on screen
 LEVEL_NS = NS // 10  # the level meter shows the RMS of the newest 100 ms
 WAVE_COLUMNS = 200
+LABELS_KEPT = 1000  # labelled spans remembered per source for the Teach page
 TIMELINE_NS = 180 * NS  # the label strip covers the last three minutes
 REWIND_NS = 10 * NS  # a classification this much older than the newest starts a new timeline
 TEXT_KEEP = 8
@@ -74,6 +76,7 @@ class ConsoleState:
         self.lock = threading.Lock()
         self._sources: dict[str, SourceState] = {}
         self.ignored = 0  # messages of kinds the console does not show (heartbeats, ...)
+        self.labels = LabelStream()  # every label message seen, as spans (the Teach page)
 
     def push(self, msg: Message) -> None:
         h = msg.header
@@ -94,6 +97,8 @@ class ConsoleState:
             elif isinstance(h, LabelHeader):
                 s.truth = {"label": h.label, "t_ns": h.t_ns, "t_end_ns": h.t_end_ns}
                 s.versions["class"] += 1
+                self.labels.push(h.source, h.t_ns, h.t_end_ns, h.label, stop=h.stop)
+                del self.labels.spans[h.source][:-LABELS_KEPT]
             else:
                 self.ignored += 1
 
@@ -143,6 +148,13 @@ class ConsoleState:
     def sources(self) -> list[str]:
         with self.lock:
             return sorted(self._sources)
+
+    def label_spans(self, source: str, since_ns: int) -> list[dict[str, Any]]:
+        """``source``'s labelled spans ending after ``since_ns``; ``end_ns`` None: still open."""
+        with self.lock:
+            spans = list(self.labels.spans.get(source, []))
+        return [{"start_ns": sp.start_ns, "end_ns": None if sp.end_ns == OPEN_END_NS else sp.end_ns,
+                 "label": sp.label} for sp in spans if sp.end_ns > since_ns]
 
     def versions(self, source: str) -> dict[str, int]:
         with self.lock:

@@ -28,6 +28,7 @@ from streamfuse.wire import topics
 from streamfuse.wire.schema import (
     ARRAY_DTYPES,
     KINDS,
+    MAX_LABEL_CHARS,
     SCHEMA_VERSION,
     AudioHeader,
     ClassHeader,
@@ -191,9 +192,38 @@ def class_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: 
     return Message(topics.class_topic(source), hdr, (payload_json,))
 
 
-def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: str) -> Message:
-    hdr = LabelHeader(source=source, stream="label", seq=seq, t_ns=t_start_ns, label=label, t_end_ns=t_end_ns)
+def shadow_message(source: str, seq: int, t_start_ns: int, t_end_ns: int, label: str,
+                   score: float, payload_json: bytes) -> Message:
+    """A shadow model's answer: a classification on ``shadow/<source>``."""
+    hdr = ClassHeader(source=source, stream="shadow", seq=seq, t_ns=t_end_ns,
+                      label=label, score=score, t_start_ns=t_start_ns)
+    return Message(topics.shadow_topic(source), hdr, (payload_json,))
+
+
+def label_message(source: str, seq: int, t_start_ns: int, t_end_ns: int | None,
+                  label: str) -> Message:
+    """``source`` shows ``label`` over ``[t_start_ns, t_end_ns)``; ``t_end_ns=None``: from
+    ``t_start_ns`` until the source's next label message (open-ended)."""
+    hdr = LabelHeader(source=source, stream="label", seq=seq, t_ns=t_start_ns, label=label,
+                      t_end_ns=t_end_ns or 0)
     return Message(topics.topic(source, "label"), hdr, ())
+
+
+def label_stop_message(source: str, seq: int, t_ns: int) -> Message:
+    """From ``t_ns`` on, ``source`` shows no label (ends an open-ended one)."""
+    hdr = LabelHeader(source=source, stream="label", seq=seq, t_ns=t_ns, stop=True)
+    return Message(topics.topic(source, "label"), hdr, ())
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a label's name, or None."""
+    if not label or not label.strip():
+        return "the label is empty"
+    if len(label) > MAX_LABEL_CHARS:
+        return f"the label is {len(label)} characters, at most {MAX_LABEL_CHARS} are allowed"
+    if not label.isprintable():
+        return "the label holds control characters"
+    return None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -273,7 +303,17 @@ def check(msg: Message) -> None:
             bytes(p[0]).decode("utf-8")
         except UnicodeDecodeError as e:
             raise DecodeError("text", f"payload is not UTF-8 ({e.reason} at byte {e.start})") from None
-    elif isinstance(h, (HeartbeatHeader, LabelHeader)):
+    elif isinstance(h, LabelHeader):
+        if p:
+            raise DecodeError("parts", f"{msg.kind} carries no payload, got {len(p)} parts")
+        if h.stop != (h.label == ""):
+            raise DecodeError("field", "a label message has a label, or is a stop with none")
+        if h.stop and h.t_end_ns:
+            raise DecodeError("field", "a label stop has no t_end_ns")
+        why = label_problem(h.label) if not h.stop else None
+        if why:
+            raise DecodeError("field", why)
+    elif isinstance(h, HeartbeatHeader):
         if p:
             raise DecodeError("parts", f"{msg.kind} carries no payload, got {len(p)} parts")
     elif isinstance(h, WindowHeader):
@@ -331,10 +371,10 @@ def check_ranges(h: Header) -> None:
             raise DecodeError("field", "t_start_ns after the window end t_ns")
         if not math.isfinite(h.score):
             raise DecodeError("field", f"score {h.score}")
-    elif isinstance(h, LabelHeader):
+    elif isinstance(h, LabelHeader) and h.t_end_ns:  # 0: open-ended
         _check_time("t_end_ns", h.t_end_ns)
-        if h.t_end_ns < h.t_ns:
-            raise DecodeError("field", "t_end_ns before t_ns")
+        if h.t_end_ns <= h.t_ns:
+            raise DecodeError("field", "t_end_ns not after t_ns")
 
 
 def _decode_header(buf: Buffer) -> Header:

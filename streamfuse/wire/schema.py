@@ -99,11 +99,22 @@ def classification_json_schema() -> dict[str, Any]:
     return schema
 
 
-class LabelHeader(Envelope, tag="label", frozen=True):
-    """A ground-truth label for ``[t_ns, t_end_ns)`` (used by the trainer)."""
+# A label is a short name a person types: 1..MAX_LABEL_CHARS printable characters.
+MAX_LABEL_CHARS = 64
 
-    label: str
-    t_end_ns: int
+
+class LabelHeader(Envelope, tag="label", frozen=True):
+    """Ground truth: ``source`` shows ``label`` over ``[t_ns, t_end_ns)``.
+
+    ``t_end_ns = 0``: open-ended, "from ``t_ns`` on", until the source's next label
+    message. ``stop``: no label from ``t_ns`` on (``label`` is then empty). Every label
+    message ends the spans of its source still running at its ``t_ns``
+    (docs/protocol.md, "label").
+    """
+
+    label: str = ""
+    t_end_ns: int = 0
+    stop: bool = False
 
 
 class WindowHeader(Envelope, tag="window", frozen=True):

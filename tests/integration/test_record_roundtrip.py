@@ -13,8 +13,7 @@ import zmq
 from mcap.reader import make_reader
 
 from streamfuse.config import BusConfig
-from streamfuse.record import reader
-from streamfuse.record.format import MESSAGE_ENCODING, unframe
+from streamfuse.record import layout, reader
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
@@ -128,7 +127,10 @@ def test_record_replay_record_is_byte_identical(broker, tmp_path: Path) -> None:
 
 
 def test_independent_reader_lists_topics_and_counts(tmp_path: Path) -> None:
-    """The mcap package's own reader (no streamfuse code) sees the channels and counts."""
+    """The mcap package's own reader and protobuf decoders built from the file's schemas (no
+    streamfuse code) see the channels, counts and times."""
+    from mcap_protobuf.decoder import DecoderFactory
+
     from streamfuse.record.writer import RecordingWriter
 
     msgs = synthetic(50, source="cam2")
@@ -138,20 +140,19 @@ def test_independent_reader_lists_topics_and_counts(tmp_path: Path) -> None:
             w.write_message(m)
     counts: Counter[str] = Counter()
     with open(path, "rb") as f:
-        r = make_reader(f)
+        r = make_reader(f, decoder_factories=[DecoderFactory()])
         summary = r.get_summary()
         assert summary is not None and summary.statistics is not None
         by_id = {c.id: c.topic for c in summary.channels.values()}
         stat_counts = {by_id[k]: v for k, v in summary.statistics.channel_message_counts.items()}
-        for _schema, channel, message in r.iter_messages():
-            assert channel.message_encoding == MESSAGE_ENCODING
+        for schema, channel, message, decoded in r.iter_decoded_messages():
             assert message.log_time == message.publish_time
+            assert decoded.timestamp.ToNanoseconds() == message.log_time
+            assert decoded.DESCRIPTOR.full_name == schema.name
             counts[channel.topic] += 1
-            parts = unframe(message.data)
-            assert codec.decode([channel.topic.encode(), *parts]).t_ns == message.log_time
-    want = Counter(m.topic for m in msgs)
+    want = Counter("/" + m.topic for m in msgs)
     assert counts == want == stat_counts
-    assert set(want) == {"cam2/video", "cam2/audio", "cam2/text"}
+    assert set(want) == {"/cam2/video", "/cam2/audio", "/cam2/text"}
 
 
 @pytest.mark.slow
@@ -177,11 +178,13 @@ def test_sigkill_loses_at_most_the_last_chunk(broker, tmp_path: Path) -> None:
             probe.close()
     assert rec.returncode == -signal.SIGKILL
     with open(path, "rb") as f:  # the stock reader, no streamfuse code
-        got = [(c.topic, m.log_time, m.data) for _s, c, m in make_reader(f).iter_messages(log_time_order=False)]
+        got = [(c, m.log_time, m.data)
+               for _s, c, m in make_reader(f).iter_messages(log_time_order=False)]
     assert len(got) >= len(msgs) - per_chunk
     sent = {(m.topic, m.t_ns): m for m in msgs}
-    for topic, t, data in got:  # every message there is complete and exact
-        assert codec.decode([topic.encode(), *unframe(data)]) == sent[(topic, t)]
+    for channel, t, data in got:  # every message there is complete and exact
+        topic, lay = reader.wire_route(channel)
+        assert codec.decode([topic.encode(), *layout.decode(lay, data)]) == sent[(topic, t)]
     errors: Counter[str] = Counter()
     ours = list(reader.read_messages([path], errors=errors))
     assert len(ours) == len(got) and not errors

@@ -24,6 +24,7 @@ names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, m
 seqs = st.integers(0, 2**63 - 1)
 times = st.integers(codec.T_MIN_NS, codec.T_MAX_NS - 1)
 texts = st.text(max_size=200)
+label_names = st.text(min_size=1, max_size=64).filter(lambda s: s.strip() != "" and s.isprintable())
 dims = st.integers(1, 12)
 
 
@@ -61,7 +62,12 @@ def class_messages(draw) -> Message:
 @st.composite
 def label_messages(draw) -> Message:
     start, end = sorted((draw(times), draw(times)))
-    return codec.label_message(draw(names), draw(seqs), start, end, draw(texts))
+    kind = draw(st.sampled_from(["span", "open", "stop"]))
+    if kind == "stop":
+        return codec.label_stop_message(draw(names), draw(seqs), start)
+    start = min(start, codec.T_MAX_NS - 2)
+    end = max(end, start + 1) if kind == "span" else None  # a span is never empty
+    return codec.label_message(draw(names), draw(seqs), start, end, draw(label_names))
 
 
 messages = st.one_of(

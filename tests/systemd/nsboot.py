@@ -86,9 +86,9 @@ class SystemdNS:
             ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--mount-proc", str(BOOT)],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self._systemd_pid()
-        # systemctl answers once PID 1 listens on its private socket
-        self.wait(lambda: self.run("systemctl", "is-system-running").stdout.strip(), 60,
-                  "systemd to answer systemctl")
+        # systemctl answers once PID 1 listens on its private socket ("offline" until then)
+        self.wait(lambda: self.run("systemctl", "is-system-running").stdout.strip()
+                  in ("starting", "running", "degraded"), 60, "systemd to answer systemctl")
 
     def _systemd_pid(self, timeout: float = 180) -> int:
         """systemd's pid on the host: the child of ``unshare`` once it has exec'd systemd

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamfuse.cli import UsageError, check_output_dir, main
+from streamfuse.cli import main
+from streamfuse.usage import UsageError, check_output_dir
 
 
 def test_check_output_dir_accepts_writable_places_and_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -172,6 +172,21 @@ def test_times_outside_2000_to_2200_are_refused() -> None:
     lab = {"kind": "label", "stream": "label", "label": "x", "t_ns": T}
     assert _reason([b"room1/label", _raw_header(**lab, t_end_ns=2**64 - 1)]) == "time"
     assert _reason([b"room1/label", _raw_header(**lab, t_end_ns=T - 1)]) == "field"
+    assert _reason([b"room1/label", _raw_header(**lab, t_end_ns=T)]) == "field"
+
+
+def test_label_messages_open_ended_stop_and_bad_names() -> None:
+    opened = codec.decode(codec.encode(codec.label_message("room1", 0, T, None, "seven")))
+    assert (opened.header.label, opened.header.t_end_ns, opened.header.stop) == ("seven", 0, False)
+    stop = codec.decode(codec.encode(codec.label_stop_message("room1", 1, T)))
+    assert (stop.header.label, stop.header.stop) == ("", True)
+    lab = {"kind": "label", "stream": "label", "t_ns": T}
+    for bad in ("", "   ", "x" * 65, "a\nb"):
+        assert _reason([b"room1/label", _raw_header(**lab, label=bad)]) == "field", bad
+        assert codec.label_problem(bad)
+    assert _reason([b"room1/label", _raw_header(**lab, label="x", stop=True)]) == "field"
+    assert _reason([b"room1/label", _raw_header(**lab, stop=True, t_end_ns=T + 1)]) == "field"
+    assert codec.label_problem("x" * 64) is None
 
 
 def test_seq_up_to_uint64_decodes_and_nothing_larger_gets_through() -> None:

@@ -94,6 +94,27 @@ def test_public_results_off_loopback_needs_curve() -> None:
     check_security(loopback.bus)  # loopback needs no keys
 
 
+@pytest.mark.parametrize("listen", ["0.0.0.0:8765", "192.168.1.5:8765", "[::]:8765"])
+def test_foxglove_off_loopback_needs_explicit_opt_in(listen: str) -> None:
+    with pytest.raises(config.ConfigError, match=r"^foxglove.listen: .* is not a loopback address"):
+        config.parse({"foxglove": {"listen": listen}}, environ={})
+    opted_in = config.parse({"foxglove": {"listen": listen, "allow_remote": True}}, environ={})
+    assert opted_in.foxglove.listen == listen
+    for local in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765"):
+        assert config.parse({"foxglove": {"listen": local}}, environ={}).foxglove.listen == local
+    assert config.parse({}, environ={}).foxglove.listen == ""  # off by default
+
+
+def test_cli_refuses_a_remote_foxglove_server_with_exit_2(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[foxglove]\nlisten = "0.0.0.0:8765"\n')
+    r = subprocess.run([sys.executable, "-m", "streamfuse", "run", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith("streamfuse run: foxglove.listen: 0.0.0.0:8765 is not a loopback")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_env_overrides_single_keys() -> None:
     env = {"STREAMFUSE_FUSION_MAX_BATCH": "8", "STREAMFUSE_BUS_INPUT": "ipc:///tmp/x/in",
            "STREAMFUSE_FUSION_DEVICE": "cpu", "STREAMFUSE_BUS_CURVE_ENABLED": "true"}

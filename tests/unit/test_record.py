@@ -173,7 +173,8 @@ def test_topic_and_time_filters_read_only_needed_chunks(tmp_path: Path, monkeypa
 
 
 def test_killed_writer_leaves_a_file_the_stock_reader_opens(tmp_path: Path) -> None:
-    msgs = sample(300)
+    # The last message (far smaller than a chunk) leaves a chunk unfinished, whatever the sizes.
+    msgs = [*sample(300), codec.text_message("room1", 99, T0 + 10 * 1000 * MS, "unfinished")]
     w = write(tmp_path / "k.mcap", msgs, close=False)
     w.abandon()  # as if the process died: no summary, the unfinished chunk is lost
     with open(tmp_path / "k.mcap", "rb") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -36,6 +37,10 @@ def _faults(mode: str) -> int:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_freed_chunk_buffers_are_reused_instead_of_refaulted():
-    default, tuned = _faults("default"), _faults("tuned")
+    # Medians of three alternated runs: how the two threads interleave moves the default's
+    # count a lot on a busy machine (23k to 50k faults seen), the tuned one's little.
+    runs = [(_faults("default"), _faults("tuned")) for _ in range(3)]
+    default = statistics.median(d for d, _ in runs)
+    tuned = statistics.median(t for _, t in runs)
     # 80 buffers of 4.6 MB are ~90k pages if every one is fresh memory
-    assert tuned < 0.6 * default, (default, tuned)
+    assert tuned < 0.6 * default, runs

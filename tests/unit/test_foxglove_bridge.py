@@ -1,0 +1,77 @@
+"""The Foxglove bridge's core, with stand-in channels (no server, no sockets)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamfuse.bridge.foxglove import Bridge
+from streamfuse.record import layout
+from streamfuse.wire import codec
+
+T0 = 1_700_000_000_000_000_000
+MS = 1_000_000
+
+
+class FakeChannel:
+    def __init__(self, spec: layout.ChannelSpec, sinks: bool) -> None:
+        self.spec, self.sinks = spec, sinks
+        self.logged: list[tuple[bytes, int]] = []
+
+    def has_sinks(self) -> bool:
+        return self.sinks
+
+    def log(self, data: bytes, *, log_time: int) -> None:
+        self.logged.append((data, log_time))
+
+
+def make_bridge(max_fps: float, sinks: bool = True) -> tuple[Bridge, dict[str, FakeChannel]]:
+    made: dict[str, FakeChannel] = {}
+
+    def factory(spec: layout.ChannelSpec) -> FakeChannel:
+        made[spec.topic] = FakeChannel(spec, sinks)
+        return made[spec.topic]
+
+    return Bridge(factory, max_fps), made
+
+
+def test_frames_are_limited_per_topic_and_sent_in_the_recording_layout() -> None:
+    bridge, made = make_bridge(max_fps=5)
+    img = np.arange(8 * 6 * 3, dtype=np.uint8).reshape(8, 6, 3)
+    for i in range(30):  # 1 s of 30 fps on two cameras, arriving in real time
+        now = T0 + i * 33 * MS
+        for source in ("room1", "room2"):
+            bridge.publish(codec.encode(codec.frame_message(source, i, now, img)), now)
+    block = np.ones((320, 1), np.float32)
+    for i in range(50):  # audio is never limited
+        bridge.publish(
+            codec.encode(codec.audio_message("room1", i, T0 + i * 20 * MS, block, 16000)), T0
+        )
+    assert len(made["/room1/video"].logged) == len(made["/room2/video"].logged) == 5
+    assert bridge.skipped == 50
+    assert len(made["/room1/audio"].logged) == 50
+    ch = made["/room1/video"]
+    assert ch.spec.schema_name == "foxglove.RawImage" and ch.spec.message_encoding == "protobuf"
+    data, log_time = ch.logged[1]
+    header, pixels = layout.decode("raw", data)
+    assert log_time == codec.decode([b"room1/video", header, pixels]).t_ns == T0 + 7 * 33 * MS
+    assert bytes(pixels) == img.tobytes()
+
+
+def test_nothing_is_encoded_without_a_subscriber_and_bad_input_is_counted() -> None:
+    bridge, made = make_bridge(max_fps=30, sinks=False)
+    assert not bridge.publish(codec.encode(codec.text_message("room1", 0, T0, "hi")), T0)
+    assert made["/room1/text"].logged == [] and bridge.sent == 0
+    assert not bridge.publish([b"room1/text", b"\xc1not msgpack"], T0)
+    assert not bridge.publish([b"room1/text"], T0)
+    assert bridge.bad == 2
+
+
+def test_the_bridge_is_a_non_essential_child_only_when_listen_is_set() -> None:
+    from streamfuse.config import parse
+    from streamfuse.service.processes import table
+
+    on = table(parse({"foxglove": {"listen": "127.0.0.1:8765"}}, environ={}), python="py")
+    (spec,) = [s for s in on if s.name == "foxglove"]
+    assert spec.argv[:4] == ("py", "-m", "streamfuse", "foxglove")
+    assert not spec.essential and spec.role == "bridge"
+    assert all(s.name != "foxglove" for s in table(parse({}, environ={}), python="py"))
