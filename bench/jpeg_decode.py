@@ -2,7 +2,7 @@
 from 640x480 JPEG sources, with and without reduced-scale decoding, and windows per second
 with the decode-once cache (overlapping windows show each frame twice).
 
-    .venv/bin/python bench/jpeg_decode.py [--video ../shared/data/video/vtest.avi]
+    .venv/bin/python bench/jpeg_decode.py [--video DATA/video/vtest.avi]
         [--frames 300] [--size 32] [--rounds 3] [--json F]
 
 Frames are real footage (any video OpenCV reads, resized to 640x480 and JPEG-encoded at
