@@ -11,7 +11,12 @@ Three legs per payload, each a sender process and a receiver process over ipc://
   through any broker, with no codec work at all;
 - ``streamfuse``: ``capture.publish.StreamPublisher.send`` of ``codec.frame_message`` /
   ``audio_message`` in the sender (build, encode with validation, send, count),
-  a real ``streamfuse broker`` process, ``codec.decode`` (full validation) in the receiver.
+  a real ``streamfuse broker`` process, ``codec.decode`` (full validation) in the receiver;
+  frames inline (``bus.frame_plane = "inline"``);
+- ``shm`` (frames only): the same with the frame plane, as a camera on the daemon's host
+  sends: the sender copies each frame into its ring and publishes the reference; the
+  receiver (as the aligner) decodes it and checks that the slot still holds the frame.
+  A frame overwritten before that check is not counted.
 
 Payloads: a 640x480x3 uint8 frame (922 KB) and a 20 ms 16 kHz audio block (320 float32).
 Legs run in rotated order over ``--rounds`` rounds; the median receiver rate of each leg
@@ -38,7 +43,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PAYLOADS = {"frame": (480, 640, 3), "audio": (320, 1)}
-LEGS = ("raw", "proxy", "proxy3", "streamfuse")
+LEGS = ("raw", "proxy", "proxy3", "streamfuse", "shm")
+SHM_SLOTS = 256  # the sender runs flat out: the ring must cover the queues behind it
+
+
+def legs(payload: str) -> tuple[str, ...]:
+    return LEGS if payload == "frame" else tuple(leg for leg in LEGS if leg != "shm")
 TOPIC = b"bench/video"
 
 
@@ -53,13 +63,29 @@ def _array(payload: str):
 # ----------------------------------------------------------------------------- processes
 
 
-def sender(leg: str, payload: str, endpoint: str, ready, done, out) -> None:
+def _builder(leg: str, payload: str, arr, endpoint: str):
+    """``(build(seq) -> Message, plane or None)`` for the streamfuse legs."""
+    from streamfuse.wire import codec
+
+    if leg == "shm":
+        from streamfuse.config import BusConfig
+        from streamfuse.frameplane.writer import PlaneWriter
+
+        plane = PlaneWriter.open(BusConfig(input=endpoint), "bench-video", slots=SHM_SLOTS,
+                                 nbytes=arr.nbytes)
+        return (lambda seq: plane.message("bench", seq, time.time_ns(), arr, encoding="raw",
+                                          shape=arr.shape)), plane
+    if payload == "frame":
+        return (lambda seq: codec.frame_message("bench", seq, time.time_ns(), arr)), None
+    return (lambda seq: codec.audio_message("bench", seq, time.time_ns(), arr, 16000)), None
+
+
+def sender(leg: str, payload: str, endpoint: str, ready, done, out, done_reading) -> None:
     """Publish as fast as possible once the receiver has seen a warm-up message."""
     import zmq
 
     from streamfuse.capture.publish import StreamPublisher
     from streamfuse.wire import codec
-    from streamfuse.wire.schema import Message
     from streamfuse.wire.sockets import send_parts
 
     arr = _array(payload)
@@ -69,16 +95,12 @@ def sender(leg: str, payload: str, endpoint: str, ready, done, out) -> None:
     sock.sndhwm = 1000
     sock.linger = 0
     sock.connect(endpoint)
-    if leg == "streamfuse":
+    plane = None
+    if leg in ("streamfuse", "shm"):
         # What a capture does per message: StreamPublisher.send builds, encodes (validating),
         # sends and counts (Prometheus counters included).
         pub = StreamPublisher(sock, "bench", "video" if payload == "frame" else "audio")
-        if payload == "frame":
-            def build(seq: int) -> Message:
-                return codec.frame_message("bench", seq, time.time_ns(), arr)
-        else:
-            def build(seq: int) -> Message:
-                return codec.audio_message("bench", seq, time.time_ns(), arr, 16000)
+        build, plane = _builder(leg, payload, arr, endpoint)
 
         def send() -> None:
             pub.send(build)
@@ -107,9 +129,13 @@ def sender(leg: str, payload: str, endpoint: str, ready, done, out) -> None:
     out.put(("sender", (time.process_time() - cpu0) / max(seq - seq0, 1)))
     sock.close()
     ctx.term()
+    if plane is not None:
+        done_reading.wait(10)  # the receiver's last checks need the ring
+        plane.close()
 
 
-def receiver(leg: str, endpoint: str, duration_s: float, ready, done, out, bind: bool = False) -> None:
+def receiver(leg: str, endpoint: str, duration_s: float, ready, done, out, done_reading,
+             bind: bool = False) -> None:
     """Count (and for streamfuse, decode) messages for ``duration_s`` after warm-up.
 
     ``bind``: the direct leg's SUB binds and the PUB connects."""
@@ -126,7 +152,12 @@ def receiver(leg: str, endpoint: str, duration_s: float, ready, done, out, bind:
         sock.bind(endpoint)
     else:
         sock.connect(endpoint)
-    decode = leg == "streamfuse"
+    decode = leg in ("streamfuse", "shm")
+    reader = None
+    if leg == "shm":
+        from streamfuse.frameplane.ring import RingReader
+
+        reader = RingReader()
     if not sock.poll(20000):
         out.put(("receiver", 0.0, 0.0))
         return
@@ -141,15 +172,24 @@ def receiver(leg: str, endpoint: str, duration_s: float, ready, done, out, bind:
             break
         parts = sock.recv_multipart(copy=False)
         if decode:
-            codec.decode(parts)
+            m = codec.decode(parts)
+            if reader is not None and reader.read(codec.frame_ref(m), _valid) is None:
+                continue  # overwritten before the aligner would have seen it
         n += 1
         if (n & 63) == 0 and time.perf_counter() >= deadline:
             break
     elapsed = time.perf_counter() - t0
     done.set()
+    done_reading.set()
+    if reader is not None:
+        reader.close()
     out.put(("receiver", n / elapsed, (time.process_time() - cpu0) / max(n, 1)))
     sock.close()
     ctx.term()
+
+
+def _valid(view) -> bool:
+    return True
 
 
 def proxy(front: str, back: str) -> None:
@@ -210,15 +250,16 @@ def run_leg(leg: str, payload: str, duration_s: float) -> tuple[float, float, fl
         if leg == "raw":
             pub_ep = sub_ep = f"ipc://{root}/direct"
         else:
-            bus = Bus("streamfuse" if leg == "streamfuse" else "proxy", root)
+            bus = Bus("streamfuse" if leg in ("streamfuse", "shm") else "proxy", root)
             pub_ep, sub_ep = bus.front, bus.back
-        ready, done, out = ctx.Event(), ctx.Event(), ctx.Queue()
-        r = ctx.Process(target=receiver, args=(leg, sub_ep, duration_s, ready, done, out, leg == "raw"))
+        ready, done, out, done_reading = ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Event()
+        r = ctx.Process(target=receiver, args=(leg, sub_ep, duration_s, ready, done, out, done_reading,
+                                               leg == "raw"))
         r.start()
         if leg == "raw":
             while not Path(sub_ep[6:]).exists():
                 time.sleep(0.01)
-        s = ctx.Process(target=sender, args=(leg, payload, pub_ep, ready, done, out))
+        s = ctx.Process(target=sender, args=(leg, payload, pub_ep, ready, done, out, done_reading))
         s.start()
         try:
             got = {}
@@ -338,9 +379,10 @@ def main() -> int:
 
     results: dict = {"legs": {}, "command": " ".join(sys.argv)}
     for payload in args.payloads:
-        runs: dict[str, list[tuple[float, float, float]]] = {leg: [] for leg in LEGS}
+        names = legs(payload)
+        runs: dict[str, list[tuple[float, float, float]]] = {leg: [] for leg in names}
         for r in range(args.rounds):
-            order = LEGS[r % len(LEGS):] + LEGS[:r % len(LEGS)]
+            order = names[r % len(names):] + names[:r % len(names)]
             for leg in order:
                 rate, send_us, recv_us = run_leg(leg, payload, args.leg_s)
                 runs[leg].append((rate, send_us, recv_us))
@@ -350,24 +392,17 @@ def main() -> int:
         cpu = {leg: {"sender_us": statistics.median(x[1] for x in v),
                      "receiver_us": statistics.median(x[2] for x in v)} for leg, v in runs.items()}
         results["legs"][payload] = {"median_msg_s": med, "runs": runs, "cpu_us_per_msg": cpu,
-                                    "streamfuse_vs_raw": med["streamfuse"] / med["raw"],
-                                    "streamfuse_vs_proxy": med["streamfuse"] / med["proxy"],
-                                    "streamfuse_vs_proxy3": med["streamfuse"] / med["proxy3"],
-                                    "proxy_vs_raw": med["proxy"] / med["raw"],
-                                    "proxy3_vs_raw": med["proxy3"] / med["raw"]}
-    print()
-    print(f"{'payload':8} {'raw':>10} {'proxy':>10} {'proxy3':>10} {'streamfuse':>11} {'sf/raw':>7} "
-          f"{'sf/proxy':>9} {'sf/proxy3':>10} {'proxy/raw':>10} {'proxy3/raw':>11}   (median msg/s)")
+                                    "vs_raw": {leg: med[leg] / med["raw"] for leg in names},
+                                    "vs_proxy": {leg: med[leg] / med["proxy"] for leg in names}}
+    print("\nmedian msg/s, and the ratio to raw pyzmq direct (same run):")
     for payload, res in results["legs"].items():
-        m = res["median_msg_s"]
-        print(f"{payload:8} {m['raw']:10.0f} {m['proxy']:10.0f} {m['proxy3']:10.0f} {m['streamfuse']:11.0f} "
-              f"{res['streamfuse_vs_raw']:7.2f} {res['streamfuse_vs_proxy']:9.2f} "
-              f"{res['streamfuse_vs_proxy3']:10.2f} {res['proxy_vs_raw']:10.2f} {res['proxy3_vs_raw']:11.2f}")
+        m, v = res["median_msg_s"], res["vs_raw"]
+        print(f"{payload:8} " + "  ".join(f"{leg} {m[leg]:.0f} ({v[leg]:.2f})" for leg in m))
     print("\nCPU microseconds per message (median; sender / receiver):")
     for payload, res in results["legs"].items():
         c = res["cpu_us_per_msg"]
         print(f"{payload:8} " + "  ".join(f"{leg} {c[leg]['sender_us']:.2f} / {c[leg]['receiver_us']:.2f}"
-                                           for leg in LEGS))
+                                           for leg in c))
     if args.cameras_s > 0:
         cams = eight_cameras(args.cameras_s)
         results["eight_cameras"] = cams

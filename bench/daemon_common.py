@@ -103,6 +103,30 @@ def rss_tree(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_tree(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``pid`` ('supervisor', the broker's thread
+    included) and of each child, by STREAMFUSE_CHILD name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(entry) != pid and int(fields[1]) != pid:
+                continue
+            name = "supervisor"
+            if int(entry) != pid:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+                name = env.get(b"STREAMFUSE_CHILD", entry.encode()).decode()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:

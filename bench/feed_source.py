@@ -1,5 +1,7 @@
 """One synthetic source for bench/scale.py: VGA raw frames at 15 fps, 20 ms audio blocks
 at 16 kHz, text heartbeats at 10 Hz, stamped with the current time, paced in real time.
+Frames go through the frame plane like a camera's (``bus.frame_plane``: each frame is
+written into the ring and published by reference) or inline.
 
 It sends what the real captures send: an audio block goes out when its last sample
 is in (20 ms after its ``t_ns``), and the video and text streams send a heartbeat
@@ -7,12 +9,14 @@ just after each window end (``[align]`` grid) as ``streamfuse capture`` does.
 
     python bench/feed_source.py CONFIG SOURCE SECONDS
 
-Prints one JSON line at the end: messages sent and how late the pacing fell behind.
+Prints one JSON line at the end: messages sent, how late the pacing fell behind and the
+CPU seconds this process used.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 
@@ -21,6 +25,7 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.config import load
+from streamfuse.frameplane.writer import PlaneWriter, hold_ms, ring_slots
 from streamfuse.wire import codec
 from streamfuse.wire.sockets import connect_pub
 
@@ -30,6 +35,8 @@ def main() -> int:
     cfg = load(cfg_path)
     ctx = zmq.Context()
     pub = connect_pub(ctx, cfg.bus, hwm=10_000)
+    plane = PlaneWriter.open(cfg.bus, f"{source}-video", slots=ring_slots(15, hold_ms(cfg.align)),
+                             nbytes=640 * 480 * 3)
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     block = (0.1 * np.sin(np.arange(320) / 5)).astype(np.float32).reshape(320, 1)
     seq = {"video": 0, "audio": 0, "text": 0}  # per-topic seq (video frames and heartbeats share one)
@@ -50,7 +57,8 @@ def main() -> int:
             seq["audio"] += 1
         last_frame = None
         while next_frame <= t:
-            pub.send_multipart(codec.encode(codec.frame_message(source, seq["video"], next_frame, frame)), copy=False)
+            msg = plane.message(source, seq["video"], next_frame, frame, encoding="raw", shape=frame.shape)
+            pub.send_multipart(codec.encode(msg), copy=False)
             seq["video"] += 1
             last_frame = next_frame
             next_frame = start + seq["video"] * 1_000_000_000 // 15
@@ -66,7 +74,12 @@ def main() -> int:
         t += 20_000_000
     pub.close(linger=2000)
     ctx.term()
-    print(json.dumps({"source": source, "sent": seq, "worst_lag_ms": worst_lag_ms, "end_ns": end}), flush=True)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"source": source, "sent": seq, "worst_lag_ms": worst_lag_ms, "end_ns": end,
+                      "cpu_s": ru.ru_utime + ru.ru_stime}), flush=True)
+    # After the last windows' hold time, as a capture's ring would still hold its last frames.
+    time.sleep(hold_ms(cfg.align) / 1000)
+    plane.close()
     return 0
 
 

@@ -1,6 +1,10 @@
 """How many sources one daemon sustains: VGA 15 fps raw video + audio + text each.
 
-    .venv/bin/python bench/scale.py [--steps 1 2 3 4] [--seconds 15] [--json F]
+    .venv/bin/python bench/scale.py [--steps 1 2 3 4] [--seconds 15] [--planes shm inline] [--json F]
+
+Each step runs once per ``--planes`` mode (``bus.frame_plane``), alternated in that order,
+and reports the CPU share of each process role (the supervisor holds the broker; the
+feeders stand for the captures) over the fed seconds, in % of one core.
 
 For N = each step: a fresh ``streamfuse run`` with N named sources (captured
 "elsewhere": synthetic publishers, bench/feed_source.py, one process each,
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +30,7 @@ import zmq
 from daemon_common import (
     Collected,
     collect,
+    cpu_tree,
     demo,
     free_port,
     lost_by_metrics,
@@ -39,9 +45,42 @@ from streamfuse.wire import topics
 HERE = Path(__file__).resolve().parent
 
 
-def step(n: int, seconds: float, model: Path) -> dict:
+def _share(before: dict[str, float], after: dict[str, float], fed: list[dict],
+           wall_s: float) -> dict[str, float]:
+    """% of one core by role over ``wall_s``: supervisor (broker), aligner, workers, feeders."""
+    role = {"supervisor": "broker+supervisor", "aligner": "aligner"}
+    out: dict[str, float] = {}
+    for name, cpu in after.items():
+        r = role.get(name, name)
+        out[r] = out.get(r, 0.0) + (cpu - before.get(name, 0.0))
+    out["feeders (captures)"] = sum(f.get("cpu_s", 0.0) for f in fed)
+    return {k: round(100 * v / wall_s, 1) for k, v in out.items()}
+
+
+def _feed(cfg_path: Path, n: int, seconds: float, sub: zmq.Socket, rows: Collected,
+          pid: int) -> tuple[list[dict], dict[str, float]]:
+    """Run the ``n`` feeders, collecting classifications: their reports and the CPU share
+    by role over the fed seconds."""
+    from streamfuse import clock
+
+    cpu0, t0 = cpu_tree(pid), clock.monotonic_ns()
+    feeders = [subprocess.Popen([sys.executable, str(HERE / "feed_source.py"), str(cfg_path), f"s{i}",
+                                 str(seconds)], stdout=subprocess.PIPE, text=True) for i in range(n)]
+    cpu1, wall_s = cpu0, 0.0
+    while any(f.poll() is None for f in feeders):
+        collect(sub, rows, 0.5)
+        if not wall_s and clock.monotonic_ns() - t0 >= (seconds + 1) * 1e9:
+            cpu1, wall_s = cpu_tree(pid), (clock.monotonic_ns() - t0) / 1e9
+    collect(sub, rows, 2.5)
+    fed = [json.loads(f.stdout.read().strip().splitlines()[-1]) for f in feeders]
+    return fed, (_share(cpu0, cpu1, fed, wall_s) if wall_s else {})
+
+
+def step(n: int, seconds: float, model: Path, plane: str) -> dict:
     from streamfuse.config import load
     from streamfuse.signals import Signals
+
+    os.environ["STREAMFUSE_BUS_FRAME_PLANE"] = plane  # the daemon and the feeders read it
 
     run_dir = Path(tempfile.mkdtemp(prefix="streamfuse-scale-"))
     port = free_port()
@@ -61,13 +100,8 @@ def step(n: int, seconds: float, model: Path) -> dict:
                 for i in range(n):
                     sub.subscribe(topics.class_topic(f"s{i}").encode())
                 sub.connect(cfg.bus.output)
-                feeders = [subprocess.Popen([sys.executable, str(HERE / "feed_source.py"), str(cfg_path), f"s{i}",
-                                             str(seconds)], stdout=subprocess.PIPE, text=True) for i in range(n)]
-                while any(f.poll() is None for f in feeders):
-                    collect(sub, rows, 0.5)
-                collect(sub, rows, 2.5)
+                fed, share = _feed(cfg_path, n, seconds, sub, rows, daemon.proc.pid)
                 sub.close()
-            fed = [json.loads(f.stdout.read().strip().splitlines()[-1]) for f in feeders]
             text = scrape(port)
         finally:
             daemon.stop()
@@ -88,11 +122,25 @@ def step(n: int, seconds: float, model: Path) -> dict:
         ok = answered > 0 and missing == 0 and gaps == 0 and dropped == 0 and p99 < 100 and answered >= 0.9 * expected
         present = {m: sum(bool(r["present"].get(m)) for r in rows.rows) / max(1, len(rows.rows))
                    for m in ("video", "audio")}
-        return {"sources": n, "ok": ok, "present": present, "classifications": answered, "expected_about": expected,
+        return {"sources": n, "frame_plane": plane, "ok": ok, "cpu_pct": share, "present": present, "classifications": answered, "expected_about": expected,
                 "missing": missing, "twice": twice, "seq_gaps": gaps, "dropped": dropped, "latency_ms": lat,
                 "feeder_worst_lag_ms": max(f["worst_lag_ms"] for f in fed)}
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _report(r: dict) -> None:
+    t = r["latency_ms"].get("total", {})
+    print(f"scale: {r['sources']} source(s) {r['frame_plane']}: {'OK' if r['ok'] else 'FAIL'}  "
+          f"{r['classifications']}/{r['expected_about']} windows, missing {r['missing']}, "
+          f"seq gaps {r['seq_gaps']:.0f}, dropped {r['dropped']:.0f}, "
+          f"total p50 {t.get('p50', float('nan')):.1f} p99 {t.get('p99', float('nan')):.1f} ms, "
+          f"feeder lag {r['feeder_worst_lag_ms']:.0f} ms, video/audio present in "
+          f"{r['present']['video']:.0%}/{r['present']['audio']:.0%} of windows", flush=True)
+    parts = " ".join(f"{k} {v.get('p50', float('nan')):.1f}/{v.get('p99', float('nan')):.1f}"
+                     for k, v in r["latency_ms"].items() if k != "total")
+    print(f"         p50/p99 ms by part: {parts}", flush=True)
+    print(f"         CPU % of one core: {r['cpu_pct']}", flush=True)
 
 
 def main() -> int:
@@ -101,29 +149,29 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--cache", default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--planes", nargs="+", default=["shm", "inline"], choices=["shm", "inline"])
     args = p.parse_args()
     _, mdir = prepare(demo.SMALL.segments, demo.SMALL.epochs, args.cache)
     proxy = proxy_hop_latency(n=1000)
     results = []
+    stopped: set[str] = set()
     for n in args.steps:
-        r = step(n, args.seconds, mdir)
-        results.append(r)
-        t = r["latency_ms"].get("total", {})
-        print(f"scale: {n} source(s): {'OK' if r['ok'] else 'FAIL'}  {r['classifications']}/{r['expected_about']} "
-              f"windows, missing {r['missing']}, seq gaps {r['seq_gaps']:.0f}, dropped {r['dropped']:.0f}, "
-              f"total p50 {t.get('p50', float('nan')):.1f} p99 {t.get('p99', float('nan')):.1f} ms, "
-              f"feeder lag {r['feeder_worst_lag_ms']:.0f} ms, video/audio present in "
-              f"{r['present']['video']:.0%}/{r['present']['audio']:.0%} of windows", flush=True)
-        parts = " ".join(f"{k} {v.get('p50', float('nan')):.1f}/{v.get('p99', float('nan')):.1f}"
-                         for k, v in r["latency_ms"].items() if k != "total")
-        print(f"         p50/p99 ms by part: {parts}", flush=True)
-        if r["missing"] or r["seq_gaps"] or r["dropped"]:
-            break  # loss: more sources only lose more (a latency miss alone goes on, to show the trend)
-    best = max([r["sources"] for r in results if r["ok"]], default=0)
-    print(f"scale: sustained {best} source(s) of VGA 15 fps + audio + text "
-          f"(reference: bare proxy hop p50 {proxy['p50']:.3f} ms p99 {proxy['p99']:.3f} ms)")
+        for plane in args.planes:
+            if plane in stopped:
+                continue
+            r = step(n, args.seconds, mdir, plane)
+            results.append(r)
+            _report(r)
+            if r["missing"] or r["seq_gaps"] or r["dropped"]:
+                stopped.add(plane)  # loss: more sources only lose more
+        if stopped == set(args.planes):
+            break
+    for plane in args.planes:
+        best = max([r["sources"] for r in results if r["ok"] and r["frame_plane"] == plane], default=0)
+        print(f"scale: frame_plane={plane}: sustained {best} source(s) of VGA 15 fps + audio + text "
+              f"(reference: bare proxy hop p50 {proxy['p50']:.3f} ms p99 {proxy['p99']:.3f} ms)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": results, "sustained": best, "proxy_hop_ms": proxy}, indent=2))
+        Path(args.json).write_text(json.dumps({"steps": results, "proxy_hop_ms": proxy}, indent=2))
     return 0
 
 

@@ -172,6 +172,8 @@ class BusConfig:
     public_results: str = _check(_optional_endpoint, "")  # the same for remote subscribers (TCP)
     max_message_mb: float = _check(_positive_max(MAX_MESSAGE_MB), 64.0)
     hwm: int = _check(_positive_max(MAX_HWM), 1000)
+    # "shm": video frames go by reference between processes of this host (frame plane)
+    frame_plane: str = _check(_one_of("shm", "inline"), "shm")
     curve: CurveConfig = field(default_factory=CurveConfig)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,8 @@ from bisect import bisect_left, bisect_right
 import numpy as np
 
 from streamfuse.clock import NS_PER_S
-from streamfuse.wire.schema import AudioHeader, FrameHeader, Message
+from streamfuse.wire import codec
+from streamfuse.wire.schema import AudioHeader, FrameHeader, FrameRef, Message
 
 
 def sample_index(t_ns: int, samplerate: int) -> int:
@@ -114,7 +115,8 @@ class VideoBuffer:
         self.nbytes += len(msg.payload[0])
         return None, dropped
 
-    def select(self, start_ns: int, window_ns: int, n: int) -> tuple[list[np.ndarray | bytes], list[int]]:
+    def select(self, start_ns: int, window_ns: int,
+               n: int) -> tuple[list[np.ndarray | bytes | FrameRef], list[int]]:
         """The frames nearest to the ``n`` instants ``start + (i + 0.5) * window / n``.
 
         Only frames inside ``[start, start + window)`` count; on a tie the earlier
@@ -155,11 +157,14 @@ class VideoBuffer:
             del self.ts[:k], self.cells[:k], self.msgs[:k]
 
 
-def _frame(msg: Message) -> np.ndarray | bytes:
-    """A raw frame as a zero-copy ``(h, w, 3)`` view, a JPEG as its bytes (never decoded)."""
+def _frame(msg: Message) -> np.ndarray | bytes | FrameRef:
+    """A raw frame as a zero-copy ``(h, w, 3)`` view, a JPEG as its bytes (never decoded),
+    a frame by reference as its descriptor (the aligner never looks at its pixels)."""
     h = msg.header
     assert isinstance(h, FrameHeader)
     buf = msg.payload[0]
+    if h.encoding == "shm":
+        return codec.frame_ref(msg)
     if h.encoding == "raw":
         return np.frombuffer(buf, dtype=np.uint8).reshape(h.shape)
     return buf if isinstance(buf, bytes) else bytes(buf)

@@ -581,7 +581,7 @@ class Aligner:
         return Window(
             source=name, seq=k, t_start_ns=start, t_end_ns=end, present=present,
             frames=frames, frame_encoding=src.video.encoding if frames else "raw",
-            frame_t_ns=frame_t, audio=audio, samplerate=sr if audio is not None else 0,
+            frame_t_ns=frame_t, frame_shape=src.video.shape if frames else (), audio=audio, samplerate=sr if audio is not None else 0,
             audio_coverage=coverage, texts=texts, text_t_ns=text_t, close_ns=close_ns,
         )
 

@@ -14,6 +14,7 @@ import importlib
 
 from streamfuse.clock import NS_PER_MS
 from streamfuse.config import Config, ConfigError
+from streamfuse.frameplane.writer import hold_ms
 from streamfuse.signals import Signals
 
 MODULES = {"video": "streamfuse.capture.camera", "audio": "streamfuse.capture.microphone",
@@ -32,4 +33,6 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     module = importlib.import_module(MODULES[args.stream])
     # The aligner's window grid: captures send a heartbeat just after each window end.
     grid = (cfg.align.window_ms * NS_PER_MS, cfg.align.hop_ms * NS_PER_MS)
-    return int(module.main(src.name, stream_cfg, cfg.bus, signals.stop, grid=grid))
+    # Video frames in the frame plane stay readable until every window showing them is answered.
+    extra = {"hold_ms": hold_ms(cfg.align)} if args.stream == "video" else {}
+    return int(module.main(src.name, stream_cfg, cfg.bus, signals.stop, grid=grid, **extra))

@@ -33,7 +33,7 @@ import zmq
 from streamfuse import clock, readiness
 from streamfuse.capture.publish import Backoff, Heartbeats, StreamPublisher
 from streamfuse.config import BusConfig, VideoConfig
-from streamfuse.wire import codec
+from streamfuse.frameplane.writer import PlaneWriter, ring_slots, slot_bytes
 from streamfuse.wire.sockets import connect_pub
 
 log = logging.getLogger("streamfuse.capture.video")
@@ -223,8 +223,10 @@ class VideoCapture:
     """
 
     def __init__(self, source: str, cfg: VideoConfig, bus: BusConfig, *,
-                 grid: tuple[int, int] | None = None) -> None:
+                 grid: tuple[int, int] | None = None, hold_ms: int = 3000) -> None:
         self.source = source
+        self.hold_ms = hold_ms  # how long a frame in the frame plane must stay readable
+        self.plane = PlaneWriter(None)
         self.cfg = cfg
         self.bus = bus
         self.device = parse_device(cfg.device)
@@ -247,6 +249,9 @@ class VideoCapture:
         log.info("video %s: starting on %s %s (%dx%d, %s)", self.source, dev.kind, dev.target,
                  cfg.width, cfg.height, cfg.encoding)
         pub = self.pub = StreamPublisher(sock, self.source, "video")
+        self.plane = PlaneWriter.open(self.bus, f"{self.source}-video",
+                                      slots=ring_slots(cfg.fps, self.hold_ms),
+                                      nbytes=slot_bytes(cfg.width, cfg.height, cfg.encoding))
         try:
             while not stop.is_set():
                 if self.cap is None:
@@ -256,6 +261,7 @@ class VideoCapture:
         finally:
             self._release()
             sock.close(linger=500)
+            self.plane.close()
             if own:
                 ctx.term()
         log.info("video %s stopped: %s", self.source, pub.counts.line())
@@ -390,10 +396,11 @@ class VideoCapture:
                 pub.drop("encode")
                 return
             data = buf.tobytes()
-            pub.send(lambda seq: codec.frame_message(self.source, seq, t_ns, data, encoding="jpeg",
-                                                     shape=frame.shape))
+            pub.send(lambda seq: self.plane.message(self.source, seq, t_ns, data, encoding="jpeg",
+                                                    shape=frame.shape))
         else:
-            pub.send(lambda seq: codec.frame_message(self.source, seq, t_ns, frame))
+            pub.send(lambda seq: self.plane.message(self.source, seq, t_ns, frame, encoding="raw",
+                                                    shape=frame.shape))
 
 
 def _file_signature(dev: Device) -> tuple[float, int] | None:
@@ -405,5 +412,5 @@ def _file_signature(dev: Device) -> tuple[float, int] | None:
 
 
 def main(source: str, cfg: VideoConfig, bus: BusConfig, stop: threading.Event, *,
-         grid: tuple[int, int] | None = None) -> int:
-    return VideoCapture(source, cfg, bus, grid=grid).run(stop)
+         grid: tuple[int, int] | None = None, hold_ms: int = 3000) -> int:
+    return VideoCapture(source, cfg, bus, grid=grid, hold_ms=hold_ms).run(stop)

@@ -29,6 +29,7 @@ from streamfuse.config import Config, runtime_dir
 from streamfuse.fusion import store
 from streamfuse.fusion.artifact import ArtifactError, LoadedModel
 from streamfuse.fusion.batcher import Pending
+from streamfuse.fusion.features import FrameSource
 from streamfuse.fusion.shadow import Judge, PromoteRule, Verdict
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import LabelHeader
@@ -39,12 +40,15 @@ JUDGE_EVERY_NS = clock.NS_PER_S
 
 class ShadowRunner:
     """State of one worker's shadow. ``labels``: a SUB on ``bus.output`` (no subscriptions
-    yet); ``pub``: where the answers go."""
+    yet); ``pub``: where the answers go; ``frames``: the worker's frame source (frames by
+    reference, decoded once for the live model and the shadow)."""
 
     def __init__(
-        self, cfg: Config, device: torch.device, pub: zmq.Socket, labels: zmq.Socket | None
+        self, cfg: Config, device: torch.device, pub: zmq.Socket, labels: zmq.Socket | None,
+        *, frames: FrameSource | None = None,
     ) -> None:
         self.cfg = cfg
+        self.frames = frames
         self.device = device
         self.pub = pub
         self.labels = labels
@@ -123,7 +127,8 @@ class ShadowRunner:
             return
         start, t0 = clock.now_ns(), clock.perf_ns()
         try:
-            probs, mask, _problems = predict(shadow, [p.window for p in batch], self.device)
+            probs, mask, _problems = predict(shadow, [p.window for p in batch], self.device,
+                                             self.frames)
         except (RuntimeError, ValueError) as e:
             log.error("shadow inference failed, %d windows not judged: %s", len(batch), e)
             return

@@ -44,7 +44,7 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -264,29 +264,54 @@ def _reduced_flag(data: bytes, size: int) -> int:
     return cv2.IMREAD_GRAYSCALE
 
 
-def _gray(frame: np.ndarray | bytes, size: int) -> np.ndarray | None:
-    """One frame to ``(size, size)`` uint8 grayscale; None when it does not decode."""
-    if isinstance(frame, np.ndarray):
-        img = frame
-        if img.ndim == 3 and img.shape[2] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        elif img.ndim == 3 and img.shape[2] == 1:
-            img = img[:, :, 0]
-        if img.ndim != 2 or img.dtype != np.uint8 or img.size == 0:
-            return None
-    else:
-        buf = np.frombuffer(frame, dtype=np.uint8)
-        decoded: np.ndarray | None = cv2.imdecode(buf, _reduced_flag(frame, size)) if buf.size else None
-        if decoded is None:
-            return None
-        img = decoded
+def gray_image(img: np.ndarray, size: int) -> np.ndarray | None:
+    """A decoded image (BGR ``(h, w, 3)``, ``(h, w, 1)`` or gray ``(h, w)`` uint8) to
+    ``(size, size)`` uint8 grayscale; None when it is none of those. Reads ``img``
+    where it lies (a view into shared memory works) and returns a new array."""
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim != 2 or img.dtype != np.uint8 or img.size == 0:
+        return None
     if img.shape != (size, size):
         # INTER_AREA averages the pixels a target pixel covers (no aliasing).
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    return img
+        return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return np.array(img)
 
 
-def _window_frames(w: Window, prep: Preprocessing) -> tuple[np.ndarray | None, str]:
+def gray_jpeg(data: bytes | memoryview | np.ndarray, size: int) -> np.ndarray | None:
+    """A JPEG file's bytes to ``(size, size)`` grayscale, decoded at the smallest scale
+    that still covers ``size``; None when it does not decode."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if not buf.size:
+        return None
+    # The SOF marker sits in the first segments: no need to copy a shared frame whole.
+    head = data if isinstance(data, bytes) else bytes(buf[:65536])
+    decoded: np.ndarray | None = cv2.imdecode(buf, _reduced_flag(head, size))
+    return None if decoded is None else gray_image(decoded, size)
+
+
+def _gray(frame: np.ndarray | bytes, size: int) -> np.ndarray | None:
+    """One inline frame to ``(size, size)`` uint8 grayscale; None when it does not decode."""
+    if isinstance(frame, np.ndarray):
+        return gray_image(frame, size)
+    if isinstance(frame, (bytes, memoryview)):
+        return gray_jpeg(frame, size)
+    return None  # a frame by reference needs a FrameSource
+
+
+class FrameSource(Protocol):
+    """Where :func:`collate` gets a window's frames when they are not all inline
+    (:class:`streamfuse.fusion.frames.WindowFrames`)."""
+
+    def gray(self, w: Window, i: int, size: int) -> np.ndarray | None:
+        """Frame ``i`` of ``w`` as ``(size, size)`` uint8 gray, or None."""
+        ...
+
+
+def _window_frames(w: Window, prep: Preprocessing,
+                   source: FrameSource | None) -> tuple[np.ndarray | None, str]:
     if not w.frames:
         return None, "no frames"
     t = prep.frames_per_window
@@ -297,7 +322,8 @@ def _window_frames(w: Window, prep: Preprocessing) -> tuple[np.ndarray | None, s
     for j, i in enumerate(picks):
         i = int(i)
         if i not in cache:
-            g = _gray(w.frames[i], prep.image_size)
+            g = source.gray(w, i, prep.image_size) if source is not None \
+                else _gray(w.frames[i], prep.image_size)  # type: ignore[arg-type]
             if g is None:
                 return None, f"frame {i} ({w.frame_encoding}) did not decode"
             cache[i] = g
@@ -319,8 +345,10 @@ def resamplable(rate: int, target: int) -> bool:
     return 1000 <= rate <= 384_000 and math.gcd(rate, target) >= 25
 
 
-def collate(windows: Sequence[Window], prep: Preprocessing) -> RawBatch:
-    """Stack windows into a :class:`RawBatch` (CPU only; never raises on content)."""
+def collate(windows: Sequence[Window], prep: Preprocessing,
+            source: FrameSource | None = None) -> RawBatch:
+    """Stack windows into a :class:`RawBatch` (CPU only; never raises on content).
+    ``source`` reads frames by reference and caches decoded ones (else inline only)."""
     b, t, s = len(windows), prep.frames_per_window, prep.window_samples
     frames = np.zeros((b, t, prep.image_size, prep.image_size), dtype=np.uint8)
     audio = np.zeros((b, s), dtype=np.float32)
@@ -332,7 +360,7 @@ def collate(windows: Sequence[Window], prep: Preprocessing) -> RawBatch:
     n_tok = 0
     for row, w in enumerate(windows):
         if w.present.get("video", False):
-            f, why = _window_frames(w, prep)
+            f, why = _window_frames(w, prep, source)
             if f is not None:
                 frames[row] = f
                 mask[row, VIDEO] = True

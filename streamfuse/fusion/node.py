@@ -70,7 +70,8 @@ from streamfuse.fusion.artifact import (
 )
 from streamfuse.fusion.batcher import Batcher, Pending
 from streamfuse.fusion.candidate import ShadowRunner
-from streamfuse.fusion.features import MODALITIES, collate, to_device
+from streamfuse.fusion.features import MODALITIES, FrameSource, collate, to_device
+from streamfuse.fusion.frames import WindowFrames
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Window
 from streamfuse.wire.sockets import connect_pub, connect_sub, max_message_bytes
@@ -122,10 +123,11 @@ class Result:
     latency_ms: dict[str, float]
 
 
-def predict(loaded: LoadedModel, windows: Sequence[Window], device: torch.device) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def predict(loaded: LoadedModel, windows: Sequence[Window], device: torch.device,
+            frames: FrameSource | None = None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Calibrated probabilities ``(B, n_classes)`` float32, the used mask ``(B, 3)``
     bool, and the problems found while collating."""
-    raw = collate(windows, loaded.prep)
+    raw = collate(windows, loaded.prep, frames)
     feats = to_device(raw, loaded.prep, device)
     with torch.inference_mode(), _autocast(device):
         probs = loaded.model.predict_proba(feats)
@@ -195,7 +197,9 @@ class Worker:
         self._received = metrics.messages_in.labels(node=NODE, topic="window")
         self._held = -1
         self._published: dict[str, tuple] = {}  # source -> (classifications, messages_out) children
-        self.shadow = ShadowRunner(cfg, device, pub, labels)
+        self.frames = WindowFrames()  # frames by reference, and each frame decoded once
+        self._overwritten = 0
+        self.shadow = ShadowRunner(cfg, device, pub, labels, frames=self.frames)
 
     # -- model ---------------------------------------------------------------------------
 
@@ -289,7 +293,7 @@ class Worker:
         start = clock.now_ns()
         t0 = clock.perf_ns()
         try:
-            probs, mask, problems = predict(loaded, [p.window for p in batch], self.device)
+            probs, mask, problems = predict(loaded, [p.window for p in batch], self.device, self.frames)
         except (RuntimeError, ValueError) as e:
             # One bad batch must not stop the service; a persistent fault shows in the
             # log (first and every 100th) and in the dropped counter.
@@ -300,6 +304,10 @@ class Worker:
             metrics.dropped.labels(node=NODE, topic="window", reason="inference_error").inc(len(batch))
             return
         metrics.inference_seconds.observe((clock.perf_ns() - t0) / clock.NS_PER_S)
+        lost = self.frames.overwritten - self._overwritten  # frames gone from the frame plane
+        self._overwritten += lost
+        if lost:
+            metrics.dropped.labels(node=NODE, topic="window", reason="overwritten").inc(lost)
         for why in problems:
             log.debug("window stream dropped: %s", why)
             metrics.dropped.labels(node=NODE, topic="window", reason="undecodable").inc()

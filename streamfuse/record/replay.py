@@ -40,6 +40,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamfuse import clock
 from streamfuse.config import Config
+from streamfuse.frameplane.replay import ReplayPlane, replay_plane
+from streamfuse.frameplane.writer import hold_ms
 from streamfuse.progress import Progress
 from streamfuse.record import reader
 from streamfuse.signals import Signals
@@ -280,6 +282,24 @@ def _progress(loop: bool) -> tuple[Callable[[Stats, int], None], Progress]:
     return show, bar
 
 
+def _log_stats(stats: Stats) -> None:
+    skipped = sum(stats.errors.values())
+    log.info("replayed %d messages (%.1f MB, %d pass(es)) in %.2f s: %.1fx real time%s",
+             stats.messages, stats.bytes / 1e6, stats.loops, stats.wall_ns / 1e9, stats.speed,
+             f"; skipped {skipped} undecodable {dict(stats.errors)}" if skipped else "")
+
+
+def _close_plane(plane: ReplayPlane | None, cfg: Config, stop: threading.Event) -> None:
+    """The last frames must outlive the windows that show them (they close up to
+    max_lateness_ms later, then queue for a worker), as they would in a ring that kept
+    running; a reader that mapped a ring keeps it after the unlink."""
+    if plane is None:
+        return
+    if plane.writers and not stop.is_set():
+        stop.wait(hold_ms(cfg.align) / 1000)
+    plane.close()
+
+
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse replay FILE... [--rate R | --max] [--loop] [--start S] [--end S]
     [--topics PREFIX...] [--restamp]``."""
@@ -314,6 +334,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     sock.sndhwm = cfg.bus.hwm
     sock.setsockopt(zmq.XPUB_NODROP, 1)
     mon = sock.get_monitor_socket(MONITOR_EVENTS)  # before connecting, so no event is missed
+    plane = replay_plane(cfg.bus, cfg.align, plan.rate)
     try:
         connect_endpoint(sock, cfg.bus.input, cfg.bus)
         if not _wait_connected(sock, mon, cfg.bus.input, sig.stop):
@@ -321,17 +342,15 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
                   file=sys.stderr)
             return 1
         progress, bar = _progress(plan.loop)
+        send = _sender(sock, sig.stop)
         try:
             with bar:
-                stats = run(plan, _sender(sock, sig.stop), stop=sig.stop, progress=progress,
-                            sleep_until=_interruptible_sleep(sig.stop))
+                stats = run(plan, plane.wrap(send) if plane else send, stop=sig.stop,
+                            progress=progress, sleep_until=_interruptible_sleep(sig.stop))
         except reader.RecordingError as e:
             print(f"streamfuse replay: {e}", file=sys.stderr)
             return 1
-        skipped = sum(stats.errors.values())
-        log.info("replayed %d messages (%.1f MB, %d pass(es)) in %.2f s: %.1fx real time%s",
-                 stats.messages, stats.bytes / 1e6, stats.loops, stats.wall_ns / 1e9, stats.speed,
-                 f"; skipped {skipped} undecodable {dict(stats.errors)}" if skipped else "")
+        _log_stats(stats)
         # Let queued messages reach the broker before closing (bounded by linger).
         sock.close(linger=max(LINGER_MS, 5000))
         return 0
@@ -340,3 +359,4 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
             if not s.closed:
                 s.close(linger=0)
         ctx.term()
+        _close_plane(plane, cfg, sig.stop)

@@ -39,13 +39,14 @@ import zmq
 
 from streamfuse import __version__, clock, metrics
 from streamfuse.config import Config
+from streamfuse.frameplane.inline import Inliner
 from streamfuse.record import format as fmt
 from streamfuse.record import layout
 from streamfuse.record.mcapfile import McapFile
 from streamfuse.signals import Signals
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import SCHEMA_VERSION, Message
-from streamfuse.wire.sockets import connect_sub
+from streamfuse.wire.sockets import connect_sub, max_message_bytes
 
 log = logging.getLogger("streamfuse.record")
 
@@ -327,8 +328,13 @@ class _Queue:
 
 def _receive(ctx: zmq.Context, cfg: Config, prefixes: list[str], q: _Queue, stop: threading.Event,
              counts: Counter[str], ready: threading.Event) -> None:
-    """Receiver thread: SUB -> queue, zero-copy; counts what did not fit."""
+    """Receiver thread: SUB -> queue, zero-copy; counts what did not fit.
+
+    Frames by reference are copied out of the frame plane here, on arrival, so the
+    recording holds pixels (docs/architecture.md, "Frame plane") and a slow disk
+    cannot outlast the frame's slot."""
     sub = connect_sub(ctx, cfg.bus, prefixes)
+    inliner = Inliner(max_bytes=max_message_bytes(cfg.bus))
     try:
         ready.set()
         while not stop.is_set():
@@ -339,11 +345,17 @@ def _receive(ctx: zmq.Context, cfg: Config, prefixes: list[str], q: _Queue, stop
                     parts = sub.recv_multipart(copy=False, flags=zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                got = inliner.parts(parts)
+                if got is None:
+                    counts["overwritten"] += 1
+                    continue
+                parts = list(got)
                 size = sum(len(p) for p in parts)
                 if not q.put(parts, size):
                     counts["queue_full"] += 1
     finally:
         sub.close(linger=0)
+        inliner.close()
 
 
 class _Recorder:

@@ -26,6 +26,7 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.config import BusConfig, Config, ConfigError, is_local_endpoint
+from streamfuse.service.public import PublicOutput
 from streamfuse.wire import topics
 from streamfuse.wire.sockets import (
     apply_curve_server,
@@ -237,6 +238,22 @@ class Broker:
             for ep in secure:
                 sock.bind(ep)
 
+    def _public_output(self, inner_output: str) -> PublicOutput:
+        """``bus.public_output`` on its own XPUB, fed with frames made inline."""
+        bus = self.bus
+        xpub = self.ctx.socket(zmq.XPUB)
+        xpub.linger = 0
+        xpub.sndhwm = bus.hwm * 10
+        xpub.maxmsgsize = SUBSCRIPTION_MAX_BYTES
+        public = PublicOutput(self.ctx, inner_output, xpub, hwm=bus.hwm * 10,
+                              max_bytes=max_message_bytes(bus))
+        try:
+            self._bind(xpub, "", bus.public_output)
+        except BaseException:
+            public.stop()  # closes both of its sockets, or the context could never terminate
+            raise
+        return public
+
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         bus = self.bus
         curve = bool(_curve_endpoints(bus))
@@ -253,18 +270,27 @@ class Broker:
         xpub.maxmsgsize = SUBSCRIPTION_MAX_BYTES  # it reads only subscriptions from its peers
         monitor: _RejectionLog | None = None
         results: _ResultsProxy | None = None
+        public: PublicOutput | None = None
+        # With the frame plane, remote subscribers get pixels through PublicOutput.
+        by_ref = bus.frame_plane == "shm" and bool(bus.public_output)
         try:
             self._bind(xsub, bus.input, bus.public)
-            self._bind(xpub, bus.output, bus.public_output)
+            self._bind(xpub, bus.output, "" if by_ref else bus.public_output)
             inner_output = f"inproc://broker-output-{id(self)}"
             xpub.bind(inner_output)
+            if by_ref:
+                public = self._public_output(inner_output)
             control.bind(self._control_endpoint)
             results = _ResultsProxy(self.ctx, inner_output, bus.hwm * 10, tag=id(self))
             self._bind(results.pub, bus.results, bus.public_results)
             if curve:
-                monitor = _RejectionLog(self.ctx, {"input": xsub, "output": xpub,
-                                                   "results": results.pub}, id(self))
+                watched = {"input": xsub, "output": xpub, "results": results.pub}
+                if public is not None:
+                    watched["public_output"] = public.xpub
+                monitor = _RejectionLog(self.ctx, watched, id(self))
             results.start()
+            if public is not None:
+                public.start()
             log.info("bus up: input %s output %s results %s%s", bus.input, bus.output, bus.results,
                      "".join(f" {k} {getattr(bus, k)}" for k in
                              ("public", "public_output", "public_results") if getattr(bus, k)))
@@ -276,6 +302,8 @@ class Broker:
         finally:
             if results is not None:
                 results.stop()
+            if public is not None:
+                public.stop()
             if monitor is not None:
                 monitor.stop()
             for s in (xsub, xpub, control):

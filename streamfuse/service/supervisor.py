@@ -49,6 +49,7 @@ import zmq
 from streamfuse import clock, readiness
 from streamfuse.clock import NS_PER_S as NS
 from streamfuse.config import Config, ConfigError, load, runtime_dir
+from streamfuse.frameplane import ring as frame_ring
 from streamfuse.service import metrics as service_metrics
 from streamfuse.service.broker import Broker, check_security
 from streamfuse.service.health import Liveness, RestartPolicy
@@ -239,10 +240,25 @@ class Supervisor:
             log.warning("%s died holding %d window(s); counted as dropped (worker_lost)",
                         child.spec.name, held)
 
+    def _remove_segments(self, pid: int) -> None:
+        """A dead child's frame-plane rings (a capture killed mid-write leaves its ring)."""
+        gone = frame_ring.remove_pid(frame_ring.bus_tag(self.cfg.bus.input), pid)
+        if gone:
+            log.info("removed %d frame-plane segment(s) of pid %d", len(gone), pid)
+
+    def _reclaim_segments(self) -> None:
+        """Frame-plane rings of an earlier run whose writers are gone; say if there is no plane."""
+        stale = frame_ring.reclaim(frame_ring.bus_tag(self.cfg.bus.input))
+        if stale:
+            log.warning("removed %d frame-plane segment(s) left by a previous run", len(stale))
+        if self.cfg.bus.frame_plane == "shm" and (why := frame_ring.available()) is not None:
+            log.warning("frame plane unavailable (%s): video frames travel inline", why)
+
     def _on_exit(self, child: Child, code: int) -> None:
         if child.pid is not None:
             self._count_lost(child)
             service_metrics.mark_dead(child.pid, self.metrics_dir)
+            self._remove_segments(child.pid)
         self._m.child_up.labels(child.spec.name).set(0)
         now = clock.monotonic_ns()
         how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
@@ -318,6 +334,7 @@ class Supervisor:
                 log.warning("%s stopped with exit code %s", c.spec.name, p.returncode)
             self._count_lost(c)
             service_metrics.mark_dead(p.pid, self.metrics_dir)
+            self._remove_segments(p.pid)
             self._m.child_up.labels(c.spec.name).set(0)
         for c in children:
             c.restart_at_ns = None
@@ -536,6 +553,7 @@ class Supervisor:
             text = Path(self.source_path).read_text(encoding="utf-8")
             self.cfg = dataclasses.replace(load(self.source_path), path=str(self._snapshot(text)))
         self.metrics_dir = service_metrics.prepare_dir(self.run_dir)
+        self._reclaim_segments()
         from streamfuse import metrics as m  # only now: prometheus-client picks multiprocess mode
 
         self._m = m

@@ -33,6 +33,7 @@ from streamfuse.wire.schema import (
     AudioHeader,
     ClassHeader,
     FrameHeader,
+    FrameRef,
     Header,
     HeartbeatHeader,
     LabelHeader,
@@ -51,6 +52,9 @@ SEQ_MAX = (1 << 64) - 1
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(Header)
 _version_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+_ref_decoder = msgspec.msgpack.Decoder(FrameRef)
+FRAME_ENCODINGS = ("raw", "jpeg")  # what a frame's pixels are, inline or by reference
+SEGMENT_MAX = 200
 
 Buffer = bytes | memoryview
 
@@ -119,6 +123,46 @@ def frame_message(source: str, seq: int, t_ns: int, image: np.ndarray | bytes, *
     hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns,
                       shape=tuple(shape or ()), dtype="uint8", encoding=encoding)
     return Message(topics.topic(source, "video"), hdr, (bytes(image) if not isinstance(image, (bytes, memoryview)) else image,))
+
+
+def frame_ref_message(source: str, seq: int, t_ns: int, ref: FrameRef,
+                      shape: tuple[int, ...]) -> Message:
+    """A frame by reference (encoding ``shm``): ``ref`` says where its pixels are."""
+    hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns, shape=tuple(shape),
+                      dtype="uint8", encoding="shm")
+    return Message(topics.topic(source, "video"), hdr, (_encoder.encode(ref),))
+
+
+def frame_ref(msg: Message) -> FrameRef:
+    """The descriptor of a checked ``shm`` frame message."""
+    return decode_ref(msg.payload[0], msg.header.shape)  # type: ignore[union-attr]
+
+
+def inline_message(msg: Message, data: Buffer) -> Message:
+    """The inline form of a ``shm`` frame: the same header with the frame's own
+    encoding, and its bytes as the payload (byte for byte what an inline capture sends)."""
+    ref = frame_ref(msg)
+    hdr = msgspec.structs.replace(msg.header, encoding=ref.encoding)
+    return Message(msg.topic, hdr, (data,))
+
+
+def decode_ref(buf: Buffer, shape: tuple[int, ...]) -> FrameRef:
+    """A :class:`FrameRef` for a frame of ``shape``, validated (raises DecodeError)."""
+    try:
+        ref = _ref_decoder.decode(buf)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+        raise DecodeError("field", f"bad frame reference: {e}") from None
+    if ref.encoding not in FRAME_ENCODINGS:
+        raise DecodeError("field", f"unknown frame encoding {ref.encoding!r} in a reference")
+    if not 0 < len(ref.segment) <= SEGMENT_MAX or "/" in ref.segment or ref.slot < 0 \
+            or ref.generation < 1 or ref.generation > SEQ_MAX:
+        raise DecodeError("field", "bad frame reference")
+    if len(shape) != 3 or shape[2] != 3 or not all(0 < d <= MAX_DIM for d in shape):
+        raise DecodeError("field", f"frames are (h, w, 3), got {shape}")
+    raw = math.prod(shape)
+    if (ref.encoding == "raw" and ref.nbytes != raw) or not 0 < ref.nbytes <= 4 * raw + 65536:
+        raise DecodeError("size", f"a reference of {ref.nbytes} bytes for a {shape} frame")
+    return ref
 
 
 def audio_message(source: str, seq: int, t_ns: int, block: np.ndarray, samplerate: int) -> Message:
@@ -240,6 +284,10 @@ def check(msg: Message) -> None:
                 raise DecodeError("field", f"jpeg frames decode to (h, w, 3), got {h.shape}")
             if len(p[0]) < 4 or bytes(p[0][:2]) != b"\xff\xd8":
                 raise DecodeError("field", "jpeg payload does not start with a JPEG marker")
+        elif h.encoding == "shm":
+            if h.dtype != "uint8":
+                raise DecodeError("field", f"frames are uint8, got {h.dtype}")
+            decode_ref(p[0], h.shape)
         else:
             raise DecodeError("field", f"unknown frame encoding {h.encoding!r}")
     elif isinstance(h, AudioHeader):
@@ -361,6 +409,9 @@ def encode_window(w: Window) -> list[Buffer]:
             arr = np.ascontiguousarray(f)
             shape = tuple(arr.shape)
             parts.append(arr.data.cast("B"))
+        elif isinstance(f, FrameRef):
+            shape = tuple(w.frame_shape)
+            parts.append(_encoder.encode(f))
         else:
             parts.append(f)
     channels = frames = 0
@@ -396,9 +447,11 @@ def decode_window(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -
         raise DecodeError("parts", f"window needs {n_frames} frame parts and {int(has_audio)} audio parts")
     if len(h.text_t_ns) != len(h.texts):
         raise DecodeError("field", "texts and text_t_ns differ in length")
-    frames: list[np.ndarray | bytes] = []
+    frames: list[np.ndarray | bytes | FrameRef] = []
     for b in bufs[2:2 + n_frames]:
-        if h.frame_encoding == "raw":
+        if h.frame_encoding == "shm":
+            frames.append(decode_ref(b, h.frame_shape))
+        elif h.frame_encoding == "raw":
             if len(h.frame_shape) != 3:
                 raise DecodeError("field", f"bad frame shape {h.frame_shape}")
             _check_array(h.frame_shape, "uint8", len(b))
@@ -411,7 +464,8 @@ def decode_window(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -
         audio = np.frombuffer(bufs[-1], dtype=np.float32).reshape(h.audio_frames, h.channels)
     return Window(
         source=h.source, seq=h.seq, t_start_ns=h.t_ns, t_end_ns=h.t_end_ns, present=dict(h.present),
-        frames=frames, frame_encoding=h.frame_encoding, frame_t_ns=list(h.frame_t_ns), audio=audio,
+        frames=frames, frame_encoding=h.frame_encoding, frame_t_ns=list(h.frame_t_ns),
+        frame_shape=tuple(h.frame_shape), audio=audio,
         samplerate=h.samplerate, audio_coverage=h.audio_coverage, texts=list(h.texts),
         text_t_ns=list(h.text_t_ns), close_ns=h.close_ns, emit_ns=h.emit_ns,
     )

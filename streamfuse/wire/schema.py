@@ -40,11 +40,26 @@ class Envelope(msgspec.Struct, kw_only=True, frozen=True, tag_field="kind"):
 class FrameHeader(Envelope, tag="frame", frozen=True):
     """A camera frame. ``raw``: BGR uint8, ``shape`` = (height, width, 3), payload
     is the C-contiguous array. ``jpeg``: payload is a JPEG file; ``shape`` is the
-    decoded shape."""
+    decoded shape. ``shm``: the frame is in this host's frame plane; the payload is
+    a MessagePack :class:`FrameRef` whose ``encoding`` is the frame's own (``raw``
+    or ``jpeg``)."""
 
     shape: tuple[int, ...]
     dtype: str = "uint8"
     encoding: str = "raw"
+
+
+class FrameRef(msgspec.Struct, frozen=True, array_like=True):
+    """Where a frame lies in the frame plane: ``slot`` of shared-memory segment
+    ``segment`` holds ``nbytes`` bytes of the frame (``encoding`` ``raw`` or ``jpeg``)
+    for as long as the slot's generation is ``generation`` (docs/protocol.md,
+    "Frames by reference")."""
+
+    segment: str
+    slot: int
+    generation: int
+    nbytes: int
+    encoding: str
 
 
 class AudioHeader(Envelope, tag="audio", frozen=True):
@@ -106,7 +121,8 @@ class WindowHeader(Envelope, tag="window", frozen=True):
     """An aligned window (aligner -> worker over PUSH/PULL, not the broker).
 
     ``t_ns`` is the window start; payload frames are the video frames in order
-    (each raw or JPEG) followed by the audio buffer when audio is present.
+    (each raw or JPEG, or with ``frame_encoding`` ``shm`` a MessagePack
+    :class:`FrameRef` each) followed by the audio buffer when audio is present.
     ``close_ns`` is the source-clock instant the window closed and ``emit_ns``
     the aligner's clock when it sent it, so a worker can report latency on the
     source's clock (docs/architecture.md, "Time").
@@ -180,7 +196,8 @@ class Message(msgspec.Struct, frozen=True, eq=False):
 class Window:
     """One source's aligned window ``[t_start_ns, t_end_ns)``.
 
-    frames: the video frames (raw ``(h, w, 3)`` uint8 arrays or JPEG bytes),
+    frames: the video frames (raw ``(h, w, 3)`` uint8 arrays, JPEG bytes, or
+        :class:`FrameRef` into the frame plane when ``frame_encoding`` is ``shm``),
         ``frames_per_window`` of them, or none when video is absent.
     audio: ``(samples, channels)`` float32, exactly ``window * samplerate``
         samples, or None when audio is absent; gaps are zeros.
@@ -192,9 +209,10 @@ class Window:
     t_start_ns: int
     t_end_ns: int
     present: dict[str, bool]
-    frames: list[np.ndarray | bytes] = field(default_factory=list)
+    frames: list[np.ndarray | bytes | FrameRef] = field(default_factory=list)
     frame_encoding: str = "raw"
     frame_t_ns: list[int] = field(default_factory=list)
+    frame_shape: tuple[int, ...] = ()  # the decoded shape, needed for frames by reference
     audio: np.ndarray | None = None
     samplerate: int = 0
     audio_coverage: float = 0.0

@@ -9,9 +9,12 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.align.offline import windows_from_messages
+from streamfuse.frameplane.inline import Inliner
+from streamfuse.frameplane.ring import RingReader
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message, Window
 from streamfuse.wire.sockets import connect_pub
+from tests.helpers.frameplane import inline_window
 from tests.helpers.proc import ipc_ready, stop, streamfuse, wait_for
 
 MS = 1_000_000
@@ -178,7 +181,8 @@ def _counter(f: bytes | np.ndarray) -> int | None:
 
 
 class Bus:
-    """What the bus carried (a SUB on room1) and the aligner's windows (PULL)."""
+    """What the bus carried (a SUB on room1) and the aligner's windows (PULL). Frames by
+    reference are read on arrival, so truth and windows hold pixels as an inline bus would."""
 
     def __init__(self, ctx: zmq.Context, cfg) -> None:
         from streamfuse.wire.sockets import connect_sub
@@ -190,17 +194,22 @@ class Bus:
         self.msgs: list[Message] = []
         self.windows: list[Window] = []
         self.frames_changed = clock.monotonic_ns()
+        self.reader = RingReader()
+        self.inliner = Inliner(self.reader)
 
     def pump(self) -> None:
         for _ in range(500):  # bounded: the captures never pause for long
             if not self.truth.poll(5):
                 break
-            m = codec.decode(self.truth.recv_multipart(copy=False))
+            parts = self.inliner.parts(self.truth.recv_multipart(copy=False))
+            assert parts is not None, "a frame was overwritten before it was read"
+            m = codec.decode(parts)
             if m.kind == "frame":
                 self.frames_changed = clock.monotonic_ns()
             self.msgs.append(m)
         while self.pull.poll(5):
-            self.windows.append(codec.decode_window(self.pull.recv_multipart(copy=False)))
+            w = codec.decode_window(self.pull.recv_multipart(copy=False))
+            self.windows.append(inline_window(w, self.reader))
 
     def count(self, kind: str) -> int:
         self.pump()
@@ -209,6 +218,7 @@ class Bus:
     def close(self) -> None:
         self.truth.close()
         self.pull.close()
+        self.reader.close()
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zmq
 
+from streamfuse.frameplane.inline import Inliner
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 from streamfuse.wire.sockets import connect_sub
@@ -21,15 +22,22 @@ from tests.helpers.proc import stop, streamfuse, wait_for
 
 
 class Frames:
-    """Collects ``room1/video`` messages from the broker's output."""
+    """Collects ``room1/video`` messages from the broker's output; frames that came by
+    reference (the default frame plane) are copied out of it on arrival."""
 
     def __init__(self, ctx: zmq.Context, env) -> None:
         self.sock = connect_sub(ctx, env.cfg.bus, ["room1/video"])
         self.messages: list[Message] = []
+        self.inliner = Inliner()
+        self.lost = 0
 
     def pump(self) -> list[Message]:
         while self.sock.poll(20):
-            self.messages.append(codec.decode(self.sock.recv_multipart()))
+            parts = self.inliner.parts(self.sock.recv_multipart())
+            if parts is None:
+                self.lost += 1
+            else:
+                self.messages.append(codec.decode(parts))
         return self.messages
 
     def frames(self) -> list[Message]:
@@ -37,6 +45,7 @@ class Frames:
 
     def close(self) -> None:
         self.sock.close()
+        self.inliner.close()
 
 
 def image(m: Message) -> np.ndarray:
@@ -76,6 +85,7 @@ def test_mjpeg_camera_frames_in_order_and_reconnect_after_outage(broker) -> None
         try:
             wait_for(lambda: len(bus.frames()) >= 20, timeout=20, what="20 frames")
             before = _assert_in_order(bus.frames(), (120, 160, 3))
+            assert bus.inliner.inlined >= 20 and bus.lost == 0  # by reference, none overwritten
 
             cam.stop()
             down_ns = time.time_ns()

@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from streamfuse import clock
+from streamfuse.frameplane.inline import Inliner
 from streamfuse.record.writer import RecordingWriter
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
@@ -49,8 +50,12 @@ def record(path: Path, msgs: list[Message], chunk_size: int = 4 * 1024 * 1024) -
 
 def receive_replay(bus_env, args: list[str], n: int, *, sub_hwm: int | None = None,
                    per_message_s: float = 0.0, logs: list[str] | None = None) -> list[tuple[int, list[bytes]]]:
-    """Run ``streamfuse replay ARGS`` and receive up to ``n`` messages with their arrival time."""
+    """Run ``streamfuse replay ARGS`` and receive up to ``n`` messages with their arrival time.
+
+    A paced replay sends frames by reference (the frame plane): they are copied out on
+    arrival, so what is compared is what any subscriber off this host would receive."""
     got: list[tuple[int, list[bytes]]] = []
+    inliner = Inliner()
     with zmq.Context() as ctx:
         sub = connect_sub(ctx, bus_env.cfg.bus, ["room1/"], hwm=sub_hwm)
         probe = Probe(ctx, bus_env.cfg.bus)
@@ -65,8 +70,9 @@ def receive_replay(bus_env, args: list[str], n: int, *, sub_hwm: int | None = No
                         if proc.poll() is not None and not sub.poll(1000):
                             break
                         continue
-                    parts = sub.recv_multipart()
-                    got.append((clock.now_ns(), parts))
+                    parts = inliner.parts(sub.recv_multipart())
+                    assert parts is not None, "a frame was overwritten before it was read"
+                    got.append((clock.now_ns(), [bytes(p) for p in parts]))
                     if per_message_s:
                         busy_until = clock.perf_ns() + int(per_message_s * 1e9)
                         while clock.perf_ns() < busy_until:

@@ -5,6 +5,7 @@ same MCAP recording are identical, content hash for content hash."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,14 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.align.offline import windows_from_messages
+from streamfuse.frameplane.ring import RingReader
 from streamfuse.record.reader import read_messages
 from streamfuse.record.writer import RecordingWriter
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message, Window
 from tests.helpers import media
-from tests.helpers.proc import ipc_ready, run_streamfuse, stop, streamfuse, wait_for
+from tests.helpers.frameplane import inline_window
+from tests.helpers.proc import ipc_ready, stop, streamfuse, wait_for
 
 MS = 1_000_000
 CONFIG = """
@@ -52,6 +55,13 @@ def content_hash(w: Window) -> str:
     if w.audio is not None:
         h.update(np.ascontiguousarray(w.audio).tobytes())
     return h.hexdigest()
+
+
+_plane = RingReader()
+
+
+def inline(w: Window) -> Window:
+    return inline_window(w, _plane)
 
 
 def record(path: Path, t0: int, seconds: int) -> int:
@@ -102,13 +112,19 @@ def test_offline_and_replayed_windows_are_identical(broker, tmp_path: Path, pace
     try:
         wait_for(lambda: ipc_ready(cfg.align.output), timeout=15, what="aligner's PUSH socket")
         pull.connect(cfg.align.output)
-        r = run_streamfuse(["replay", str(path), *pace, "--config", str(broker.path)], timeout=60)
-        assert r.returncode == 0, r.stderr
 
         def received() -> int:
             while pull.poll(20):
-                got.append(codec.decode_window(pull.recv_multipart(copy=False)))
+                # Frames by reference (a paced replay uses the frame plane) are read at once,
+                # as a worker would, while their slots still hold them.
+                got.append(inline(codec.decode_window(pull.recv_multipart(copy=False))))
             return len(got)
+
+        replay = streamfuse(["replay", str(path), *pace, "--config", str(broker.path)],
+                            stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: received() < 0 or replay.poll() is not None, timeout=60, what="the replay")
+        assert replay.returncode == 0, replay.communicate()[1]
+        replay.stderr.close()
 
         # The last windows close on the lateness bound, in wall time after the replay ended.
         wait_for(lambda: received() >= len(offline), timeout=20, what=f"{len(offline)} windows")

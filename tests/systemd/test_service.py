@@ -128,6 +128,9 @@ def test_enable_now_becomes_active_and_classifies(ns: SystemdNS) -> None:
     got = classifications(ns, 3)
     assert len(got) == 3, ns.journal(UNIT)
     assert {c["source"] for c in got} == {"room1"} and all(c["present"]["video"] for c in got)
+    # the sandbox lets frames go by reference: the capture's ring is in /dev/shm
+    assert _rings(ns) == [f"room1-video-{children(ns)['capture video']}"], ns.journal(UNIT)
+    assert "frame plane unavailable" not in ns.journal(UNIT)
     # a text message reaches the pipeline through the text capture's own socket
     sent = ns.run("streamfuse", "send", "hello from systemd", "--source", "room1",
                   "--config", "/etc/streamfuse/streamfuse.toml")
@@ -166,6 +169,7 @@ def test_killed_capture_is_restarted_by_the_supervisor_not_systemd(ns: SystemdNS
     assert ns.show(UNIT, "MainPID", "NRestarts") == before  # systemd saw nothing
     assert "capture-room1-video died (killed by SIGKILL)" in ns.journal(UNIT)
     assert len(classifications(ns, 2)) == 2
+    assert _rings(ns) == [f"room1-video-{new}"]  # the killed capture's ring was removed
 
 
 def test_journal_priorities_filter_warnings(ns: SystemdNS) -> None:
@@ -198,4 +202,11 @@ def test_stop_is_clean_and_leaves_no_process(ns: SystemdNS) -> None:
     procs = ns.run("sh", "-c", f"cat /sys/fs/cgroup{shlex.quote(cgroup)}/cgroup.procs 2>/dev/null")
     assert procs.stdout.strip() == ""
     assert ns.run("pgrep", "-u", "streamfuse").stdout.strip() == ""
+    assert _rings(ns) == []
     print(f"stopped in {took:.1f} s")
+
+
+def _rings(ns: SystemdNS) -> list[str]:
+    """The frame-plane rings in /dev/shm, without their ``streamfuse-<bus tag>-`` prefix."""
+    names = ns.run("ls", "/dev/shm").stdout.split()
+    return sorted(n.split("-", 2)[2] for n in names if n.startswith("streamfuse-"))
