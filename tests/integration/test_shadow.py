@@ -27,8 +27,9 @@ from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import Window
 from tests.conftest import BusEnv
 from tests.helpers.fusion import save_tiny
-from tests.helpers.hostile import free_port, sample, scrape
+from tests.helpers.hostile import free_port
 from tests.helpers.proc import run_streamfuse, wait_for
+from tests.helpers.prom import scrape, total
 from tests.integration.daemon_fixtures import Daemon, Feeder
 
 pytestmark = pytest.mark.slow
@@ -144,13 +145,13 @@ def test_shadow_judged_promoted_and_rolled_back(running):
 
     def judged() -> dict | None:
         m = scrape(port)
-        return m if sample(m, "streamfuse_judged_windows", kind="labelled") >= 6 else None
+        return m if total(m, "streamfuse_judged_windows", kind="labelled") >= 6 else None
 
     m = wait_for(judged, timeout=90, interval=0.5, what="6 labelled windows judged")
-    live_acc = sample(m, "streamfuse_labelled_accuracy_ratio", role="live", model_id=first_id)
-    shadow_acc = sample(m, "streamfuse_labelled_accuracy_ratio", role="shadow", model_id=cand_id)
+    live_acc = total(m, "streamfuse_labelled_accuracy_ratio", role="live", model_id=first_id)
+    shadow_acc = total(m, "streamfuse_labelled_accuracy_ratio", role="shadow", model_id=cand_id)
     assert shadow_acc < live_acc, (shadow_acc, live_acc)
-    assert sample(m, "streamfuse_shadow_agreement_ratio") < 1.0
+    assert total(m, "streamfuse_shadow_agreement_ratio") < 1.0
     # The shadow's answers never reach class/: they name the candidate and the live answer.
     assert {b["model"] for _, b in collector.of(cls)} == {first_id}
     assert {b["model"] for _, b in collector.of(shd)} == {cand_id}
