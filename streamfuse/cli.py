@@ -148,7 +148,8 @@ def _convert(p: argparse.ArgumentParser) -> None:
 
 
 @command("foxglove", "serve the bus to Foxglove over WebSocket ([foxglove] listen)",
-         "streamfuse.bridge.foxglove:cli", "streamfuse foxglove --config /etc/streamfuse/streamfuse.toml")
+         "streamfuse.bridge.foxglove:cli",
+         "streamfuse foxglove --config /etc/streamfuse/streamfuse.toml")
 def _foxglove(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 

@@ -36,17 +36,19 @@ grabbed = Counter("streamfuse_capture_grabbed_total", "Frames or blocks read fro
                   ["source", "stream"])
 reconnects = Counter("streamfuse_capture_reconnects_total", "Device reconnect attempts",
                      ["source", "stream"])
-overflows = Counter("streamfuse_capture_overflows_total", "Audio input overflows reported by PortAudio",
-                    ["source"])
+overflows = Counter("streamfuse_capture_overflows_total",
+                    "Audio input overflows reported by PortAudio", ["source"])
 
 # ---- aligner -------------------------------------------------------------------------
-late = Counter("streamfuse_late_total", "Data older than an emitted window, dropped", ["source", "stream"])
+late = Counter("streamfuse_late_total", "Data older than an emitted window, dropped",
+               ["source", "stream"])
 windows = Counter("streamfuse_windows_total", "Windows emitted", ["source"])
 windows_absent = Counter("streamfuse_windows_absent_total", "Windows emitted with a stream absent",
                          ["source", "stream"])
 resyncs = Counter("streamfuse_resyncs_total",
                   "Times a source's timeline moved (sustained data far from its clock)", ["source"])
-audio_coverage = Histogram("streamfuse_audio_coverage_ratio", "Fraction of a window's audio present",
+audio_coverage = Histogram("streamfuse_audio_coverage_ratio",
+                           "Fraction of a window's audio present",
                            ["source"], buckets=(0.0, 0.5, 0.9, 0.99, 1.0))
 
 # ---- fusion --------------------------------------------------------------------------
@@ -59,7 +61,8 @@ batch_size = Histogram("streamfuse_batch_size", "Windows per inference batch",
 inference_seconds = Histogram("streamfuse_inference_seconds",
                               "Model time per batch (preprocess + forward)",
                               buckets=LATENCY_BUCKETS_S)
-classifications = Counter("streamfuse_classifications_total", "Classifications published", ["source"])
+classifications = Counter("streamfuse_classifications_total", "Classifications published",
+                          ["source"])
 model_info = Gauge("streamfuse_model_info", "1 for the model being served", ["model_id"],
                    multiprocess_mode="liveall")
 model_load_seconds = Gauge("streamfuse_model_load_seconds", "Time the last model load took",
@@ -98,15 +101,17 @@ promotions = Counter("streamfuse_promotions_total", "Shadow models made live by 
 # ---- recorder ------------------------------------------------------------------------
 recorder_bytes = Counter("streamfuse_recorder_bytes_total", "Bytes written to recordings")
 recorder_messages = Counter("streamfuse_recorder_messages_total", "Messages written to recordings")
-recorder_dropped = Counter("streamfuse_recorder_dropped_total", "Messages the recorder could not write",
-                           ["reason"])
+recorder_dropped = Counter("streamfuse_recorder_dropped_total",
+                           "Messages the recorder could not write", ["reason"])
 
 # ---- web console ---------------------------------------------------------------------
 web_clients = Gauge("streamfuse_web_clients", "Browsers connected to the live console",
                     multiprocess_mode="livesum")
-web_updates = Counter("streamfuse_web_updates_total", "Live console updates sent to browsers", ["kind"])
+web_updates = Counter("streamfuse_web_updates_total", "Live console updates sent to browsers",
+                      ["kind"])
 web_dropped = Counter("streamfuse_web_dropped_total",
-                      "Live console updates a browser never got because it fell behind (latest wins)",
+                      "Live console updates a browser never got because it fell behind "
+                      "(latest wins)",
                       ["kind"])
 
 # ---- supervisor ----------------------------------------------------------------------

@@ -205,9 +205,11 @@ def main(cfg: Config, *, sub: zmq.Socket | None = None, push: zmq.Socket | None 
     al = make_aligner(cfg)
     counts = _Counts(al)
     max_bytes = max_message_bytes(cfg.bus)
-    log.info("aligner up: %s from %s, windows to %s (window %d ms, hop %d ms, lateness %d ms, required %s)",
+    log.info("aligner up: %s from %s, windows to %s "
+             "(window %d ms, hop %d ms, lateness %d ms, required %s)",
              ", ".join(subscriptions(cfg)) or "everything", cfg.bus.output, cfg.align.output,
-             cfg.align.window_ms, cfg.align.hop_ms, cfg.align.max_lateness_ms, ",".join(cfg.align.required))
+             cfg.align.window_ms, cfg.align.hop_ms, cfg.align.max_lateness_ms,
+             ",".join(cfg.align.required))
     readiness.report("ready")
     try:
         _loop(sub, push, al, counts, max_bytes=max_bytes, stop=stop)

@@ -154,8 +154,8 @@ class AudioCapture:
                     stop.wait(delay)
                     continue
                 with stream:
-                    log.info("audio %s: %s %s", self.source, "reopened" if attempts > 1 else "opened",
-                             stream.device)
+                    log.info("audio %s: %s %s", self.source,
+                             "reopened" if attempts > 1 else "opened", stream.device)
                     if attempts == 1:
                         readiness.report("ready")
                     if self._pump(stop, pub):

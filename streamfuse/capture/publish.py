@@ -88,7 +88,8 @@ class StreamPublisher:
 
     def heartbeat(self, watermark_ns: int) -> bool:
         """Promise: nothing older than ``watermark_ns`` will follow on this stream."""
-        return self.send(lambda seq: codec.heartbeat_message(self.source, self.stream, seq, watermark_ns))
+        return self.send(lambda seq: codec.heartbeat_message(self.source, self.stream, seq,
+                                                             watermark_ns))
 
     def grabbed(self, n: int = 1) -> None:
         self.counts.grabbed += n

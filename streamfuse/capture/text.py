@@ -210,7 +210,8 @@ class StreamInput:
         except BlockingIOError:
             return []
         if not data:
-            return None if not (rest := self.lines.flush()) else [Item(r, self.origin) for r in rest]
+            rest = self.lines.flush()
+            return [Item(r, self.origin) for r in rest] if rest else None
         return [Item(r, self.origin) for r in self.lines.feed(data)]
 
     def reply(self, answer: str) -> None:
@@ -405,11 +406,12 @@ class TextCapture:
             last = self._last_reject_log.get(e.reason)
             if last is None or t_ns - last >= REJECT_LOG_EVERY_NS:
                 self._last_reject_log[e.reason] = t_ns
-                log.warning("text %s: rejected a message from %s: %s (%d rejected so far)", self.source,
-                            item.origin, e, sum(pub.counts.dropped.values()))
+                log.warning("text %s: rejected a message from %s: %s (%d rejected so far)",
+                            self.source, item.origin, e, sum(pub.counts.dropped.values()))
             return f"rejected: {e}"
         pub.grabbed()
-        sent = pub.send(lambda seq: codec.text_message(self.source, seq, t_ns, text, origin=item.origin))
+        sent = pub.send(lambda seq: codec.text_message(self.source, seq, t_ns, text,
+                                                       origin=item.origin))
         return "ok" if sent else "rejected: hwm: the bus is not keeping up"
 
 

@@ -105,7 +105,8 @@ def tail_cli(args: argparse.Namespace, cfg: Config) -> int:
     prefix = args.topic or ""
     if args.count is not None and args.count <= 0:
         raise ConfigError("--count: expected a positive number")
-    deadline = None if args.duration is None else clock.now_ns() + round(args.duration * clock.NS_PER_S)
+    deadline = (None if args.duration is None
+                else clock.now_ns() + round(args.duration * clock.NS_PER_S))
     printed = 0
     max_bytes = max_message_bytes(cfg.bus)
     stats = TailStats()
@@ -202,8 +203,9 @@ def send_cli(args: argparse.Namespace, cfg: Config) -> int:
             req.send(raw)
             timeout_s = getattr(args, "timeout", SEND_TIMEOUT_S)
             if not req.poll(int(timeout_s * 1000)):
-                print(f"streamfuse send: no text capture for source {src.name!r} answered at {endpoint} "
-                      f"within {timeout_s:g} s (is `streamfuse capture text --source {src.name}` running?)",
+                print(f"streamfuse send: no text capture for source {src.name!r} answered at "
+                      f"{endpoint} within {timeout_s:g} s "
+                      f"(is `streamfuse capture text --source {src.name}` running?)",
                       file=sys.stderr)
                 return EXIT_FAIL
             answer = req.recv().decode("utf-8", "replace")
@@ -236,9 +238,11 @@ def list_cameras(max_index: int = 64) -> list[str]:
         cap = cv2.VideoCapture(int(m.group(1)))
         try:
             if cap.isOpened():
-                w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+                h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
                 fps = cap.get(cv2.CAP_PROP_FPS)
-                found.append(f"  {m.group(1)}: {dev} {w}x{h} @ {fps:.0f} fps  (device = \"{m.group(1)}\")")
+                found.append(f"  {m.group(1)}: {dev} {w}x{h} @ {fps:.0f} fps  "
+                             f"(device = \"{m.group(1)}\")")
         finally:
             cap.release()
     return found
@@ -270,5 +274,6 @@ def devices_cli(args: argparse.Namespace, cfg: Config) -> int:
     print("\n".join(cams) if cams else "  no cameras found")
     mics, why = list_audio_inputs()
     print("audio inputs:")
-    print("\n".join(mics) if mics else f"  no audio input devices found{f' ({why})' if why else ''}")
+    print("\n".join(mics) if mics
+          else f"  no audio input devices found{f' ({why})' if why else ''}")
     return EXIT_OK

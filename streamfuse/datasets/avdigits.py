@@ -77,7 +77,8 @@ LABELS = sound.DIGIT_WORDS
 
 @dataclass(frozen=True)
 class Params:
-    """What to build. ``images``: "sklearn" or an MNIST idx path; ``speech``/``noise``: dirs or None."""
+    """What to build. ``images``: "sklearn" or an MNIST idx path; ``speech``/``noise``: dirs or
+    None."""
 
     segments: int = 2000
     seed: int = 0
@@ -101,8 +102,10 @@ class Segment:
     audio: bool = True
     occluded: bool = False
     texts: list[tuple[int, str]] = field(default_factory=list)  # (t_ns, text)
-    mention: tuple[int, str, int] | None = None  # chat line about the digit: (offset ns, text, digit named)
-    speech_ns: tuple[int, int] | None = None  # audible part of the spoken digit, set by segment_events
+    # Chat line about the digit: (offset ns, text, digit named).
+    mention: tuple[int, str, int] | None = None
+    # Audible part of the spoken digit, set by segment_events.
+    speech_ns: tuple[int, int] | None = None
 
 
 @dataclass
@@ -128,7 +131,8 @@ def plan(params: Params, images: img.DigitImages, speakers: list[str]) -> list[S
     perm = rng.permutation(n)
     bounds = np.round(np.cumsum([0.0, *fractions]) * n).astype(int)
     image_pools = [sorted(perm[bounds[i]:bounds[i + 1]].tolist()) for i in range(len(names))]
-    speaker_groups = sound.split_speakers(speakers, fractions, rng) if len(names) > 1 else [sorted(speakers)]
+    speaker_groups = (sound.split_speakers(speakers, fractions, rng) if len(names) > 1
+                      else [sorted(speakers)])
     counts = [int(round(f * params.segments)) for f in fractions]
     counts[0] += params.segments - sum(counts)
     plans = []
@@ -184,8 +188,8 @@ def _text_time(rng: np.random.Generator) -> int:
     return int(rng.uniform(0.1, 1.9) * 1e9)
 
 
-TEMPLATES = ("{w}", "{n}", "its {w}", "it's a {w}", "{w}!", "i see a {n}", "that's {w}", "{W}", "number {n}",
-             "looks like {w} to me", "{w}?", "ok {w}")
+TEMPLATES = ("{w}", "{n}", "its {w}", "it's a {w}", "{w}!", "i see a {n}", "that's {w}", "{W}",
+             "number {n}", "looks like {w} to me", "{w}?", "ok {w}")
 CHATTER = ("hello", "can you hear me", "lol", "brb", "one sec", "ok", "nice", "what was that",
            "hang on", "the light is bad here", "yes", "no")
 
@@ -236,11 +240,14 @@ def segment_events(seg: Segment, t0: int, media: Media, *, seed: int, split_idx:
     rng = _segment_rng(seed, split_idx, seg.index, "media")
     n_frames = SEGMENT_NS // FRAME_PERIOD_NS
     if seg.video:
-        scene = img.render_scene(media.images.ink[seg.image], rng, size=FRAME_SIZE, occlude=seg.occluded)
+        scene = img.render_scene(media.images.ink[seg.image], rng, size=FRAME_SIZE,
+                                 occlude=seg.occluded)
         for j in range(n_frames):
-            jitter = int(rng.integers(0, 4 * NS_PER_MS))  # cameras deliver a little late, never early
+            # Cameras deliver a little late, never early.
+            jitter = int(rng.integers(0, 4 * NS_PER_MS))
             frame = img.camera_frame(scene, rng)
-            ev.append((t0 + j * FRAME_PERIOD_NS + jitter, 0, "video", img.encode_jpeg(frame, JPEG_QUALITY)))
+            ev.append((t0 + j * FRAME_PERIOD_NS + jitter, 0, "video",
+                       img.encode_jpeg(frame, JPEG_QUALITY)))
     else:
         ev += [(t0 + j * FRAME_PERIOD_NS, 0, "video", None) for j in range(n_frames)]
     n_samples = sound.RATE_HZ * SEGMENT_NS // NS_PER_S
@@ -255,9 +262,11 @@ def segment_events(seg: Segment, t0: int, media: Media, *, seed: int, split_idx:
         seg.speech_ns = (t0 + (offset + a) * 1_000_000_000 // sound.RATE_HZ,
                          t0 + (offset + b) * 1_000_000_000 // sound.RATE_HZ)
         for j in range(n_samples // BLOCK_FRAMES):
-            ev.append((t0 + j * BLOCK_NS, 1, "audio", pcm[j * BLOCK_FRAMES:(j + 1) * BLOCK_FRAMES].reshape(-1, 1)))
+            ev.append((t0 + j * BLOCK_NS, 1, "audio",
+                       pcm[j * BLOCK_FRAMES:(j + 1) * BLOCK_FRAMES].reshape(-1, 1)))
     else:
-        ev += [(t0 + j * HEARTBEAT_NS, 1, "audio", None) for j in range(SEGMENT_NS // HEARTBEAT_NS)]
+        ev += [(t0 + j * HEARTBEAT_NS, 1, "audio", None)
+               for j in range(SEGMENT_NS // HEARTBEAT_NS)]
     for dt, text in seg.texts:
         ev.append((t0 + dt, 2, "text", text))
     ev += [(t0 + j * HEARTBEAT_NS, 3, "text", None) for j in range(SEGMENT_NS // HEARTBEAT_NS)]
@@ -298,7 +307,8 @@ def recording_messages(segs: list[Segment], source: str, t0: int, media: Media, 
         pub.seq["label"] = seq + 1
         yield codec.label_message(source, seq, seg.t_start_ns, seg.t_start_ns + SEGMENT_NS,
                                   LABELS[seg.digit])
-        for t, _rank, stream, data in segment_events(seg, seg.t_start_ns, media, seed=seed, split_idx=split_idx):
+        for t, _rank, stream, data in segment_events(seg, seg.t_start_ns, media, seed=seed,
+                                                     split_idx=split_idx):
             yield pub.message(t, stream, data)
         if progress is not None:
             progress.update()
@@ -324,7 +334,8 @@ def build(out: Path, params: Params) -> dict:
         if d.exists() and (any(d.glob("*.mcap")) or (d / "labels.csv").exists()):
             raise ValueError(f"{d} already holds a dataset; choose an empty --out")
     summary: dict = {"dataset": "avdigits", "params": asdict(params), "labels": list(LABELS),
-                     "images": images.origin, "speech": media.speech.origin, "noise": media.noise.origin,
+                     "images": images.origin, "speech": media.speech.origin,
+                     "noise": media.noise.origin,
                      "label_times": "absolute epoch t_ns, end exclusive", "splits": {}}
     with Progress("avdigits", sum(len(p.segments) for p in plans), unit="segment") as bar:
         for p in plans:
@@ -373,8 +384,8 @@ def write_labels(path: Path, rows: list[tuple[str, int, int, str]]) -> None:
 
 
 SEGMENTS_FILE = "segments.csv"
-SEGMENT_COLUMNS = ("source", "start", "end", "label", "image", "speaker", "camera", "microphone", "occluded",
-                   "speech_start", "speech_end", "chat_time", "chat_names", "chat")
+SEGMENT_COLUMNS = ("source", "start", "end", "label", "image", "speaker", "camera", "microphone",
+                   "occluded", "speech_start", "speech_end", "chat_time", "chat_names", "chat")
 
 
 def write_segments(path: Path, segs: list[tuple[str, Segment]]) -> None:
@@ -389,8 +400,9 @@ def write_segments(path: Path, segs: list[tuple[str, Segment]]) -> None:
         for source, s in segs:
             chat = ("", "", "") if s.mention is None else \
                 (s.t_start_ns + s.mention[0], LABELS[s.mention[2]], s.mention[1])
-            w.writerow([source, s.t_start_ns, s.t_start_ns + SEGMENT_NS, LABELS[s.digit], s.image, s.speaker,
-                        int(s.video), int(s.audio), int(s.occluded), *(s.speech_ns or ("", "")), *chat])
+            w.writerow([source, s.t_start_ns, s.t_start_ns + SEGMENT_NS, LABELS[s.digit], s.image,
+                        s.speaker, int(s.video), int(s.audio), int(s.occluded),
+                        *(s.speech_ns or ("", "")), *chat])
 
 
 class SegmentsError(ValueError):
@@ -424,9 +436,11 @@ def read_segments(paths: list[Path]) -> dict[str, list[SegmentRow]]:
                 raise SegmentsError(f"{path}:1: missing column {missing[0]!r}")
             for r in reader:
                 try:
-                    speech = (int(r["speech_start"]), int(r["speech_end"])) if r["speech_start"] else None
+                    speech = ((int(r["speech_start"]), int(r["speech_end"]))
+                              if r["speech_start"] else None)
                     row = SegmentRow(int(r["start"]), int(r["end"]), r["label"], r["camera"] == "1",
-                                     r["occluded"] == "1", speech, int(r["chat_time"]) if r["chat_time"] else None,
+                                     r["occluded"] == "1", speech,
+                                     int(r["chat_time"]) if r["chat_time"] else None,
                                      r["chat_names"] or None)
                 except (TypeError, ValueError) as e:
                     raise SegmentsError(f"{path}:{reader.line_num}: {e}") from None
@@ -446,7 +460,8 @@ EVIDENCE = ("camera", "camera, finger over the digit", "speech", "chat", "speech
 SPEECH_MIN_NS = 150 * NS_PER_MS
 
 
-def window_evidence(rows: list[SegmentRow], start: int, window_ns: int, context_ns: int, label: str) -> str:
+def window_evidence(rows: list[SegmentRow], start: int, window_ns: int, context_ns: int,
+                    label: str) -> str:
     """Which modality carries ``label`` in the window ``[start, start + window_ns)``.
 
     ``camera``: a segment with that label is in view, uncovered (``camera, finger over
@@ -463,11 +478,12 @@ def window_evidence(rows: list[SegmentRow], start: int, window_ns: int, context_
         return "camera"
     if any(r.camera for r in mine):
         return "camera, finger over the digit"
-    heard = max((min(end, r.speech[1]) - max(start, r.speech[0]) for r in mine if r.speech), default=0)
+    heard = max((min(end, r.speech[1]) - max(start, r.speech[0]) for r in mine if r.speech),
+                default=0)
     if heard >= SPEECH_MIN_NS:
         return "speech"
-    if any(r.chat_time is not None and end - context_ns <= r.chat_time < end and r.chat_names == label
-           for r in rows):
+    if any(r.chat_time is not None and end - context_ns <= r.chat_time < end
+           and r.chat_names == label for r in rows):
         return "chat"
     return "speech fragment" if heard > 0 else "none"
 

@@ -37,17 +37,20 @@ def load_images(spec: str) -> DigitImages:
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        return DigitImages((d.images / 16.0).astype(np.float32), d.target.astype(np.int64), "sklearn")
+        return DigitImages((d.images / 16.0).astype(np.float32), d.target.astype(np.int64),
+                           "sklearn")
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"--images {spec}: expected 'sklearn' or an MNIST *-images-idx3-ubyte[.gz] file")
+        raise ValueError(f"--images {spec}: expected 'sklearn' or an MNIST "
+                         "*-images-idx3-ubyte[.gz] file")
     labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
     if labels_path == path or not labels_path.exists():
         raise ValueError(f"{path}: need the MNIST labels file beside it ({labels_path.name})")
     images = _read_idx(path)
     labels = _read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{path}: expected (n, h, w) images and (n,) labels, got {images.shape} and {labels.shape}")
+        raise ValueError(f"{path}: expected (n, h, w) images and (n,) labels, "
+                         f"got {images.shape} and {labels.shape}")
     return DigitImages(images.astype(np.float32) / 255.0, labels.astype(np.int64), str(path))
 
 
@@ -63,7 +66,8 @@ def _read_idx(path: Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: {data.size} bytes of data, dims {dims} need {int(np.prod(dims))}")
+        raise ValueError(
+            f"{path}: {data.size} bytes of data, dims {dims} need {int(np.prod(dims))}")
     return data.reshape(dims)
 
 
@@ -112,13 +116,16 @@ def render_scene(ink: np.ndarray, rng: np.random.Generator, *, size: int = 128,
     if blur > 0.3:
         base = cv2.GaussianBlur(base, (0, 0), blur)
     noise_std = rng.uniform(2.0, 9.0) / max(gain, 0.5)  # darker scenes are noisier
-    return Scene(np.clip(base, 0, 255).astype(np.float32), float(noise_std), float(rng.uniform(0.0, 2.0)))
+    return Scene(np.clip(base, 0, 255).astype(np.float32), float(noise_std),
+                 float(rng.uniform(0.0, 2.0)))
 
 
-def _occlude(img: np.ndarray, cx: float, cy: float, extent: float, rng: np.random.Generator) -> np.ndarray:
+def _occlude(img: np.ndarray, cx: float, cy: float, extent: float,
+             rng: np.random.Generator) -> np.ndarray:
     """A finger-coloured rounded bar over part of the digit (never all of it)."""
     out = img.copy()
-    skin = np.array([rng.uniform(90, 150), rng.uniform(120, 180), rng.uniform(170, 230)], np.float32)
+    skin = np.array([rng.uniform(90, 150), rng.uniform(120, 180), rng.uniform(170, 230)],
+                    np.float32)
     thick = int(max(4, extent * rng.uniform(0.15, 0.3)))
     side = rng.integers(4)
     half = extent / 2
@@ -131,7 +138,8 @@ def _occlude(img: np.ndarray, cx: float, cy: float, extent: float, rng: np.rando
         p0, p1 = (cx + rng.uniform(-half, half), cy - half * 1.6), (cx, cy - half * 0.2)
     else:
         p0, p1 = (cx + rng.uniform(-half, half), cy + half * 1.6), (cx, cy + half * 0.2)
-    cv2.line(out, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), skin.tolist(), thick, cv2.LINE_AA)
+    cv2.line(out, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), skin.tolist(), thick,
+             cv2.LINE_AA)
     return out
 
 

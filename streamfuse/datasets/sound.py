@@ -107,7 +107,8 @@ class SpeechBank:
         # A speaker is usable only with takes of every digit.
         self.speakers = sorted(s for s in names if all((s, d) in self._files for d in range(10)))
         if not self.speakers:
-            raise ValueError(f"{root}: no speaker with wavs of every digit named {{digit}}_{{speaker}}_{{n}}.wav")
+            raise ValueError(f"{root}: no speaker with wavs of every digit named "
+                             "{digit}_{speaker}_{n}.wav")
 
     def utterance(self, speaker: str, digit: int, rng: np.random.Generator) -> np.ndarray:
         if not self._files:
@@ -115,7 +116,8 @@ class SpeechBank:
             pitch = int(rng.choice(ESPEAK_PITCHES))
             key: object = (speaker, digit, speed, pitch)
             if key not in self._cache:
-                self._cache[key] = trim_silence(espeak(DIGIT_WORDS[digit], speaker, speed=speed, pitch=pitch))
+                self._cache[key] = trim_silence(espeak(DIGIT_WORDS[digit], speaker, speed=speed,
+                                                       pitch=pitch))
             x = self._cache[key]
             # A few percent of tempo/pitch change on top of the discrete settings.
             return stretch(x, float(rng.uniform(0.92, 1.08)))
@@ -130,12 +132,15 @@ class SpeechBank:
 def espeak(text: str, voice: str, *, speed: int, pitch: int) -> np.ndarray:
     """Synthesise ``text`` with espeak-ng and return 16 kHz float32 samples."""
     try:
-        out = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        out = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch),
+                              "--stdout", text],
                              capture_output=True, check=True, timeout=30).stdout
     except FileNotFoundError:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng), or pass --speech DIR") from None
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng), "
+                           "or pass --speech DIR") from None
     except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"espeak-ng failed for voice {voice!r}: {e.stderr.decode(errors='replace').strip()}") from None
+        raise RuntimeError(f"espeak-ng failed for voice {voice!r}: "
+                           f"{e.stderr.decode(errors='replace').strip()}") from None
     # --stdout writes a streaming wav header with a bogus length: read what is there.
     with wave.open(io.BytesIO(out), "rb") as w:
         rate, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
@@ -226,7 +231,8 @@ def generated_noise(n: int, rng: np.random.Generator, *, kind: str | None = None
     return (x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32)
 
 
-def audible_span(speech: np.ndarray, *, floor_db: float = 30.0, frame: int = RATE_HZ // 100) -> tuple[int, int]:
+def audible_span(speech: np.ndarray, *, floor_db: float = 30.0,
+                 frame: int = RATE_HZ // 100) -> tuple[int, int]:
     """``[start, end)`` samples of ``speech`` from its first to its last 10 ms frame whose
     energy is within ``floor_db`` of the loudest frame: the spoken part of a recording
     with its leading and trailing silence left out. ``(0, 0)`` for silence."""
@@ -241,7 +247,8 @@ def audible_span(speech: np.ndarray, *, floor_db: float = 30.0, frame: int = RAT
     return int(loud[0]) * frame, int(loud[-1] + 1) * frame
 
 
-def mix(speech: np.ndarray, background: np.ndarray, *, offset: int, snr_db: float, level: float) -> np.ndarray:
+def mix(speech: np.ndarray, background: np.ndarray, *, offset: int, snr_db: float,
+        level: float) -> np.ndarray:
     """``speech`` placed at sample ``offset`` over unit-RMS ``background`` at ``snr_db``.
 
     The SNR compares the speech's RMS over its own duration with the
@@ -258,8 +265,10 @@ def mix(speech: np.ndarray, background: np.ndarray, *, offset: int, snr_db: floa
     return (np.round(out * 32768) / 32768).astype(np.float32)
 
 
-def split_speakers(speakers: Sequence[str], fractions: Sequence[float], rng: np.random.Generator) -> list[list[str]]:
-    """Partition speakers into len(fractions) non-empty disjoint groups (needs enough speakers)."""
+def split_speakers(speakers: Sequence[str], fractions: Sequence[float],
+                   rng: np.random.Generator) -> list[list[str]]:
+    """Partition speakers into len(fractions) non-empty disjoint groups (needs enough
+    speakers)."""
     order = [speakers[i] for i in rng.permutation(len(speakers))]
     k = len(fractions)
     if len(order) < k:

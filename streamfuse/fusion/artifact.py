@@ -70,9 +70,9 @@ ALIGN_CONTENT_KEYS = ("window_ms", "frames_per_window", "text_context_ms", "max_
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npy", ".npz")
 _MAX_HEADER = 64 * 1024 * 1024
 _MAX_MANIFEST = 4 * 1024 * 1024
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class ArtifactError(ValueError):
@@ -135,7 +135,8 @@ def _canonical(obj: Any) -> bytes:
 
 
 def _core(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: manifest.get(k) for k in ("classes", "modalities", "architecture", "fusion", "preprocessing", "align")}
+    return {k: manifest.get(k) for k in ("classes", "modalities", "architecture", "fusion",
+                                         "preprocessing", "align")}
 
 
 def model_id(weights: bytes, manifest: Mapping[str, Any]) -> str:
@@ -194,7 +195,8 @@ def save_artifact(directory: str | Path, model: FusionModel, prep: Preprocessing
         "model_id": "",
         "classes": list(cfg.classes),
         "modalities": list(cfg.modalities),
-        "architecture": {"name": ARCHITECTURE, "version": ARCHITECTURE_VERSION, "config": cfg.to_dict()},
+        "architecture": {"name": ARCHITECTURE, "version": ARCHITECTURE_VERSION,
+                         "config": cfg.to_dict()},
         "fusion": cfg.fusion,
         "preprocessing": prep.to_dict(),
         "align": align_d,
@@ -202,10 +204,12 @@ def save_artifact(directory: str | Path, model: FusionModel, prep: Preprocessing
         "training": extra.pop("training", {}),
         "metrics": extra.pop("metrics", {}),
         "extra": extra,
-        "created": datetime.datetime.fromtimestamp(now_ns / 1e9, tz=datetime.timezone.utc).isoformat(),
+        "created": datetime.datetime.fromtimestamp(now_ns / 1e9,
+                                                   tz=datetime.timezone.utc).isoformat(),
         "created_ns": int(now_ns),
         "streamfuse_version": __version__,
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in state.items()},
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                    for k, v in state.items()},
     }
     manifest["model_id"] = model_id(weights, manifest)
     d = Path(directory)
@@ -228,8 +232,9 @@ def _check_dir(d: Path) -> None:
         raise ArtifactMissing(f"{d}: no model artifact (directory does not exist)")
     pickled = sorted(p.name for p in d.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
     if pickled:
-        raise PickledContentError(f"{d / pickled[0]}: refusing an artifact that ships pickle-format files "
-                                  f"({', '.join(pickled)}); streamfuse loads only {WEIGHTS} + {MANIFEST}")
+        raise PickledContentError(f"{d / pickled[0]}: refusing an artifact that ships "
+                                  f"pickle-format files ({', '.join(pickled)}); "
+                                  f"streamfuse loads only {WEIGHTS} + {MANIFEST}")
     for name in (WEIGHTS, MANIFEST):
         if not (d / name).is_file():
             raise ArtifactMissing(f"{d}: no model artifact ({name} is missing)")
@@ -248,14 +253,16 @@ def _parse_safetensors(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
             header = None
     if header is None and _looks_pickled(data[:4]):
         # Only now: a valid safetensors header length may well start with 0x80.
-        raise PickledContentError(f"{path}: holds pickled data (a torch.save/pickle file), not safetensors; "
-                                  "re-export the weights with safetensors")
+        raise PickledContentError(f"{path}: holds pickled data (a torch.save/pickle file), "
+                                  "not safetensors; re-export the weights with safetensors")
     if n > _MAX_HEADER:
         raise CorruptWeightsError(f"{path}: header length {n} is implausible (corrupt file)")
     if 8 + n > len(data):
-        raise CorruptWeightsError(f"{path}: truncated (header needs {8 + n} bytes, file has {len(data)})")
+        raise CorruptWeightsError(f"{path}: truncated (header needs {8 + n} bytes, "
+                                  f"file has {len(data)})")
     if header is None:
-        raise CorruptWeightsError(f"{path}: safetensors header is not valid JSON (corrupt, or not a safetensors file)")
+        raise CorruptWeightsError(f"{path}: safetensors header is not valid JSON "
+                                  "(corrupt, or not a safetensors file)")
     if not isinstance(header, dict):
         raise CorruptWeightsError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
@@ -266,17 +273,21 @@ def _parse_safetensors(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
             start, stop = info["data_offsets"]
             dtype, shape = info["dtype"], info["shape"]
         except (TypeError, KeyError, ValueError):
-            raise CorruptWeightsError(f"{path}: tensor {name!r} has a malformed header entry") from None
+            raise CorruptWeightsError(
+                f"{path}: tensor {name!r} has a malformed header entry") from None
         if dtype not in _DTYPES:
-            raise CorruptWeightsError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+            raise CorruptWeightsError(
+                f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
         numel = 1
         for s in shape:
             numel *= int(s)
         if stop - start != numel * _DTYPES[dtype].itemsize or start < 0:
-            raise CorruptWeightsError(f"{path}: tensor {name!r} byte range does not match its shape")
+            raise CorruptWeightsError(
+                f"{path}: tensor {name!r} byte range does not match its shape")
         end = max(end, stop)
     if end > body:
-        raise CorruptWeightsError(f"{path}: truncated (tensors need {end} data bytes, file has {body})")
+        raise CorruptWeightsError(f"{path}: truncated (tensors need {end} data bytes, "
+                                  f"file has {body})")
     return header
 
 
@@ -300,21 +311,28 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if m.get("format") != FORMAT:
         raise ManifestError(f"{path}: format is {m.get('format')!r}, expected {FORMAT!r}")
     if m.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(f"{path}: format_version {m.get('format_version')!r}; this build reads {FORMAT_VERSION}")
-    for key in ("model_id", "classes", "modalities", "architecture", "fusion", "preprocessing", "align"):
+        raise ManifestError(f"{path}: format_version {m.get('format_version')!r}; "
+                            f"this build reads {FORMAT_VERSION}")
+    for key in ("model_id", "classes", "modalities", "architecture", "fusion", "preprocessing",
+                "align"):
         if key not in m:
             raise ManifestError(f"{path}: missing key {key!r}")
     arch = m["architecture"]
     if not isinstance(arch, dict) or arch.get("name") != ARCHITECTURE:
         name = arch.get("name") if isinstance(arch, dict) else arch
-        raise UnknownArchitectureError(f"{path}: unknown architecture {name!r} (this build knows {ARCHITECTURE!r})")
+        raise UnknownArchitectureError(f"{path}: unknown architecture {name!r} "
+                                       f"(this build knows {ARCHITECTURE!r})")
     if arch.get("version") != ARCHITECTURE_VERSION:
-        raise UnknownArchitectureError(f"{path}: {ARCHITECTURE} version {arch.get('version')!r} is unknown "
+        raise UnknownArchitectureError(f"{path}: {ARCHITECTURE} version "
+                                       f"{arch.get('version')!r} is unknown "
                                        f"(this build knows version {ARCHITECTURE_VERSION})")
-    fusion = arch.get("config", {}).get("fusion") if isinstance(arch.get("config"), dict) else None
+    fusion = (arch.get("config", {}).get("fusion") if isinstance(arch.get("config"), dict)
+              else None)
     if m["fusion"] not in FUSIONS or fusion != m["fusion"]:
-        raise UnknownArchitectureError(f"{path}: unknown fusion {m['fusion']!r} (expected one of {', '.join(FUSIONS)})")
-    if not isinstance(m["align"], dict) or any(not isinstance(m["align"].get(k), int) for k in ALIGN_KEYS):
+        raise UnknownArchitectureError(f"{path}: unknown fusion {m['fusion']!r} "
+                                       f"(expected one of {', '.join(FUSIONS)})")
+    if not isinstance(m["align"], dict) or any(not isinstance(m["align"].get(k), int)
+                                               for k in ALIGN_KEYS):
         raise ManifestError(f"{path}: align must give integers for {', '.join(ALIGN_KEYS)}")
     return m
 
@@ -326,13 +344,15 @@ def check_align(manifest: Mapping[str, Any], align: Any, *, where: str = "") -> 
     for k in ALIGN_CONTENT_KEYS:
         if want[k] != have[k]:
             raise AlignMismatchError(
-                f"{where}model was trained with align.{k} = {want[k]} but the config has align.{k} = {have[k]}; "
-                "retrain the model or set the config to match")
-    return [f"align.{k}: model trained with {want[k]}, config has {have[k]} (windows appear at other "
-            "instants; contents unchanged)" for k in ALIGN_KEYS if k not in ALIGN_CONTENT_KEYS and want[k] != have[k]]
+                f"{where}model was trained with align.{k} = {want[k]} but the config has "
+                f"align.{k} = {have[k]}; retrain the model or set the config to match")
+    return [f"align.{k}: model trained with {want[k]}, config has {have[k]} (windows appear "
+            "at other instants; contents unchanged)"
+            for k in ALIGN_KEYS if k not in ALIGN_CONTENT_KEYS and want[k] != have[k]]
 
 
-def load_artifact(directory: str | Path, *, align: Any = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_artifact(directory: str | Path, *, align: Any = None,
+                  device: str | torch.device = "cpu") -> LoadedModel:
     """Load and validate an artifact (see module docstring). Raises :class:`ArtifactError`."""
     from safetensors.torch import load as st_load
 
@@ -348,17 +368,22 @@ def load_artifact(directory: str | Path, *, align: Any = None, device: str | tor
         prep = Preprocessing.from_dict(manifest["preprocessing"])
     except (ModelConfigError, PreprocessingError) as e:
         raise ManifestError(f"{d / MANIFEST}: {e}") from None
-    if list(cfg.classes) != manifest["classes"] or list(cfg.modalities) != manifest["modalities"]:
-        raise ManifestError(f"{d / MANIFEST}: classes/modalities disagree with the architecture config")
+    if list(cfg.classes) != manifest["classes"] \
+            or list(cfg.modalities) != manifest["modalities"]:
+        raise ManifestError(
+            f"{d / MANIFEST}: classes/modalities disagree with the architecture config")
     if cfg.n_mels != prep.n_mels or cfg.text_buckets != prep.text_buckets:
-        raise ManifestError(f"{d / MANIFEST}: model and preprocessing disagree on n_mels or text_buckets")
+        raise ManifestError(
+            f"{d / MANIFEST}: model and preprocessing disagree on n_mels or text_buckets")
     if prep.frames_per_window != manifest["align"]["frames_per_window"]:
-        raise ManifestError(f"{d / MANIFEST}: preprocessing.frames_per_window {prep.frames_per_window} != "
-                            f"align.frames_per_window {manifest['align']['frames_per_window']}")
+        raise ManifestError(f"{d / MANIFEST}: preprocessing.frames_per_window "
+                            f"{prep.frames_per_window} != align.frames_per_window "
+                            f"{manifest['align']['frames_per_window']}")
     expected_id = model_id(data, manifest)
     if manifest["model_id"] != expected_id:
-        raise ModelIdMismatchError(f"{d}: manifest model_id {manifest['model_id']!r} does not match the content "
-                                   f"({expected_id}); the two files come from different saves")
+        raise ModelIdMismatchError(f"{d}: manifest model_id {manifest['model_id']!r} does not "
+                                   f"match the content ({expected_id}); the two files come "
+                                   "from different saves")
     model = FusionModel(cfg)
     want = {k: v for k, v in model.state_dict().items()}
     missing = sorted(set(want) - set(header))
@@ -366,18 +391,22 @@ def load_artifact(directory: str | Path, *, align: Any = None, device: str | tor
     if missing or unexpected:
         parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + \
                 ([f"unexpected {', '.join(unexpected[:5])}"] if unexpected else [])
-        raise TensorMismatchError(f"{weights_path}: tensors do not fit {ARCHITECTURE}: {'; '.join(parts)}")
+        raise TensorMismatchError(f"{weights_path}: tensors do not fit {ARCHITECTURE}: "
+                                  f"{'; '.join(parts)}")
     for k, t in want.items():
         shape, dtype = list(header[k]["shape"]), _DTYPES[header[k]["dtype"]]
         if shape != list(t.shape) or dtype != t.dtype:
-            raise TensorMismatchError(f"{weights_path}: tensor {k!r} is {header[k]['dtype']} {shape}, "
-                                      f"the model needs {str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
+            raise TensorMismatchError(f"{weights_path}: tensor {k!r} is {header[k]['dtype']} "
+                                      f"{shape}, the model needs "
+                                      f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
     try:
         state = st_load(data)
     except Exception as e:  # safetensors raises its own error types; report, don't guess
         raise CorruptWeightsError(f"{weights_path}: {e}") from None
     model.load_state_dict(state, strict=True)
     if not torch.isfinite(model.temperature) or float(model.temperature) <= 0:
-        raise TensorMismatchError(f"{weights_path}: temperature {float(model.temperature)} is not a positive number")
+        raise TensorMismatchError(f"{weights_path}: temperature {float(model.temperature)} "
+                                  "is not a positive number")
     model.to(device).eval()
-    return LoadedModel(model=model, prep=prep, manifest=manifest, model_id=expected_id, path=d, warnings=warnings)
+    return LoadedModel(model=model, prep=prep, manifest=manifest, model_id=expected_id, path=d,
+                       warnings=warnings)

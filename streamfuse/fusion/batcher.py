@@ -50,7 +50,8 @@ class Pending:
 class Batcher:
     """Collects windows into batches of at most ``max_batch``; see module docstring."""
 
-    def __init__(self, max_batch: int, max_delay_ns: int, *, horizon_ns: int = 2_000_000_000) -> None:
+    def __init__(self, max_batch: int, max_delay_ns: int, *,
+                 horizon_ns: int = 2_000_000_000) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_delay_ns < 0:
@@ -60,7 +61,8 @@ class Batcher:
         self.horizon_ns = horizon_ns
         self._queue: deque[Pending] = deque()
         self._keys: set[tuple[str, int]] = set()
-        self._latest: dict[str, int] = {}  # source -> newest t_start_ns pushed (bounded by the horizon)
+        # source -> newest t_start_ns pushed (bounded by the horizon)
+        self._latest: dict[str, int] = {}
         self._queued: dict[str, int] = {}  # source -> newest t_start_ns now queued
 
     def __len__(self) -> int:
@@ -98,7 +100,8 @@ class Batcher:
     def ready(self, now_ns: int) -> bool:
         if not self._queue:
             return False
-        return (len(self._queue) >= self.max_batch or now_ns >= self._queue[0].arrived_ns + self.max_delay_ns
+        return (len(self._queue) >= self.max_batch
+                or now_ns >= self._queue[0].arrived_ns + self.max_delay_ns
                 or self._all_expected_queued())
 
     def pop_batch(self, now_ns: int) -> list[Pending]:

@@ -97,12 +97,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
-            raise ModelConfigError(f"model.classes: need at least 2 distinct classes, got {list(self.classes)}")
+            raise ModelConfigError(f"model.classes: need at least 2 distinct classes, "
+                                   f"got {list(self.classes)}")
         if not self.modalities or any(m not in MODALITIES for m in self.modalities) \
                 or len(set(self.modalities)) != len(self.modalities):
-            raise ModelConfigError(f"model.modalities: expected a non-empty subset of {MODALITIES}, got {list(self.modalities)}")
+            raise ModelConfigError(f"model.modalities: expected a non-empty subset of "
+                                   f"{MODALITIES}, got {list(self.modalities)}")
         if self.fusion not in FUSIONS:
-            raise ModelConfigError(f"model.fusion: unknown fusion {self.fusion!r} (expected one of {', '.join(FUSIONS)})")
+            raise ModelConfigError(f"model.fusion: unknown fusion {self.fusion!r} "
+                                   f"(expected one of {', '.join(FUSIONS)})")
         for name in ("embed_dim", "n_mels", "text_buckets"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -112,11 +115,15 @@ class ModelConfig:
             if not v or any(isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in v):
                 raise ModelConfigError(f"model.{name}: expected positive integers, got {v!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ModelConfigError(f"model.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
+            raise ModelConfigError(
+                f"model.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
         if self.encoder not in ENCODERS:
-            raise ModelConfigError(f"model.encoder: expected one of {', '.join(ENCODERS)}, got {self.encoder!r}")
-        if isinstance(self.video_stem, bool) or not isinstance(self.video_stem, int) or self.video_stem < 0:
-            raise ModelConfigError(f"model.video_stem: expected an integer >= 0, got {self.video_stem!r}")
+            raise ModelConfigError(f"model.encoder: expected one of {', '.join(ENCODERS)}, "
+                                   f"got {self.encoder!r}")
+        if isinstance(self.video_stem, bool) or not isinstance(self.video_stem, int) \
+                or self.video_stem < 0:
+            raise ModelConfigError(
+                f"model.video_stem: expected an integer >= 0, got {self.video_stem!r}")
         if self.video_stem and self.encoder == "stride":
             raise ModelConfigError("model.video_stem: needs encoder 'pool' or 'pool_first'")
 
@@ -129,7 +136,8 @@ class ModelConfig:
         return cls(classes=tuple(classes), n_mels=prep.n_mels, text_buckets=prep.text_buckets, **kw)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
@@ -161,21 +169,22 @@ def _conv_stack(channels: tuple[int, ...], kind: str = "stride", stem: int = 0) 
     layers: list[nn.Module] = []
     c_in = 1
     if stem:
-        layers += [nn.Conv2d(1, stem, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(1, stem, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(stem),
+                   nn.ReLU(inplace=True)]
         c_in = stem
     for c in channels:
         if kind == "pool":  # ModelConfig.encoder == "pool": conv + BatchNorm + ReLU + 2x2 max-pool
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2, ceil_mode=True)]
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
         elif kind == "pool_first":
             # Max-pool straight after the conv: BatchNorm, ReLU and their backward passes then
             # touch a quarter of the pixels (on CPU ~1.4x less time per training step at 28 px,
             # ~1.7x at 40 px); the same receptive fields as "pool".
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.MaxPool2d(2, ceil_mode=True),
-                       nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False),
+                       nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         else:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.GroupNorm(min(4, c), c),
-                       nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False),
+                       nn.GroupNorm(min(4, c), c), nn.ReLU(inplace=True)]
         c_in = c
     return nn.Sequential(*layers)
 
@@ -200,7 +209,8 @@ class VideoEncoder(nn.Module):
     """Frames ``(N, T, 1, H, W)`` -> ``(N, D)``: a CNN shared across frames, then
     temporal mean and max pooling."""
 
-    def __init__(self, channels: tuple[int, ...], dim: int, kind: str = "stride", stem: int = 0) -> None:
+    def __init__(self, channels: tuple[int, ...], dim: int, kind: str = "stride",
+                 stem: int = 0) -> None:
         super().__init__()
         self.cnn = _conv_stack(channels, kind, stem)
         self.channels_last = _use_channels_last(self.cnn, kind)
@@ -275,11 +285,13 @@ class FusionModel(nn.Module):
         d = cfg.embed_dim
         self.modalities = cfg.modalities
         # Column of each model modality in the features' (B, 3) mask.
-        self.register_buffer("mask_columns", torch.tensor([MODALITIES.index(m) for m in cfg.modalities]),
+        self.register_buffer("mask_columns",
+                             torch.tensor([MODALITIES.index(m) for m in cfg.modalities]),
                              persistent=False)
         self.encoders = nn.ModuleDict()
         if "video" in cfg.modalities:
-            self.encoders["video"] = VideoEncoder(cfg.video_channels, d, cfg.encoder, cfg.video_stem)
+            self.encoders["video"] = VideoEncoder(cfg.video_channels, d, cfg.encoder,
+                                                  cfg.video_stem)
         if "audio" in cfg.modalities:
             self.encoders["audio"] = AudioEncoder(cfg.audio_channels, d, cfg.encoder)
         if "text" in cfg.modalities:
@@ -294,9 +306,11 @@ class FusionModel(nn.Module):
             self.modality_logits = nn.Parameter(torch.zeros(m))
         if cfg.fusion == "attention":
             self.gate = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
-            self.modality_bias = nn.Parameter(torch.zeros(m, d))  # tells the gate which modality it sees
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(fused_dim, d), nn.ReLU(inplace=True),
-                                  nn.Dropout(cfg.dropout), nn.Linear(d, len(cfg.classes)))
+            # Tells the gate which modality it sees.
+            self.modality_bias = nn.Parameter(torch.zeros(m, d))
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(fused_dim, d),
+                                  nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
+                                  nn.Linear(d, len(cfg.classes)))
         self.register_buffer("temperature", torch.ones(()))
 
     # -- encoders ------------------------------------------------------------------------
@@ -313,7 +327,8 @@ class FusionModel(nn.Module):
         for j, name in enumerate(self.modalities):
             if name == "text":
                 # EmbeddingBag is per-row already; absent rows are masked out in fusion.
-                out[name] = self.encoders[name](features.tokens, features.offsets) * mask[:, j:j + 1]
+                out[name] = (self.encoders[name](features.tokens, features.offsets)
+                             * mask[:, j:j + 1])
                 continue
             x = features.frames if name == "video" else features.logmel
             rows = mask[:, j].nonzero().squeeze(1)
@@ -329,7 +344,8 @@ class FusionModel(nn.Module):
 
     # -- fusion --------------------------------------------------------------------------
 
-    def fusion_weights(self, embeddings: Mapping[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    def fusion_weights(self, embeddings: Mapping[str, torch.Tensor],
+                       mask: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` weight of each modality in the fused vector (0 for absent ones)."""
         fusion = self.cfg.fusion
         mask = mask.bool()

@@ -37,12 +37,15 @@ SCHEMA_NAME = f"streamfuse.wire.v{SCHEMA_VERSION}"
 SCHEMA_ENCODING = "streamfuse-wire"
 PROFILE = "streamfuse"
 METADATA_NAME = "streamfuse"
-SCHEMA_TEXT = f"""streamfuse wire message, schema version {SCHEMA_VERSION}.
-MCAP message data = for each part of [header, *payload]: uint32 little-endian length, then the bytes.
-The ZeroMQ multipart message is [channel topic (UTF-8), header, *payload].
-header: MessagePack map with v, kind, source, stream, seq, t_ns (epoch ns) and kind-specific fields
-(see streamfuse/wire/schema.py). log_time = publish_time = t_ns.
-""".encode()
+SCHEMA_TEXT = (
+    f"streamfuse wire message, schema version {SCHEMA_VERSION}.\n"
+    "MCAP message data = for each part of [header, *payload]: uint32 little-endian length, "
+    "then the bytes.\n"
+    "The ZeroMQ multipart message is [channel topic (UTF-8), header, *payload].\n"
+    "header: MessagePack map with v, kind, source, stream, seq, t_ns (epoch ns) and "
+    "kind-specific fields\n"
+    "(see streamfuse/wire/schema.py). log_time = publish_time = t_ns.\n"
+).encode()
 
 _LEN = struct.Struct("<I")
 MAX_PART = 0xFFFFFFFF

@@ -178,8 +178,8 @@ class McapFile:
     (``level`` as in zstd) or ``"none"``.
     """
 
-    def __init__(self, path: str | Path, *, chunk_size: int, compression: str = "zstd", level: int | None = 3,
-                 profile: str = "", library: str = "") -> None:
+    def __init__(self, path: str | Path, *, chunk_size: int, compression: str = "zstd",
+                 level: int | None = 3, profile: str = "", library: str = "") -> None:
         if compression not in ("zstd", "none"):
             raise ValueError(f"compression must be 'zstd' or 'none', got {compression!r}")
         self._f = _File(Path(path))
@@ -228,7 +228,8 @@ class McapFile:
         """The zstd level of the next chunks (lower is faster and larger; None: the
         chunks are stored uncompressed, which MCAP allows chunk by chunk)."""
         if level != self._level or (level is not None and self._zstd is None):
-            self._zstd = zstandard.ZstdCompressor(level=level, write_content_size=True) if level is not None else None
+            self._zstd = (zstandard.ZstdCompressor(level=level, write_content_size=True)
+                          if level is not None else None)
         self._level = level
 
     def add_schema(self, name: str, encoding: str, data: bytes) -> int:
@@ -237,7 +238,8 @@ class McapFile:
         self._f.write(_record(s), seal=True)  # outside chunks: a reader meets it before any use
         return sid
 
-    def add_channel(self, topic: str, message_encoding: str, schema_id: int, metadata: dict[str, str]) -> int:
+    def add_channel(self, topic: str, message_encoding: str, schema_id: int,
+                    metadata: dict[str, str]) -> int:
         cid = len(self._channels) + 1
         self._channels[cid] = c = Channel(id=cid, topic=topic, message_encoding=message_encoding,
                                           schema_id=schema_id, metadata=metadata)
@@ -249,14 +251,14 @@ class McapFile:
         offset = self._f.write(rec, seal=True)
         self._metadata_indexes.append(MetadataIndex(offset=offset, length=len(rec), name=name))
 
-    def add_message(self, channel_id: int, log_time: int, pieces: Sequence[Buffer], *, sequence: int = 0,
-                    publish_time: int | None = None) -> int:
+    def add_message(self, channel_id: int, log_time: int, pieces: Sequence[Buffer], *,
+                    sequence: int = 0, publish_time: int | None = None) -> int:
         """Add a message whose data is the concatenation of ``pieces`` (not copied
         until the chunk is finished). Returns the data size. Finishing a chunk
         writes it: the caller must not change the buffers before that."""
         n = sum(memoryview(p).nbytes for p in pieces)
-        head = _MSG_HEAD.pack(Opcode.MESSAGE, _MSG_FIXED + n, channel_id, sequence & 0xFFFFFFFF, log_time,
-                              log_time if publish_time is None else publish_time)
+        head = _MSG_HEAD.pack(Opcode.MESSAGE, _MSG_FIXED + n, channel_id, sequence & 0xFFFFFFFF,
+                              log_time, log_time if publish_time is None else publish_time)
         self._index.setdefault(channel_id, []).append((log_time, self._size))
         self._parts.append(head)
         self._parts.extend(pieces)
@@ -317,9 +319,12 @@ class McapFile:
                 (Opcode.CHANNEL, [_record(c) for c in self._channels.values()]),
                 (Opcode.STATISTICS, [_record(Statistics(
                     attachment_count=0, channel_count=len(self._channels),
-                    channel_message_counts=dict(self._counts), chunk_count=len(self._chunk_indexes),
-                    message_count=self._n, message_end_time=self._t_max, message_start_time=self._t_min,
-                    metadata_count=len(self._metadata_indexes), schema_count=len(self._schemas)))]),
+                    channel_message_counts=dict(self._counts),
+                    chunk_count=len(self._chunk_indexes),
+                    message_count=self._n, message_end_time=self._t_max,
+                    message_start_time=self._t_min,
+                    metadata_count=len(self._metadata_indexes),
+                    schema_count=len(self._schemas)))]),
                 (Opcode.CHUNK_INDEX, [_record(c) for c in self._chunk_indexes]),
                 (Opcode.METADATA_INDEX, [_record(m) for m in self._metadata_indexes]),
             ]
@@ -330,7 +335,8 @@ class McapFile:
                 if not recs:
                     continue
                 length = sum(len(r) for r in recs)
-                offsets.append(_record(SummaryOffset(group_opcode=opcode, group_start=pos, group_length=length)))
+                offsets.append(_record(SummaryOffset(group_opcode=opcode, group_start=pos,
+                                                     group_length=length)))
                 body.extend(recs)
                 pos += length
             summary = b"".join(body + offsets)

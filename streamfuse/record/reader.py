@@ -130,7 +130,8 @@ def topic_spans(path: str | Path) -> dict[str, tuple[int, int]]:
             return {}
         spans: dict[str, tuple[int, int]] = {}
         for ci in summary.chunk_indexes:
-            offsets: dict[int, int | None] = dict(ci.message_index_offsets) or dict.fromkeys(summary.channels)
+            offsets: dict[int, int | None] = (dict(ci.message_index_offsets)
+                                              or dict.fromkeys(summary.channels))
             for cid, offset in offsets.items():
                 ch = summary.channels.get(cid)
                 if ch is None:
@@ -151,7 +152,8 @@ def _indexed_span(f: io.BufferedReader, offset: int) -> tuple[int, int] | None:
         opcode, length = RECORD_HEADER.unpack(f.read(RECORD_HEADER.size))
         if opcode != Opcode.MESSAGE_INDEX:
             return None
-        times = [t for t, _ in MessageIndex.read(ReadDataStream(io.BytesIO(f.read(length)))).records]
+        index = MessageIndex.read(ReadDataStream(io.BytesIO(f.read(length))))
+        times = [t for t, _ in index.records]
     except _READ_ERRORS:
         return None
     return (min(times), max(times)) if times else None
@@ -165,7 +167,8 @@ def check_disjoint(paths: Sequence[Path]) -> None:
     for p in paths:
         key = p.resolve()
         if key in seen:
-            raise RecordingError(f"{p}: given twice (also as {seen[key]}); its messages would be read twice")
+            raise RecordingError(f"{p}: given twice (also as {seen[key]}); "
+                                 "its messages would be read twice")
         seen[key] = p
     owners: dict[str, list[tuple[int, int, Path]]] = {}
     for p in paths:
@@ -174,9 +177,10 @@ def check_disjoint(paths: Sequence[Path]) -> None:
                 if min(hi, ohi) - max(lo, olo) > OVERLAP_TOLERANCE_NS:
                     raise RecordingError(
                         f"{other} and {p} both hold {topic} from {_fmt_time(max(lo, olo))} to "
-                        f"{_fmt_time(min(hi, ohi))}: two streams under one name, which merged by time would "
-                        f"make windows that never happened. Read them separately, or record or replay one "
-                        f"of them under another source name or with shifted times (replay --restamp)")
+                        f"{_fmt_time(min(hi, ohi))}: two streams under one name, which merged by "
+                        f"time would make windows that never happened. Read them separately, or "
+                        f"record or replay one of them under another source name or with shifted "
+                        f"times (replay --restamp)")
             owners.setdefault(topic, []).append((lo, hi, p))
 
 
@@ -267,7 +271,8 @@ def _scan(f: io.BufferedReader, size: int) -> tuple[list[_Rec], bool]:
         pos = body + length
 
 
-def _from_index(summary: Summary, wanted: set[int], start_ns: int | None, end_ns: int | None) -> list[_Rec]:
+def _from_index(summary: Summary, wanted: set[int], start_ns: int | None,
+                end_ns: int | None) -> list[_Rec]:
     """The chunks that may hold a wanted channel in the time range (from the summary)."""
     recs = []
     for ci in sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset):
@@ -550,8 +555,9 @@ def _merged(paths: Iterable[str | Path], prefixes: Sequence[str] | None, start_n
     yield from heapq.merge(*its, key=lambda item: item[0])
 
 
-def read_raw(paths: Iterable[str | Path], *, topics: Sequence[str] | None = None, start_ns: int | None = None,
-             end_ns: int | None = None, errors: Counter[str] | None = None) -> Iterator[Raw]:
+def read_raw(paths: Iterable[str | Path], *, topics: Sequence[str] | None = None,
+             start_ns: int | None = None, end_ns: int | None = None,
+             errors: Counter[str] | None = None) -> Iterator[Raw]:
     """``(topic, t_ns, parts)`` in ``t_ns`` order; ``parts`` = ``[topic, header,
     *payload]`` exactly as recorded (bytes-like: the topic is ``bytes``, the rest
     are zero-copy ``memoryview`` slices). ``topics`` are prefixes; ``start_ns``
@@ -576,7 +582,8 @@ def read_messages(paths: Iterable[str | Path], *, topics: Sequence[str] | None =
     (payloads are zero-copy views). Undecodable records are counted in
     ``errors`` by reason and skipped."""
     errs = errors if errors is not None else Counter()
-    for _topic, _t, parts in read_raw(paths, topics=topics, start_ns=start_ns, end_ns=end_ns, errors=errs):
+    for _topic, _t, parts in read_raw(paths, topics=topics, start_ns=start_ns, end_ns=end_ns,
+                                      errors=errs):
         try:
             yield codec.decode(parts)
         except codec.DecodeError as e:
@@ -595,7 +602,9 @@ def file_time_range(path: str | Path) -> tuple[int, int] | None:
         summary = _summary(f)
         stats = summary.statistics if summary is not None else None
         if stats is not None:
-            return (stats.message_start_time, stats.message_end_time) if stats.message_count else None
+            if not stats.message_count:
+                return None
+            return stats.message_start_time, stats.message_end_time
         f.seek(0, io.SEEK_END)
         recs, _ = _scan(f, f.tell())
     lo = min((r.t_min for r in recs), default=math.inf)
@@ -665,8 +674,8 @@ def _chunk_sizes(f: io.BufferedReader, summary: Summary | None) -> tuple[int, in
     if summary is not None and summary.chunk_indexes:
         idx = summary.chunk_indexes
         kinds = {c.compression or "none" for c in idx}
-        return len(idx), sum(c.compressed_size for c in idx), sum(c.uncompressed_size for c in idx), \
-            "+".join(sorted(kinds))
+        return len(idx), sum(c.compressed_size for c in idx), \
+            sum(c.uncompressed_size for c in idx), "+".join(sorted(kinds))
     f.seek(0, io.SEEK_END)
     recs, _ = _scan(f, f.tell())
     chunks = [r for r in recs if r.opcode == Opcode.CHUNK]
@@ -698,9 +707,11 @@ def inspect_file(path: str | Path) -> FileStats:
     with _open(p) as f:
         summary = _summary(f)
         st.complete = summary is not None
-        st.chunks, st.compressed_bytes, st.uncompressed_bytes, st.compression = _chunk_sizes(f, summary)
+        st.chunks, st.compressed_bytes, st.uncompressed_bytes, st.compression = \
+            _chunk_sizes(f, summary)
         st.metadata = _metadata(f)
-    st.compression_ratio = round(st.uncompressed_bytes / st.compressed_bytes, 3) if st.compressed_bytes else 0.0
+    st.compression_ratio = (round(st.uncompressed_bytes / st.compressed_bytes, 3)
+                            if st.compressed_bytes else 0.0)
     errors: Counter[str] = Counter()
     stats: dict[tuple[str, str], TopicStats] = {}
     last_seq: dict[tuple[str, str], int] = {}
@@ -743,8 +754,8 @@ def inspect_file(path: str | Path) -> FileStats:
 def _fmt_time(t_ns: int) -> str:
     import datetime
 
-    return datetime.datetime.fromtimestamp(t_ns / clock.NS_PER_S, tz=datetime.timezone.utc).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
+    when = datetime.datetime.fromtimestamp(t_ns / clock.NS_PER_S, tz=datetime.timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _print(st: FileStats) -> None:
@@ -752,7 +763,8 @@ def _print(st: FileStats) -> None:
     print(f"{st.path}: {st.size_bytes / 1e6:.2f} MB, {st.messages} messages, {st.duration_s:.3f} s"
           f"{' from ' + _fmt_time(st.first_ns) if st.messages else ''}{state}")
     print(f"  {st.chunks} chunks, {st.compression or 'uncompressed'}, "
-          f"compression ratio {st.compression_ratio:.2f} ({st.uncompressed_bytes / 1e6:.2f} MB raw)")
+          f"compression ratio {st.compression_ratio:.2f} "
+          f"({st.uncompressed_bytes / 1e6:.2f} MB raw)")
     if st.metadata:
         print("  " + ", ".join(f"{k}={v}" for k, v in sorted(st.metadata.items())))
     if st.errors:
@@ -760,7 +772,8 @@ def _print(st: FileStats) -> None:
     w = max([len(t.topic) for t in st.topics] + [5])
     print(f"  {'topic':<{w}}  {'kind':<10} {'count':>8} {'rate_hz':>9} {'seq_gaps':>8} {'MB':>9}")
     for t in st.topics:
-        print(f"  {t.topic:<{w}}  {t.kind:<10} {t.messages:>8} {t.rate_hz:>9.2f} {t.seq_gaps:>8} {t.bytes / 1e6:>9.2f}")
+        print(f"  {t.topic:<{w}}  {t.kind:<10} {t.messages:>8} {t.rate_hz:>9.2f} "
+              f"{t.seq_gaps:>8} {t.bytes / 1e6:>9.2f}")
 
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:

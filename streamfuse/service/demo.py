@@ -74,7 +74,8 @@ def _step(what: str, argv: list[str], *, quiet: bool = True) -> None:
     """Run one ``streamfuse`` command to completion; its failure ends the demo (exit 1)."""
     print(f"demo: {what} ...", flush=True)
     t0 = clock.monotonic_ns()
-    r = subprocess.run(argv, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(argv, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE,
+                       text=True)
     if r.returncode != 0:
         tail = "\n".join((r.stderr or "").strip().splitlines()[-5:])
         raise DemoFailure(f"{what} failed (exit {r.returncode}):\n{tail}")
@@ -110,8 +111,9 @@ def prepare(cache: Path, size: Size, data: Path | None, config_path: Path) -> tu
     if not (ddir / "avdigits.json").exists():
         tmp = ddir.with_name(ddir.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        _step(f"building avdigits, {size.segments} segments", [*_py(), "dataset", "avdigits", "--out", str(tmp),
-              "--segments", str(size.segments), *ds_args])
+        _step(f"building avdigits, {size.segments} segments",
+              [*_py(), "dataset", "avdigits", "--out", str(tmp),
+               "--segments", str(size.segments), *ds_args])
         shutil.rmtree(ddir, ignore_errors=True)
         tmp.rename(ddir)  # only a complete set is ever reused
     else:
@@ -121,9 +123,10 @@ def prepare(cache: Path, size: Size, data: Path | None, config_path: Path) -> tu
     if not (mdir / "manifest.json").exists():
         tmp = mdir.with_name(mdir.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        _step(f"training a model, {size.epochs} epochs", [*_py(), "train", "--recordings", str(ddir / "train"),
-              "--val-recordings", str(ddir / "val"), "--out", str(tmp), "--epochs", str(size.epochs),
-              "--quiet", "--config", str(config_path)])
+        _step(f"training a model, {size.epochs} epochs",
+              [*_py(), "train", "--recordings", str(ddir / "train"),
+               "--val-recordings", str(ddir / "val"), "--out", str(tmp),
+               "--epochs", str(size.epochs), "--quiet", "--config", str(config_path)])
         shutil.rmtree(mdir, ignore_errors=True)
         tmp.rename(mdir)
     else:
@@ -142,7 +145,8 @@ def _trainer_fingerprint() -> str:
     """
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    sources = [*(root / "train").glob("*.py"), root / "fusion" / "model.py", root / "fusion" / "features.py"]
+    sources = [*(root / "train").glob("*.py"), root / "fusion" / "model.py",
+               root / "fusion" / "features.py"]
     for f in sorted(sources):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
@@ -155,7 +159,8 @@ def _loads(model: Path) -> bool:
     try:
         load_artifact(model)
     except ArtifactError as e:
-        print(f"demo: the cached model no longer loads ({str(e)[:120]}...); training again", flush=True)
+        print(f"demo: the cached model no longer loads ({str(e)[:120]}...); training again",
+              flush=True)
         return False
     return True
 
@@ -198,8 +203,8 @@ class Daemon:
         self.log_path = run_dir / "daemon.log"
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
         with open(self.log_path, "w") as err:
-            self.proc = subprocess.Popen([*_py(), "run", "--config", str(config)], env=env, stderr=err,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen([*_py(), "run", "--config", str(config)], env=env,
+                                         stderr=err, stdin=subprocess.DEVNULL)
 
     def wait_ready(self, timeout_s: float, stop: Signals) -> str:
         """The STATUS that came with READY=1."""
@@ -207,7 +212,8 @@ class Daemon:
         self.notify.settimeout(0.2)
         while clock.monotonic_ns() < deadline and not stop.stop.is_set():
             if self.proc.poll() is not None:
-                raise DemoFailure(f"the daemon exited with code {self.proc.returncode}:\n{self.tail()}")
+                raise DemoFailure(f"the daemon exited with code {self.proc.returncode}:\n"
+                                  f"{self.tail()}")
             try:
                 data = self.notify.recv(4096).decode()
             except TimeoutError:
@@ -247,7 +253,8 @@ class Results:
         correct = sum(r["label"] == r["truth"] for r in judged)
         lat: dict[str, dict[str, float]] = {}
         for part in ("total", "align", "queue", "infer"):
-            vals = sorted(float(r["latency_ms"].get(part, 0.0)) for r in self.rows if r.get("latency_ms"))
+            vals = sorted(float(r["latency_ms"].get(part, 0.0))
+                          for r in self.rows if r.get("latency_ms"))
             if vals:
                 lat[part] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99)}
         return {"classifications": len(self.rows), "labelled": len(judged),
@@ -259,12 +266,15 @@ def read_label_spans(path: Path) -> dict[str, list[tuple[int, int, str]]]:
     spans: dict[str, list[tuple[int, int, str]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            spans.setdefault(row["source"], []).append((int(row["start"]), int(row["end"]), row["label"]))
+            spans.setdefault(row["source"], []).append(
+                (int(row["start"]), int(row["end"]), row["label"]))
     return spans
 
 
-def truth(spans: dict[str, list[tuple[int, int, str]]], source: str, t0: int, t1: int) -> str | None:
-    """The label covering more than half of the window (the trainer's majority rule), else None."""
+def truth(spans: dict[str, list[tuple[int, int, str]]], source: str, t0: int,
+          t1: int) -> str | None:
+    """The label covering more than half of the window (the trainer's majority rule), else
+    None."""
     cover: dict[str, int] = {}
     for s, e, label in spans.get(source, []):
         overlap = min(t1, e) - max(t0, s)
@@ -282,7 +292,8 @@ def _line(c: dict, ok: str) -> str:
     hms = f"{int(t // 3600 % 24):02d}:{int(t // 60 % 60):02d}:{t % 60:06.3f}"
     score = max(c.get("scores", {}).values(), default=0.0)
     lat = c.get("latency_ms", {}).get("total", 0.0)
-    return f"{hms}  {c.get('source', '?'):<8} {c.get('label', '?'):<6} {score:5.2f}  {present:<16} {lat:7.1f} ms  {ok}"
+    return (f"{hms}  {c.get('source', '?'):<8} {c.get('label', '?'):<6} {score:5.2f}  "
+            f"{present:<16} {lat:7.1f} ms  {ok}")
 
 
 def watch(sub: zmq.Socket, *, until, spans, results: Results, stop: Signals) -> None:
@@ -297,7 +308,8 @@ def watch(sub: zmq.Socket, *, until, spans, results: Results, stop: Signals) -> 
             c = json.loads(bytes(parts[2]).decode())
         except (UnicodeDecodeError, ValueError):
             continue
-        want = truth(spans, c.get("source", ""), c.get("t_start_ns", 0), c.get("t_end_ns", 0)) if spans else None
+        want = (truth(spans, c.get("source", ""), c.get("t_start_ns", 0), c.get("t_end_ns", 0))
+                if spans else None)
         results.add(c, want)
         mark = "" if want is None else ("ok" if c.get("label") == want else f"(was {want})")
         print(_line(c, mark), flush=True)
@@ -312,7 +324,8 @@ def _report(s: dict) -> None:
         print(f"demo: latency_ms.{part:<5}  p50 {v['p50']:7.2f}   p99 {v['p99']:7.2f}")
 
 
-def _keep_serving(sub: zmq.Socket, daemon: Daemon, cfg: Config, results: Results, stop: Signals) -> bool:
+def _keep_serving(sub: zmq.Socket, daemon: Daemon, cfg: Config, results: Results,
+                  stop: Signals) -> bool:
     """``--keep``: report, then hold the daemon and its console up until Ctrl-C."""
     _report(results.summary())
     print(f"demo: --keep: the daemon and its web console (http://{cfg.web.listen}/) stay up; "
@@ -342,22 +355,26 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
         try:
             t0 = clock.monotonic_ns()
             status = daemon.wait_ready(120, stop)
-            print(f"demo: daemon ready in {(clock.monotonic_ns() - t0) / NS:.0f} s ({status})", flush=True)
-            print(f"demo: web console on http://{cfg.web.listen}/ (live; /health, /recordings)", flush=True)
+            print(f"demo: daemon ready in {(clock.monotonic_ns() - t0) / NS:.0f} s ({status})",
+                  flush=True)
+            print(f"demo: web console on http://{cfg.web.listen}/ (live; /health, /recordings)",
+                  flush=True)
             with zmq.Context() as ctx:
                 sub = connect_sub(ctx, cfg.bus, [topics.class_topic(s) for s in spans],
                                   endpoint=cfg.bus.results)
                 try:
                     # --small replays the first seconds only: enough windows to see it work
                     span = ["--end", str(size.replay_s)] if size.replay_s else []
-                    replay = subprocess.Popen([*_py(), "replay", *test_files, "--rate", "1", *span, "--config",
-                                               str(cfg_path)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    replay = subprocess.Popen([*_py(), "replay", *test_files, "--rate", "1", *span,
+                                               "--config", str(cfg_path)],
+                                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                               text=True)
-                    print(f"demo: replaying {len(test_files)} test recording(s) at 1x; one line per "
-                          "classification: time source label score modalities latency", flush=True)
+                    print(f"demo: replaying {len(test_files)} test recording(s) at 1x; "
+                          "one line per classification: time source label score modalities "
+                          "latency", flush=True)
                     try:
-                        watch(sub, until=lambda: replay.poll() is not None, spans=spans, results=results,
-                              stop=stop)
+                        watch(sub, until=lambda: replay.poll() is not None, spans=spans,
+                              results=results, stop=stop)
                     finally:
                         if replay.poll() is None:
                             replay.send_signal(signal.SIGTERM)
@@ -367,7 +384,8 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
                             replay.kill()
                             _, err = replay.communicate()
                     if replay.returncode != 0 and not stop.stop.is_set():
-                        raise DemoFailure(f"replay failed (exit {replay.returncode}): {err.strip()[-400:]}")
+                        raise DemoFailure(f"replay failed (exit {replay.returncode}): "
+                                          f"{err.strip()[-400:]}")
                     # the last windows close after the replay's final heartbeats
                     drain_until = clock.monotonic_ns() + 3 * NS
                     watch(sub, until=lambda: clock.monotonic_ns() > drain_until, spans=spans,
@@ -379,7 +397,8 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
         finally:
             code = daemon.stop()
             if code != 0:
-                print(f"demo: the daemon exited with code {code}:\n{daemon.tail()}", file=sys.stderr)
+                print(f"demo: the daemon exited with code {code}:\n{daemon.tail()}",
+                      file=sys.stderr)
         s = results.summary()
         if not reported:
             _report(s)
@@ -397,11 +416,13 @@ def run_live_demo(args: argparse.Namespace, cfg: Config, stop: Signals) -> int:
     cache = _cache_dir(args.cache)
     models = sorted(cache.glob("model-*/manifest.json"), key=lambda p: p.stat().st_mtime)
     if not cfg.sources:
-        raise DemoFailure("--live needs sources (camera, microphone) in the config: pass --config F")
+        raise DemoFailure(
+            "--live needs sources (camera, microphone) in the config: pass --config F")
     run_dir = Path(tempfile.mkdtemp(prefix="streamfuse-demo-"))
     try:
         model = models[-1].parent if models else Path(cfg.fusion.model)
-        print(f"demo: live on {', '.join(s.name for s in cfg.sources)} with model {model}", flush=True)
+        print(f"demo: live on {', '.join(s.name for s in cfg.sources)} with model {model}",
+              flush=True)
         env_cfg = run_dir / "live.toml"
         # the user's config, with the demo model and a private run directory
         src = Path(cfg.path).read_text() if cfg.path else ""
@@ -422,8 +443,8 @@ def run_live_demo(args: argparse.Namespace, cfg: Config, stop: Signals) -> int:
                 sub = connect_sub(ctx, live_cfg.bus, [topics.CLASS_PREFIX],
                                   endpoint=live_cfg.bus.results)
                 try:
-                    watch(sub, until=lambda: daemon.proc.poll() is not None, spans={}, results=Results(),
-                          stop=stop)
+                    watch(sub, until=lambda: daemon.proc.poll() is not None, spans={},
+                          results=Results(), stop=stop)
                 finally:
                     sub.close()
         finally:

@@ -26,7 +26,8 @@ def generate(directory: Path, name: str) -> tuple[Path, Path]:
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     for p in (public, secret):
         if p.exists():
-            raise UsageError(f"{p} already exists; not overwriting a key (remove it or pick --name)")
+            raise UsageError(
+                f"{p} already exists; not overwriting a key (remove it or pick --name)")
     old = os.umask(0o077)  # the secret must never be readable by others, not even briefly
     try:
         pub, sec = zmq.auth.create_certificates(str(directory), name)

@@ -94,7 +94,8 @@ def serve(listen: str, directory: Path) -> MetricsServer | None:
     try:
         httpd, thread = start_http_server(addr[1], addr=addr[0], registry=registry)
     except OSError as e:
-        raise RuntimeError(f"metrics.listen: cannot listen on {listen}: {e.strerror or e}") from None
+        raise RuntimeError(
+            f"metrics.listen: cannot listen on {listen}: {e.strerror or e}") from None
     port = httpd.server_address[1]
     log.info("metrics on http://%s:%d/metrics", addr[0], port)
     return MetricsServer(httpd, thread, port)

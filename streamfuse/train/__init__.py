@@ -1,1 +1,2 @@
-"""streamfuse.train: recordings + labels -> labelled windows -> a model artifact, and its evaluation."""
+"""streamfuse.train: recordings + labels -> labelled windows -> a model artifact, and its
+evaluation."""

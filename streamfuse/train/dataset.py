@@ -88,7 +88,8 @@ def concat_features(parts: Sequence[Features]) -> Features:
     for p in parts:
         offsets.append(p.offsets + shift)
         shift += int(p.tokens.numel())
-    return Features(frames=torch.cat([p.frames for p in parts]), logmel=torch.cat([p.logmel for p in parts]),
+    return Features(frames=torch.cat([p.frames for p in parts]),
+                    logmel=torch.cat([p.logmel for p in parts]),
                     tokens=torch.cat([p.tokens for p in parts]), offsets=torch.cat(offsets),
                     mask=torch.cat([p.mask for p in parts]))
 
@@ -108,8 +109,8 @@ def select_features(f: Features, rows: torch.Tensor) -> Features:
     else:
         new_offsets = torch.zeros(len(rows), dtype=torch.int64, device=f.offsets.device)
         tokens = f.tokens[:0]
-    return Features(frames=f.frames[rows], logmel=f.logmel[rows], tokens=tokens, offsets=new_offsets,
-                    mask=f.mask[rows])
+    return Features(frames=f.frames[rows], logmel=f.logmel[rows], tokens=tokens,
+                    offsets=new_offsets, mask=f.mask[rows])
 
 
 # ----------------------------------------------------------------------------- loading
@@ -117,7 +118,8 @@ def select_features(f: Features, rows: torch.Tensor) -> Features:
 
 def find_label_files(recordings: Sequence[str | Path]) -> list[Path]:
     """``labels.csv`` of every directory among ``recordings``."""
-    return [Path(p) / "labels.csv" for p in recordings if Path(p).is_dir() and (Path(p) / "labels.csv").exists()]
+    return [Path(p) / "labels.csv" for p in recordings
+            if Path(p).is_dir() and (Path(p) / "labels.csv").exists()]
 
 
 class _Tap:

@@ -90,7 +90,8 @@ def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu",
         any_right |= (alone_pred == y) & present
         ablation[m] = {
             "alone": metrics.accuracy(alone_pred, y),
-            "alone_present": metrics.accuracy(alone_pred[present], y[present]) if bool(present.any()) else None,
+            "alone_present": (metrics.accuracy(alone_pred[present], y[present])
+                              if bool(present.any()) else None),
             "removed": metrics.accuracy(removed_pred, y),
             "present_windows": int(present.sum()),
         }
@@ -117,7 +118,8 @@ def evaluate(model: Any, ws: WindowSet, *, device: torch.device | str = "cpu",
 
 def write_report(directory: str | Path, report: dict[str, Any],
                  breakdowns: Sequence[Breakdown] = ()) -> list[Path]:
-    """``report.json``, ``report.md``, ``confusion.png``, ``reliability.png`` under ``directory``."""
+    """``report.json``, ``report.md``, ``confusion.png``, ``reliability.png`` under
+    ``directory``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     paths = [d / "report.json", d / "report.md", d / "confusion.png", d / "reliability.png"]
@@ -132,7 +134,8 @@ def markdown(r: dict[str, Any], breakdowns: Sequence[Breakdown] = ()) -> str:
     model = r.get("model", {})
     lines = [f"# Evaluation of model `{model.get('id', '?')}`", ""]
     if model:
-        lines += [f"Fusion `{model.get('fusion')}`, modalities {', '.join(model.get('modalities', []))}, "
+        lines += [f"Fusion `{model.get('fusion')}`, "
+                  f"modalities {', '.join(model.get('modalities', []))}, "
                   f"temperature {model.get('temperature', 1.0):.3f}.", ""]
     if r.get("data"):
         lines += [f"Data: {', '.join(r['data'].get('recordings', []))} "
@@ -145,18 +148,23 @@ def markdown(r: dict[str, Any], breakdowns: Sequence[Breakdown] = ()) -> str:
               "|---|---|---|---|---|"]
     for m, a in r["ablation"].items():
         ap = "-" if a["alone_present"] is None else f"{a['alone_present']:.4f}"
-        lines.append(f"| {m} | {a['alone']:.4f} | {ap} | {a['removed']:.4f} | {a['present_windows']} |")
+        lines.append(f"| {m} | {a['alone']:.4f} | {ap} | {a['removed']:.4f} | "
+                     f"{a['present_windows']} |")
     if r.get("accuracy_any_modality") is not None:
         lines += ["", f"Windows where the fused model or one modality alone is right: "
-                      f"{r['accuracy_any_modality']:.4f} (a perfect choice per window of which answer to trust would reach this)."]
-    lines += ["", "## Accuracy by the modalities present", "", "| present | windows | accuracy |", "|---|---|---|"]
+                      f"{r['accuracy_any_modality']:.4f} (a perfect choice per window of which "
+                      "answer to trust would reach this)."]
+    lines += ["", "## Accuracy by the modalities present", "",
+              "| present | windows | accuracy |", "|---|---|---|"]
     for k, v in r["by_presence"].items():
         lines.append(f"| {k} | {v['n']} | {v['accuracy']:.4f} |")
     for b in breakdowns:
         lines += b.markdown(r)
-    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += ["", "## Per class", "",
+              "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c, v in r["per_class"].items():
-        lines.append(f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |")
+        lines.append(f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
+                     f"{v['support']} |")
     lines += ["", "![confusion matrix](confusion.png) ![reliability diagram](reliability.png)", ""]
     return "\n".join(lines)
 
@@ -196,7 +204,8 @@ def plot_reliability(path: Path, rel: dict[str, list[float]], ece: float) -> Non
     edges = rel["edges"]
     centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
     width = edges[1] - edges[0]
-    fig, (ax, axn) = plt.subplots(2, 1, figsize=(5, 6), dpi=100, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(5, 6), dpi=100,
+                                  gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     used = [i for i, c in enumerate(rel["count"]) if c]
     ax.bar([centers[i] for i in used], [rel["accuracy"][i] for i in used], width=width * 0.9,
            edgecolor="black", label="accuracy")

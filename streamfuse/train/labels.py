@@ -78,11 +78,13 @@ def parse_rows(text: str, name: str = "labels.csv") -> list[_Row]:
         fields = [f.strip() for f in fields]
         if not header_seen:
             if [f.lower() for f in fields] != HEADER:
-                raise LabelError(f"{name}:{line}: expected the header 'source,start,end,label', got {','.join(fields)!r}")
+                raise LabelError(f"{name}:{line}: expected the header 'source,start,end,label', "
+                                 f"got {','.join(fields)!r}")
             header_seen = True
             continue
         if len(fields) != 4:
-            raise LabelError(f"{name}:{line}: expected 4 fields (source,start,end,label), got {len(fields)}")
+            raise LabelError(f"{name}:{line}: expected 4 fields (source,start,end,label), "
+                             f"got {len(fields)}")
         source, s_start, s_end, label = fields
         if not source:
             raise LabelError(f"{name}:{line}: empty source")
@@ -93,8 +95,8 @@ def parse_rows(text: str, name: str = "labels.csv") -> list[_Row]:
         if form is None:
             form = absolute
         elif absolute != form:
-            raise LabelError(f"{name}:{line}: mixes absolute t_ns and seconds (line {rows[0].line} uses "
-                             f"{'t_ns' if form else 'seconds'})")
+            raise LabelError(f"{name}:{line}: mixes absolute t_ns and seconds "
+                             f"(line {rows[0].line} uses {'t_ns' if form else 'seconds'})")
         if start < 0:
             raise LabelError(f"{name}:{line}: out of range: negative start {s_start}")
         if end <= start:
@@ -103,15 +105,17 @@ def parse_rows(text: str, name: str = "labels.csv") -> list[_Row]:
         prev = last.get(source)
         if prev is not None:
             if start < prev.start:
-                raise LabelError(f"{name}:{line}: unsorted: {source} starts at {s_start}, before line "
-                                 f"{prev.line} ({prev.start}); sort rows by start within each source")
+                raise LabelError(f"{name}:{line}: unsorted: {source} starts at {s_start}, "
+                                 f"before line {prev.line} ({prev.start}); "
+                                 "sort rows by start within each source")
             if start < prev.end:
-                raise LabelError(f"{name}:{line}: overlaps line {prev.line} ({source} [{prev.start}, "
-                                 f"{prev.end}) and [{s_start}, {s_end}))")
+                raise LabelError(f"{name}:{line}: overlaps line {prev.line} "
+                                 f"({source} [{prev.start}, {prev.end}) and [{s_start}, {s_end}))")
         last[source] = row
         rows.append(row)
     if not header_seen:
-        raise LabelError(f"{name}:1: empty label file (expected the header 'source,start,end,label')")
+        raise LabelError(f"{name}:1: empty label file "
+                         "(expected the header 'source,start,end,label')")
     return rows
 
 
@@ -129,7 +133,8 @@ def _is_absolute(s: str, v: Decimal) -> bool:
     return s.lstrip("+-").isdigit() and v >= ABSOLUTE_MIN
 
 
-def resolve(rows: Iterable[_Row], ranges: Mapping[str, tuple[int, int]], name: str = "labels.csv") -> list[Span]:
+def resolve(rows: Iterable[_Row], ranges: Mapping[str, tuple[int, int]],
+            name: str = "labels.csv") -> list[Span]:
     """Absolute spans, checked against the recordings' ``{source: (first_t_ns, last_t_ns)}``.
 
     A row naming a source with no messages, or lying outside that source's
@@ -139,7 +144,8 @@ def resolve(rows: Iterable[_Row], ranges: Mapping[str, tuple[int, int]], name: s
     known = ", ".join(sorted(ranges)) or "none"
     for r in rows:
         if r.source not in ranges:
-            raise LabelError(f"{name}:{r.line}: unknown source {r.source!r} (the recordings have {known})")
+            raise LabelError(f"{name}:{r.line}: unknown source {r.source!r} "
+                             f"(the recordings have {known})")
         first, last = ranges[r.source]
         if r.absolute:
             start, end = int(r.start), int(r.end)
@@ -147,8 +153,8 @@ def resolve(rows: Iterable[_Row], ranges: Mapping[str, tuple[int, int]], name: s
             start = first + int((r.start * NS_PER_S).to_integral_value())
             end = first + int((r.end * NS_PER_S).to_integral_value())
         if start < first or end > last + RANGE_SLACK_NS:
-            raise LabelError(f"{name}:{r.line}: out of range: [{start}, {end}) ns is outside {r.source}'s "
-                             f"recordings [{first}, {last}] ns")
+            raise LabelError(f"{name}:{r.line}: out of range: [{start}, {end}) ns is outside "
+                             f"{r.source}'s recordings [{first}, {last}] ns")
         spans.append(Span(r.source, start, end, r.label, r.line))
     return spans
 

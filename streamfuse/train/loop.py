@@ -91,7 +91,8 @@ class TrainOptions:
     patience: int = 6
     seed: int = 0
     augment: bool = True
-    p_drop_one: float = 0.3  # per window: drop one present modality (when two or more are present)...
+    # Per window: drop one present modality (when two or more are present)...
+    p_drop_one: float = 0.3
     p_keep_one: float = 0.2  # ...or keep only one
     # Relative odds of each of MODALITIES (video, audio, text) being the one "drop one" clears.
     # Video, the dominant modality, 4x: the fusion head then sees audio+text alone often enough
@@ -104,7 +105,8 @@ class TrainOptions:
     image_size: int = 48
     hop_length: int = 320  # 20 ms log-mel frames: half the audio encoder's work of 10 ms
     n_mels: int = 32
-    encoder: str = "pool_first"  # conv + max-pool + BatchNorm: learns far faster than stride-2 + GroupNorm here
+    # conv + max-pool + BatchNorm: learns far faster than stride-2 + GroupNorm here
+    encoder: str = "pool_first"
     video_stem: int = 0  # channels of a stride-2 stem before the video stack (0 = none)
     video_channels: tuple[int, ...] = (16, 32, 64, 128)
     audio_channels: tuple[int, ...] = (16, 32, 64)
@@ -123,8 +125,8 @@ class TrainOptions:
     train_frames: int = 1
 
     def preprocessing(self, align: AlignConfig) -> Preprocessing:
-        return Preprocessing.from_align(align, image_size=self.image_size, hop_length=self.hop_length,
-                                        n_mels=self.n_mels)
+        return Preprocessing.from_align(align, image_size=self.image_size,
+                                        hop_length=self.hop_length, n_mels=self.n_mels)
 
 
 @dataclass
@@ -143,8 +145,9 @@ class Dist:
 # ----------------------------------------------------------------------------- augmentation
 
 
-def modality_dropout(mask: torch.Tensor, gen: torch.Generator, *, p_drop_one: float, p_keep_one: float,
-                     columns: torch.Tensor, drop_weights: torch.Tensor | None = None) -> torch.Tensor:
+def modality_dropout(mask: torch.Tensor, gen: torch.Generator, *, p_drop_one: float,
+                     p_keep_one: float, columns: torch.Tensor,
+                     drop_weights: torch.Tensor | None = None) -> torch.Tensor:
     """A copy of ``mask`` ``(B, 3)`` with present modalities cleared at random.
 
     Per row, among the model's ``columns`` that are present: with
@@ -165,7 +168,8 @@ def modality_dropout(mask: torch.Tensor, gen: torch.Generator, *, p_drop_one: fl
     if drop_weights is None:
         drop_pick = keep_pick
     else:
-        # Weighted choice (Efraimidis-Spirakis): argmax of r ** (1 / w) picks column j with odds w_j.
+        # Weighted choice (Efraimidis-Spirakis): argmax of r ** (1 / w) picks column j with
+        # odds w_j.
         w = drop_weights.to(mask.device, r.dtype).clamp(min=1e-6)
         drop_pick = r.pow(1.0 / w).masked_fill(~sub, -1.0).argmax(dim=1)
     u = u.to(mask.device)
@@ -178,7 +182,8 @@ def modality_dropout(mask: torch.Tensor, gen: torch.Generator, *, p_drop_one: fl
     return mask
 
 
-def augment(f: Features, gen: torch.Generator, *, elastic: float = 0.0, occlude: float = 0.0) -> Features:
+def augment(f: Features, gen: torch.Generator, *, elastic: float = 0.0,
+            occlude: float = 0.0) -> Features:
     """Random feature-space augmentation of a training batch (see module docstring).
 
     ``elastic`` > 0: also a smooth random displacement of the frames (a 4x4 grid of
@@ -199,14 +204,17 @@ def augment(f: Features, gen: torch.Generator, *, elastic: float = 0.0, occlude:
         scale = 0.85 + 0.3 * torch.rand(b, generator=gen)
         shift = (torch.rand(b, 2, generator=gen) - 0.5) * 0.3
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        theta = theta.to(dev, frames.dtype).repeat_interleave(t, dim=0)  # same motion for all T frames
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                             torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        # The same motion for all T frames.
+        theta = theta.to(dev, frames.dtype).repeat_interleave(t, dim=0)
         flat = frames.flatten(0, 1)
         grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
         if elastic > 0:
             coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * elastic
             field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
-            grid = grid + field.to(dev, frames.dtype).permute(0, 2, 3, 1).repeat_interleave(t, dim=0)
+            field = field.to(dev, frames.dtype).permute(0, 2, 3, 1)
+            grid = grid + field.repeat_interleave(t, dim=0)
         flat = F.grid_sample(flat, grid, padding_mode="border", align_corners=False)
         frames = flat.view_as(frames)
         if occlude > 0:
@@ -219,7 +227,8 @@ def augment(f: Features, gen: torch.Generator, *, elastic: float = 0.0, occlude:
             ys = torch.arange(h).view(1, h, 1)
             xs = torch.arange(w).view(1, 1, w)
             box = (ys >= y0.view(b, 1, 1)) & (ys < (y0 + h // 3).view(b, 1, 1)) & \
-                  (xs >= x0.view(b, 1, 1)) & (xs < (x0 + w // 3).view(b, 1, 1)) & erase.view(b, 1, 1)
+                  (xs >= x0.view(b, 1, 1)) & (xs < (x0 + w // 3).view(b, 1, 1)) & \
+                  erase.view(b, 1, 1)
             frames = frames.masked_fill(box.to(dev).view(b, 1, 1, h, w), 0.0)
         frames = frames + 0.1 * torch.randn(frames.shape, generator=gen).to(dev, frames.dtype)
     logmel = f.logmel
@@ -246,18 +255,21 @@ def occlude_bars(frames: torch.Tensor, gen: torch.Generator, share: float) -> to
     b, _t, _c, h, w = frames.shape
     u = torch.rand(b, generator=gen)
     direction = torch.rand(b, generator=gen) * (2 * math.pi)
-    reach = 0.15 * torch.rand(b, generator=gen)  # how far short of the centre the bar stops (of the size)
+    # How far short of the centre the bar stops (of the size).
+    reach = 0.15 * torch.rand(b, generator=gen)
     width = 0.07 + 0.18 * torch.rand(b, generator=gen)  # bar width (of the size)
     level = -1.5 + 4.0 * torch.rand(b, generator=gen)  # darker than paper to brighter (normalised)
     dev = frames.device
-    ink = (-frames[:, 0, 0] - 1.0).clamp(min=0).cpu()  # (B, H, W): ink, darker than any paper; first frame
+    # (B, H, W): ink, darker than any paper; first frame.
+    ink = (-frames[:, 0, 0] - 1.0).clamp(min=0).cpu()
     ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
     xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
     total = ink.sum(dim=(1, 2)).clamp(min=1e-6)
     cy = (ink * ys).sum(dim=(1, 2)) / total
     cx = (ink * xs).sum(dim=(1, 2)) / total
     size = float(max(h, w))
-    # From a point far outside the digit to a point ``reach`` short of its centre, along ``direction``.
+    # From a point far outside the digit to a point ``reach`` short of its centre, along
+    # ``direction``.
     dx, dy = torch.cos(direction), torch.sin(direction)
     x1, y1 = cx + dx * reach * size, cy + dy * reach * size
     x0, y0 = cx + dx * size, cy + dy * size
@@ -267,7 +279,8 @@ def occlude_bars(frames: torch.Tensor, gen: torch.Generator, share: float) -> to
     along = ((px * vx + py * vy) / (vx * vx + vy * vy).clamp(min=1e-6)).clamp(0, 1)
     dist = torch.hypot(px - along * vx, py - along * vy)
     bar = (dist <= (width * size / 2).view(b, 1, 1)) & (u < share).view(b, 1, 1)
-    return torch.where(bar.to(dev).view(b, 1, 1, h, w), level.to(dev, frames.dtype).view(b, 1, 1, 1, 1), frames)
+    return torch.where(bar.to(dev).view(b, 1, 1, h, w),
+                       level.to(dev, frames.dtype).view(b, 1, 1, 1, 1), frames)
 
 
 def subsample_frames(f: Features, k: int, gen: torch.Generator) -> Features:
@@ -316,13 +329,15 @@ class TrainNet(torch.nn.Module):
         self.model = model
         self.aux = aux
 
-    def forward(self, batch: Features, fuse_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, batch: Features,
+                fuse_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         emb = self.model.encode(batch)
         return self.model.fuse(emb, fuse_mask), self.aux(emb)
 
 
-def aux_loss(aux_logits: dict[str, torch.Tensor], present: torch.Tensor, y: torch.Tensor, modalities: tuple[str, ...],
-             *, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+def aux_loss(aux_logits: dict[str, torch.Tensor], present: torch.Tensor, y: torch.Tensor,
+             modalities: tuple[str, ...], *, weight: torch.Tensor | None = None,
+             label_smoothing: float = 0.0) -> torch.Tensor:
     """Sum over modalities of the cross-entropy of its auxiliary logits ``(B, C)`` against
     ``y`` ``(B,)``, over the rows where ``present`` ``(B, M)`` (column per modality) is True
     only; a modality present in no row adds 0."""
@@ -331,7 +346,8 @@ def aux_loss(aux_logits: dict[str, torch.Tensor], present: torch.Tensor, y: torc
         rows = present[:, j].nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        total = total + F.cross_entropy(aux_logits[m].float().index_select(0, rows), y.index_select(0, rows),
+        total = total + F.cross_entropy(aux_logits[m].float().index_select(0, rows),
+                                        y.index_select(0, rows),
                                         weight=weight, label_smoothing=label_smoothing)
     return total
 
@@ -340,8 +356,8 @@ def aux_loss(aux_logits: dict[str, torch.Tensor], present: torch.Tensor, y: torc
 
 
 @torch.no_grad()
-def predict_logits(model: FusionModel, f: Features, *, batch: int = 512, mask: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+def predict_logits(model: FusionModel, f: Features, *, batch: int = 512,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """Uncalibrated logits ``(N, C)`` in eval mode, in batches; ``mask`` overrides presence."""
     was = model.training
     model.eval()
@@ -357,7 +373,8 @@ def predict_logits(model: FusionModel, f: Features, *, batch: int = 512, mask: t
     return torch.cat(out) if out else torch.zeros(0, len(model.cfg.classes))
 
 
-def holdout_split(keys: list[tuple[str, int]], fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def holdout_split(keys: list[tuple[str, int]], fraction: float,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Train/validation row indices, holding out whole ``VAL_BLOCK_NS`` blocks of each source."""
     blocks = sorted({(s, t // VAL_BLOCK_NS) for s, t in keys})
     gen = torch.Generator().manual_seed(seed)
@@ -377,7 +394,8 @@ class EarlyStopping:
     still rising a small data set can sit at chance for several epochs before it learns.
     """
 
-    def __init__(self, model: FusionModel, *, select: str, patience: int, warmup_epochs: int) -> None:
+    def __init__(self, model: FusionModel, *, select: str, patience: int,
+                 warmup_epochs: int) -> None:
         self.select = select
         self.patience = patience
         self.warmup_epochs = warmup_epochs
@@ -447,7 +465,8 @@ def _trainer(train_set: WindowSet, prep: Preprocessing, opts: TrainOptions, dist
         shuffle=True, seed=opts.seed, drop_last=False)
     steps = max(1, math.ceil(len(sampler) / batch))
     opt = torch.optim.AdamW(list(net.parameters()), lr=opts.lr, weight_decay=opts.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr, total_steps=opts.epochs * steps,
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr,
+                                                total_steps=opts.epochs * steps,
                                                 pct_start=WARMUP_FRACTION)
     columns = model.mask_columns.cpu()
     return _Trainer(model=model, net=net, use_aux=use_aux, opt=opt, sched=sched,
@@ -473,7 +492,8 @@ def _step(tr: _Trainer, feats: Features, y: torch.Tensor, rows: torch.Tensor,
     if tr.use_aux:
         # Encoders see every present window; dropout only hides embeddings from the fusion.
         present = model.model_mask(batch)
-        logits, aux_logits = tr.net(batch, dropped.to(dev).index_select(1, model.mask_columns).bool())
+        fuse_mask = dropped.to(dev).index_select(1, model.mask_columns).bool()
+        logits, aux_logits = tr.net(batch, fuse_mask)
         extra = aux_loss(aux_logits, present, yb, model.modalities, weight=tr.weights,
                          label_smoothing=opts.label_smoothing)
     else:
@@ -597,7 +617,9 @@ def _pick_device(name: str, local_rank: int = 0) -> torch.device:
 
         raise UsageError(f"--device: {problem}")
     if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         from streamfuse.usage import UsageError
@@ -626,7 +648,9 @@ def _init_dist(device_name: str) -> Dist:
     return Dist(tdist.get_rank(), world, dev)
 
 
-def resolve_inputs(args: argparse.Namespace) -> tuple[list[str], str | None, list[str] | None, str | None]:
+def resolve_inputs(
+    args: argparse.Namespace,
+) -> tuple[list[str], str | None, list[str] | None, str | None]:
     """(train paths, train labels, val paths or None, val labels) from the arguments."""
     train_paths: list[str] = []
     val_paths: list[str] = list(args.val_recordings or [])
@@ -662,22 +686,27 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
             train_set = _subset(train_set, tr)
         data_s = (clock.monotonic_ns() - t0) / 1e9
         if dist.main:
-            log.info("data: %d training and %d validation windows (%s) in %.1fs", len(train_set), len(val_set),
-                     ", ".join(f"{k} {v}" for k, v in train_set.summary["per_class"].items()), data_s)
+            per_class = train_set.summary["per_class"].items()
+            log.info("data: %d training and %d validation windows (%s) in %.1fs",
+                     len(train_set), len(val_set),
+                     ", ".join(f"{k} {v}" for k, v in per_class), data_s)
         if len(val_set) == 0:
             raise DataError("no validation windows: pass --val-recordings or more data")
         model, result = train(train_set, val_set, prep, opts, dist=dist, quiet=args.quiet)
         if dist.main:
             training = {"options": asdict(opts),
-                        "train": train_set.summary, "val": val_set.summary, "data_seconds": round(data_s, 2),
+                        "train": train_set.summary, "val": val_set.summary,
+                        "data_seconds": round(data_s, 2),
                         "world_size": dist.world, "device": str(dist.device),
-                        **{k: v for k, v in result.items() if not k.startswith("val_") and k != "temperature"}}
+                        **{k: v for k, v in result.items()
+                           if not k.startswith("val_") and k != "temperature"}}
             mets = {k: v for k, v in result.items() if k.startswith("val_") or k == "temperature"}
-            model_id = save_artifact(args.out, model, prep, align=align, extra={"training": training, "metrics": mets})
+            model_id = save_artifact(args.out, model, prep, align=align,
+                                     extra={"training": training, "metrics": mets})
             print(f"{args.out}: model {model_id}: val accuracy {result['val_accuracy']:.4f}, "
                   f"ECE {result['val_ece']:.4f} (T={result['temperature']:.2f}), best epoch "
-                  f"{result['best_epoch']}/{result['epochs_run']}, {result['train_seconds']:.0f}s training + "
-                  f"{data_s:.0f}s data")
+                  f"{result['best_epoch']}/{result['epochs_run']}, "
+                  f"{result['train_seconds']:.0f}s training + {data_s:.0f}s data")
     finally:
         if dist.world > 1:
             import torch.distributed as tdist
@@ -689,8 +718,8 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
 
 def _subset(ws: WindowSet, rows: torch.Tensor) -> WindowSet:
     summary = dict(ws.summary, labelled=int(rows.numel()), holdout="30 s blocks")
-    return WindowSet(select_features(ws.features, rows), ws.y[rows], [ws.keys[i] for i in rows.tolist()],
-                     ws.classes, summary)
+    return WindowSet(select_features(ws.features, rows), ws.y[rows],
+                     [ws.keys[i] for i in rows.tolist()], ws.classes, summary)
 
 
 def cli(args: argparse.Namespace, cfg: Config) -> int:
@@ -708,7 +737,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     drop_weights = getattr(args, "drop_weights", None)
     if drop_weights is not None:
         if not all(math.isfinite(w) and w > 0 for w in drop_weights):
-            raise UsageError(f"--drop-weights: expected three numbers > 0, got {' '.join(map(str, drop_weights))}")
+            raise UsageError("--drop-weights: expected three numbers > 0, "
+                             f"got {' '.join(map(str, drop_weights))}")
         extra["drop_weights"] = tuple(float(w) for w in drop_weights)
     occlude = getattr(args, "occlude", None)
     if occlude is not None:
@@ -717,8 +747,9 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
         extra["occlude"] = float(occlude)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes the artifact
         check_output_dir(args.out, "--out")
-    opts = TrainOptions(fusion=args.fusion, modalities=tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES)),
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, **extra)
+    modalities = tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES))
+    opts = TrainOptions(fusion=args.fusion, modalities=modalities, epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, **extra)
     torch.use_deterministic_algorithms(True, warn_only=True)
     # Deterministic mode also fills every new tensor with NaN (to expose reads of uninitialised
     # memory); it cost ~12 % of a training step here (tens of thousands of fills per epoch)

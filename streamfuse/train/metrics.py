@@ -48,7 +48,8 @@ def macro_f1(conf: torch.Tensor) -> float:
     return float(f1[seen].mean()) if bool(seen.any()) else 0.0
 
 
-def reliability(probs: torch.Tensor, y: torch.Tensor, bins: int = ECE_BINS) -> dict[str, list[float]]:
+def reliability(probs: torch.Tensor, y: torch.Tensor,
+                bins: int = ECE_BINS) -> dict[str, list[float]]:
     """Per confidence bin (equal width on [0, 1]): count, mean confidence, accuracy."""
     conf, pred = probs.max(dim=1)
     correct = (pred == y).double()
@@ -69,7 +70,8 @@ def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = ECE_BINS) -> float:
     """Expected calibration error: sum over bins of (n_bin / N) * |accuracy - confidence|."""
     r = reliability(probs, y, bins)
     n = max(1, sum(r["count"]))
-    return float(sum(c / n * abs(a - m) for c, a, m in zip(r["count"], r["accuracy"], r["confidence"], strict=True)))
+    rows = zip(r["count"], r["accuracy"], r["confidence"], strict=True)
+    return float(sum(c / n * abs(a - m) for c, a, m in rows))
 
 
 def nll(logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -54,7 +54,8 @@ def apply_curve_client(sock: zmq.Socket, curve: CurveConfig) -> None:
     import zmq.auth
 
     if not (curve.client_secret and curve.server_public):
-        raise ConfigError("bus.curve: a remote endpoint needs bus.curve.client_secret and bus.curve.server_public")
+        raise ConfigError("bus.curve: a remote endpoint needs bus.curve.client_secret and "
+                          "bus.curve.server_public")
     try:
         pub, secret = zmq.auth.load_certificate(curve.client_secret)
         server_pub, _ = zmq.auth.load_certificate(curve.server_public)
@@ -125,7 +126,8 @@ def connect_endpoint(sock: zmq.Socket, endpoint: str, bus: BusConfig) -> None:
     sock.connect(endpoint)
 
 
-def connect_pub(ctx: zmq.Context, bus: BusConfig, *, endpoint: str | None = None, hwm: int | None = None) -> zmq.Socket:
+def connect_pub(ctx: zmq.Context, bus: BusConfig, *, endpoint: str | None = None,
+                hwm: int | None = None) -> zmq.Socket:
     """A PUB socket connected to the broker's input."""
     sock = ctx.socket(zmq.PUB)
     sock.linger = LINGER_MS
