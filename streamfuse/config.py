@@ -94,7 +94,8 @@ def _name(v: Any) -> str | None:
 
 def _one_of(*choices: str) -> Check:
     def check(v: Any) -> str | None:
-        return None if v in choices else f"expected one of {', '.join(map(repr, choices))}, got {v!r}"
+        return (None if v in choices
+                else f"expected one of {', '.join(map(repr, choices))}, got {v!r}")
 
     return check
 
@@ -241,7 +242,8 @@ class FusionConfig:
     max_delay_ms: float = _check(_non_negative, 5.0)
     workers: int = _check(_positive, 1)
     reload_poll_s: float = _check(_positive, 2.0)
-    threads: int = _check(_non_negative, 0)  # torch CPU threads per worker (0 = min(4, (cores - 1) // workers), at least 1)
+    # torch CPU threads per worker (0 = min(4, (cores - 1) // workers), at least 1)
+    threads: int = _check(_non_negative, 0)
     shadow: str = ""  # candidate artifact judged beside the live one ("" = none)
     judge_period_s: float = _check(_positive, 600.0)  # sliding period of the shadow's figures
     promote_if: str = _check(_promote_if, "")  # automatic promotion ("" = only by hand)
@@ -342,7 +344,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is str and isinstance(value, int) and not isinstance(value, bool) and key.endswith("device"):
+    if (tp is str and isinstance(value, int) and not isinstance(value, bool)
+            and key.endswith("device")):
         return str(value)  # camera index or PortAudio device index written as a number
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -355,7 +358,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "path")}
+    fields = {f.name: f for f in dataclasses.fields(cls)
+              if not (cls is Config and f.name == "path")}
     for k in data:
         if k not in fields:
             where = f"{prefix}.{k}" if prefix else k
@@ -439,9 +443,11 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str
     return origins
 
 
-def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str] | None = None) -> Config:
+def parse(data: Mapping[str, Any], *, path: str = "",
+          environ: Mapping[str, str] | None = None) -> Config:
     """Validate a TOML-shaped mapping into a :class:`Config`."""
-    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v)
+                              for k, v in data.items()}
     origins = _env_overrides(merged, os.environ if environ is None else environ)
     try:
         cfg = _build(Config, merged, "")
@@ -454,7 +460,8 @@ def parse(data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str]
         raise ConfigError(f"sources: duplicate source name {sorted(dup)[0]!r}")
     if cfg.align.hop_ms > cfg.align.window_ms:
         raise ConfigError(
-            f"align.hop_ms: must not exceed align.window_ms ({cfg.align.hop_ms} > {cfg.align.window_ms})"
+            f"align.hop_ms: must not exceed align.window_ms "
+            f"({cfg.align.hop_ms} > {cfg.align.window_ms})"
         )
     for ep_key in ("public", "public_output", "public_results"):
         ep = getattr(cfg.bus, ep_key)
@@ -540,9 +547,9 @@ def _check_relations(cfg: Config) -> None:
                     "server_secret and authorized (streamfuse keys generate DIR) "
                     "or use a loopback address")
     if not is_local_endpoint(cfg.align.output):
-        raise ConfigError(f"align.output: {cfg.align.output} is reachable from the network; windows "
-                          "carry the sensors' data and this socket has no CurveZMQ: use ipc:// "
-                          "or a loopback address")
+        raise ConfigError(f"align.output: {cfg.align.output} is reachable from the network; "
+                          "windows carry the sensors' data and this socket has no CurveZMQ: "
+                          "use ipc:// or a loopback address")
     host = cfg.metrics.listen.rpartition(":")[0]
     if cfg.metrics.listen and host and not _is_loopback_host(host) and not cfg.metrics.allow_remote:
         raise ConfigError(f"metrics.listen: {cfg.metrics.listen} is reachable from the network and "
@@ -690,7 +697,8 @@ def runtime_dir(cfg: Config) -> Path:
             return p.parent
     if os.environ.get("RUNTIME_DIRECTORY"):  # systemd's RuntimeDirectory=
         return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/streamfuse-{os.getuid()}") / "streamfuse"
+    return Path(os.environ.get("XDG_RUNTIME_DIR")
+                or f"/tmp/streamfuse-{os.getuid()}") / "streamfuse"
 
 
 def is_local_listen(listen: str) -> bool:

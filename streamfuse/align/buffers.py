@@ -81,7 +81,8 @@ class VideoBuffer:
         return len(self.ts)
 
     def push(self, t_ns: int, msg: Message) -> tuple[str | None, int]:
-        """Buffer a frame. Returns ``(reject_reason or None, frames dropped by a format change)``."""
+        """Buffer a frame. Returns ``(reject_reason or None, frames dropped by a format
+        change)``."""
         h: FrameHeader = msg.header  # type: ignore[assignment]
         dropped = 0
         if h.shape != self.shape or h.encoding != self.encoding:
@@ -238,7 +239,8 @@ class AudioBuffer:
         self.nbytes = self.data.nbytes
 
     def place(self, t_ns: int, frames: int) -> int:
-        """The start sample of a block of ``frames`` stamped ``t_ns``; call once per block, in stream order."""
+        """The start sample of a block of ``frames`` stamped ``t_ns``; call once per block,
+        in stream order."""
         a = (t_ns * self.samplerate + NS_PER_S // 2) // NS_PER_S
         e = self.expect
         if e is not None and abs(a - e) <= min(self.snap, frames // 2):

@@ -457,7 +457,8 @@ class Aligner:
                     continue
                 changes.append(st.wm + self.dead_ns + 1)
                 wm = st.wm
-            elif name in self.required and src.first_t is not None and now_src - src.first_t <= self.dead_ns:
+            elif (name in self.required and src.first_t is not None
+                  and now_src - src.first_t <= self.dead_ns):
                 changes.append(src.first_t + self.dead_ns + 1)
                 wm = _NEG_INF
             else:
@@ -581,7 +582,8 @@ class Aligner:
         return Window(
             source=name, seq=k, t_start_ns=start, t_end_ns=end, present=present,
             frames=frames, frame_encoding=src.video.encoding if frames else "raw",
-            frame_t_ns=frame_t, frame_shape=src.video.shape if frames else (), audio=audio, samplerate=sr if audio is not None else 0,
+            frame_t_ns=frame_t, frame_shape=src.video.shape if frames else (), audio=audio,
+            samplerate=sr if audio is not None else 0,
             audio_coverage=coverage, texts=texts, text_t_ns=text_t, close_ns=close_ns,
         )
 

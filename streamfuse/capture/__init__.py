@@ -27,8 +27,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     stream_cfg = getattr(src, args.stream)
     if stream_cfg is None:
         have = ", ".join(src.streams()) or "none"
-        raise ConfigError(f"sources.{args.stream}: source {src.name!r} has no [sources.{args.stream}] "
-                          f"table (it has: {have})")
+        raise ConfigError(f"sources.{args.stream}: source {src.name!r} has no "
+                          f"[sources.{args.stream}] table (it has: {have})")
     signals = Signals()
     module = importlib.import_module(MODULES[args.stream])
     # The aligner's window grid: captures send a heartbeat just after each window end.

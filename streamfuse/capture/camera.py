@@ -140,7 +140,8 @@ class Grabber(threading.Thread):
         self.halt = threading.Event()
         self._lock = threading.Lock()
         self._in_flight = 0  # stamped, not yet taken by the publishing thread
-        self.skipped = 0  # frames grabbed but not decoded: the publishing thread was behind (grab thread writes)
+        # frames grabbed but not decoded: the publishing thread was behind (grab thread writes)
+        self.skipped = 0
         self._skips_reported = 0  # (publishing thread writes)
 
     def run(self) -> None:
@@ -199,7 +200,8 @@ def open_source(dev: Device, cfg: VideoConfig) -> cv2.VideoCapture | None:
     """Open the device; None when it cannot be opened now."""
     if dev.kind == "file" and not os.path.exists(str(dev.target)):
         return None
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
     if dev.kind == "index":
         cap = cv2.VideoCapture(int(dev.target), cv2.CAP_ANY, params)
     else:
@@ -293,11 +295,13 @@ class VideoCapture:
         if self.cap is None:
             delay = self.backoff.next_delay_s()
             self.retry_at_ns = clock.now_ns() + round(delay * clock.NS_PER_S)
-            log.warning("video %s: cannot open %s, retrying in %.1f s", self.source, dev.target, delay)
+            log.warning("video %s: cannot open %s, retrying in %.1f s",
+                        self.source, dev.target, delay)
             return
         self.played = None
         self.pacer = self._pacer(self.cap)
-        log.info("video %s: %s %s", self.source, "reopened" if self.attempts > 1 else "opened", dev.target)
+        log.info("video %s: %s %s", self.source,
+                 "reopened" if self.attempts > 1 else "opened", dev.target)
         if self.attempts == 1:
             readiness.report("ready")
 
@@ -309,7 +313,8 @@ class VideoCapture:
 
     # ------------------------------------------------------------------ streaming
 
-    def _stream_one(self, stop: threading.Event, pub: StreamPublisher, cap: cv2.VideoCapture) -> None:
+    def _stream_one(self, stop: threading.Event, pub: StreamPublisher,
+                    cap: cv2.VideoCapture) -> None:
         """Publish one frame, or heartbeats while none is due; handle the source's end."""
         if self.pacer is not None:
             due = self.pacer.deadline_ns(clock.now_ns())
@@ -378,7 +383,8 @@ class VideoCapture:
                 return
         if dev.kind == "file" and not cfg.loop:
             self.played = _file_signature(dev)
-            log.info("video %s: file %s ended; heartbeats only until it changes", self.source, dev.target)
+            log.info("video %s: file %s ended; heartbeats only until it changes",
+                     self.source, dev.target)
         else:
             log.warning("video %s: source %s failed; reconnecting", self.source, dev.target)
         self.retry_at_ns = clock.now_ns()  # first retry at once, then back off
@@ -391,7 +397,8 @@ class VideoCapture:
             pub.drop("convert")
             return
         if cfg.encoding == "jpeg":
-            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, min(cfg.jpeg_quality, 100)])
+            ok, buf = cv2.imencode(".jpg", frame,
+                                   [cv2.IMWRITE_JPEG_QUALITY, min(cfg.jpeg_quality, 100)])
             if not ok:
                 pub.drop("encode")
                 return

@@ -105,17 +105,25 @@ class Preprocessing:
                      "hop_length", "n_mels", "max_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise PreprocessingError(f"preprocessing.{name}: expected a positive integer, got {v!r}")
+                raise PreprocessingError(
+                    f"preprocessing.{name}: expected a positive integer, got {v!r}")
         if self.text_buckets < 2:
-            raise PreprocessingError(f"preprocessing.text_buckets: need at least 2, got {self.text_buckets}")
+            raise PreprocessingError(
+                f"preprocessing.text_buckets: need at least 2, got {self.text_buckets}")
         if self.frame_norm not in _NORMS:
-            raise PreprocessingError(f"preprocessing.frame_norm: expected one of {_NORMS}, got {self.frame_norm!r}")
+            raise PreprocessingError(
+                f"preprocessing.frame_norm: expected one of {_NORMS}, got {self.frame_norm!r}")
         if self.audio_norm not in _AUDIO_NORMS:
-            raise PreprocessingError(f"preprocessing.audio_norm: expected one of {_AUDIO_NORMS}, got {self.audio_norm!r}")
+            raise PreprocessingError(
+                f"preprocessing.audio_norm: expected one of {_AUDIO_NORMS}, "
+                f"got {self.audio_norm!r}")
         if self.n_fft > self.window_samples:
-            raise PreprocessingError(f"preprocessing.n_fft: {self.n_fft} exceeds window_samples {self.window_samples}")
+            raise PreprocessingError(
+                f"preprocessing.n_fft: {self.n_fft} exceeds window_samples {self.window_samples}")
         if any((not isinstance(n, int)) or n <= 0 for n in self.text_char_ngrams):
-            raise PreprocessingError(f"preprocessing.text_char_ngrams: expected positive integers, got {self.text_char_ngrams!r}")
+            raise PreprocessingError(
+                f"preprocessing.text_char_ngrams: expected positive integers, "
+                f"got {self.text_char_ngrams!r}")
 
     @classmethod
     def from_align(cls, align: Any, **overrides: Any) -> Preprocessing:
@@ -316,7 +324,8 @@ def _window_frames(w: Window, prep: Preprocessing,
         return None, "no frames"
     t = prep.frames_per_window
     # The aligner sends exactly T frames; be lenient with another count (pick evenly).
-    picks = np.linspace(0, len(w.frames) - 1, t).round().astype(int) if len(w.frames) != t else range(t)
+    picks = (np.linspace(0, len(w.frames) - 1, t).round().astype(int)
+             if len(w.frames) != t else range(t))
     out = np.empty((t, prep.image_size, prep.image_size), dtype=np.uint8)
     cache: dict[int, np.ndarray] = {}
     for j, i in enumerate(picks):
@@ -370,9 +379,10 @@ def collate(windows: Sequence[Window], prep: Preprocessing,
             mono = _mono(w.audio)
             if not np.isfinite(mono).all():
                 problems.append(f"{w.source}@{w.t_start_ns}: audio: non-finite samples")
-            elif w.samplerate not in (0, prep.sample_rate) and not resamplable(w.samplerate, prep.sample_rate):
-                problems.append(f"{w.source}@{w.t_start_ns}: audio: cannot resample {w.samplerate} Hz "
-                                f"to {prep.sample_rate} Hz")
+            elif (w.samplerate not in (0, prep.sample_rate)
+                  and not resamplable(w.samplerate, prep.sample_rate)):
+                problems.append(f"{w.source}@{w.t_start_ns}: audio: "
+                                f"cannot resample {w.samplerate} Hz to {prep.sample_rate} Hz")
             elif w.samplerate in (0, prep.sample_rate):
                 n = min(s, mono.shape[0])
                 audio[row, :n] = mono[:n]
@@ -441,8 +451,8 @@ class MelPower(torch.nn.Module):
         self.spectrogram = torchaudio.transforms.Spectrogram(
             n_fft=prep.n_fft, hop_length=prep.hop_length, power=None, center=True)
         self.mel_scale = torchaudio.transforms.MelScale(
-            n_mels=prep.n_mels, sample_rate=prep.sample_rate, f_min=prep.f_min, f_max=prep.f_max or None,
-            n_stft=prep.n_fft // 2 + 1)
+            n_mels=prep.n_mels, sample_rate=prep.sample_rate, f_min=prep.f_min,
+            f_max=prep.f_max or None, n_stft=prep.n_fft // 2 + 1)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         spec = self.spectrogram(waveform)
@@ -469,7 +479,8 @@ def _standardise(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def log_mel(audio: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """``(B, S)`` float32 waveform -> ``(B, 1, n_mels, F)`` normalised log-mel, on audio's device."""
+    """``(B, S)`` float32 waveform -> ``(B, 1, n_mels, F)`` normalised log-mel, on audio's
+    device."""
     spec = _mel(prep, str(audio.device))(audio.float())
     spec = torch.log(spec + 1e-6)
     if prep.audio_norm == "per_window":

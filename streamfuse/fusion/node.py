@@ -150,8 +150,8 @@ def results(loaded: LoadedModel, batch: Sequence[Pending], probs: np.ndarray, ma
         w = p.window
         align_ms = clock.ns_to_ms(w.close_ns - w.t_end_ns) if w.close_ns else 0.0
         queue_ms = max(0.0, clock.ns_to_ms(start_ns - (w.emit_ns or p.arrived_ns)))
-        latency = {"align": round(align_ms, 3), "queue": round(queue_ms, 3), "infer": round(infer_ms, 3),
-                   "total": round(align_ms + queue_ms + infer_ms, 3)}
+        latency = {"align": round(align_ms, 3), "queue": round(queue_ms, 3),
+                   "infer": round(infer_ms, 3), "total": round(align_ms + queue_ms + infer_ms, 3)}
         label = classes[int(best[row])]
         body = {
             "source": w.source, "t_start_ns": w.t_start_ns, "t_end_ns": w.t_end_ns, "label": label,
@@ -193,7 +193,8 @@ class Worker:
         self._said_missing = False
         self._latency = {part: metrics.window_latency.labels(part=part)
                          for part in ("align", "queue", "infer", "total")}
-        self._dropped_no_model = metrics.dropped.labels(node=NODE, topic="window", reason="no_model")
+        self._dropped_no_model = metrics.dropped.labels(node=NODE, topic="window",
+                                                        reason="no_model")
         self._received = metrics.messages_in.labels(node=NODE, topic="window")
         self._held = -1
         self._published: dict[str, tuple] = {}  # source -> (classifications, messages_out) children
@@ -234,8 +235,8 @@ class Worker:
         metrics.model_reloads.labels(outcome="ok").inc()
         readiness.report("model", model_id=new.model_id, device=str(self.device))
         log.info("serving model %s from %s (%s fusion of %s; %d classes; %s; loaded in %.0f ms)%s",
-                 new.model_id, self.model_dir, new.manifest["fusion"], "+".join(new.model.modalities),
-                 len(new.classes), self.device, seconds * 1e3,
+                 new.model_id, self.model_dir, new.manifest["fusion"],
+                 "+".join(new.model.modalities), len(new.classes), self.device, seconds * 1e3,
                  f", replacing {old.model_id}" if old else "")
         return True
 
@@ -251,7 +252,8 @@ class Worker:
                             e, WEIGHTS, MANIFEST, self.cfg.fusion.reload_poll_s)
                 self._said_missing = True
             elif self.loaded is not None:
-                log.error("model reload (%s) failed, still serving %s: %s", reason, self.loaded.model_id, e)
+                log.error("model reload (%s) failed, still serving %s: %s",
+                          reason, self.loaded.model_id, e)
                 metrics.model_reloads.labels(outcome="failed").inc()
             return False
         metrics.model_reloads.labels(outcome="failed").inc()
@@ -293,7 +295,8 @@ class Worker:
         start = clock.now_ns()
         t0 = clock.perf_ns()
         try:
-            probs, mask, problems = predict(loaded, [p.window for p in batch], self.device, self.frames)
+            probs, mask, problems = predict(loaded, [p.window for p in batch], self.device,
+                                            self.frames)
         except (RuntimeError, ValueError) as e:
             # One bad batch must not stop the service; a persistent fault shows in the
             # log (first and every 100th) and in the dropped counter.
@@ -301,7 +304,8 @@ class Worker:
             if self.failed_batches % 100 == 1:
                 log.error("inference failed (%d batches so far), %d windows dropped: %s",
                           self.failed_batches, len(batch), e)
-            metrics.dropped.labels(node=NODE, topic="window", reason="inference_error").inc(len(batch))
+            metrics.dropped.labels(node=NODE, topic="window",
+                                   reason="inference_error").inc(len(batch))
             return
         metrics.inference_seconds.observe((clock.perf_ns() - t0) / clock.NS_PER_S)
         lost = self.frames.overwritten - self._overwritten  # frames gone from the frame plane
@@ -321,7 +325,8 @@ class Worker:
             src = r.window.source
             seq = self.seq.get(src, 0)
             self.seq[src] = seq + 1
-            msg = codec.class_message(src, seq, r.window.t_start_ns, r.window.t_end_ns, r.label, r.score, r.payload)
+            msg = codec.class_message(src, seq, r.window.t_start_ns, r.window.t_end_ns,
+                                      r.label, r.score, r.payload)
             self.pub.send_multipart(codec.encode(msg))
             for part, v in r.latency_ms.items():
                 self._latency[part].observe(v / 1000)
@@ -341,7 +346,8 @@ def _warm_up(loaded: LoadedModel, device: torch.device) -> None:
     prep = loaded.prep
     w = Window(source="warmup", seq=0, t_start_ns=0, t_end_ns=1,
                present={"video": True, "audio": True, "text": True},
-               frames=[np.zeros((prep.image_size, prep.image_size, 3), np.uint8)] * prep.frames_per_window,
+               frames=([np.zeros((prep.image_size, prep.image_size, 3), np.uint8)]
+                       * prep.frames_per_window),
                audio=np.zeros((prep.window_samples, 1), np.float32), samplerate=prep.sample_rate,
                texts=["warm up"])
     probs, _, _ = predict(loaded, [w], device)
@@ -401,7 +407,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
     if labels is None:
         labels = connect_sub(ctx, cfg.bus, [])  # type: ignore[arg-type]
     worker = Worker(cfg, device, pub, labels)
-    # A live source has a window every hop: one missed hop is tolerated before it stops being waited for.
+    # A live source has a window every hop: one missed hop is tolerated before it
+    # stops being waited for.
     batcher = Batcher(cfg.fusion.max_batch, clock.ms_to_ns(cfg.fusion.max_delay_ms),
                       horizon_ns=2 * clock.ms_to_ns(cfg.align.hop_ms))
     poll_ns = round(cfg.fusion.reload_poll_s * clock.NS_PER_S)
@@ -419,7 +426,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
             now = clock.now_ns()
             deadline = batcher.next_deadline()
             # rounded up: waking before the deadline would only spin
-            wait_ms = IDLE_POLL_MS if deadline is None else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // 1_000_000)))
+            wait_ms = (IDLE_POLL_MS if deadline is None
+                       else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // 1_000_000))))
             if batcher.room and poller.poll(wait_ms):
                 _receive(pull, batcher, batcher.room, worker)
                 worker.holding(len(batcher))  # a batch being classified stays counted here
@@ -443,7 +451,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
             worker.handle(batcher.drain())
             worker.holding(len(batcher))
         worker.holding(0)
-        log.info("fusion worker stopped: %d classifications published, %d windows dropped without a model",
+        log.info("fusion worker stopped: %d classifications published, "
+                 "%d windows dropped without a model",
                  worker.answered, worker.dropped_no_model)
         return 0
     finally:
@@ -452,7 +461,8 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
         if own_labels:
             labels.close(linger=0)
         if own_pub:
-            pub.close(linger=500)  # bounded: the last classifications get out, a dead broker can't hang us
+            # bounded: the last classifications get out, a dead broker can't hang us
+            pub.close(linger=500)
         if ctx is not None:
             ctx.term()
 

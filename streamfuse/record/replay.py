@@ -130,7 +130,8 @@ def _prefetched(it: Iterator[reader.Raw], max_items: int = 64) -> Iterator[reade
     cond = threading.Condition()
     done = threading.Event()
     failure: list[BaseException] = []
-    t = threading.Thread(target=_prefetch, name="replay-read", args=(it, q, cond, done, max_items, failure))
+    t = threading.Thread(target=_prefetch, name="replay-read",
+                         args=(it, q, cond, done, max_items, failure))
     t.start()
     try:
         while True:
@@ -152,7 +153,8 @@ def _prefetched(it: Iterator[reader.Raw], max_items: int = 64) -> Iterator[reade
 
 
 def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
-        now_ns: Callable[[], int] = clock.now_ns, sleep_until: Callable[[int], None] = clock.sleep_until_ns,
+        now_ns: Callable[[], int] = clock.now_ns,
+        sleep_until: Callable[[int], None] = clock.sleep_until_ns,
         progress: Callable[[Stats, int], None] | None = None) -> Stats:
     """Replay ``plan`` through ``send(parts) -> bool`` (False = stopped).
 
@@ -212,7 +214,8 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
 MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
 
 
-def _wait_connected(sock: zmq.Socket, mon: zmq.Socket, endpoint: str, stop: threading.Event) -> bool:
+def _wait_connected(sock: zmq.Socket, mon: zmq.Socket, endpoint: str,
+                    stop: threading.Event) -> bool:
     """Wait for the connection to the broker (``mon``: a monitor of ``sock``
     attached before it connected), then briefly for a subscription: the broker's
     XSUB forwards its subscribers' subscriptions to a new publisher as soon as
@@ -235,7 +238,8 @@ def _wait_connected(sock: zmq.Socket, mon: zmq.Socket, endpoint: str, stop: thre
             sub = sock.recv()
             if sub[:1] == b"\x01":
                 return True
-    log.warning("no subscriber on %s after %.0f s: publishing anyway", endpoint, SUBSCRIBER_WAIT_NS / 1e9)
+    log.warning("no subscriber on %s after %.0f s: publishing anyway",
+                endpoint, SUBSCRIBER_WAIT_NS / 1e9)
     return True
 
 
@@ -308,7 +312,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
         return 2
     for flag, v in (("--start", args.start), ("--end", args.end)):
         if v is not None and not (math.isfinite(v) and v >= 0):
-            print(f"streamfuse replay: {flag} must be a number of seconds >= 0, got {v}", file=sys.stderr)
+            print(f"streamfuse replay: {flag} must be a number of seconds >= 0, got {v}",
+                  file=sys.stderr)
             return 2
     if args.start is not None and args.end is not None and args.end <= args.start:
         print("streamfuse replay: --end must be after --start", file=sys.stderr)
@@ -338,8 +343,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     try:
         connect_endpoint(sock, cfg.bus.input, cfg.bus)
         if not _wait_connected(sock, mon, cfg.bus.input, sig.stop):
-            print(f"streamfuse replay: cannot reach the bus at {cfg.bus.input} (is the broker running?)",
-                  file=sys.stderr)
+            print(f"streamfuse replay: cannot reach the bus at {cfg.bus.input} "
+                  "(is the broker running?)", file=sys.stderr)
             return 1
         progress, bar = _progress(plan.loop)
         send = _sender(sock, sig.stop)

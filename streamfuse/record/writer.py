@@ -100,12 +100,14 @@ class RecordingWriter:
     old-format files for tests and to measure against).
     """
 
-    def __init__(self, path: str | Path, *, chunk_size: int = 4 * 1024 * 1024, compression: str = "zstd",
-                 metadata: dict[str, str] | None = None, zstd_level: int | None = 3,
+    def __init__(self, path: str | Path, *, chunk_size: int = 4 * 1024 * 1024,
+                 compression: str = "zstd", metadata: dict[str, str] | None = None,
+                 zstd_level: int | None = 3,
                  legacy: bool = False) -> None:
         self.path = Path(path)
-        self._mcap = McapFile(self.path, chunk_size=chunk_size, compression=compression, level=zstd_level,
-                              profile=fmt.PROFILE, library=f"streamfuse {__version__}")
+        self._mcap = McapFile(self.path, chunk_size=chunk_size, compression=compression,
+                              level=zstd_level, profile=fmt.PROFILE,
+                              library=f"streamfuse {__version__}")
         self._legacy = legacy
         if not legacy:
             layout.preload()
@@ -137,7 +139,8 @@ class RecordingWriter:
     def __enter__(self) -> RecordingWriter:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def _channel(self, topic: str, lay: str) -> int:
@@ -156,7 +159,8 @@ class RecordingWriter:
             self._channels[(topic, lay)] = ch
         return ch
 
-    def write(self, parts: Sequence[bytes | memoryview | zmq.Frame], t_ns: int | None = None) -> int:
+    def write(self, parts: Sequence[bytes | memoryview | zmq.Frame],
+              t_ns: int | None = None) -> int:
         """Record wire parts ``[topic, header, *payload]`` byte for byte.
 
         ``t_ns`` None: taken from the header. Returns the message data size in
@@ -165,7 +169,8 @@ class RecordingWriter:
         ``OSError`` when the disk refuses a write.
         """
         if len(parts) < 2:
-            raise codec.DecodeError("parts", f"need at least topic and header, got {len(parts)} parts")
+            raise codec.DecodeError("parts",
+                                    f"need at least topic and header, got {len(parts)} parts")
         bufs = [_buf(p) for p in parts]
         try:
             topic = bytes(bufs[0]).decode("utf-8")
@@ -421,7 +426,8 @@ class _Recorder:
         w = self.writer
         level = self.policy.level
         if self.policy.update(queued_bytes, now_ns) != level:
-            log.info("write backlog %.0f MB: zstd level %s -> %s", queued_bytes / 1e6, level, self.policy.level)
+            log.info("write backlog %.0f MB: zstd level %s -> %s",
+                     queued_bytes / 1e6, level, self.policy.level)
             if w is not None:
                 w.zstd_level = self.policy.level
         if w is not None and self.rotation.due(w.bytes_on_disk, self.opened_ns, now_ns):
@@ -484,7 +490,8 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     try:
         rec.writer = rec._open(start_ns)  # fail early on an unwritable path
     except OSError as e:
-        print(f"streamfuse record: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        print(f"streamfuse record: cannot write {e.filename or args.out}: {e.strerror or e}",
+              file=sys.stderr)
         return 1
     q = _Queue(max_items=max(cfg.bus.hwm, 1000) * 4, max_bytes=QUEUE_BYTES)
     stop_rx = threading.Event()
@@ -528,5 +535,6 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     rec.publish_metrics()
     dropped = recv_counts + rec.dropped
     log.info("recorded %d messages, %.1f MB in %d file(s), dropped %d%s", rec.messages,
-             rec.bytes / 1e6, len(rec.files), sum(dropped.values()), f" {dict(dropped)}" if dropped else "")
+             rec.bytes / 1e6, len(rec.files), sum(dropped.values()),
+             f" {dict(dropped)}" if dropped else "")
     return code

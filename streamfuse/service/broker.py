@@ -57,7 +57,8 @@ def check_security(bus: BusConfig) -> None:
         if ep and not is_local_endpoint(ep) and not (bus.curve.enabled and bus.curve.server_secret):
             raise ConfigError(
                 f"bus.{key}: {ep} is reachable from the network; set [bus.curve] enabled, "
-                "server_secret and authorized (streamfuse keys generate DIR) or use a loopback address"
+                "server_secret and authorized (streamfuse keys generate DIR) "
+                "or use a loopback address"
             )
 
 
@@ -76,7 +77,8 @@ _REJECT_EVENTS: dict[int, str] = {
 def reject_reason(event: int, value: int) -> str | None:
     """Why a CurveZMQ endpoint turned a client away, from a socket-monitor event and its
     value; None for events that are not a rejection."""
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+    if (event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
         return _NO_KEY
     return _REJECT_EVENTS.get(event)
 
@@ -128,7 +130,8 @@ class _RejectionLog:
                     if key not in last or now - last[key] >= REJECT_LOG_EVERY_S * 1e9:
                         last[key] = now
                         endpoint = ev.get("endpoint", b"")
-                        endpoint = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+                        endpoint = (endpoint.decode() if isinstance(endpoint, bytes)
+                                    else str(endpoint))
                         log.warning("bus %s %s: rejected a client (%s); %d rejected so far",
                                     socks[s], endpoint, reason, counts[key])
         finally:

@@ -189,7 +189,8 @@ class Supervisor:
         self._policy = policy or RestartPolicy()
         self.run_dir = runtime_dir(cfg)
         self.children: dict[str, Child] = {}
-        self.liveness = Liveness(stall_s=2 * (cfg.align.window_ms + cfg.align.max_lateness_ms) / 1000 + 5)
+        self.liveness = Liveness(
+            stall_s=2 * (cfg.align.window_ms + cfg.align.max_lateness_ms) / 1000 + 5)
         self.ready_sent = False
         self.started_ns = 0
         self._classes = 0
@@ -210,7 +211,8 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         env = {k: v for k, v in os.environ.items()
-               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")}
+               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                            "LISTEN_FDS", "LISTEN_PID")}
         env.update(dict(child.spec.env))
         env[readiness.ENV] = str(child.status_file)
         env[service_metrics.ENV] = str(self.metrics_dir)
@@ -261,11 +263,12 @@ class Supervisor:
             self._remove_segments(child.pid)
         self._m.child_up.labels(child.spec.name).set(0)
         now = clock.monotonic_ns()
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
-            else f"exit code {code}"
+        how = (f"killed by {signal.Signals(-code).name}"
+               if code < 0 and -code in signal.valid_signals() else f"exit code {code}")
         child.last_exit = how
         if code == 2:
-            child.gave_up = f"{child.spec.name} exited with code 2 (bad configuration); not restarting it"
+            child.gave_up = (f"{child.spec.name} exited with code 2 (bad configuration); "
+                             "not restarting it")
         else:
             delay = child.policy.on_crash(now)
             if delay is None:
@@ -300,8 +303,8 @@ class Supervisor:
     def _reap_and_restart(self) -> None:
         now = clock.monotonic_ns()
         for child in self.children.values():
-            if child.proc is not None and child.proc.poll() is not None and child.restart_at_ns is None \
-                    and not child.gave_up:
+            if (child.proc is not None and child.proc.poll() is not None
+                    and child.restart_at_ns is None and not child.gave_up):
                 self._on_exit(child, child.proc.returncode)
             if child.restart_at_ns is not None and now >= child.restart_at_ns and not child.gave_up:
                 child.restarts += 1
@@ -327,7 +330,8 @@ class Supervisor:
             try:
                 p.wait(max(0.0, (deadline - clock.monotonic_ns()) / NS))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.1f s of SIGTERM; killing it", c.spec.name, budget_s)
+                log.warning("%s did not stop within %.1f s of SIGTERM; killing it",
+                            c.spec.name, budget_s)
                 p.kill()
                 p.wait(2)
             if p.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
@@ -349,7 +353,8 @@ class Supervisor:
     # ------------------------------------------------------------------ reload
 
     def _snapshot(self, text: str) -> Path:
-        """Write the config children read: a copy, so an edited file reaches them only via SIGHUP."""
+        """Write the config children read: a copy, so an edited file reaches them only via
+        SIGHUP."""
         snap = self.run_dir / "config.toml"
         tmp = snap.with_name(".config.toml.tmp")
         tmp.write_text(text)
@@ -496,8 +501,8 @@ class Supervisor:
             state = "gave up" if c.gave_up else "running" if c.running else \
                 "restarting" if c.restart_at_ns is not None else "stopped"
             rows.append({"name": c.spec.name, "role": c.spec.role, "essential": c.spec.essential,
-                         "state": state, "pid": c.pid if c.running else None, "restarts": c.restarts,
-                         "last_exit": c.last_exit, "gave_up": c.gave_up})
+                         "state": state, "pid": c.pid if c.running else None,
+                         "restarts": c.restarts, "last_exit": c.last_exit, "gave_up": c.gave_up})
         tmp = self.run_dir / ".children.json.tmp"
         try:
             tmp.write_text(json.dumps({"pid": os.getpid(), "model": self._model, "children": rows}))
@@ -641,7 +646,8 @@ class Supervisor:
             if wd is not None and now >= self._next_ping_ns:
                 # Before READY the pings say "still starting" (systemd arms the watchdog
                 # at start; loading torch and a model may outlast WatchdogSec).
-                starting = not self.ready_sent and not any(c.gave_up for c in self.children.values())
+                starting = not self.ready_sent and not any(c.gave_up
+                                                           for c in self.children.values())
                 if problem is None or starting:
                     self.notifier.watchdog()
                     self._next_ping_ns = now + int(wd * NS)

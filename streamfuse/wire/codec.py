@@ -9,8 +9,9 @@ malformed: it never raises anything else on bad input.
 Decoding also range-checks every number a publisher chooses (:func:`check_ranges`):
 capture and label times must lie in ``[T_MIN_NS, T_MAX_NS)`` (2000-01-01 to
 2200-01-01), so that no window end, lateness bound or replay shift computed from
-them leaves 64 bits, and ``seq`` must fit in uint64. Encoding does not apply these checks: a test may stamp
-messages with small numbers, but nothing outside the range gets past a decoder.
+them leaves 64 bits, and ``seq`` must fit in uint64. Encoding does not apply
+these checks: a test may stamp messages with small numbers, but nothing outside
+the range gets past a decoder.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def frame_message(source: str, seq: int, t_ns: int, image: np.ndarray | bytes, *
         return Message(topics.topic(source, "video"), hdr, (arr.data.cast("B"),))
     hdr = FrameHeader(source=source, stream="video", seq=seq, t_ns=t_ns,
                       shape=tuple(shape or ()), dtype="uint8", encoding=encoding)
-    return Message(topics.topic(source, "video"), hdr, (bytes(image) if not isinstance(image, (bytes, memoryview)) else image,))
+    return Message(topics.topic(source, "video"), hdr,
+                   (bytes(image) if not isinstance(image, (bytes, memoryview)) else image,))
 
 
 def frame_ref_message(source: str, seq: int, t_ns: int, ref: FrameRef,
@@ -253,7 +255,8 @@ def _check_array(shape: tuple[int, ...], dtype: str, nbytes: int) -> None:
             raise DecodeError("field", f"bad shape {shape}")
     expected = math.prod(shape) * itemsize
     if expected != nbytes:
-        raise DecodeError("size", f"payload is {nbytes} bytes, shape {shape} x {dtype} needs {expected}")
+        raise DecodeError("size", f"payload is {nbytes} bytes, "
+                                  f"shape {shape} x {dtype} needs {expected}")
 
 
 def check(msg: Message) -> None:
@@ -266,7 +269,8 @@ def check(msg: Message) -> None:
     except ValueError as e:
         raise DecodeError("topic", str(e)) from None
     if source != h.source or stream != h.stream:
-        raise DecodeError("topic", f"topic {msg.topic!r} does not match header {h.source}/{h.stream}")
+        raise DecodeError("topic", f"topic {msg.topic!r} does not match header "
+                                   f"{h.source}/{h.stream}")
     if h.seq < 0:
         raise DecodeError("field", f"negative seq {h.seq}")
     if h.t_ns < 0:
@@ -277,7 +281,8 @@ def check(msg: Message) -> None:
             raise DecodeError("parts", f"frame needs 1 payload part, got {len(p)}")
         if h.encoding == "raw":
             if len(h.shape) != 3 or h.shape[2] != 3 or h.dtype != "uint8":
-                raise DecodeError("field", f"raw frames are (h, w, 3) uint8, got {h.shape} {h.dtype}")
+                raise DecodeError("field",
+                                  f"raw frames are (h, w, 3) uint8, got {h.shape} {h.dtype}")
             _check_array(h.shape, h.dtype, len(p[0]))
         elif h.encoding == "jpeg":
             if len(h.shape) != 3 or h.shape[2] != 3 or not all(0 < d <= MAX_DIM for d in h.shape):
@@ -302,7 +307,8 @@ def check(msg: Message) -> None:
         try:
             bytes(p[0]).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DecodeError("text", f"payload is not UTF-8 ({e.reason} at byte {e.start})") from None
+            raise DecodeError("text",
+                              f"payload is not UTF-8 ({e.reason} at byte {e.start})") from None
     elif isinstance(h, LabelHeader):
         if p:
             raise DecodeError("parts", f"{msg.kind} carries no payload, got {len(p)} parts")
@@ -387,7 +393,8 @@ def _decode_header(buf: Buffer) -> Header:
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             raw = {}
         if isinstance(raw.get("v"), int) and raw["v"] != SCHEMA_VERSION:
-            raise DecodeError("version", f"schema version {raw['v']}, this build reads {SCHEMA_VERSION}") from None
+            raise DecodeError("version", f"schema version {raw['v']}, "
+                                         f"this build reads {SCHEMA_VERSION}") from None
         if "kind" in str(e) or (raw and raw.get("kind") not in (None, *KINDS)):
             raise DecodeError("kind", str(e)) from None
         raise DecodeError("header", str(e)) from None
@@ -444,7 +451,8 @@ def decode_window(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -
     n_frames = len(h.frame_t_ns)
     has_audio = h.audio_frames > 0
     if len(bufs) != 2 + n_frames + int(has_audio):
-        raise DecodeError("parts", f"window needs {n_frames} frame parts and {int(has_audio)} audio parts")
+        raise DecodeError("parts", f"window needs {n_frames} frame parts "
+                                   f"and {int(has_audio)} audio parts")
     if len(h.text_t_ns) != len(h.texts):
         raise DecodeError("field", "texts and text_t_ns differ in length")
     frames: list[np.ndarray | bytes | FrameRef] = []

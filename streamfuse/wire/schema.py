@@ -143,7 +143,8 @@ class WindowHeader(Envelope, tag="window", frozen=True):
     emit_ns: int = 0
 
 
-Header = FrameHeader | AudioHeader | TextHeader | HeartbeatHeader | ClassHeader | LabelHeader | WindowHeader
+Header = (FrameHeader | AudioHeader | TextHeader | HeartbeatHeader | ClassHeader | LabelHeader
+          | WindowHeader)
 KINDS = ("frame", "audio", "text", "heartbeat", "class", "label", "window")
 
 
@@ -169,7 +170,8 @@ class Message(msgspec.Struct, frozen=True, eq=False):
         return self.header.t_ns
 
     def array(self) -> np.ndarray:
-        """A zero-copy numpy view of a raw frame ``(h, w, 3)`` or an audio block ``(frames, channels)``."""
+        """A zero-copy numpy view of a raw frame ``(h, w, 3)`` or an audio block
+        ``(frames, channels)``."""
         h = self.header
         if isinstance(h, FrameHeader) and h.encoding == "raw":
             return np.frombuffer(self.payload[0], dtype=h.dtype).reshape(h.shape)
