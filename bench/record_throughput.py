@@ -13,7 +13,7 @@ stream, each as its own process:
 Reported: messages sent / received by the bare SUB / in the recording (lost =
 sent - recorded; the recorder's own drop counters from its log), CPU seconds
 per second of each subscriber, bytes per second written, compression ratio.
-Run: ``.venv/bin/python bench/record_throughput.py [--seconds 15] [--data ../shared/data]``.
+Run: ``.venv/bin/python bench/record_throughput.py [--seconds 15] [--data $DATA]``.
 """
 
 from __future__ import annotations

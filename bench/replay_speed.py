@@ -10,7 +10,7 @@ Builds a recording of raw 640x480 video at 30 fps (real footage from
    subscriber in this process counting every message (lost = recorded - received).
 
 Speeds are multiples of real time (recorded duration / wall time). Goal: replay
-at least 20x. Run: ``.venv/bin/python bench/replay_speed.py [--seconds 20] [--data ../shared/data]``.
+at least 20x. Run: ``.venv/bin/python bench/replay_speed.py [--seconds 20] [--data $DATA]``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 1. Build a small avdigits set (``streamfuse dataset avdigits``): espeak-ng
    speech and scikit-learn's digits, or with ``--data DIR`` the FSDD wavs,
-   MNIST digits and sounds of a ``shared/data``-style directory.
+   MNIST digits and sounds of a directory of real media (fsdd/, mnist/, sounds/).
 2. Train a model (``streamfuse train``), or reuse the one cached for the same
    size and data (default cache ``~/.cache/streamfuse/demo``).
 3. Write a config for a temporary run directory (ipc endpoints there) and start

@@ -1,7 +1,7 @@
 """`streamfuse dataset avdigits`: layout, split hygiene, stream contents and determinism.
 
 Built from what ships with the code (scikit-learn digits, espeak-ng, generated
-noise), so it runs without ../shared/data.
+noise), so it runs without a directory of real media.
 """
 
 from __future__ import annotations
