@@ -390,6 +390,47 @@ def _receive(pull: zmq.Socket, batcher: Batcher, limit: int, worker: Worker) -> 
     return n
 
 
+def _serve(worker: Worker, batcher: Batcher, pull: zmq.Socket, *, stop: threading.Event,
+           reload: threading.Event, poll_ns: int) -> None:
+    """Receive windows, classify batches as they fill or wait long enough, reload the model
+    on SIGHUP or when the artifact changes, until ``stop``."""
+    next_check = clock.now_ns() + poll_ns
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    while not stop.is_set():
+        now = clock.now_ns()
+        deadline = batcher.next_deadline()
+        # rounded up: waking before the deadline would only spin
+        wait_ms = (IDLE_POLL_MS if deadline is None
+                   else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // 1_000_000))))
+        if batcher.room and poller.poll(wait_ms):
+            _receive(pull, batcher, batcher.room, worker)
+            worker.holding(len(batcher))  # a batch being classified stays counted here
+        worker.handle(batcher.pop_batch(clock.now_ns()))
+        worker.holding(len(batcher))
+        worker.tick(clock.now_ns())
+        if reload.is_set():
+            reload.clear()
+            worker.load(reason="SIGHUP")
+            worker.shadow.reload(reason="SIGHUP", force=True)
+        elif clock.now_ns() >= next_check:
+            worker.maybe_reload()
+            next_check = clock.now_ns() + poll_ns
+
+
+def _drain(worker: Worker, batcher: Batcher, pull: zmq.Socket, *, budget: int) -> None:
+    """At stop: everything already received (queued here or in the socket, up to ``budget``
+    windows) is answered."""
+    while True:
+        if budget > 0 and batcher.room:
+            budget -= _receive(pull, batcher, min(batcher.room, budget), worker)
+        if not len(batcher):
+            break
+        worker.handle(batcher.drain())
+        worker.holding(len(batcher))
+    worker.holding(0)
+
+
 def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None = None,
          stop: threading.Event | None = None, reload: threading.Event | None = None,
          labels: zmq.Socket | None = None) -> int:
@@ -418,39 +459,9 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
              torch.get_num_threads(), cfg.fusion.max_batch, cfg.fusion.max_delay_ms)
     worker.load(reason="start")
     worker.shadow.reload(reason="start")
-    next_check = clock.now_ns() + poll_ns
-    poller = zmq.Poller()
-    poller.register(pull, zmq.POLLIN)
     try:
-        while not stop.is_set():
-            now = clock.now_ns()
-            deadline = batcher.next_deadline()
-            # rounded up: waking before the deadline would only spin
-            wait_ms = (IDLE_POLL_MS if deadline is None
-                       else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // 1_000_000))))
-            if batcher.room and poller.poll(wait_ms):
-                _receive(pull, batcher, batcher.room, worker)
-                worker.holding(len(batcher))  # a batch being classified stays counted here
-            worker.handle(batcher.pop_batch(clock.now_ns()))
-            worker.holding(len(batcher))
-            worker.tick(clock.now_ns())
-            if reload.is_set():
-                reload.clear()
-                worker.load(reason="SIGHUP")
-                worker.shadow.reload(reason="SIGHUP", force=True)
-            elif clock.now_ns() >= next_check:
-                worker.maybe_reload()
-                next_check = clock.now_ns() + poll_ns
-        # Drain: everything already received (queued here or in the socket) is answered.
-        budget = 4 * max(16, 2 * cfg.fusion.max_batch)
-        while True:
-            if budget > 0 and batcher.room:
-                budget -= _receive(pull, batcher, min(batcher.room, budget), worker)
-            if not len(batcher):
-                break
-            worker.handle(batcher.drain())
-            worker.holding(len(batcher))
-        worker.holding(0)
+        _serve(worker, batcher, pull, stop=stop, reload=reload, poll_ns=poll_ns)
+        _drain(worker, batcher, pull, budget=4 * max(16, 2 * cfg.fusion.max_batch))
         log.info("fusion worker stopped: %d classifications published, "
                  "%d windows dropped without a model",
                  worker.answered, worker.dropped_no_model)

@@ -304,19 +304,24 @@ def _close_plane(plane: ReplayPlane | None, cfg: Config, stop: threading.Event) 
     plane.close()
 
 
+def _bad_timing(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--rate``, ``--start`` and ``--end``, or None."""
+    if not args.max and not (math.isfinite(args.rate) and args.rate > 0):
+        return "--rate must be a number > 0"
+    for flag, v in (("--start", args.start), ("--end", args.end)):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            return f"{flag} must be a number of seconds >= 0, got {v}"
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        return "--end must be after --start"
+    return None
+
+
 def cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse replay FILE... [--rate R | --max] [--loop] [--start S] [--end S]
     [--topics PREFIX...] [--restamp]``."""
-    if not args.max and not (math.isfinite(args.rate) and args.rate > 0):
-        print("streamfuse replay: --rate must be a number > 0", file=sys.stderr)
-        return 2
-    for flag, v in (("--start", args.start), ("--end", args.end)):
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            print(f"streamfuse replay: {flag} must be a number of seconds >= 0, got {v}",
-                  file=sys.stderr)
-            return 2
-    if args.start is not None and args.end is not None and args.end <= args.start:
-        print("streamfuse replay: --end must be after --start", file=sys.stderr)
+    problem = _bad_timing(args)
+    if problem:
+        print(f"streamfuse replay: {problem}", file=sys.stderr)
         return 2
     try:
         paths = reader.expand_paths(args.files)

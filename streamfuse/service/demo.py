@@ -337,6 +337,39 @@ def _keep_serving(sub: zmq.Socket, daemon: Daemon, cfg: Config, results: Results
 # ----------------------------------------------------------------------------- main
 
 
+def _replay_and_watch(test_files: list[str], size: Size, cfg_path: Path, sub: zmq.Socket,
+                      spans: dict[str, list[tuple[int, int, str]]], results: Results,
+                      stop: Signals) -> None:
+    """Replay the test recordings at 1x and print each classification as it arrives, until
+    the last windows have closed after the replay's end. Raises :class:`DemoFailure`."""
+    # --small replays the first seconds only: enough windows to see it work
+    span = ["--end", str(size.replay_s)] if size.replay_s else []
+    replay = subprocess.Popen([*_py(), "replay", *test_files, "--rate", "1", *span,
+                               "--config", str(cfg_path)],
+                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    print(f"demo: replaying {len(test_files)} test recording(s) at 1x; "
+          "one line per classification: time source label score modalities "
+          "latency", flush=True)
+    try:
+        watch(sub, until=lambda: replay.poll() is not None, spans=spans,
+              results=results, stop=stop)
+    finally:
+        if replay.poll() is None:
+            replay.send_signal(signal.SIGTERM)
+        try:
+            _, err = replay.communicate(timeout=15)
+        except subprocess.TimeoutExpired:  # two-phase stop: SIGTERM, then SIGKILL
+            replay.kill()
+            _, err = replay.communicate()
+    if replay.returncode != 0 and not stop.stop.is_set():
+        raise DemoFailure(f"replay failed (exit {replay.returncode}): "
+                          f"{err.strip()[-400:]}")
+    # the last windows close after the replay's final heartbeats
+    drain_until = clock.monotonic_ns() + 3 * NS
+    watch(sub, until=lambda: clock.monotonic_ns() > drain_until, spans=spans,
+          results=results, stop=stop)
+
+
 def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
     size = SMALL if args.small else FULL
     cache = _cache_dir(args.cache)
@@ -363,33 +396,7 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
                 sub = connect_sub(ctx, cfg.bus, [topics.class_topic(s) for s in spans],
                                   endpoint=cfg.bus.results)
                 try:
-                    # --small replays the first seconds only: enough windows to see it work
-                    span = ["--end", str(size.replay_s)] if size.replay_s else []
-                    replay = subprocess.Popen([*_py(), "replay", *test_files, "--rate", "1", *span,
-                                               "--config", str(cfg_path)],
-                                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                              text=True)
-                    print(f"demo: replaying {len(test_files)} test recording(s) at 1x; "
-                          "one line per classification: time source label score modalities "
-                          "latency", flush=True)
-                    try:
-                        watch(sub, until=lambda: replay.poll() is not None, spans=spans,
-                              results=results, stop=stop)
-                    finally:
-                        if replay.poll() is None:
-                            replay.send_signal(signal.SIGTERM)
-                        try:
-                            _, err = replay.communicate(timeout=15)
-                        except subprocess.TimeoutExpired:  # two-phase stop: SIGTERM, then SIGKILL
-                            replay.kill()
-                            _, err = replay.communicate()
-                    if replay.returncode != 0 and not stop.stop.is_set():
-                        raise DemoFailure(f"replay failed (exit {replay.returncode}): "
-                                          f"{err.strip()[-400:]}")
-                    # the last windows close after the replay's final heartbeats
-                    drain_until = clock.monotonic_ns() + 3 * NS
-                    watch(sub, until=lambda: clock.monotonic_ns() > drain_until, spans=spans,
-                          results=results, stop=stop)
+                    _replay_and_watch(test_files, size, cfg_path, sub, spans, results, stop)
                     if getattr(args, "keep", False) and not stop.stop.is_set():
                         reported = _keep_serving(sub, daemon, cfg, results, stop)
                 finally:

@@ -196,57 +196,73 @@ def augment(f: Features, gen: torch.Generator, *, elastic: float = 0.0,
     the dark ink), the same on the window's T frames. 0 draws nothing extra.
     """
     b = f.batch_size
-    dev = f.frames.device
-    frames = f.frames
-    if frames.numel():
-        t, _c, h, w = frames.shape[1:]
-        angle = (torch.rand(b, generator=gen) - 0.5) * (2 * math.radians(12))
-        scale = 0.85 + 0.3 * torch.rand(b, generator=gen)
-        shift = (torch.rand(b, 2, generator=gen) - 0.5) * 0.3
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                             torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        # The same motion for all T frames.
-        theta = theta.to(dev, frames.dtype).repeat_interleave(t, dim=0)
-        flat = frames.flatten(0, 1)
-        grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
-        if elastic > 0:
-            coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * elastic
-            field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
-            field = field.to(dev, frames.dtype).permute(0, 2, 3, 1)
-            grid = grid + field.repeat_interleave(t, dim=0)
-        flat = F.grid_sample(flat, grid, padding_mode="border", align_corners=False)
-        frames = flat.view_as(frames)
-        if occlude > 0:
-            frames = occlude_bars(frames, gen, occlude)
-        # Erase a random box in 25 % of windows (fingers, glare).
-        erase = torch.rand(b, generator=gen) < 0.25
-        if bool(erase.any()):
-            y0 = (torch.rand(b, generator=gen) * h * 0.7).long()
-            x0 = (torch.rand(b, generator=gen) * w * 0.7).long()
-            ys = torch.arange(h).view(1, h, 1)
-            xs = torch.arange(w).view(1, 1, w)
-            box = (ys >= y0.view(b, 1, 1)) & (ys < (y0 + h // 3).view(b, 1, 1)) & \
-                  (xs >= x0.view(b, 1, 1)) & (xs < (x0 + w // 3).view(b, 1, 1)) & \
-                  erase.view(b, 1, 1)
-            frames = frames.masked_fill(box.to(dev).view(b, 1, 1, h, w), 0.0)
-        frames = frames + 0.1 * torch.randn(frames.shape, generator=gen).to(dev, frames.dtype)
-    logmel = f.logmel
-    if logmel.numel():
-        n_mels, n_t = logmel.shape[2], logmel.shape[3]
-        shift_t = torch.randint(-n_t // 4, n_t // 4 + 1, (b,), generator=gen)
-        idx = (torch.arange(n_t).view(1, n_t) - shift_t.view(b, 1)) % n_t
-        logmel = torch.gather(logmel, 3, idx.to(dev).view(b, 1, 1, n_t).expand_as(logmel))
-        f0 = torch.randint(0, n_mels, (b,), generator=gen)
-        fw = torch.randint(0, max(1, n_mels // 8), (b,), generator=gen)
-        t0 = torch.randint(0, n_t, (b,), generator=gen)
-        tw = torch.randint(0, max(1, n_t // 8), (b,), generator=gen)
-        mels = torch.arange(n_mels).view(1, n_mels, 1)
-        times = torch.arange(n_t).view(1, 1, n_t)
-        cut = ((mels >= f0.view(b, 1, 1)) & (mels < (f0 + fw).view(b, 1, 1))) | \
-              ((times >= t0.view(b, 1, 1)) & (times < (t0 + tw).view(b, 1, 1)))
-        logmel = logmel.masked_fill(cut.to(dev).unsqueeze(1), 0.0)
+    frames = _augment_frames(f.frames, b, gen, elastic=elastic, occlude=occlude)
+    logmel = _augment_logmel(f.logmel, b, gen)
     return replace(f, frames=frames, logmel=logmel)
+
+
+def _augment_frames(frames: torch.Tensor, b: int, gen: torch.Generator, *, elastic: float,
+                    occlude: float) -> torch.Tensor:
+    """``augment`` of the frames ``(batch, T, C, H, W)``: a random similarity transform
+    (and ``elastic`` displacement) the same on all T frames, bars, an erased box, noise."""
+    dev = frames.device
+    if not frames.numel():
+        return frames
+    t, _c, h, w = frames.shape[1:]
+    angle = (torch.rand(b, generator=gen) - 0.5) * (2 * math.radians(12))
+    scale = 0.85 + 0.3 * torch.rand(b, generator=gen)
+    shift = (torch.rand(b, 2, generator=gen) - 0.5) * 0.3
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    # The same motion for all T frames.
+    theta = theta.to(dev, frames.dtype).repeat_interleave(t, dim=0)
+    flat = frames.flatten(0, 1)
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    if elastic > 0:
+        coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * elastic
+        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+        field = field.to(dev, frames.dtype).permute(0, 2, 3, 1)
+        grid = grid + field.repeat_interleave(t, dim=0)
+    flat = F.grid_sample(flat, grid, padding_mode="border", align_corners=False)
+    frames = flat.view_as(frames)
+    if occlude > 0:
+        frames = occlude_bars(frames, gen, occlude)
+    # Erase a random box in 25 % of windows (fingers, glare).
+    erase = torch.rand(b, generator=gen) < 0.25
+    if bool(erase.any()):
+        y0 = (torch.rand(b, generator=gen) * h * 0.7).long()
+        x0 = (torch.rand(b, generator=gen) * w * 0.7).long()
+        ys = torch.arange(h).view(1, h, 1)
+        xs = torch.arange(w).view(1, 1, w)
+        box = (ys >= y0.view(b, 1, 1)) & (ys < (y0 + h // 3).view(b, 1, 1)) & \
+              (xs >= x0.view(b, 1, 1)) & (xs < (x0 + w // 3).view(b, 1, 1)) & \
+              erase.view(b, 1, 1)
+        frames = frames.masked_fill(box.to(dev).view(b, 1, 1, h, w), 0.0)
+    frames = frames + 0.1 * torch.randn(frames.shape, generator=gen).to(dev, frames.dtype)
+    return frames
+
+
+def _augment_logmel(logmel: torch.Tensor, b: int, gen: torch.Generator) -> torch.Tensor:
+    """``augment`` of the log-mel ``(batch, 1, n_mels, time)``: a circular time shift and
+    SpecAugment-style masking of one band and one stretch of time."""
+    dev = logmel.device
+    if not logmel.numel():
+        return logmel
+    n_mels, n_t = logmel.shape[2], logmel.shape[3]
+    shift_t = torch.randint(-n_t // 4, n_t // 4 + 1, (b,), generator=gen)
+    idx = (torch.arange(n_t).view(1, n_t) - shift_t.view(b, 1)) % n_t
+    logmel = torch.gather(logmel, 3, idx.to(dev).view(b, 1, 1, n_t).expand_as(logmel))
+    f0 = torch.randint(0, n_mels, (b,), generator=gen)
+    fw = torch.randint(0, max(1, n_mels // 8), (b,), generator=gen)
+    t0 = torch.randint(0, n_t, (b,), generator=gen)
+    tw = torch.randint(0, max(1, n_t // 8), (b,), generator=gen)
+    mels = torch.arange(n_mels).view(1, n_mels, 1)
+    times = torch.arange(n_t).view(1, 1, n_t)
+    cut = ((mels >= f0.view(b, 1, 1)) & (mels < (f0 + fw).view(b, 1, 1))) | \
+          ((times >= t0.view(b, 1, 1)) & (times < (t0 + tw).view(b, 1, 1)))
+    logmel = logmel.masked_fill(cut.to(dev).unsqueeze(1), 0.0)
+    return logmel
 
 
 def occlude_bars(frames: torch.Tensor, gen: torch.Generator, share: float) -> torch.Tensor:

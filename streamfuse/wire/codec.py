@@ -259,6 +259,41 @@ def _check_array(shape: tuple[int, ...], dtype: str, nbytes: int) -> None:
                                   f"shape {shape} x {dtype} needs {expected}")
 
 
+def _check_frame(h: FrameHeader, p: Sequence[Any]) -> None:
+    """One payload part that fits the frame's encoding (raw pixels, a JPEG, a ring reference)."""
+    if len(p) != 1:
+        raise DecodeError("parts", f"frame needs 1 payload part, got {len(p)}")
+    if h.encoding == "raw":
+        if len(h.shape) != 3 or h.shape[2] != 3 or h.dtype != "uint8":
+            raise DecodeError("field",
+                              f"raw frames are (h, w, 3) uint8, got {h.shape} {h.dtype}")
+        _check_array(h.shape, h.dtype, len(p[0]))
+    elif h.encoding == "jpeg":
+        if len(h.shape) != 3 or h.shape[2] != 3 or not all(0 < d <= MAX_DIM for d in h.shape):
+            raise DecodeError("field", f"jpeg frames decode to (h, w, 3), got {h.shape}")
+        if len(p[0]) < 4 or bytes(p[0][:2]) != b"\xff\xd8":
+            raise DecodeError("field", "jpeg payload does not start with a JPEG marker")
+    elif h.encoding == "shm":
+        if h.dtype != "uint8":
+            raise DecodeError("field", f"frames are uint8, got {h.dtype}")
+        decode_ref(p[0], h.shape)
+    else:
+        raise DecodeError("field", f"unknown frame encoding {h.encoding!r}")
+
+
+def _check_label(h: LabelHeader, p: Sequence[Any]) -> None:
+    """No payload; a label, or a stop without one (and without an end)."""
+    if p:
+        raise DecodeError("parts", f"label carries no payload, got {len(p)} parts")
+    if h.stop != (h.label == ""):
+        raise DecodeError("field", "a label message has a label, or is a stop with none")
+    if h.stop and h.t_end_ns:
+        raise DecodeError("field", "a label stop has no t_end_ns")
+    why = label_problem(h.label) if not h.stop else None
+    if why:
+        raise DecodeError("field", why)
+
+
 def check(msg: Message) -> None:
     """Validate a message's topic, header and payload sizes (raises DecodeError)."""
     h = msg.header
@@ -277,24 +312,7 @@ def check(msg: Message) -> None:
         raise DecodeError("field", f"negative t_ns {h.t_ns}")
     p = msg.payload
     if isinstance(h, FrameHeader):
-        if len(p) != 1:
-            raise DecodeError("parts", f"frame needs 1 payload part, got {len(p)}")
-        if h.encoding == "raw":
-            if len(h.shape) != 3 or h.shape[2] != 3 or h.dtype != "uint8":
-                raise DecodeError("field",
-                                  f"raw frames are (h, w, 3) uint8, got {h.shape} {h.dtype}")
-            _check_array(h.shape, h.dtype, len(p[0]))
-        elif h.encoding == "jpeg":
-            if len(h.shape) != 3 or h.shape[2] != 3 or not all(0 < d <= MAX_DIM for d in h.shape):
-                raise DecodeError("field", f"jpeg frames decode to (h, w, 3), got {h.shape}")
-            if len(p[0]) < 4 or bytes(p[0][:2]) != b"\xff\xd8":
-                raise DecodeError("field", "jpeg payload does not start with a JPEG marker")
-        elif h.encoding == "shm":
-            if h.dtype != "uint8":
-                raise DecodeError("field", f"frames are uint8, got {h.dtype}")
-            decode_ref(p[0], h.shape)
-        else:
-            raise DecodeError("field", f"unknown frame encoding {h.encoding!r}")
+        _check_frame(h, p)
     elif isinstance(h, AudioHeader):
         if len(p) != 1:
             raise DecodeError("parts", f"audio needs 1 payload part, got {len(p)}")
@@ -310,15 +328,7 @@ def check(msg: Message) -> None:
             raise DecodeError("text",
                               f"payload is not UTF-8 ({e.reason} at byte {e.start})") from None
     elif isinstance(h, LabelHeader):
-        if p:
-            raise DecodeError("parts", f"{msg.kind} carries no payload, got {len(p)} parts")
-        if h.stop != (h.label == ""):
-            raise DecodeError("field", "a label message has a label, or is a stop with none")
-        if h.stop and h.t_end_ns:
-            raise DecodeError("field", "a label stop has no t_end_ns")
-        why = label_problem(h.label) if not h.stop else None
-        if why:
-            raise DecodeError("field", why)
+        _check_label(h, p)
     elif isinstance(h, HeartbeatHeader):
         if p:
             raise DecodeError("parts", f"{msg.kind} carries no payload, got {len(p)} parts")
