@@ -437,6 +437,8 @@ class _Recorder:
             w.flush()
             self.bytes += w.bytes_on_disk - before
             self.flushed_ns = now_ns
+            self.published_ns = now_ns
+            self.publish_metrics()  # counted as soon as on disk: a SIGKILL next loses no count
         if now_ns - self.published_ns >= self.METRICS_NS:
             self.publish_metrics()
             self.published_ns = now_ns
@@ -462,6 +464,7 @@ class _Recorder:
             self.writer = None
             self.closed_messages += w.messages_on_disk
             self.bytes += max(0, w.bytes_on_disk - before)
+            self.publish_metrics()
 
     def close(self) -> None:
         self._close_file()

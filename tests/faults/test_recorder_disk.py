@@ -71,6 +71,11 @@ def _recording_paths(log: str) -> list[str]:
             if "recording to " in ln]
 
 
+def _balanced(disk: Path, port: int, *, write_failed: bool = False) -> bool:
+    counted, failed, other, in_files = _books(disk, port)
+    return counted == in_files and other == 0 and (failed > 0 or not write_failed)
+
+
 def _check_books(disk: Path, port: int) -> None:
     """Counters equal the files, once the recorder is not running (nothing moves)."""
     counted, failed, other, in_files = _books(disk, port)
@@ -90,7 +95,9 @@ def _run(tmp: Path, bus_env: Any, retry_after_s: float, revive: Callable[[Runnin
                 try:
                     filler, gave_up_at = _fill_until_given_up(d, feeder, disk)
                     assert "No space left on device" in d.log()
-                    _pump(d, feeder, lambda: True, 1.5, "")  # the given-up recorder's last metrics
+                    # the given-up recorder's last metrics settle once its process is gone
+                    _pump(d, feeder, lambda: _balanced(disk, port, write_failed=True), 15,
+                          "the recorder's counters to equal its files")
                     _check_books(disk, port)
                     filler.unlink()  # room again
                     revive(d)
@@ -101,7 +108,8 @@ def _run(tmp: Path, bus_env: Any, retry_after_s: float, revive: Callable[[Runnin
                     d.proc.send_signal(signal.SIGHUP)  # stop the recorder cleanly, files closed
                     _pump(d, feeder, lambda: "recorder is no longer configured" in d.log(), 30,
                           "the recorder to stop")
-                    _pump(d, feeder, lambda: True, 1.0, "")
+                    _pump(d, feeder, lambda: _balanced(disk, port), 15,
+                          "the stopped recorder's counters to equal its files")
                     counted, failed, other, in_files = _books(disk, port)
                     assert counted == in_files and other == 0, (counted, failed, other, in_files)
                 finally:
