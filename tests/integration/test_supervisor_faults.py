@@ -34,8 +34,10 @@ pytestmark = pytest.mark.slow
 
 SOURCE = "room1"
 VIDEO = f"capture-{SOURCE}-video"
-# Short windows, so that the second or so a restarted capture needs leaves whole windows without video.
-ALIGN = AlignConfig(window_ms=400, hop_ms=200, required=["video"])
+# Short windows, so that the time a restarted capture needs leaves whole windows without video:
+# its frames stop for at least the 0.25 s backoff plus a start (0.4 s measured on an idle
+# machine), and any gap of window + hop = 300 ms holds a whole window.
+ALIGN = AlignConfig(window_ms=200, hop_ms=100, required=["video"])
 
 
 class Watch:
@@ -125,7 +127,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     cam = MjpegCamera(fps=10, width=160, height=120).start()
     save_tiny(env.root / "model", ALIGN)
     env.write(
-        '[align]\nrequired = ["video"]\nwindow_ms = 400\nhop_ms = 200\n'
+        '[align]\nrequired = ["video"]\nwindow_ms = 200\nhop_ms = 100\n'
         '[fusion]\nreload_poll_s = 0.5\n'
         f'[[sources]]\nname = "{SOURCE}"\n'
         f'[sources.video]\ndevice = "{cam.url}"\nwidth = 160\nheight = 120\nfps = 10\nencoding = "jpeg"\n'
@@ -183,7 +185,9 @@ def test_a_killed_capture_is_restarted_while_text_flows_and_windows_mark_video_a
     wait_for(lambda: rig.with_video(killed_ns + 10**9), timeout=30, what="video back after the restart")
     assert any(t > killed for t in rig.w.text_times)  # the other stream never stopped
     gap = [c for c in rig.windows_from(killed_ns) if not c["present"].get("video")]
-    assert gap, "no window marked video absent while the capture was down"
+    seen = [((c["t_start_ns"] - killed_ns) // 10**6, sorted(k for k, v in c["present"].items() if v))
+            for c in rig.windows_from(killed_ns - 2 * 10**9)]
+    assert gap, f"no window marked video absent while the capture was down: {seen}\n" + rig.log()[-2000:]
 
 
 def test_a_camera_going_away_and_back_is_reconnected_not_restarted(rig: Rig) -> None:
