@@ -37,7 +37,11 @@ Rules, per source (each source is aligned on its own):
   first messages miss windows live that they reach offline.
 - A window in which no stream is present is not emitted.
 - Memory: buffers keep only what open windows can still show (see
-  :mod:`streamfuse.align.buffers`); audio lives in a fixed ring per stream.
+  :mod:`streamfuse.align.buffers`); audio lives in a fixed ring per stream. A
+  source that has sent nothing for ``FORGET_AFTER_NS`` (local clock) and holds no
+  data is forgotten, all but the ranges of windows it emitted: names a publisher
+  invents cost nothing once they fall silent, and a source that comes back starts
+  afresh without answering any window twice.
 - Late data (``t_ns`` before the end of a closed window) is counted per stream;
   it is still used by the open windows it falls in, else dropped.
 - Timestamps outside the plausible range of the wire (2000 to 2200, see
@@ -99,6 +103,8 @@ _NEG_INF = -(1 << 126)
 _POS_INF = 1 << 126
 _MAX_ANSWERED = 32  # ranges of emitted windows remembered per source across resyncs
 _MAX_EVENTS = 64  # resyncs kept until taken
+FORGET_AFTER_NS = 60 * NS_PER_S  # silence after which an idle source's state is freed
+_SWEEP_EVERY_NS = NS_PER_S  # how often pop_ready looks for such sources
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,7 @@ class _Source:
         self.first_t: int | None = None
         self.newest_t = _NEG_INF
         self.newest_recv = 0
+        self.last_recv = 0  # local arrival of its newest message of any kind
         self.data_recv = _NEG_INF  # local arrival of the newest accepted video or audio
         self.next_k: int | None = None  # first window not closed yet
         self.next_end: int | None = None  # its end
@@ -214,6 +221,7 @@ class Aligner:
         self._dirty: list[_Source] = []  # sources whose watermarks crossed their next window's end
         self._timers: list[tuple[int, int, _Source]] = []  # (local deadline, tie, source) heap
         self._tie = itertools.count()
+        self._next_sweep = _NEG_INF
         self.stats = AlignStats(_bytes=self.buffered_bytes)
 
     # ------------------------------------------------------------------ input
@@ -231,6 +239,7 @@ class Aligner:
         if src is None:
             answered = self._answered.setdefault(h.source, [])
             src = self._sources[h.source] = _Source(h.source, self, answered)
+        src.last_recv = max(src.last_recv, recv_ns)
         self._push(src, msg, recv_ns)
 
     def _push(self, src: _Source, msg: Message, recv_ns: int) -> None:
@@ -415,7 +424,22 @@ class Aligner:
             if local == src.timer_local:  # else superseded by an earlier timer
                 src.timer_local = _POS_INF
                 self._check(src, now_ns, out)
+        if now_ns >= self._next_sweep:
+            self._next_sweep = now_ns + _SWEEP_EVERY_NS
+            self._forget_idle(now_ns)
         return out
+
+    def _forget_idle(self, now_ns: int) -> None:
+        """Free the sources silent for ``FORGET_AFTER_NS`` that hold no data."""
+        for name, src in list(self._sources.items()):
+            if now_ns - src.last_recv < FORGET_AFTER_NS or self._first_data_k(src) is not None:
+                continue
+            del self._sources[name]
+            if src.k_lo is not None:
+                _remember(src.answered, src.k_lo, src.k_hi)
+            if not src.answered:
+                del self._answered[name]
+            src.timer_local = _POS_INF  # a queued timer for it finds it gone (see _check)
 
     def _check(self, src: _Source, now_ns: int, out: list[Window]) -> None:
         """Close what may close at ``now_ns`` and set the source's next timer."""

@@ -92,3 +92,47 @@ def test_one_hour_keeps_buffers_bounded() -> None:
     assert stats.restarts[("cam", "video")] == 6
     assert stats.absent[("cam", "audio")] >= 6 * 115  # the dead minutes
     assert not stats.late and not stats.resyncs
+
+
+def test_invented_source_names_are_forgotten_once_silent() -> None:
+    """With no configured sources every name is aligned; names a publisher invents and
+    drops cost nothing once silent for FORGET_AFTER_NS, and a source that comes back
+    after that starts afresh without answering any window twice."""
+    from streamfuse.align.window import FORGET_AFTER_NS
+
+    al = Aligner(AlignConfig(window_ms=1000, hop_ms=500))
+    names = [f"made-up-{i}" for i in range(300)]
+    for seq, name in enumerate(names):
+        al.push(codec.text_message(name, seq, T0 + seq * MS, "hello"), T0 + seq * MS)
+    first = al.pop_ready(T0 + 20 * S)  # every window closes on the lateness bound
+    assert {w.source for w in first} == set(names)
+    assert len(al._sources) == len(names)  # noqa: SLF001 - the state this test is about
+    assert al.pop_ready(T0 + FORGET_AFTER_NS - S) == []
+    assert len(al._sources) == len(names)  # noqa: SLF001 - silent, but not long enough
+    al.pop_ready(T0 + FORGET_AFTER_NS + 2 * S)
+    assert len(al._sources) == 0  # noqa: SLF001
+    assert al.buffered_bytes() == 0
+    # The first name comes back with the same message (a looped replay, not re-stamped):
+    # its window was answered before it was forgotten, so it is not answered again...
+    back = T0 + FORGET_AFTER_NS + 3 * S
+    al.push(codec.text_message(names[0], 0, T0, "hello"), back)
+    assert al.pop_ready(back + 20 * S) == []
+    assert al.stats.repeated[names[0]] >= 1
+    # ...while new data on its clock makes new windows, none of them answered before.
+    al.push(codec.text_message(names[0], 1, T0 + 20 * S, "again"), back + 20 * S)
+    again = al.pop_ready(back + 40 * S)
+    assert again and {w.source for w in again} == {names[0]}
+    assert not {w.seq for w in again} & {w.seq for w in first if w.source == names[0]}
+
+
+def test_a_source_that_keeps_talking_is_kept() -> None:
+    """Heartbeats alone keep a source's state, however long it sends no data."""
+    from streamfuse.align.window import FORGET_AFTER_NS
+
+    al = Aligner(AlignConfig(window_ms=1000, hop_ms=500))
+    al.push(codec.text_message("quiet", 0, T0, "hello"), T0)
+    for i in range(1, 2 * FORGET_AFTER_NS // S):
+        t = T0 + i * S
+        al.push(Message("quiet/text", HeartbeatHeader(source="quiet", stream="text", seq=i, t_ns=t)), t)
+        al.pop_ready(t)
+    assert "quiet" in al._sources  # noqa: SLF001
