@@ -481,15 +481,25 @@ def _trainer(train_set: WindowSet, prep: Preprocessing, opts: TrainOptions, dist
         shuffle=True, seed=opts.seed, drop_last=False)
     steps = max(1, math.ceil(len(sampler) / batch))
     opt = torch.optim.AdamW(list(net.parameters()), lr=opts.lr, weight_decay=opts.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr,
-                                                total_steps=opts.epochs * steps,
-                                                pct_start=WARMUP_FRACTION)
+    sched = one_cycle(opt, opts.lr, opts.epochs * steps)
     columns = model.mask_columns.cpu()
     return _Trainer(model=model, net=net, use_aux=use_aux, opt=opt, sched=sched,
                     weights=class_weights(train_set.y, len(train_set.classes)).to(dev),
                     gen=torch.Generator().manual_seed(opts.seed * 1000 + dist.rank),
                     drop_weights=torch.tensor(opts.drop_weights, dtype=torch.float32)[columns],
                     sampler=sampler, batch=batch, steps=steps)
+
+
+def one_cycle(opt: torch.optim.Optimizer, lr: float,
+              total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The one-cycle schedule over ``total_steps``, warming up for ``WARMUP_FRACTION`` of them.
+    torch divides by ``pct_start * total_steps - 1``: where that is 0 (4 steps in all, say two
+    epochs of two batches) the warm-up takes two steps instead."""
+    pct = WARMUP_FRACTION
+    if abs(pct * total_steps - 1) < 1e-9:
+        pct = 2 / total_steps
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
+                                               pct_start=pct)
 
 
 def _step(tr: _Trainer, feats: Features, y: torch.Tensor, rows: torch.Tensor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -303,3 +304,21 @@ def test_any_modality_accuracy_counts_fused_or_a_present_modality_right():
     assert report["accuracy"] == 0.25
     assert report["accuracy_any_modality"] == 0.5
     assert report["ablation"]["video"]["alone"] == 0.25
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 8, 40])
+def test_one_cycle_runs_any_number_of_steps(total: int) -> None:
+    """Two epochs of two batches (4 steps) made torch divide by zero in the warm-up."""
+    from streamfuse.train.loop import one_cycle
+
+    w = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = one_cycle(opt, 0.1, total)
+    lrs = []
+    for _ in range(total):  # as the trainer does: one step per batch
+        lrs.append(opt.param_groups[0]["lr"])  # the rate this batch trains with
+        opt.step()
+        sched.step()
+    assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs)
+    if total >= 4:
+        assert max(lrs) > lrs[0] and lrs[-1] < max(lrs)  # it rises, then falls
