@@ -61,10 +61,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--cameras", type=int, default=4)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=os.environ.get("DATA"),
+                    help="the real-media directory (default: $DATA; without it, generated frames)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    data = args.data if args.data.exists() else None
+    data = args.data if args.data and args.data.exists() else None
     imgs = frames(data, n=120)
     with tempfile.TemporaryDirectory(prefix="sf-rec-bench-") as d:
         tmp = Path(d)

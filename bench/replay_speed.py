@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -141,10 +142,11 @@ def replay_through_broker(path: Path, tmp: Path, expected: int) -> dict[str, flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="length of the recording")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=os.environ.get("DATA"),
+                    help="the real-media directory (default: $DATA; without it, generated frames)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    data = args.data if args.data.exists() else None
+    data = args.data if args.data and args.data.exists() else None
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as d:
         tmp = Path(d)
         rec = tmp / "vga.mcap"
