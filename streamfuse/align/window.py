@@ -439,7 +439,6 @@ class Aligner:
                 _remember(src.answered, src.k_lo, src.k_hi)
             if not src.answered:
                 del self._answered[name]
-            src.timer_local = _POS_INF  # a queued timer for it finds it gone (see _check)
 
     def _check(self, src: _Source, now_ns: int, out: list[Window]) -> None:
         """Close what may close at ``now_ns`` and set the source's next timer."""
