@@ -48,13 +48,11 @@ temperature and writes the artifact.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,13 +60,12 @@ import torch.nn.functional as F
 
 from streamfuse import clock
 from streamfuse.clock import NS_PER_S
-from streamfuse.config import AlignConfig, Config
+from streamfuse.config import AlignConfig
 from streamfuse.fusion.features import MODALITIES, Features, Preprocessing
 from streamfuse.fusion.model import FusionModel, ModelConfig
 from streamfuse.progress import Progress
 from streamfuse.train import metrics
 from streamfuse.train.dataset import DataError, WindowSet, select_features
-from streamfuse.train.labels import LabelError
 
 log = logging.getLogger("streamfuse.train")
 
@@ -621,7 +618,7 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
     return tr.model, result
 
 
-# ----------------------------------------------------------------------------- command
+# ----------------------------------------------------------------------------- the whole job
 
 
 def _pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -664,37 +661,35 @@ def _init_dist(device_name: str) -> Dist:
     return Dist(tdist.get_rank(), world, dev)
 
 
-def resolve_inputs(
-    args: argparse.Namespace,
-) -> tuple[list[str], str | None, list[str] | None, str | None]:
-    """(train paths, train labels, val paths or None, val labels) from the arguments."""
-    train_paths: list[str] = []
-    val_paths: list[str] = list(args.val_recordings or [])
-    for p in args.recordings:
-        root = Path(p)
-        if root.is_dir() and (root / "train").is_dir():
-            train_paths.append(str(root / "train"))
-            if not args.val_recordings and (root / "val").is_dir():
-                val_paths.append(str(root / "val"))
-        else:
-            train_paths.append(p)
-    return train_paths, args.labels, (val_paths or None), args.val_labels
+@dataclass(frozen=True)
+class TrainData:
+    """Where the windows come from: recordings (files, or directories of ``*.mcap``) and their
+    labels CSV (None: ``labels.csv`` beside them, else their label messages); without
+    ``val_recordings``, :data:`VAL_FRACTION` of the windows in whole blocks of time."""
+
+    recordings: list[str]
+    labels: str | None = None
+    val_recordings: list[str] | None = None
+    val_labels: str | None = None
 
 
-def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
+def train_artifact(align: AlignConfig, opts: TrainOptions, data: TrainData, out: str, *,
+                   device: str = "auto", quiet: bool = False) -> None:
+    """Load the windows, :func:`train`, and write the artifact to ``out`` with its training
+    summary and metrics (one line on stdout). Under torchrun (``WORLD_SIZE`` > 1) every
+    rank calls this; rank 0 writes."""
     from streamfuse.fusion.artifact import save_artifact
     from streamfuse.train.dataset import load_windows
 
-    dist = _init_dist(args.device)
+    dist = _init_dist(device)
     try:
-        align: AlignConfig = cfg.align
         prep = opts.preprocessing(align)
-        train_paths, train_labels, val_paths, val_labels = resolve_inputs(args)
         t0 = clock.monotonic_ns()
-        shown = not args.quiet and dist.main
-        train_set = load_windows(train_paths, align, prep, labels=train_labels, progress=shown)
-        if val_paths:
-            val_set = load_windows(val_paths, align, prep, labels=val_labels,
+        shown = not quiet and dist.main
+        train_set = load_windows(data.recordings, align, prep, labels=data.labels,
+                                 progress=shown)
+        if data.val_recordings:
+            val_set = load_windows(data.val_recordings, align, prep, labels=data.val_labels,
                                    classes=train_set.classes, progress=shown)
         else:
             tr, va = holdout_split(train_set.keys, VAL_FRACTION, opts.seed)
@@ -708,7 +703,7 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
                      ", ".join(f"{k} {v}" for k, v in per_class), data_s)
         if len(val_set) == 0:
             raise DataError("no validation windows: pass --val-recordings or more data")
-        model, result = train(train_set, val_set, prep, opts, dist=dist, quiet=args.quiet)
+        model, result = train(train_set, val_set, prep, opts, dist=dist, quiet=quiet)
         if dist.main:
             training = {"options": asdict(opts),
                         "train": train_set.summary, "val": val_set.summary,
@@ -717,9 +712,9 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
                         **{k: v for k, v in result.items()
                            if not k.startswith("val_") and k != "temperature"}}
             mets = {k: v for k, v in result.items() if k.startswith("val_") or k == "temperature"}
-            model_id = save_artifact(args.out, model, prep, align=align,
+            model_id = save_artifact(out, model, prep, align=align,
                                      extra={"training": training, "metrics": mets})
-            print(f"{args.out}: model {model_id}: val accuracy {result['val_accuracy']:.4f}, "
+            print(f"{out}: model {model_id}: val accuracy {result['val_accuracy']:.4f}, "
                   f"ECE {result['val_ece']:.4f} (T={result['temperature']:.2f}), best epoch "
                   f"{result['best_epoch']}/{result['epochs_run']}, "
                   f"{result['train_seconds']:.0f}s training + {data_s:.0f}s data")
@@ -729,49 +724,9 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
 
             tdist.barrier()
             tdist.destroy_process_group()
-    return 0
 
 
 def _subset(ws: WindowSet, rows: torch.Tensor) -> WindowSet:
     summary = dict(ws.summary, labelled=int(rows.numel()), holdout="30 s blocks")
     return WindowSet(select_features(ws.features, rows), ws.y[rows],
                      [ws.keys[i] for i in rows.tolist()], ws.classes, summary)
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse train`` (exit 2 on bad labels or data, 1 on other failures)."""
-    from streamfuse.usage import UsageError, check_output_dir
-
-    if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
-        raise UsageError("--epochs and --batch-size must be >= 1 and --lr > 0")
-    extra: dict[str, Any] = {}
-    aux_weight = getattr(args, "aux_weight", None)
-    if aux_weight is not None:
-        if not (math.isfinite(aux_weight) and aux_weight >= 0):
-            raise UsageError(f"--aux-weight: expected a number >= 0, got {aux_weight}")
-        extra["aux_weight"] = float(aux_weight)
-    drop_weights = getattr(args, "drop_weights", None)
-    if drop_weights is not None:
-        if not all(math.isfinite(w) and w > 0 for w in drop_weights):
-            raise UsageError("--drop-weights: expected three numbers > 0, "
-                             f"got {' '.join(map(str, drop_weights))}")
-        extra["drop_weights"] = tuple(float(w) for w in drop_weights)
-    occlude = getattr(args, "occlude", None)
-    if occlude is not None:
-        if not (math.isfinite(occlude) and 0 <= occlude <= 1):
-            raise UsageError(f"--occlude: expected a share between 0 and 1, got {occlude}")
-        extra["occlude"] = float(occlude)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes the artifact
-        check_output_dir(args.out, "--out")
-    modalities = tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES))
-    opts = TrainOptions(fusion=args.fusion, modalities=modalities, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, **extra)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    # Deterministic mode also fills every new tensor with NaN (to expose reads of uninitialised
-    # memory); it cost ~12 % of a training step here (tens of thousands of fills per epoch)
-    # and changes no result: the kernels overwrite what they allocate.
-    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
-    try:
-        return run(args, cfg, opts)
-    except (DataError, LabelError) as e:
-        raise UsageError(str(e)) from None
