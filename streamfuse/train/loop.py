@@ -36,8 +36,7 @@ Video (avdigits, docs/results.md): 48 px frames through the pool-first stack
 show the same digit a fraction of a second apart, so a training step encodes
 one of them, drawn at random (``train_frames``; evaluation and the worker use
 all T): a quarter of the video encoder's work, which pays for the larger
-frames. Early stopping keeps the best epoch by validation accuracy
-(``select="loss"``: by validation NLL instead).
+frames. Early stopping keeps the best epoch by validation accuracy, then loss.
 
 Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) it trains with
 DistributedDataParallel (gloo on CPU, nccl on CUDA): every rank featurises the
@@ -104,15 +103,10 @@ class TrainOptions:
     n_mels: int = 32
     # conv + max-pool + BatchNorm: learns far faster than stride-2 + GroupNorm here
     encoder: str = "pool_first"
-    video_stem: int = 0  # channels of a stride-2 stem before the video stack (0 = none)
     video_channels: tuple[int, ...] = (16, 32, 64, 128)
     audio_channels: tuple[int, ...] = (16, 32, 64)
     embed_dim: int = 64
     dropout: float = 0.1
-    # Which epoch early stopping keeps: "accuracy" (validation accuracy, then loss) or "loss"
-    # (validation NLL, which the temperature is then fitted on; see docs/results.md, calibration).
-    select: str = "accuracy"
-    elastic: float = 0.0  # smooth random frame displacement (see augment); 0 = off
     # Share of training windows with a bar drawn over part of the digit (see augment): a finger
     # or a pen over what the camera shows; it halves the errors on covered digits
     # (docs/results.md). 0 = off.
@@ -179,29 +173,23 @@ def modality_dropout(mask: torch.Tensor, gen: torch.Generator, *, p_drop_one: fl
     return mask
 
 
-def augment(f: Features, gen: torch.Generator, *, elastic: float = 0.0,
-            occlude: float = 0.0) -> Features:
+def augment(f: Features, gen: torch.Generator, *, occlude: float = 0.0) -> Features:
     """Random feature-space augmentation of a training batch (see module docstring).
-
-    ``elastic`` > 0: also a smooth random displacement of the frames (a 4x4 grid of
-    offsets, up to ``elastic`` in [-1, 1] image coordinates, interpolated over the image; the
-    same for the window's T frames): new handwriting from the same digit, the classic
-    remedy for a small set of distinct MNIST images. 0 draws nothing extra (same stream).
 
     ``occlude`` > 0: in that share of windows a bar (a finger, a pen) of random width and
     brightness reaches from outside the digit towards its centre (the centre of mass of
     the dark ink), the same on the window's T frames. 0 draws nothing extra.
     """
     b = f.batch_size
-    frames = _augment_frames(f.frames, b, gen, elastic=elastic, occlude=occlude)
+    frames = _augment_frames(f.frames, b, gen, occlude=occlude)
     logmel = _augment_logmel(f.logmel, b, gen)
     return replace(f, frames=frames, logmel=logmel)
 
 
-def _augment_frames(frames: torch.Tensor, b: int, gen: torch.Generator, *, elastic: float,
+def _augment_frames(frames: torch.Tensor, b: int, gen: torch.Generator, *,
                     occlude: float) -> torch.Tensor:
     """``augment`` of the frames ``(batch, T, C, H, W)``: a random similarity transform
-    (and ``elastic`` displacement) the same on all T frames, bars, an erased box, noise."""
+    the same on all T frames, bars, an erased box, noise."""
     dev = frames.device
     if not frames.numel():
         return frames
@@ -216,11 +204,6 @@ def _augment_frames(frames: torch.Tensor, b: int, gen: torch.Generator, *, elast
     theta = theta.to(dev, frames.dtype).repeat_interleave(t, dim=0)
     flat = frames.flatten(0, 1)
     grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
-    if elastic > 0:
-        coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * elastic
-        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
-        field = field.to(dev, frames.dtype).permute(0, 2, 3, 1)
-        grid = grid + field.repeat_interleave(t, dim=0)
     flat = F.grid_sample(flat, grid, padding_mode="border", align_corners=False)
     frames = flat.view_as(frames)
     if occlude > 0:
@@ -401,15 +384,13 @@ def holdout_split(keys: list[tuple[str, int]], fraction: float,
 class EarlyStopping:
     """Keeps the best epoch's weights and says when to stop.
 
-    Best: the highest validation accuracy, ties to the lower loss (``select="accuracy"``), or
-    the lowest validation NLL (``"loss"``). Stop after ``patience`` epochs without a better
-    one, but never before the learning rate's warm-up has ended plus ``patience``: while it is
-    still rising a small data set can sit at chance for several epochs before it learns.
+    Best: the highest validation accuracy, ties to the lower loss. Stop after ``patience``
+    epochs without a better one, but never before the learning rate's warm-up has ended plus
+    ``patience``: while it is still rising a small data set can sit at chance for several
+    epochs before it learns.
     """
 
-    def __init__(self, model: FusionModel, *, select: str, patience: int,
-                 warmup_epochs: int) -> None:
-        self.select = select
+    def __init__(self, model: FusionModel, *, patience: int, warmup_epochs: int) -> None:
         self.patience = patience
         self.warmup_epochs = warmup_epochs
         self.best: tuple[float, float] = (-1.0, float("inf"))  # (accuracy, loss)
@@ -419,10 +400,7 @@ class EarlyStopping:
 
     def update(self, epoch: int, val_acc: float, val_loss: float, model: FusionModel) -> bool:
         """Record epoch ``epoch`` (1-based); True when it is the best so far."""
-        if self.select == "loss":
-            improved = val_loss < self.best[1]
-        else:
-            improved = (val_acc, -val_loss) > (self.best[0], -self.best[1])
+        improved = (val_acc, -val_loss) > (self.best[0], -self.best[1])
         if improved:
             self.best, self.best_epoch, self.bad_epochs = (val_acc, val_loss), epoch, 0
             self.best_state = copy.deepcopy(model.state_dict())
@@ -460,7 +438,7 @@ def _trainer(train_set: WindowSet, prep: Preprocessing, opts: TrainOptions, dist
     cfg = ModelConfig.for_preprocessing(
         train_set.classes, prep, fusion=opts.fusion, modalities=opts.modalities,
         embed_dim=opts.embed_dim, dropout=opts.dropout, video_channels=opts.video_channels,
-        audio_channels=opts.audio_channels, encoder=opts.encoder, video_stem=opts.video_stem)
+        audio_channels=opts.audio_channels, encoder=opts.encoder)
     model = FusionModel(cfg).to(dev)
     use_aux = opts.aux_weight > 0
     # Built even when unused, so that aux_weight alone does not shift the later random draws.
@@ -497,7 +475,7 @@ def _step(tr: _Trainer, feats: Features, y: torch.Tensor, rows: torch.Tensor,
     if 0 < opts.train_frames < batch.frames.shape[1]:
         batch = subsample_frames(batch, opts.train_frames, tr.gen)
     if opts.augment:
-        batch = augment(batch, tr.gen, elastic=opts.elastic, occlude=opts.occlude)
+        batch = augment(batch, tr.gen, occlude=opts.occlude)
     dropped = modality_dropout(batch.mask.cpu(), tr.gen, p_drop_one=opts.p_drop_one,
                                p_keep_one=opts.p_keep_one, columns=model.mask_columns.cpu(),
                                drop_weights=tr.drop_weights)
@@ -578,14 +556,12 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
     temperature calibration (:func:`calibrate`). Under DDP every rank calls this; only rank
     0 validates, and only its returned metrics are complete.
     """
-    if opts.select not in ("accuracy", "loss"):
-        raise ValueError(f"select: expected 'accuracy' or 'loss', got {opts.select!r}")
     dist = dist or Dist()
     dev = dist.device
     tr = _trainer(train_set, prep, opts, dist)
     feats, y = train_set.features.to(dev), train_set.y.to(dev)
     val_feats, val_y = val_set.features.to(dev), val_set.y.to(dev)
-    stopper = EarlyStopping(tr.model, select=opts.select, patience=opts.patience,
+    stopper = EarlyStopping(tr.model, patience=opts.patience,
                             warmup_epochs=math.ceil(WARMUP_FRACTION * opts.epochs))
     history: list[dict[str, Any]] = []
     t_start = clock.monotonic_ns()
