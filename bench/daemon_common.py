@@ -33,7 +33,7 @@ def prepare(segments: int, epochs: int, cache: str | None = None, data: str | No
     """(avdigits dir, model dir), built or reused from the demo cache."""
     run_dir = Path(tempfile.mkdtemp(prefix="streamfuse-bench-"))
     cfg = demo.write_config(run_dir, None)
-    return demo.prepare(demo._cache_dir(cache), demo.Size(segments, epochs), Path(data) if data else None, cfg)
+    return demo.prepare(demo.cache_dir(cache), demo.Size(segments, epochs), Path(data) if data else None, cfg)
 
 
 def free_port() -> int:

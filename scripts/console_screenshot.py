@@ -36,7 +36,7 @@ def main() -> int:
     try:
         cfg_path = demo.write_config(run_dir, None)
         size = demo.SMALL if args.small else demo.FULL
-        ddir, mdir = demo.prepare(demo._cache_dir(None), size, None, cfg_path)
+        ddir, mdir = demo.prepare(demo.cache_dir(None), size, None, cfg_path)
         cfg_path = demo.write_config(run_dir, mdir, web=demo.web_listen(0))
         cfg = load(cfg_path, environ={})
         files = sorted(str(f) for f in (ddir / "test").glob("*.mcap"))

@@ -1,9 +1,10 @@
 """The ``streamfuse`` command line (README.md shows them in use).
 
-Each subcommand is declared here with its arguments and names the function
-that runs it (``module:function``, imported lazily so ``streamfuse capture`` on
-an edge host never imports torch). That function takes
-``(args: argparse.Namespace, cfg: Config) -> int``.
+Each subcommand is declared here with its arguments and names the function of the
+command layer (:mod:`streamfuse.commands`) that runs it: ``module:function``, imported
+only when that command runs, so ``streamfuse capture`` on an edge host never imports
+torch. That function takes ``(args: argparse.Namespace, cfg: Config) -> int``; only the
+command layer sees ``args``.
 
 Exit codes: 0 success, 2 bad usage or bad config (one line, no traceback),
 1 runtime failure, 130 interrupted (Ctrl-C, SIGINT).
@@ -67,19 +68,20 @@ def command(name: str, help: str, target: str, example: str) -> Callable[[Adder]
 
 
 @command("run", "the daemon: broker, captures, aligner, workers, optional recorder",
-         "streamfuse.service.supervisor:cli",
+         "streamfuse.commands.run:run",
          "streamfuse run --config /etc/streamfuse/streamfuse.toml")
 def _run(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("broker", "the bus alone (XSUB input, XPUB output)", "streamfuse.service.broker_cli:cli",
+@command("broker", "the bus alone (XSUB input, XPUB output)", "streamfuse.commands.broker:run",
          "streamfuse broker --config /etc/streamfuse/streamfuse.toml")
 def _broker(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("capture", "one capture process (edge hosts run just this)", "streamfuse.capture:cli",
+@command("capture", "one capture process (edge hosts run just this)",
+         "streamfuse.commands.capture:run",
          "streamfuse capture video --source room1 --config /etc/streamfuse/streamfuse.toml")
 def _capture(p: argparse.ArgumentParser) -> None:
     p.add_argument("stream", choices=["video", "audio", "text"], help="which stream of the source")
@@ -88,25 +90,25 @@ def _capture(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("align", "one aligner, standalone", "streamfuse.align.node:cli",
+@command("align", "one aligner, standalone", "streamfuse.commands.align:run",
          "streamfuse align --config /etc/streamfuse/streamfuse.toml")
 def _align(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("fuse", "one fusion worker, standalone", "streamfuse.fusion.node:cli",
+@command("fuse", "one fusion worker, standalone", "streamfuse.commands.fuse:run",
          "streamfuse fuse --config /etc/streamfuse/streamfuse.toml")
 def _fuse(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
 @command("web", "the web console alone (`streamfuse run` starts it as a child)",
-         "streamfuse.web.server:cli", "streamfuse web --config /etc/streamfuse/streamfuse.toml")
+         "streamfuse.commands.web:run", "streamfuse web --config /etc/streamfuse/streamfuse.toml")
 def _web(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("record", "record the bus to MCAP", "streamfuse.record.writer:cli",
+@command("record", "record the bus to MCAP", "streamfuse.commands.record:run",
          "streamfuse record --out /data/session.mcap --topics room1/ --duration 600")
 def _record(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PATH",
@@ -118,7 +120,7 @@ def _record(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("replay", "publish recordings onto the bus", "streamfuse.record.replay:cli",
+@command("replay", "publish recordings onto the bus", "streamfuse.commands.replay:run",
          "streamfuse replay /data/recordings --rate 4 --topics room1/video room1/audio")
 def _replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE",
@@ -140,7 +142,7 @@ def _replay(p: argparse.ArgumentParser) -> None:
 
 
 @command("convert", "rewrite old recordings in the current (Foxglove) layout",
-         "streamfuse.record.convert:cli", "streamfuse convert /data/old/session-0000.mcap")
+         "streamfuse.commands.convert:run", "streamfuse convert /data/old/session-0000.mcap")
 def _convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="recordings in the old layout")
     p.add_argument("--out", metavar="PATH", default=None,
@@ -148,14 +150,14 @@ def _convert(p: argparse.ArgumentParser) -> None:
 
 
 @command("foxglove", "serve the bus to Foxglove over WebSocket ([foxglove] listen)",
-         "streamfuse.bridge.foxglove:cli",
+         "streamfuse.commands.foxglove:run",
          "streamfuse foxglove --config /etc/streamfuse/streamfuse.toml")
 def _foxglove(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
 @command("inspect", "summarise recordings: topics, counts, rates, gaps, size",
-         "streamfuse.record.reader:cli", "streamfuse inspect --json /data/recordings")
+         "streamfuse.commands.inspect:run", "streamfuse inspect --json /data/recordings")
 def _inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="recordings, or directories of *.mcap files")
@@ -163,7 +165,7 @@ def _inspect(p: argparse.ArgumentParser) -> None:
                    help="machine-readable output (default: a table per file)")
 
 
-@command("train", "train a model artifact from recordings", "streamfuse.train.loop:cli",
+@command("train", "train a model artifact from recordings", "streamfuse.commands.train:run",
          "streamfuse train --recordings /data/avdigits --out /var/lib/streamfuse/model")
 def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recordings", nargs="+", required=True, metavar="PATH",
@@ -218,7 +220,7 @@ def _eval(p: argparse.ArgumentParser) -> None:
 
 
 @command("tail", "print stream rates, gaps and latency, or classifications as JSON lines",
-         "streamfuse.capture.tools:tail_cli", "streamfuse tail --classes --count 10")
+         "streamfuse.commands.tools:tail", "streamfuse tail --classes --count 10")
 def _tail(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", metavar="T", default=None,
                    help="topic prefix; under class/ (or with --classes) it prints "
@@ -235,7 +237,7 @@ def _tail(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("send", "inject one text message", "streamfuse.capture.tools:send_cli",
+@command("send", "inject one text message", "streamfuse.commands.tools:send",
          'streamfuse send "seven" --source room1')
 def _send(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the message (UTF-8)")
@@ -246,7 +248,7 @@ def _send(p: argparse.ArgumentParser) -> None:
 
 
 @command("label", "publish a label: from now on SOURCE shows LABEL (or --stop)",
-         "streamfuse.capture.label:cli",
+         "streamfuse.commands.label:run",
          "streamfuse label room1 seven --for 2\n  streamfuse label room1 seven\n"
          "  streamfuse label room1 --stop")
 def _label(p: argparse.ArgumentParser) -> None:
@@ -267,7 +269,7 @@ def _label(p: argparse.ArgumentParser) -> None:
 
 
 @command("shadow", "run a candidate model beside the live one on the same windows",
-         "streamfuse.fusion.store:shadow_cli",
+         "streamfuse.commands.models:shadow",
          "streamfuse shadow /var/lib/streamfuse/candidate\n  streamfuse shadow --off")
 def _shadow(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", nargs="?", default=None,
@@ -277,24 +279,24 @@ def _shadow(p: argparse.ArgumentParser) -> None:
 
 
 @command("promote", "make the shadow model the live one (the previous is kept)",
-         "streamfuse.fusion.store:promote_cli", "streamfuse promote")
+         "streamfuse.commands.models:promote_shadow", "streamfuse promote")
 def _promote(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
 @command("rollback", "make the previous live model live again",
-         "streamfuse.fusion.store:rollback_cli", "streamfuse rollback")
+         "streamfuse.commands.models:roll_back", "streamfuse rollback")
 def _rollback(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("devices", "list cameras and microphones", "streamfuse.capture.tools:devices_cli",
+@command("devices", "list cameras and microphones", "streamfuse.commands.tools:devices",
          "streamfuse devices")
 def _devices(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("dataset", "build benchmark recordings and labels", "streamfuse.datasets.avdigits:cli",
+@command("dataset", "build benchmark recordings and labels", "streamfuse.commands.dataset:run",
          "streamfuse dataset avdigits --out /data/avdigits --segments 600")
 def _dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=["avdigits"], help="which data set")
@@ -314,7 +316,7 @@ def _dataset(p: argparse.ArgumentParser) -> None:
 
 
 @command("demo", "build demo data, train or reuse a model, replay it through the daemon",
-         "streamfuse.service.demo:cli", "streamfuse demo --small")
+         "streamfuse.commands.demo:run", "streamfuse demo --small")
 def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--small", action="store_true", help="a reduced size for tests (default: full)")
     p.add_argument("--live", action="store_true",
@@ -329,7 +331,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
 
 
-@command("keys", "CurveZMQ keys: `keys generate DIR`", "streamfuse.service.keys:cli",
+@command("keys", "CurveZMQ keys: `keys generate DIR`", "streamfuse.commands.keys:run",
          "streamfuse keys generate /etc/streamfuse/keys --name server")
 def _keys(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["generate"], help="what to do")
@@ -338,7 +340,7 @@ def _keys(p: argparse.ArgumentParser) -> None:
 
 
 @command("config", "validate the config, or print it with where each value came from",
-         "streamfuse.config_cli:cli",
+         "streamfuse.commands.config:run",
          "streamfuse config check /etc/streamfuse/streamfuse.toml\n"
          "  STREAMFUSE_FUSION_DEVICE=cpu streamfuse config show")
 def _config(p: argparse.ArgumentParser) -> None:

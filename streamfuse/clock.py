@@ -45,12 +45,6 @@ def sleep_until_ns(deadline_ns: int) -> None:
         time.sleep(remaining / NS_PER_S)
 
 
-def sleep_s(seconds: float) -> None:
-    """Sleep; used by pacing loops that have no event to wait on."""
-    if seconds > 0:
-        time.sleep(seconds)
-
-
 def adc_time_to_epoch_ns(adc_time_s: float, current_time_s: float, at_now_ns: int) -> int:
     """Map a PortAudio stream time to epoch nanoseconds.
 

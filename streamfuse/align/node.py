@@ -20,15 +20,14 @@ sends is counted and logged (at most one line per topic and reason every
 ``LOG_EVERY_NS``); a resync of a source's timeline is logged as a warning.
 SIGTERM/SIGINT: exit 0 within one tick.
 
-Entry points: :func:`cli` and :func:`main` ``(cfg, *, sub=None, push=None,
-stop=None)``; tests inject sockets (injected sockets are not closed here).
+Entry point: :func:`main` ``(cfg, *, sub=None, push=None, stop=None)``, which
+:mod:`streamfuse.commands.align` runs; tests inject sockets (injected sockets are not
+closed here).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import threading
 from collections import Counter
 from typing import Any
@@ -285,16 +284,3 @@ def _topic_of(parts: list[Any]) -> str:
         return t
     except (UnicodeDecodeError, ValueError, IndexError, TypeError):
         return "?"
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse align [--config F]``."""
-    from streamfuse.signals import Signals
-
-    signals = Signals()
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and cfg.metrics.listen:
-        try:
-            metrics.serve(cfg.metrics.listen)
-        except OSError as e:
-            log.warning("metrics not served on %s: %s", cfg.metrics.listen, e)
-    return main(cfg, stop=signals.stop)

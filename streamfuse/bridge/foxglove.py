@@ -11,9 +11,7 @@ server keeps a bounded backlog per client, dropping what a slow client cannot ta
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +23,6 @@ from streamfuse import clock
 from streamfuse.config import Config
 from streamfuse.frameplane.inline import Inliner
 from streamfuse.record import layout
-from streamfuse.signals import Signals
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.foxglove")
@@ -154,17 +151,3 @@ def serve(cfg: Config, stop: Any) -> None:
             bridge.skipped,
             bridge.bad,
         )
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse foxglove [--config F]``."""
-    if not cfg.foxglove.listen:
-        print('streamfuse foxglove: foxglove.listen is not set ("" = off)', file=sys.stderr)
-        return 2
-    sig = Signals()
-    try:
-        serve(cfg, sig.stop)
-    except (OSError, RuntimeError) as e:
-        print(f"streamfuse foxglove: cannot serve {cfg.foxglove.listen}: {e}", file=sys.stderr)
-        return 1
-    return 0

@@ -15,54 +15,51 @@ nothing is published.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import sys
 import threading
 
 import zmq
 
 from streamfuse import clock
-from streamfuse.config import Config, ConfigError
+from streamfuse.config import Config
 from streamfuse.wire import codec, topics
 from streamfuse.wire.codec import T_MAX_NS, T_MIN_NS
-from streamfuse.wire.schema import LabelHeader
 from streamfuse.wire.sockets import LINGER_MS, connect_endpoint, connect_sub
 
 log = logging.getLogger("streamfuse.label")
-
-HEAR_WAIT_S = 3.0  # how long an unconfigured source may stay silent before it is unknown
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 class LabelUsageError(ValueError):
     """Bad arguments: exit 2 with this one line, nothing published."""
 
 
-def build_message(args: argparse.Namespace, now_ns: int) -> codec.Message:
-    """The label message the arguments ask for (raises :class:`LabelUsageError`)."""
-    why = topics.name_problem(args.source)
+def build_message(source: str, label: str | None, now_ns: int, *, at: int | None = None,
+                  duration: float | None = None, stop: bool = False) -> codec.Message:
+    """The label message asked for: ``label`` on ``source`` from ``at`` (else ``now_ns``),
+    for ``duration`` seconds (else open-ended), or with ``stop`` the end of the source's
+    open label (raises :class:`LabelUsageError` naming the flag)."""
+    why = topics.name_problem(source)
     if why:
         raise LabelUsageError(f"source: {why}")
-    start = now_ns if args.at is None else args.at
+    start = now_ns if at is None else at
     if not T_MIN_NS <= start < T_MAX_NS:
         raise LabelUsageError(f"--at {start}: not epoch nanoseconds between 2000 and 2200")
-    if args.stop:
-        if args.label is not None or args.duration is not None:
+    if stop:
+        if label is not None or duration is not None:
             raise LabelUsageError("--stop takes no LABEL and no --for")
-        return codec.label_stop_message(args.source, 0, start)
-    if args.label is None:
+        return codec.label_stop_message(source, 0, start)
+    if label is None:
         raise LabelUsageError("give a LABEL, or --stop to end the source's open label")
-    why = codec.label_problem(args.label)
+    why = codec.label_problem(label)
     if why:
-        raise LabelUsageError(f"label {args.label!r}: {why}")
+        raise LabelUsageError(f"label {label!r}: {why}")
     end = None
-    if args.duration is not None:
-        if not (math.isfinite(args.duration) and 0 < args.duration <= 86_400):
-            raise LabelUsageError(f"--for {args.duration}: a number of seconds > 0 and <= 86400")
-        end = start + round(args.duration * clock.NS_PER_S)
-    return codec.label_message(args.source, 0, start, end, args.label)
+    if duration is not None:
+        if not (math.isfinite(duration) and 0 < duration <= 86_400):
+            raise LabelUsageError(f"--for {duration}: a number of seconds > 0 and <= 86400")
+        end = start + round(duration * clock.NS_PER_S)
+    return codec.label_message(source, 0, start, end, label)
 
 
 def source_heard(ctx: zmq.Context, cfg: Config, source: str, wait_s: float) -> bool:
@@ -101,36 +98,3 @@ def publish(ctx: zmq.Context, cfg: Config, msg: codec.Message) -> bool:
         for s in (mon, sock):
             if not s.closed:
                 s.close(linger=0)
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse label SOURCE LABEL [--for S] [--at T_NS]`` / ``label SOURCE --stop``."""
-    now = clock.now_ns()
-    try:
-        msg = build_message(args, now)
-    except LabelUsageError as e:
-        raise ConfigError(str(e)) from None
-    configured = [s.name for s in cfg.sources]
-    with zmq.Context() as ctx:
-        if args.source not in configured and not source_heard(ctx, cfg, args.source, args.wait):
-            known = ", ".join(configured) or "none"
-            raise ConfigError(
-                f"unknown source {args.source!r}: not configured ([[sources]]: {known}) "
-                f"and nothing heard from it on {cfg.bus.output} within {args.wait:g} s"
-            )
-        if not publish(ctx, cfg, msg):
-            print(
-                f"streamfuse label: cannot reach the bus at {cfg.bus.input} "
-                "(is the daemon running?)",
-                file=sys.stderr,
-            )
-            return EXIT_FAIL
-    h = msg.header
-    assert isinstance(h, LabelHeader)  # build_message makes nothing else
-    what = (
-        "stop"
-        if h.stop
-        else f"{h.label!r} " + (f"until {h.t_end_ns}" if h.t_end_ns else "open-ended")
-    )
-    log.info("%s: %s from %d", msg.topic, what, h.t_ns)
-    return EXIT_OK

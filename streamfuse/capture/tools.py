@@ -16,11 +16,9 @@ something only ``bus.output`` carries (``room1/``, ``room1/video``), or
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +32,6 @@ from streamfuse.wire.sockets import connect_endpoint, connect_sub, max_message_b
 log = logging.getLogger("streamfuse.tools")
 
 SEND_TIMEOUT_S = 3.0
-EXIT_OK, EXIT_FAIL = 0, 1
 
 
 # ----------------------------------------------------------------------------- tail (pure part)
@@ -97,21 +94,37 @@ class TailStats:
 # ----------------------------------------------------------------------------- tail (node)
 
 
-def tail_cli(args: argparse.Namespace, cfg: Config) -> int:
-    from streamfuse.signals import Signals
+@dataclass(frozen=True)
+class TailOptions:
+    """What ``streamfuse tail`` prints: ``classes`` (JSON lines) or stream statistics, of the
+    topics under ``prefix``, read from ``endpoint`` (see :func:`tail_endpoint`), until
+    ``count`` lines or ``duration_s`` seconds (None: until stopped)."""
 
-    stop = Signals().stop
-    classes = bool(args.classes or (args.topic and topics.is_class_topic(args.topic)))
-    prefix = args.topic or ""
-    if args.count is not None and args.count <= 0:
-        raise ConfigError("--count: expected a positive number")
-    deadline = (None if args.duration is None
-                else clock.now_ns() + round(args.duration * clock.NS_PER_S))
+    prefix: str = ""
+    classes: bool = False
+    endpoint: str | None = None
+    count: int | None = None
+    duration_s: float | None = None
+
+
+def tail_endpoint(bus: BusConfig, topic: str | None, endpoint: str | None = None) -> str:
+    """``endpoint``, else bus.results unless ``topic`` is one only bus.output carries."""
+    if endpoint:
+        return endpoint
+    return bus.results if topics.is_result_topic(topic or topics.CLASS_PREFIX) else bus.output
+
+
+def tail(cfg: Config, opts: TailOptions, stop: threading.Event) -> None:
+    """Print lines (:class:`TailOptions`) until ``stop`` is set or the options' limit."""
+    deadline = (None if opts.duration_s is None
+                else clock.now_ns() + round(opts.duration_s * clock.NS_PER_S))
+    count = opts.count
     printed = 0
     max_bytes = max_message_bytes(cfg.bus)
     stats = TailStats()
+    endpoint = tail_endpoint(cfg.bus, opts.prefix, opts.endpoint)
     with zmq.Context() as ctx:
-        sub = connect_sub(ctx, cfg.bus, [prefix], endpoint=tail_endpoint(args, cfg.bus))
+        sub = connect_sub(ctx, cfg.bus, [opts.prefix], endpoint=endpoint)
         try:
             next_report = clock.now_ns() + clock.NS_PER_S
             while not stop.is_set():
@@ -121,33 +134,25 @@ def tail_cli(args: argparse.Namespace, cfg: Config) -> int:
                 wake = min(next_report, deadline) if deadline is not None else next_report
                 if sub.poll(max(1, (wake - now) // clock.NS_PER_MS)):
                     parts = sub.recv_multipart(copy=False)
-                    if classes:
+                    if opts.classes:
                         line = _class_line(parts, max_bytes)
                         if line is not None:
                             print(line, flush=True)
                             printed += 1
                     else:
                         _account(stats, parts, max_bytes)
-                if not classes and clock.now_ns() >= next_report:
+                if not opts.classes and clock.now_ns() >= next_report:
                     period = 1.0 + (clock.now_ns() - next_report) / clock.NS_PER_S
                     for line in stats.report(period):
                         print(line, flush=True)
                         printed += 1
-                        if args.count is not None and printed >= args.count:
+                        if count is not None and printed >= count:
                             break
                     next_report = clock.now_ns() + clock.NS_PER_S
-                if args.count is not None and printed >= args.count:
+                if count is not None and printed >= count:
                     break
         finally:
             sub.close(linger=0)
-    return EXIT_OK
-
-
-def tail_endpoint(args: argparse.Namespace, bus: BusConfig) -> str:
-    """``--endpoint``, else bus.results unless the topic is one only bus.output carries."""
-    if getattr(args, "endpoint", None):
-        return str(args.endpoint)
-    return bus.results if topics.is_result_topic(args.topic or topics.CLASS_PREFIX) else bus.output
 
 
 def _account(stats: TailStats, parts: list, max_bytes: int) -> None:
@@ -182,18 +187,21 @@ def _class_line(parts: list, max_bytes: int) -> str | None:
 # ----------------------------------------------------------------------------- send
 
 
-def send_cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse send TEXT --source NAME``: one message to that source's text capture."""
+class SendError(Exception):
+    """The text capture did not take the message (no answer, or its refusal)."""
+
+
+def send(cfg: Config, source: str, raw: bytes, timeout_s: float = SEND_TIMEOUT_S) -> None:
+    """Hand ``raw`` to ``source``'s text capture (``input = "zmq"``) and wait ``timeout_s`` for
+    its answer; raises :class:`SendError` unless it answers ``ok``."""
     from streamfuse.capture.text import text_endpoint
 
-    src = cfg.source(args.source)
+    src = cfg.source(source)
     tcfg = src.text or TextConfig()
     if tcfg.input != "zmq":
         raise ConfigError(f"sources.text.input: source {src.name!r} reads {tcfg.input!r}; "
                           "`streamfuse send` needs input = \"zmq\"")
     endpoint = text_endpoint(tcfg, cfg.bus, src.name)
-    # argv holds undecodable bytes as surrogates: send the user's exact bytes.
-    raw = os.fsencode(args.text)
     with zmq.Context() as ctx:
         req = ctx.socket(zmq.REQ)
         req.linger = 0
@@ -201,20 +209,15 @@ def send_cli(args: argparse.Namespace, cfg: Config) -> int:
         try:
             connect_endpoint(req, endpoint, cfg.bus)  # keys when the capture is a CurveZMQ server
             req.send(raw)
-            timeout_s = getattr(args, "timeout", SEND_TIMEOUT_S)
             if not req.poll(int(timeout_s * 1000)):
-                print(f"streamfuse send: no text capture for source {src.name!r} answered at "
-                      f"{endpoint} within {timeout_s:g} s "
-                      f"(is `streamfuse capture text --source {src.name}` running?)",
-                      file=sys.stderr)
-                return EXIT_FAIL
+                raise SendError(f"no text capture for source {src.name!r} answered at "
+                                f"{endpoint} within {timeout_s:g} s "
+                                f"(is `streamfuse capture text --source {src.name}` running?)")
             answer = req.recv().decode("utf-8", "replace")
         finally:
             req.close()
     if answer != "ok":
-        print(f"streamfuse send: {answer}", file=sys.stderr)
-        return EXIT_FAIL
-    return EXIT_OK
+        raise SendError(answer)
 
 
 # ----------------------------------------------------------------------------- devices
@@ -266,14 +269,3 @@ def list_audio_inputs() -> tuple[list[str], str | None]:
             lines.append(f" {mark}{i}: {d['name']}  {d['max_input_channels']} ch, "
                          f"{d['default_samplerate']:.0f} Hz  (device = \"{i}\" or \"{d['name']}\")")
     return lines, None
-
-
-def devices_cli(args: argparse.Namespace, cfg: Config) -> int:
-    cams = list_cameras()
-    print("cameras:")
-    print("\n".join(cams) if cams else "  no cameras found")
-    mics, why = list_audio_inputs()
-    print("audio inputs:")
-    print("\n".join(mics) if mics
-          else f"  no audio input devices found{f' ({why})' if why else ''}")
-    return EXIT_OK

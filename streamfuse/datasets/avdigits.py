@@ -32,11 +32,9 @@ days (test); the same seed gives the same messages and labels.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +43,6 @@ from typing import Any
 import numpy as np
 
 from streamfuse.clock import NS_PER_MS, NS_PER_S
-from streamfuse.config import Config
 from streamfuse.datasets import images as img
 from streamfuse.datasets import sound
 from streamfuse.progress import Progress
@@ -503,28 +500,6 @@ def _split_summary(p: SplitPlan, files: list[str]) -> dict:
         "t_start_ns": min((s.t_start_ns for s in segs), default=0),
         "t_end_ns": max((s.t_start_ns + SEGMENT_NS for s in segs), default=0),
     }
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse dataset avdigits --out DIR ...`` (exit 2 on unusable inputs)."""
-    from streamfuse.usage import UsageError, check_output_dir
-
-    if args.segments < 1:
-        raise UsageError("--segments: must be at least 1")
-    check_output_dir(args.out, "--out")
-    params = Params(segments=args.segments, seed=args.seed, split=args.split, images=args.images,
-                    speech=args.speech, noise=args.noise)
-    try:
-        summary = build(Path(args.out), params)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    except RuntimeError as e:
-        print(f"streamfuse dataset: {e}", file=sys.stderr)
-        return 1
-    for name, s in summary["splits"].items():
-        print(f"{args.out}/{name}: {s['segments']} segments in {len(s['files'])} recordings, "
-              f"speakers {', '.join(s['speakers'])}, {len(s['images'])} images")
-    return 0
 
 
 class EvidenceBreakdown:

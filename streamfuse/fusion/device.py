@@ -4,14 +4,12 @@
 ``cuda:N`` without such a device is a configuration error naming the key (exit 2), found
 at start: a worker that cannot have its device would only crash and be restarted.
 
-``python -m streamfuse.fusion.device SPEC`` runs the same check in a process of its own
+``python -m streamfuse.commands.device SPEC`` runs the same check in a process of its own
 and prints the device (exit 0) or the one-line problem (exit 2): ``streamfuse run`` asks
 it before it starts anything, so that the supervisor itself never imports torch.
 """
 
 from __future__ import annotations
-
-import sys
 
 import torch
 
@@ -58,21 +56,3 @@ def describe(dev: torch.device, spec: str) -> str:
     if spec == "auto":
         return f"{dev} (auto: {_no_cuda_reason()})"
     return str(dev)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m streamfuse.fusion.device SPEC``: print the device, or the problem (exit 2)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m streamfuse.fusion.device auto|cpu|cuda|cuda:N", file=sys.stderr)
-        return 2
-    try:
-        print(resolve(args[0]))
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,9 +6,9 @@ the pure :class:`~streamfuse.fusion.batcher.Batcher`, and for each due batch run
 ``torch.inference_mode()`` and autocast on CUDA), then PUBlish one
 classification per window to ``bus.input`` on ``class/<source>``.
 
-Entry points: :func:`cli` (``streamfuse fuse``) and :func:`main`
-``(cfg, *, pull=None, pub=None, stop=None, reload=None)`` (tests inject sockets
-and events; injected sockets are not closed here).
+Entry point: :func:`main` ``(cfg, *, pull=None, pub=None, stop=None, reload=None)``,
+which :mod:`streamfuse.commands.fuse` runs (tests inject sockets and events; injected
+sockets are not closed here).
 
 Latency (``latency_ms`` in each classification, all in milliseconds, on the
 source's clock as docs/architecture.md, "Time", defines it):
@@ -43,7 +43,6 @@ SIGTERM/SIGINT: stop reading new work, answer every window already received
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import threading
@@ -476,16 +475,3 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
             pub.close(linger=500)
         if ctx is not None:
             ctx.term()
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse fuse [--config F]``."""
-    from streamfuse.signals import Signals
-
-    signals = Signals(reload=True)
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and cfg.metrics.listen:
-        try:
-            metrics.serve(cfg.metrics.listen)
-        except OSError as e:
-            log.warning("metrics not served on %s: %s", cfg.metrics.listen, e)
-    return main(cfg, stop=signals.stop, reload=signals.reload)

@@ -8,9 +8,7 @@ replays the same messages. The ``streamfuse`` metadata record is carried over, w
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -56,36 +54,3 @@ def convert_file(
     finally:
         tmp.unlink(missing_ok=True)
     return counts, errors
-
-
-def cli(args: argparse.Namespace, _cfg: object) -> int:
-    """``streamfuse convert FILE... [--out PATH]``."""
-    srcs = [Path(f) for f in args.files]
-    if args.out and len(srcs) != 1:
-        print("streamfuse convert: --out takes one input file", file=sys.stderr)
-        return 2
-    code = 0
-    for src in srcs:
-        dst = Path(args.out) if args.out else converted_path(src)
-        if dst.exists():
-            print(f"streamfuse convert: {dst} exists; not overwriting it", file=sys.stderr)
-            code = 1
-            continue
-        try:
-            reader.check_file(src)
-            counts, errors = convert_file(src, dst)
-        except reader.RecordingError as e:
-            print(f"streamfuse convert: {e}", file=sys.stderr)
-            code = 1
-            continue
-        except OSError as e:
-            print(f"streamfuse convert: cannot write {dst}: {e.strerror or e}", file=sys.stderr)
-            code = 1
-            continue
-        print(f"{src} -> {dst}: {sum(counts.values())} messages")
-        for channel, n in sorted(counts.items()):
-            print(f"  {channel}: {n}")
-        if errors:
-            print(f"  unreadable records skipped: {dict(errors)}")
-            code = 1
-    return code

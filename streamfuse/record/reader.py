@@ -31,20 +31,17 @@ refuses them, from the files' summaries.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import heapq
 import io
-import json
 import logging
 import math
 import re
 import struct
-import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -59,7 +56,6 @@ from mcap.writer import MCAP0_MAGIC
 
 from streamfuse import clock
 from streamfuse.clock import NS_PER_S
-from streamfuse.config import Config
 from streamfuse.record import format as fmt
 from streamfuse.record import layout
 from streamfuse.record.mcapfile import (
@@ -758,7 +754,8 @@ def _fmt_time(t_ns: int) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _print(st: FileStats) -> None:
+def print_stats(st: FileStats) -> None:
+    """``streamfuse inspect``'s table of one file."""
     state = "" if st.complete else "  (no summary: writer did not finish)"
     print(f"{st.path}: {st.size_bytes / 1e6:.2f} MB, {st.messages} messages, {st.duration_s:.3f} s"
           f"{' from ' + _fmt_time(st.first_ns) if st.messages else ''}{state}")
@@ -774,20 +771,3 @@ def _print(st: FileStats) -> None:
     for t in st.topics:
         print(f"  {t.topic:<{w}}  {t.kind:<10} {t.messages:>8} {t.rate_hz:>9.2f} "
               f"{t.seq_gaps:>8} {t.bytes / 1e6:>9.2f}")
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse inspect FILE... [--json]``."""
-    try:
-        files = expand_paths(args.files)
-        results = [inspect_file(p) for p in files]
-    except RecordingError as e:
-        print(f"streamfuse inspect: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        json.dump([asdict(r) for r in results], sys.stdout, indent=2)
-        print()
-    else:
-        for r in results:
-            _print(r)
-    return 0 if all(not r.errors for r in results) else 1

@@ -24,10 +24,7 @@ see everything at full speed read the files directly
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
-import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +41,6 @@ from streamfuse.frameplane.replay import ReplayPlane, replay_plane
 from streamfuse.frameplane.writer import hold_ms
 from streamfuse.progress import Progress
 from streamfuse.record import reader
-from streamfuse.signals import Signals
 from streamfuse.wire import codec
 from streamfuse.wire.sockets import LINGER_MS, connect_endpoint, send_parts
 
@@ -304,40 +300,14 @@ def _close_plane(plane: ReplayPlane | None, cfg: Config, stop: threading.Event) 
     plane.close()
 
 
-def _bad_timing(args: argparse.Namespace) -> str | None:
-    """What is wrong with ``--rate``, ``--start`` and ``--end``, or None."""
-    if not args.max and not (math.isfinite(args.rate) and args.rate > 0):
-        return "--rate must be a number > 0"
-    for flag, v in (("--start", args.start), ("--end", args.end)):
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            return f"{flag} must be a number of seconds >= 0, got {v}"
-    if args.start is not None and args.end is not None and args.end <= args.start:
-        return "--end must be after --start"
-    return None
+class BusUnreachable(Exception):
+    """The broker did not take the connection (``bus.input``)."""
 
 
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse replay FILE... [--rate R | --max] [--loop] [--start S] [--end S]
-    [--topics PREFIX...] [--restamp]``."""
-    problem = _bad_timing(args)
-    if problem:
-        print(f"streamfuse replay: {problem}", file=sys.stderr)
-        return 2
-    try:
-        paths = reader.expand_paths(args.files)
-        for p in paths:
-            reader.check_file(p)
-        reader.check_disjoint(paths)
-    except reader.RecordingError as e:
-        print(f"streamfuse replay: {e}", file=sys.stderr)
-        return 1
-    sig = Signals()
-    if not args.max:
-        # A waking sender must not wait for the reader thread's GIL time slice (5 ms by default).
-        sys.setswitchinterval(0.0005)
-    reader.reuse_freed_memory()  # every chunk would otherwise page-fault fresh buffers in
-    plan = Plan(paths, rate=None if args.max else args.rate, loop=args.loop, start_s=args.start,
-                end_s=args.end, topics=args.topics, restamp=args.restamp)
+def main(cfg: Config, plan: Plan, *, stop: threading.Event) -> None:
+    """Publish ``plan`` onto ``bus.input`` until it ends or ``stop`` is set. Raises
+    :class:`BusUnreachable`, or :class:`~streamfuse.record.reader.RecordingError` for a
+    file that turns out unreadable on the way."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.XPUB)
     sock.linger = LINGER_MS
@@ -347,26 +317,20 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     plane = replay_plane(cfg.bus, cfg.align, plan.rate)
     try:
         connect_endpoint(sock, cfg.bus.input, cfg.bus)
-        if not _wait_connected(sock, mon, cfg.bus.input, sig.stop):
-            print(f"streamfuse replay: cannot reach the bus at {cfg.bus.input} "
-                  "(is the broker running?)", file=sys.stderr)
-            return 1
+        if not _wait_connected(sock, mon, cfg.bus.input, stop):
+            raise BusUnreachable(f"cannot reach the bus at {cfg.bus.input} "
+                                 "(is the broker running?)")
         progress, bar = _progress(plan.loop)
-        send = _sender(sock, sig.stop)
-        try:
-            with bar:
-                stats = run(plan, plane.wrap(send) if plane else send, stop=sig.stop,
-                            progress=progress, sleep_until=_interruptible_sleep(sig.stop))
-        except reader.RecordingError as e:
-            print(f"streamfuse replay: {e}", file=sys.stderr)
-            return 1
+        send = _sender(sock, stop)
+        with bar:
+            stats = run(plan, plane.wrap(send) if plane else send, stop=stop,
+                        progress=progress, sleep_until=_interruptible_sleep(stop))
         _log_stats(stats)
         # Let queued messages reach the broker before closing (bounded by linger).
         sock.close(linger=max(LINGER_MS, 5000))
-        return 0
     finally:
         for s in (mon, sock):
             if not s.closed:
                 s.close(linger=0)
         ctx.term()
-        _close_plane(plane, cfg, sig.stop)
+        _close_plane(plane, cfg, stop)

@@ -7,7 +7,7 @@ SIGKILL leaves a summary-less MCAP that any reader opens, holding everything
 but the chunk being filled (and, in the recorder, its queue).
 :meth:`RecordingWriter.close` writes the summary and index.
 
-The recorder (:func:`cli`) receives on one thread and writes on the main
+The recorder (:func:`main`) receives on one thread and writes on the main
 thread through a bounded queue (``QUEUE_BYTES``), so the bus is never blocked.
 When writing falls behind, the zstd level steps down (:class:`LevelPolicy`,
 down to uncompressed chunks); only when even that cannot keep up are messages
@@ -20,7 +20,6 @@ what the files hold plus what was dropped.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -43,7 +42,6 @@ from streamfuse.frameplane.inline import Inliner
 from streamfuse.record import format as fmt
 from streamfuse.record import layout
 from streamfuse.record.mcapfile import McapFile
-from streamfuse.signals import Signals
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import SCHEMA_VERSION, Message
 from streamfuse.wire.sockets import connect_sub, max_message_bytes
@@ -482,18 +480,19 @@ class _Recorder:
             self.dropped["write_failed"] += lost
 
 
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse record --out PATH [--topics PREFIX...] [--duration S]``."""
-    sig = Signals()
-    prefixes = list(args.topics or cfg.record.topics or [""])
+def main(cfg: Config, out: str, *, topic_prefixes: Sequence[str] | None = None,
+         duration: float | None = None, stop: threading.Event) -> int:
+    """Record the topics under ``topic_prefixes`` (default: ``record.topics``, else all) to
+    ``out`` until ``stop`` is set or ``duration`` seconds have passed; 1 when writing failed."""
+    prefixes = list(topic_prefixes or cfg.record.topics or [""])
     start_ns = clock.now_ns()
-    deadline = start_ns + int(args.duration * clock.NS_PER_S) if args.duration else None
+    deadline = start_ns + int(duration * clock.NS_PER_S) if duration else None
     recv_counts: Counter[str] = Counter()
-    rec = _Recorder(cfg, args.out, start_ns=start_ns, rx_dropped=recv_counts)
+    rec = _Recorder(cfg, out, start_ns=start_ns, rx_dropped=recv_counts)
     try:
         rec.writer = rec._open(start_ns)  # fail early on an unwritable path
     except OSError as e:
-        print(f"streamfuse record: cannot write {e.filename or args.out}: {e.strerror or e}",
+        print(f"streamfuse record: cannot write {e.filename or out}: {e.strerror or e}",
               file=sys.stderr)
         return 1
     q = _Queue(max_items=max(cfg.bus.hwm, 1000) * 4, max_bytes=QUEUE_BYTES)
@@ -507,7 +506,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
     try:
         ready.wait(5)
         log.info("recording topics %s from %s", prefixes, cfg.bus.output)
-        while not sig.stop.is_set():
+        while not stop.is_set():
             now = clock.now_ns()
             if deadline is not None and now >= deadline:
                 break
@@ -525,7 +524,7 @@ def cli(args: argparse.Namespace, cfg: Config) -> int:
             rec.write(parts, clock.now_ns())
         rec.close()
     except OSError as e:
-        print(f"streamfuse record: cannot write {rec.files[-1] if rec.files else args.out}: "
+        print(f"streamfuse record: cannot write {rec.files[-1] if rec.files else out}: "
               f"{e.strerror or e}", file=sys.stderr)
         stop_rx.set()
         rx.join(5)  # nothing more gets queued: what is there is counted as dropped

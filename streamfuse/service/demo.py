@@ -20,7 +20,6 @@ Every step is a ``python -m streamfuse`` child, like the daemon's own.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -59,7 +58,8 @@ FULL = Size(segments=600, epochs=20, replay_s=60.0)  # about 3 min to build and 
 SMALL = Size(segments=60, epochs=4, replay_s=8.0)
 
 
-def _cache_dir(arg: str | None) -> Path:
+def cache_dir(arg: str | None) -> Path:
+    """``--cache``, else ``$XDG_CACHE_HOME/streamfuse/demo`` (``~/.cache`` without it)."""
     if arg:
         return Path(arg)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -370,14 +370,16 @@ def _replay_and_watch(test_files: list[str], size: Size, cfg_path: Path, sub: zm
           results=results, stop=stop)
 
 
-def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
-    size = SMALL if args.small else FULL
-    cache = _cache_dir(args.cache)
+def run_replay_demo(size: Size, cache: Path, data: Path | None, stop: Signals, *,
+                    keep: bool = False) -> int:
+    """Steps 1-4 of the module docstring with ``data`` (None: generated media), the model
+    cached under ``cache``; with ``keep``, the daemon serves on until ``stop``. 0, or 1
+    when the daemon did not exit cleanly; :class:`DemoFailure` for a step that failed."""
     cache.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="streamfuse-demo-"))
     try:
         cfg_path = write_config(run_dir, None)
-        ddir, mdir = prepare(cache, size, Path(args.data) if args.data else None, cfg_path)
+        ddir, mdir = prepare(cache, size, data, cfg_path)
         cfg_path = write_config(run_dir, mdir, web=web_listen())
         cfg = load(cfg_path, environ={})
         test_files = sorted(str(p) for p in (ddir / "test").glob("*.mcap"))
@@ -397,7 +399,7 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
                                   endpoint=cfg.bus.results)
                 try:
                     _replay_and_watch(test_files, size, cfg_path, sub, spans, results, stop)
-                    if getattr(args, "keep", False) and not stop.stop.is_set():
+                    if keep and not stop.stop.is_set():
                         reported = _keep_serving(sub, daemon, cfg, results, stop)
                 finally:
                     sub.close()
@@ -412,15 +414,14 @@ def run_replay_demo(args: argparse.Namespace, stop: Signals) -> int:
         (run_dir / "summary.json").write_text(json.dumps(s))
         if not results.rows:
             raise DemoFailure(f"no classification arrived; daemon log:\n{daemon.tail()}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(s, indent=2))
         return 0 if code == 0 else 1
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def run_live_demo(args: argparse.Namespace, cfg: Config, stop: Signals) -> int:
-    cache = _cache_dir(args.cache)
+def run_live_demo(cfg: Config, cache: Path, stop: Signals) -> int:
+    """``--live``: the daemon on ``cfg``'s sources with the newest model cached under
+    ``cache`` (else ``fusion.model``), classifications printed until ``stop``."""
     models = sorted(cache.glob("model-*/manifest.json"), key=lambda p: p.stat().st_mtime)
     if not cfg.sources:
         raise DemoFailure(
@@ -459,19 +460,3 @@ def run_live_demo(args: argparse.Namespace, cfg: Config, stop: Signals) -> int:
         return 0 if code == 0 else 1
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    from streamfuse.usage import check_output_dir
-
-    check_output_dir(_cache_dir(args.cache), "--cache" if args.cache else "the demo cache")
-    stop = Signals()
-    if not hasattr(args, "json"):
-        args.json = None
-    try:
-        if args.live:
-            return run_live_demo(args, cfg, stop)
-        return run_replay_demo(args, stop)
-    except DemoFailure as e:
-        print(f"streamfuse demo: {e}", file=sys.stderr)
-        return 1

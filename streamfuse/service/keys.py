@@ -10,14 +10,12 @@ holds a copy of every allowed client's ``.key``).
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 import zmq.auth
 
-from streamfuse.config import Config
-from streamfuse.usage import UsageError, check_output_dir
+from streamfuse.usage import UsageError
 
 
 def generate(directory: Path, name: str) -> tuple[Path, Path]:
@@ -36,17 +34,3 @@ def generate(directory: Path, name: str) -> tuple[Path, Path]:
     os.chmod(sec, 0o600)
     os.chmod(pub, 0o644)
     return Path(pub), Path(sec)
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    if not args.name or "/" in args.name or args.name.startswith("."):
-        raise UsageError(f"--name: expected a plain file name, got {args.name!r}")
-    check_output_dir(args.dir, "DIR")
-    pub, sec = generate(Path(args.dir), args.name)
-    print(f"public key: {pub}")
-    print(f"secret key: {sec} (mode 0600; keep it on this host)")
-    print("broker: [bus.curve] enabled = true, server_secret = <its .key_secret>, "
-          "authorized = <directory holding each allowed client's .key>")
-    print("client: [bus.curve] enabled = true, client_secret = <its .key_secret>, "
-          "server_public = <the broker's .key>")
-    return 0

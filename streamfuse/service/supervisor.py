@@ -28,7 +28,6 @@ them only through SIGHUP, never through a crash restart.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fcntl
 import importlib.util
@@ -78,7 +77,7 @@ def check_device(spec: str, *, python: str = sys.executable) -> None:
     if not spec.startswith("cuda"):
         return  # "cpu" always works, "auto" falls back to it
     try:
-        r = subprocess.run([python, "-m", "streamfuse.fusion.device", spec], capture_output=True,
+        r = subprocess.run([python, "-m", "streamfuse.commands.device", spec], capture_output=True,
                            text=True, timeout=120, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RuntimeFailure(f"fusion.device: could not check {spec!r}: {e}") from None
@@ -665,16 +664,4 @@ class Supervisor:
                     self._last_status = line
                     self.notifier.status(line)
         return 0
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    signals = Signals(reload=True)
-    try:
-        check_fusion(cfg)
-        sup = Supervisor(cfg, signals=signals)
-        return sup.run()
-    except RuntimeFailure as e:
-        log.error("%s", e)
-        print(f"streamfuse run: {e}", file=sys.stderr)
-        return 1
 

@@ -36,8 +36,7 @@ Video (avdigits, docs/results.md): 48 px frames through the pool-first stack
 show the same digit a fraction of a second apart, so a training step encodes
 one of them, drawn at random (``train_frames``; evaluation and the worker use
 all T): a quarter of the video encoder's work, which pays for the larger
-frames. Early stopping keeps the best epoch by validation accuracy
-(``select="loss"``: by validation NLL instead).
+frames. Early stopping keeps the best epoch by validation accuracy, then loss.
 
 Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) it trains with
 DistributedDataParallel (gloo on CPU, nccl on CUDA): every rank featurises the
@@ -48,13 +47,11 @@ temperature and writes the artifact.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,13 +59,12 @@ import torch.nn.functional as F
 
 from streamfuse import clock
 from streamfuse.clock import NS_PER_S
-from streamfuse.config import AlignConfig, Config
+from streamfuse.config import AlignConfig
 from streamfuse.fusion.features import MODALITIES, Features, Preprocessing
 from streamfuse.fusion.model import FusionModel, ModelConfig
 from streamfuse.progress import Progress
 from streamfuse.train import metrics
 from streamfuse.train.dataset import DataError, WindowSet, select_features
-from streamfuse.train.labels import LabelError
 
 log = logging.getLogger("streamfuse.train")
 
@@ -107,15 +103,10 @@ class TrainOptions:
     n_mels: int = 32
     # conv + max-pool + BatchNorm: learns far faster than stride-2 + GroupNorm here
     encoder: str = "pool_first"
-    video_stem: int = 0  # channels of a stride-2 stem before the video stack (0 = none)
     video_channels: tuple[int, ...] = (16, 32, 64, 128)
     audio_channels: tuple[int, ...] = (16, 32, 64)
     embed_dim: int = 64
     dropout: float = 0.1
-    # Which epoch early stopping keeps: "accuracy" (validation accuracy, then loss) or "loss"
-    # (validation NLL, which the temperature is then fitted on; see docs/results.md, calibration).
-    select: str = "accuracy"
-    elastic: float = 0.0  # smooth random frame displacement (see augment); 0 = off
     # Share of training windows with a bar drawn over part of the digit (see augment): a finger
     # or a pen over what the camera shows; it halves the errors on covered digits
     # (docs/results.md). 0 = off.
@@ -182,29 +173,23 @@ def modality_dropout(mask: torch.Tensor, gen: torch.Generator, *, p_drop_one: fl
     return mask
 
 
-def augment(f: Features, gen: torch.Generator, *, elastic: float = 0.0,
-            occlude: float = 0.0) -> Features:
+def augment(f: Features, gen: torch.Generator, *, occlude: float = 0.0) -> Features:
     """Random feature-space augmentation of a training batch (see module docstring).
-
-    ``elastic`` > 0: also a smooth random displacement of the frames (a 4x4 grid of
-    offsets, up to ``elastic`` in [-1, 1] image coordinates, interpolated over the image; the
-    same for the window's T frames): new handwriting from the same digit, the classic
-    remedy for a small set of distinct MNIST images. 0 draws nothing extra (same stream).
 
     ``occlude`` > 0: in that share of windows a bar (a finger, a pen) of random width and
     brightness reaches from outside the digit towards its centre (the centre of mass of
     the dark ink), the same on the window's T frames. 0 draws nothing extra.
     """
     b = f.batch_size
-    frames = _augment_frames(f.frames, b, gen, elastic=elastic, occlude=occlude)
+    frames = _augment_frames(f.frames, b, gen, occlude=occlude)
     logmel = _augment_logmel(f.logmel, b, gen)
     return replace(f, frames=frames, logmel=logmel)
 
 
-def _augment_frames(frames: torch.Tensor, b: int, gen: torch.Generator, *, elastic: float,
+def _augment_frames(frames: torch.Tensor, b: int, gen: torch.Generator, *,
                     occlude: float) -> torch.Tensor:
     """``augment`` of the frames ``(batch, T, C, H, W)``: a random similarity transform
-    (and ``elastic`` displacement) the same on all T frames, bars, an erased box, noise."""
+    the same on all T frames, bars, an erased box, noise."""
     dev = frames.device
     if not frames.numel():
         return frames
@@ -219,11 +204,6 @@ def _augment_frames(frames: torch.Tensor, b: int, gen: torch.Generator, *, elast
     theta = theta.to(dev, frames.dtype).repeat_interleave(t, dim=0)
     flat = frames.flatten(0, 1)
     grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
-    if elastic > 0:
-        coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * elastic
-        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
-        field = field.to(dev, frames.dtype).permute(0, 2, 3, 1)
-        grid = grid + field.repeat_interleave(t, dim=0)
     flat = F.grid_sample(flat, grid, padding_mode="border", align_corners=False)
     frames = flat.view_as(frames)
     if occlude > 0:
@@ -404,15 +384,13 @@ def holdout_split(keys: list[tuple[str, int]], fraction: float,
 class EarlyStopping:
     """Keeps the best epoch's weights and says when to stop.
 
-    Best: the highest validation accuracy, ties to the lower loss (``select="accuracy"``), or
-    the lowest validation NLL (``"loss"``). Stop after ``patience`` epochs without a better
-    one, but never before the learning rate's warm-up has ended plus ``patience``: while it is
-    still rising a small data set can sit at chance for several epochs before it learns.
+    Best: the highest validation accuracy, ties to the lower loss. Stop after ``patience``
+    epochs without a better one, but never before the learning rate's warm-up has ended plus
+    ``patience``: while it is still rising a small data set can sit at chance for several
+    epochs before it learns.
     """
 
-    def __init__(self, model: FusionModel, *, select: str, patience: int,
-                 warmup_epochs: int) -> None:
-        self.select = select
+    def __init__(self, model: FusionModel, *, patience: int, warmup_epochs: int) -> None:
         self.patience = patience
         self.warmup_epochs = warmup_epochs
         self.best: tuple[float, float] = (-1.0, float("inf"))  # (accuracy, loss)
@@ -422,10 +400,7 @@ class EarlyStopping:
 
     def update(self, epoch: int, val_acc: float, val_loss: float, model: FusionModel) -> bool:
         """Record epoch ``epoch`` (1-based); True when it is the best so far."""
-        if self.select == "loss":
-            improved = val_loss < self.best[1]
-        else:
-            improved = (val_acc, -val_loss) > (self.best[0], -self.best[1])
+        improved = (val_acc, -val_loss) > (self.best[0], -self.best[1])
         if improved:
             self.best, self.best_epoch, self.bad_epochs = (val_acc, val_loss), epoch, 0
             self.best_state = copy.deepcopy(model.state_dict())
@@ -463,7 +438,7 @@ def _trainer(train_set: WindowSet, prep: Preprocessing, opts: TrainOptions, dist
     cfg = ModelConfig.for_preprocessing(
         train_set.classes, prep, fusion=opts.fusion, modalities=opts.modalities,
         embed_dim=opts.embed_dim, dropout=opts.dropout, video_channels=opts.video_channels,
-        audio_channels=opts.audio_channels, encoder=opts.encoder, video_stem=opts.video_stem)
+        audio_channels=opts.audio_channels, encoder=opts.encoder)
     model = FusionModel(cfg).to(dev)
     use_aux = opts.aux_weight > 0
     # Built even when unused, so that aux_weight alone does not shift the later random draws.
@@ -510,7 +485,7 @@ def _step(tr: _Trainer, feats: Features, y: torch.Tensor, rows: torch.Tensor,
     if 0 < opts.train_frames < batch.frames.shape[1]:
         batch = subsample_frames(batch, opts.train_frames, tr.gen)
     if opts.augment:
-        batch = augment(batch, tr.gen, elastic=opts.elastic, occlude=opts.occlude)
+        batch = augment(batch, tr.gen, occlude=opts.occlude)
     dropped = modality_dropout(batch.mask.cpu(), tr.gen, p_drop_one=opts.p_drop_one,
                                p_keep_one=opts.p_keep_one, columns=model.mask_columns.cpu(),
                                drop_weights=tr.drop_weights)
@@ -591,14 +566,12 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
     temperature calibration (:func:`calibrate`). Under DDP every rank calls this; only rank
     0 validates, and only its returned metrics are complete.
     """
-    if opts.select not in ("accuracy", "loss"):
-        raise ValueError(f"select: expected 'accuracy' or 'loss', got {opts.select!r}")
     dist = dist or Dist()
     dev = dist.device
     tr = _trainer(train_set, prep, opts, dist)
     feats, y = train_set.features.to(dev), train_set.y.to(dev)
     val_feats, val_y = val_set.features.to(dev), val_set.y.to(dev)
-    stopper = EarlyStopping(tr.model, select=opts.select, patience=opts.patience,
+    stopper = EarlyStopping(tr.model, patience=opts.patience,
                             warmup_epochs=math.ceil(WARMUP_FRACTION * opts.epochs))
     history: list[dict[str, Any]] = []
     t_start = clock.monotonic_ns()
@@ -631,7 +604,7 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
     return tr.model, result
 
 
-# ----------------------------------------------------------------------------- command
+# ----------------------------------------------------------------------------- the whole job
 
 
 def _pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -674,37 +647,35 @@ def _init_dist(device_name: str) -> Dist:
     return Dist(tdist.get_rank(), world, dev)
 
 
-def resolve_inputs(
-    args: argparse.Namespace,
-) -> tuple[list[str], str | None, list[str] | None, str | None]:
-    """(train paths, train labels, val paths or None, val labels) from the arguments."""
-    train_paths: list[str] = []
-    val_paths: list[str] = list(args.val_recordings or [])
-    for p in args.recordings:
-        root = Path(p)
-        if root.is_dir() and (root / "train").is_dir():
-            train_paths.append(str(root / "train"))
-            if not args.val_recordings and (root / "val").is_dir():
-                val_paths.append(str(root / "val"))
-        else:
-            train_paths.append(p)
-    return train_paths, args.labels, (val_paths or None), args.val_labels
+@dataclass(frozen=True)
+class TrainData:
+    """Where the windows come from: recordings (files, or directories of ``*.mcap``) and their
+    labels CSV (None: ``labels.csv`` beside them, else their label messages); without
+    ``val_recordings``, :data:`VAL_FRACTION` of the windows in whole blocks of time."""
+
+    recordings: list[str]
+    labels: str | None = None
+    val_recordings: list[str] | None = None
+    val_labels: str | None = None
 
 
-def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
+def train_artifact(align: AlignConfig, opts: TrainOptions, data: TrainData, out: str, *,
+                   device: str = "auto", quiet: bool = False) -> None:
+    """Load the windows, :func:`train`, and write the artifact to ``out`` with its training
+    summary and metrics (one line on stdout). Under torchrun (``WORLD_SIZE`` > 1) every
+    rank calls this; rank 0 writes."""
     from streamfuse.fusion.artifact import save_artifact
     from streamfuse.train.dataset import load_windows
 
-    dist = _init_dist(args.device)
+    dist = _init_dist(device)
     try:
-        align: AlignConfig = cfg.align
         prep = opts.preprocessing(align)
-        train_paths, train_labels, val_paths, val_labels = resolve_inputs(args)
         t0 = clock.monotonic_ns()
-        shown = not args.quiet and dist.main
-        train_set = load_windows(train_paths, align, prep, labels=train_labels, progress=shown)
-        if val_paths:
-            val_set = load_windows(val_paths, align, prep, labels=val_labels,
+        shown = not quiet and dist.main
+        train_set = load_windows(data.recordings, align, prep, labels=data.labels,
+                                 progress=shown)
+        if data.val_recordings:
+            val_set = load_windows(data.val_recordings, align, prep, labels=data.val_labels,
                                    classes=train_set.classes, progress=shown)
         else:
             tr, va = holdout_split(train_set.keys, VAL_FRACTION, opts.seed)
@@ -718,7 +689,7 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
                      ", ".join(f"{k} {v}" for k, v in per_class), data_s)
         if len(val_set) == 0:
             raise DataError("no validation windows: pass --val-recordings or more data")
-        model, result = train(train_set, val_set, prep, opts, dist=dist, quiet=args.quiet)
+        model, result = train(train_set, val_set, prep, opts, dist=dist, quiet=quiet)
         if dist.main:
             training = {"options": asdict(opts),
                         "train": train_set.summary, "val": val_set.summary,
@@ -727,9 +698,9 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
                         **{k: v for k, v in result.items()
                            if not k.startswith("val_") and k != "temperature"}}
             mets = {k: v for k, v in result.items() if k.startswith("val_") or k == "temperature"}
-            model_id = save_artifact(args.out, model, prep, align=align,
+            model_id = save_artifact(out, model, prep, align=align,
                                      extra={"training": training, "metrics": mets})
-            print(f"{args.out}: model {model_id}: val accuracy {result['val_accuracy']:.4f}, "
+            print(f"{out}: model {model_id}: val accuracy {result['val_accuracy']:.4f}, "
                   f"ECE {result['val_ece']:.4f} (T={result['temperature']:.2f}), best epoch "
                   f"{result['best_epoch']}/{result['epochs_run']}, "
                   f"{result['train_seconds']:.0f}s training + {data_s:.0f}s data")
@@ -739,49 +710,9 @@ def run(args: argparse.Namespace, cfg: Config, opts: TrainOptions) -> int:
 
             tdist.barrier()
             tdist.destroy_process_group()
-    return 0
 
 
 def _subset(ws: WindowSet, rows: torch.Tensor) -> WindowSet:
     summary = dict(ws.summary, labelled=int(rows.numel()), holdout="30 s blocks")
     return WindowSet(select_features(ws.features, rows), ws.y[rows],
                      [ws.keys[i] for i in rows.tolist()], ws.classes, summary)
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse train`` (exit 2 on bad labels or data, 1 on other failures)."""
-    from streamfuse.usage import UsageError, check_output_dir
-
-    if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
-        raise UsageError("--epochs and --batch-size must be >= 1 and --lr > 0")
-    extra: dict[str, Any] = {}
-    aux_weight = getattr(args, "aux_weight", None)
-    if aux_weight is not None:
-        if not (math.isfinite(aux_weight) and aux_weight >= 0):
-            raise UsageError(f"--aux-weight: expected a number >= 0, got {aux_weight}")
-        extra["aux_weight"] = float(aux_weight)
-    drop_weights = getattr(args, "drop_weights", None)
-    if drop_weights is not None:
-        if not all(math.isfinite(w) and w > 0 for w in drop_weights):
-            raise UsageError("--drop-weights: expected three numbers > 0, "
-                             f"got {' '.join(map(str, drop_weights))}")
-        extra["drop_weights"] = tuple(float(w) for w in drop_weights)
-    occlude = getattr(args, "occlude", None)
-    if occlude is not None:
-        if not (math.isfinite(occlude) and 0 <= occlude <= 1):
-            raise UsageError(f"--occlude: expected a share between 0 and 1, got {occlude}")
-        extra["occlude"] = float(occlude)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes the artifact
-        check_output_dir(args.out, "--out")
-    modalities = tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES))
-    opts = TrainOptions(fusion=args.fusion, modalities=modalities, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, **extra)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    # Deterministic mode also fills every new tensor with NaN (to expose reads of uninitialised
-    # memory); it cost ~12 % of a training step here (tens of thousands of fills per epoch)
-    # and changes no result: the kernels overwrite what they allocate.
-    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
-    try:
-        return run(args, cfg, opts)
-    except (DataError, LabelError) as e:
-        raise UsageError(str(e)) from None

@@ -16,7 +16,6 @@ console's own origin.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hmac
@@ -42,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from streamfuse import clock, readiness
-from streamfuse.config import Config, is_local_listen
+from streamfuse.config import Config
 from streamfuse.web.bus import BusReader
 from streamfuse.web.health import HealthReader
 from streamfuse.web.live import Client, Hub
@@ -249,23 +248,3 @@ async def serve(cfg: Config, stop: threading.Event) -> bool:
     finally:
         watcher.cancel()
     return bool(server.started)
-
-
-def cli(args: argparse.Namespace, cfg: Config) -> int:
-    """``streamfuse web [--config F]``: serve the console on ``web.listen`` until SIGTERM."""
-    from streamfuse.signals import Signals
-
-    if not cfg.web.listen:
-        log.info("web.listen is empty: the console is off")
-        return 0
-    signals = Signals()
-    where = "" if is_local_listen(cfg.web.listen) else " (token required)"
-    log.info("web console on %s%s", url(cfg), where)
-    try:
-        started = asyncio.run(serve(cfg, signals.stop))
-    except SystemExit:  # uvicorn exits 1 when it cannot bind web.listen
-        started = False
-    if not started:
-        log.error("web console: cannot listen on %s", cfg.web.listen)
-        return 1
-    return 0

@@ -88,12 +88,12 @@ def test_auto_reports_the_chosen_device(bus_env) -> None:
 
 
 def test_the_device_check_alone() -> None:
-    """``python -m streamfuse.fusion.device``: what ``streamfuse run`` asks before it starts."""
+    """``python -m streamfuse.commands.device``: what ``streamfuse run`` asks before it starts."""
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "streamfuse.fusion.device", "auto"],
+    r = subprocess.run([sys.executable, "-m", "streamfuse.commands.device", "auto"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() in ("cpu", "cuda:0"), r
-    r = subprocess.run([sys.executable, "-m", "streamfuse.fusion.device", _missing_cuda()],
+    r = subprocess.run([sys.executable, "-m", "streamfuse.commands.device", _missing_cuda()],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("fusion.device: "), r

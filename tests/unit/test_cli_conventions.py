@@ -150,11 +150,11 @@ def test_ctrl_c_is_exit_130_without_a_traceback(monkeypatch: pytest.MonkeyPatch,
         signals.Signals._on_stop(fake, 2, None)  # type: ignore[arg-type]
         return 0
 
-    import streamfuse.config_cli as target
+    import streamfuse.commands.config as target
 
-    monkeypatch.setattr(target, "cli", interrupted)
+    monkeypatch.setattr(target, "run", interrupted)
     assert cli.main(["config", "check"]) == 130
-    monkeypatch.setattr(target, "cli", stopped_cleanly)
+    monkeypatch.setattr(target, "run", stopped_cleanly)
     monkeypatch.setattr(signals, "interrupted", threading.Event())
     assert cli.main(["config", "check"]) == 130
     assert "Traceback" not in capsys.readouterr().err

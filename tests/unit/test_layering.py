@@ -61,6 +61,33 @@ def test_the_generic_trainer_knows_no_data_set() -> None:
     assert _breaking(lambda a, b: a == "train" and b == "datasets") == []
 
 
+def _imported_modules(tree: ast.AST) -> set[str]:
+    """Every module an import statement of ``tree`` names (top level and inside functions)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+def test_only_the_command_line_knows_argparse() -> None:
+    """Arguments become typed parameters in ``streamfuse/commands/``; nothing below sees them."""
+    allowed = {"cli", "__main__", "commands"}
+    offenders = sorted(
+        str(f.relative_to(PACKAGE.parent)) for f in PACKAGE.rglob("*.py")
+        if f.relative_to(PACKAGE).parts[0].removesuffix(".py") not in allowed
+        and "argparse" in {m.split(".")[0]
+                           for m in _imported_modules(ast.parse(f.read_text(encoding="utf-8")))})
+    assert offenders == []
+
+
+def test_the_argparse_rule_sees_lazy_imports() -> None:
+    tree = ast.parse("def f():\n    import argparse.x\n\ndef g():\n    from argparse import A\n")
+    assert _imported_modules(tree) == {"argparse.x", "argparse"}
+
+
 def test_the_rules_see_the_imports() -> None:
     """The walk finds imports at all, lazy ones inside functions included."""
     found = set(_imports())

@@ -7,7 +7,7 @@ import argparse
 from streamfuse.config import Config, explain, to_toml
 
 
-def cli(args: argparse.Namespace, cfg: Config) -> int:
+def run(args: argparse.Namespace, cfg: Config) -> int:
     """``check``: the file (plus ``STREAMFUSE_*`` overrides) loads as the daemon would
     load it: exit 0, else a :class:`~streamfuse.config.ConfigError` naming the key
     (exit 2). ``show``: the effective config as TOML, each value marked with where it

@@ -1,4 +1,4 @@
-"""``streamfuse broker``."""
+"""``streamfuse broker``: the bus alone."""
 
 from __future__ import annotations
 
@@ -9,5 +9,5 @@ from streamfuse.service import broker
 from streamfuse.signals import Signals
 
 
-def cli(args: argparse.Namespace, cfg: Config) -> int:
+def run(args: argparse.Namespace, cfg: Config) -> int:
     return broker.main(cfg, stop=Signals().stop)
