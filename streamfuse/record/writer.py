@@ -54,13 +54,6 @@ log = logging.getLogger("streamfuse.record")
 QUEUE_BYTES = 512 * 1024 * 1024  # the recorder's backlog limit: beyond it messages are dropped
 
 
-def _buf(part: Any) -> bytes | memoryview:
-    if isinstance(part, (bytes, memoryview)):
-        return part
-    buf = getattr(part, "buffer", None)  # zmq.Frame
-    return buf if buf is not None else memoryview(part)
-
-
 def default_metadata(cfg: Config | None = None) -> dict[str, str]:
     """The metadata record: version, host, schema version and the config."""
     md = {
@@ -172,7 +165,7 @@ class RecordingWriter:
         if len(parts) < 2:
             raise codec.DecodeError("parts",
                                     f"need at least topic and header, got {len(parts)} parts")
-        bufs = [_buf(p) for p in parts]
+        bufs = [codec.buffer(p) for p in parts]
         try:
             topic = bytes(bufs[0]).decode("utf-8")
             topics.split(topic)
