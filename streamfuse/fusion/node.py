@@ -221,7 +221,7 @@ class Worker:
                 self.seen_signature = before
                 return False
             return self._failed(e, reason)
-        seconds = (clock.perf_ns() - t0) / 1e9
+        seconds = (clock.perf_ns() - t0) / clock.NS_PER_S
         if self.loaded is not None and new.model_id == self.loaded.model_id:
             metrics.model_reloads.labels(outcome="unchanged").inc()
             log.info("model %s unchanged (%s)", new.model_id, reason)
@@ -403,7 +403,7 @@ def _serve(worker: Worker, batcher: Batcher, pull: zmq.Socket, *, stop: threadin
         deadline = batcher.next_deadline()
         # rounded up: waking before the deadline would only spin
         wait_ms = (IDLE_POLL_MS if deadline is None
-                   else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // 1_000_000))))
+                   else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // clock.NS_PER_MS))))
         if batcher.room and poller.poll(wait_ms):
             _receive(pull, batcher, batcher.room, worker)
             worker.holding(len(batcher))  # a batch being classified stays counted here

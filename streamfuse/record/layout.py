@@ -36,6 +36,7 @@ from functools import cache, lru_cache
 
 import msgspec
 
+from streamfuse.clock import NS_PER_S
 from streamfuse.record import format as fmt
 from streamfuse.wire.codec import Buffer
 from streamfuse.wire.schema import classification_json_schema
@@ -132,7 +133,7 @@ def _fixed32(field: int, n: int) -> bytes:
 
 def _timestamp(t_ns: int) -> bytes:
     """Field 1, a google.protobuf.Timestamp."""
-    sec, nanos = divmod(t_ns, 1_000_000_000)
+    sec, nanos = divmod(t_ns, NS_PER_S)
     body = (_uint(1, sec) if sec else b"") + (_uint(2, nanos) if nanos else b"")
     return _len_key(1, len(body)) + body
 

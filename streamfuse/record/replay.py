@@ -239,7 +239,7 @@ def _wait_connected(sock: zmq.Socket, mon: zmq.Socket, endpoint: str,
             if sub[:1] == b"\x01":
                 return True
     log.warning("no subscriber on %s after %.0f s: publishing anyway",
-                endpoint, SUBSCRIBER_WAIT_NS / 1e9)
+                endpoint, SUBSCRIBER_WAIT_NS / clock.NS_PER_S)
     return True
 
 
@@ -289,7 +289,8 @@ def _progress(loop: bool) -> tuple[Callable[[Stats, int], None], Progress]:
 def _log_stats(stats: Stats) -> None:
     skipped = sum(stats.errors.values())
     log.info("replayed %d messages (%.1f MB, %d pass(es)) in %.2f s: %.1fx real time%s",
-             stats.messages, stats.bytes / 1e6, stats.loops, stats.wall_ns / 1e9, stats.speed,
+             stats.messages, stats.bytes / 1e6, stats.loops, stats.wall_ns / clock.NS_PER_S,
+             stats.speed,
              f"; skipped {skipped} undecodable {dict(stats.errors)}" if skipped else "")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from streamfuse import config
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.web import health, live
 from streamfuse.web.frames import preview_jpeg
 from streamfuse.web.recordings import Recordings
@@ -18,10 +19,6 @@ from streamfuse.web.state import TIMELINE_NS, ConsoleState
 from streamfuse.wire import codec, topics
 
 T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
-
-
-# ----------------------------------------------------------------------------- config
 
 
 def test_web_defaults_and_off() -> None:
