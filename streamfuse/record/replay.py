@@ -88,20 +88,35 @@ class Plan:
 
 
 @dataclass
+class Covered:
+    """The recorded time the messages sent so far cover (passes of a loop follow each other)."""
+
+    first_t_ns: int | None = None
+    last_t_ns: int = 0
+
+    def add(self, t_ns: int) -> None:
+        if self.first_t_ns is None:
+            self.first_t_ns = t_ns
+        self.last_t_ns = t_ns
+
+    @property
+    def ns(self) -> int:
+        return 0 if self.first_t_ns is None else self.last_t_ns - self.first_t_ns
+
+
+@dataclass
 class Stats:
     messages: int = 0
     bytes: int = 0
     loops: int = 0
-    first_t_ns: int = 0
-    last_t_ns: int = 0
+    covered: Covered = field(default_factory=Covered)
     wall_ns: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
     @property
     def speed(self) -> float:
         """Recorded time covered / wall time taken (x real time)."""
-        span = self.last_t_ns - self.first_t_ns
-        return span / self.wall_ns if self.wall_ns > 0 else 0.0
+        return self.covered.ns / self.wall_ns if self.wall_ns > 0 else 0.0
 
 
 def _prefetch(it: Iterator[reader.Raw], out: deque[reader.Raw | None], cond: threading.Condition,
@@ -191,9 +206,7 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
                 parts[1] = restamp_header(parts[1], wall0 - first + loop_shift)
             if not send(parts):
                 break
-            if not stats.messages:
-                stats.first_t_ns = t_ns + loop_shift
-            stats.last_t_ns = t_ns + loop_shift
+            stats.covered.add(t_ns + loop_shift)
             stats.messages += 1
             n_loop += 1
             stats.bytes += sum(len(p) for p in parts)
@@ -281,7 +294,7 @@ def _progress(loop: bool) -> tuple[Callable[[Stats, int], None], Progress]:
         if bar.total is None and not loop:
             bar.set_total(round(span / clock.NS_PER_S, 1))
         bar.set_note(f"{st.messages} messages" + (f", pass {st.loops + 1}" if loop else ""))
-        bar.advance_to((st.last_t_ns - st.first_t_ns) / clock.NS_PER_S)
+        bar.advance_to(st.covered.ns / clock.NS_PER_S)
 
     return show, bar
 
