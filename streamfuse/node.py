@@ -18,16 +18,12 @@ here, once:
 - :func:`polling` and :class:`Every` are the loop: wait for input at most one tick, until
   the stop event; run periodic work when it is due.
 
-- :func:`serve_metrics` serves a node's own metrics when it runs without the supervisor.
-
-Signals (:mod:`streamfuse.signals`) stay with the command that starts the node: a node only
-sees the stop event.
+Signals (:mod:`streamfuse.signals`) and metrics serving stay with the command that starts
+the node: a node only sees the stop event.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -124,17 +120,3 @@ class Every:
             return False
         self.next_ns = now_ns + self.period_ns
         return True
-
-
-def serve_metrics(listen: str, log: logging.Logger) -> None:
-    """Serve this process's metrics on ``listen`` (``HOST:PORT``, ``""`` = don't) when it
-    runs on its own; under the supervisor (``PROMETHEUS_MULTIPROC_DIR`` set) the supervisor
-    serves every child's. A port that cannot be had is a warning: the node runs anyway."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not listen:
-        return
-    from streamfuse import metrics  # prometheus-client: imported once the mode is known
-
-    try:
-        metrics.serve(listen)
-    except OSError as e:
-        log.warning("metrics not served on %s: %s", listen, e)

@@ -12,7 +12,7 @@ import zmq
 
 from streamfuse.align import node as align_node
 from streamfuse.config import parse
-from streamfuse.node import EXIT_CANNOT_OPEN, Every, Runtime, polling, serve_metrics
+from streamfuse.node import EXIT_CANNOT_OPEN, Every, Runtime, polling
 
 
 def _pair(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
@@ -120,22 +120,3 @@ def test_every_is_due_once_per_period() -> None:
     e = Every(10, start_ns=100)
     assert [e.due(t) for t in (105, 110, 115, 119, 120, 200)] == [False, True, False, False,
                                                                   True, True]
-
-
-def test_metrics_on_a_taken_port_are_a_warning_and_none_under_the_supervisor(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    import socket
-
-    log = logging.getLogger("streamfuse.test")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        listen = f"127.0.0.1:{taken.getsockname()[1]}"
-        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-        with caplog.at_level(logging.WARNING, logger="streamfuse.test"):
-            serve_metrics(listen, log)
-        assert f"metrics not served on {listen}" in caplog.text
-        caplog.clear()
-        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent")
-        serve_metrics(listen, log)  # the supervisor serves them: nothing tried, nothing said
-        assert caplog.text == ""
