@@ -26,7 +26,6 @@ import fcntl
 import os
 import shutil
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 from streamfuse.config import Config, ConfigError, runtime_dir
@@ -216,20 +215,19 @@ def shadow_cli(args: argparse.Namespace, cfg: Config) -> int:
 
 def promote_cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse promote``: the shadow becomes the live model."""
-    return _exchange(cfg, promote, "model {new} is live, {old} kept in {previous}")
+    try:
+        old, new = promote(cfg)
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+    _tell(cfg, f"model {new} is live, {old or 'nothing'} kept in {previous_dir(cfg)}")
+    return 0
 
 
 def rollback_cli(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse rollback``: the previous live model is live again."""
-    return _exchange(cfg, rollback, "model {new} is live again, {old} kept in {previous}")
-
-
-def _exchange(cfg: Config, swap: Callable[[Config], tuple[str | None, str]], said: str) -> int:
-    """Run ``swap`` (:func:`promote` or :func:`rollback`), say what is live now and tell the
-    daemon; a swap that cannot be done is a usage error (exit 2) and changes nothing."""
     try:
-        old, new = swap(cfg)
+        was, now = rollback(cfg)
     except StoreError as e:
         raise ConfigError(str(e)) from None
-    _tell(cfg, said.format(new=new, old=old or "nothing", previous=previous_dir(cfg)))
+    _tell(cfg, f"model {now} is live again, {was or 'nothing'} kept in {previous_dir(cfg)}")
     return 0
