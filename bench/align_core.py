@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamfuse import clock  # noqa: E402
 from streamfuse.align.window import Aligner  # noqa: E402
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.config import AlignConfig  # noqa: E402
 from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import codec  # noqa: E402
 from streamfuse.wire.schema import Message  # noqa: E402
 
-MS = 1_000_000
 T0 = 1_790_000_000_000_000_000
 
 

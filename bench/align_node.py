@@ -42,12 +42,11 @@ sys.path.insert(0, str(ROOT))
 from streamfuse import clock  # noqa: E402
 from streamfuse.align.offline import windows_from_messages  # noqa: E402
 from streamfuse.align.window import Aligner  # noqa: E402
+from streamfuse.clock import NS_PER_MS as MS  # noqa: E402
 from streamfuse.config import load  # noqa: E402
 from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import codec  # noqa: E402
 from streamfuse.wire.schema import Message, Window  # noqa: E402
-
-MS = 1_000_000
 
 
 def config(run: Path, sources: int) -> Path:

@@ -26,8 +26,6 @@ from streamfuse.service import demo  # noqa: E402
 from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import topics  # noqa: E402
 
-NS = 1_000_000_000
-
 
 def prepare(segments: int, epochs: int, cache: str | None = None, data: str | None = None) -> tuple[Path, Path]:
     """(avdigits dir, model dir), built or reused from the demo cache."""

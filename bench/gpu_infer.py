@@ -41,6 +41,7 @@ from infer import build_model, make_windows  # noqa: E402
 from streamfuse.fusion.features import Preprocessing, RawBatch, _move, collate, to_device  # noqa: E402
 from streamfuse.fusion.model import FusionModel  # noqa: E402
 from streamfuse.fusion.node import _autocast  # noqa: E402
+from streamfuse.stats import percentile  # noqa: E402
 
 
 class Timer:
@@ -63,7 +64,7 @@ class Timer:
 
 
 def stats(xs: list[float]) -> tuple[float, float]:
-    return float(np.median(xs)), float(np.percentile(xs, 99))
+    return percentile(xs, 50), percentile(xs, 99)
 
 
 def bench_batch(model: FusionModel, prep: Preprocessing, dev: torch.device, timer: Timer, ws: list,

@@ -56,13 +56,16 @@ def _port_problem(port: str) -> str | None:
     return None if 1 <= int(port) <= MAX_PORT else f"port {port} is not in 1..{MAX_PORT}"
 
 
+def _port_in(v: str) -> str | None:
+    """The problem with the port at the end of ``v`` (``...:PORT``), naming ``v``."""
+    problem = _port_problem(v.rpartition(":")[2])
+    return f"{problem} in {v!r}" if problem else None
+
+
 def _endpoint(v: Any) -> str | None:
     if not ENDPOINT_RE.match(v):
         return f"expected a ZeroMQ endpoint, got {v!r}"
-    if v.startswith("tcp://"):
-        problem = _port_problem(v.rpartition(":")[2])
-        return f"{problem} in {v!r}" if problem else None
-    return None
+    return _port_in(v) if v.startswith("tcp://") else None
 
 
 def _optional_endpoint(v: Any) -> str | None:
@@ -70,16 +73,14 @@ def _optional_endpoint(v: Any) -> str | None:
 
 
 def _positive(v: Any) -> str | None:
-    return None if v > 0 else f"expected a positive number, got {v!r}"
+    return None if v > 0 else f"expected a positive number, got {v!r}"  # NaN fails too
 
 
 def _positive_max(limit: float) -> Check:
     """Positive and at most ``limit`` (a value past it is a typo or an overflow, not a setting)."""
 
     def check(v: Any) -> str | None:
-        if not v > 0:  # written so that NaN fails too
-            return f"expected a positive number, got {v!r}"
-        return None if v <= limit else f"expected at most {limit:g}, got {v!r}"
+        return _positive(v) or (None if v <= limit else f"expected at most {limit:g}, got {v!r}")
 
     return check
 
@@ -122,8 +123,7 @@ def _listen(v: Any) -> str | None:
         return None
     if not re.match(r"^[A-Za-z0-9_.:\[\]-]*:\d+$", v):
         return f"expected HOST:PORT (or '' to disable), got {v!r}"
-    problem = _port_problem(v.rpartition(":")[2])
-    return f"{problem} in {v!r}" if problem else None
+    return _port_in(v)
 
 
 # fusion.promote_if: "" (off) or this sentence (streamfuse.fusion.shadow.PromoteRule).
@@ -569,6 +569,18 @@ def default_results_endpoint(bus_input: str) -> str:
     return f"ipc://{directory}/results"
 
 
+def read_text(path: Path, error: Callable[[str], Exception], noun: str = "") -> str:
+    """The UTF-8 text of the file ``path``, or ``error("PATH: cannot read[ NOUN]: why")`` /
+    ``error("PATH: [NOUN is ]not UTF-8")`` raised."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        what = f"cannot read {noun}" if noun else "cannot read"
+        raise error(f"{path}: {what}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: {noun + ' is ' if noun else ''}not UTF-8") from None
+
+
 def _read(path: str | Path | None, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
     """The TOML data of the config file and its path; ``({}, "")`` when there is none.
     ``None`` means ``$STREAMFUSE_CONFIG``, else the system file if present."""
@@ -577,12 +589,7 @@ def _read(path: str | Path | None, env: Mapping[str, str]) -> tuple[dict[str, An
     if path is None:
         return {}, ""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: config is not UTF-8") from None
+    text = read_text(p, ConfigError, "config")
     try:
         return tomllib.loads(text), str(p)
     except tomllib.TOMLDecodeError as e:

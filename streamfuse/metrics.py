@@ -12,7 +12,14 @@ cache ``metric.labels(...)`` children): a labelled ``inc`` costs microseconds.
 
 from __future__ import annotations
 
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger("streamfuse.metrics")
 
 # Durations are in seconds, Prometheus's base unit, so PromQL and dashboards need no scaling.
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
@@ -118,6 +125,30 @@ web_dropped = Counter("streamfuse_web_dropped_total",
 child_restarts = Counter("streamfuse_child_restarts_total", "Child process restarts", ["child"])
 child_up = Gauge("streamfuse_child_up", "1 while a child process runs", ["child"],
                  multiprocess_mode="liveall")
+
+
+def merge_files(directory: Path) -> Any:
+    """The metric families of every process's file in ``directory`` (multiprocess mode),
+    summed across processes.
+
+    A child that starts creates its ``*.db`` file empty and then maps it; read in between,
+    the stock collector raises (``struct.error``): that file is left out of this read.
+    """
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    merge = MultiProcessCollector.merge
+    files = [str(f) for f in directory.glob("*.db")]
+    try:
+        return merge(files, accumulate=True)
+    except (struct.error, OSError, ValueError):
+        good = []
+        for f in files:
+            try:
+                merge([f], accumulate=True)
+                good.append(f)
+            except (struct.error, OSError, ValueError):
+                log.debug("metrics: skipping %s (being written)", f)
+        return merge(good, accumulate=True)
 
 
 def serve(listen: str) -> None:

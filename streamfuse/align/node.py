@@ -34,13 +34,14 @@ from typing import Any
 
 import zmq
 
-from streamfuse import clock, metrics, readiness
+from streamfuse import clock, metrics
 from streamfuse.align.window import Aligner, Resync
 from streamfuse.config import Config
 from streamfuse.logs import Throttled
+from streamfuse.node import EXIT_CANNOT_OPEN, OPEN_ERRORS, Every, Runtime, polling
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import Window
-from streamfuse.wire.sockets import connect_sub, max_message_bytes, prepare_endpoint
+from streamfuse.wire.sockets import LINGER_MS, connect_sub, max_message_bytes, prepare_endpoint
 
 log = logging.getLogger("streamfuse.align")
 
@@ -157,7 +158,7 @@ def _log_resyncs(events: list[Resync]) -> None:
 def _push_socket(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
     prepare_endpoint(cfg.align.output)
     sock = ctx.socket(zmq.PUSH)
-    sock.linger = 500
+    sock.linger = LINGER_MS
     sock.sndhwm = WINDOW_HWM
     try:
         sock.bind(cfg.align.output)
@@ -184,33 +185,23 @@ def main(cfg: Config, *, sub: zmq.Socket | None = None, push: zmq.Socket | None 
          stop: threading.Event | None = None) -> int:
     """Align until ``stop`` is set; returns the exit code."""
     stop = stop or threading.Event()
-    ctx = zmq.Context() if (sub is None or push is None) else None
-    own_sub, own_push = sub is None, push is None
-    try:
-        if push is None:
-            push = _push_socket(ctx, cfg)  # type: ignore[arg-type]
-        if sub is None:
-            sub = connect_sub(ctx, cfg.bus, subscriptions(cfg))  # type: ignore[arg-type]
-    except BaseException as e:  # noqa: BLE001 - close what was opened, then report or re-raise
-        for sock, own in ((sub, own_sub), (push, own_push)):
-            if sock is not None and own:
-                sock.close(linger=0)
-        if ctx is not None:
-            ctx.destroy(linger=0)  # also a socket connect_sub made before it raised
-        if isinstance(e, (zmq.ZMQError, OSError)):
+    with Runtime() as rt:
+        try:
+            # bounded linger: queued windows get out, a gone worker can't hang us
+            push = rt.open(push, lambda ctx: _push_socket(ctx, cfg), linger=LINGER_MS)
+            sub = rt.open(sub, lambda ctx: connect_sub(ctx, cfg.bus, subscriptions(cfg)))
+        except OPEN_ERRORS as e:
             log.error("cannot open %s or %s: %s", cfg.align.output, cfg.bus.output, e)
-            return 1
-        raise  # a ConfigError (exit 2) or an interrupt
-    al = make_aligner(cfg)
-    counts = _Counts(al)
-    max_bytes = max_message_bytes(cfg.bus)
-    log.info("aligner up: %s from %s, windows to %s "
-             "(window %d ms, hop %d ms, lateness %d ms, required %s)",
-             ", ".join(subscriptions(cfg)) or "everything", cfg.bus.output, cfg.align.output,
-             cfg.align.window_ms, cfg.align.hop_ms, cfg.align.max_lateness_ms,
-             ",".join(cfg.align.required))
-    readiness.report("ready")
-    try:
+            return EXIT_CANNOT_OPEN
+        al = make_aligner(cfg)
+        counts = _Counts(al)
+        max_bytes = max_message_bytes(cfg.bus)
+        log.info("aligner up: %s from %s, windows to %s "
+                 "(window %d ms, hop %d ms, lateness %d ms, required %s)",
+                 ", ".join(subscriptions(cfg)) or "everything", cfg.bus.output, cfg.align.output,
+                 cfg.align.window_ms, cfg.align.hop_ms, cfg.align.max_lateness_ms,
+                 ",".join(cfg.align.required))
+        rt.ready()
         _loop(sub, push, al, counts, max_bytes=max_bytes, stop=stop)
         counts.flush(clock.now_ns())
         st = al.stats
@@ -220,32 +211,22 @@ def main(cfg: Config, *, sub: zmq.Socket | None = None, push: zmq.Socket | None 
                  sum(counts.resets.values()), sum(st.late.values()), sum(st.rejected.values()),
                  sum(st.resyncs.values()))
         return 0
-    finally:
-        if own_sub:
-            sub.close(linger=0)
-        if own_push:
-            push.close(linger=500)  # bounded: queued windows get out, a gone worker can't hang us
-        if ctx is not None:
-            ctx.term()
 
 
 def _loop(sub: zmq.Socket, push: zmq.Socket, al: Aligner, counts: _Counts, *, max_bytes: int,
           stop: threading.Event) -> None:
     """Receive, align and send until ``stop``; the timer closes windows when nothing arrives."""
-    tick_ns = TICK_MS * clock.NS_PER_MS
-    next_tick = clock.now_ns() + tick_ns
-    next_metrics = clock.now_ns() + METRICS_EVERY_NS
-    while not stop.is_set():
-        if sub.poll(TICK_MS):
+    tick = Every(TICK_MS * clock.NS_PER_MS, clock.now_ns())
+    flush = Every(METRICS_EVERY_NS, clock.now_ns())
+    for readable in polling(sub, TICK_MS, stop):
+        if readable:
             _drain(sub, push, al, counts, max_bytes)
         now = clock.now_ns()
-        if now >= next_tick:
-            next_tick = now + tick_ns
+        if tick.due(now):
             ready = al.pop_ready(now)
             if ready:
                 _send(push, ready, counts)
-        if now >= next_metrics:
-            next_metrics = now + METRICS_EVERY_NS
+        if flush.due(now):
             counts.flush(now)
 
 

@@ -34,7 +34,8 @@ from streamfuse import clock, readiness
 from streamfuse.capture.publish import Backoff, Heartbeats, StreamPublisher
 from streamfuse.config import BusConfig, VideoConfig
 from streamfuse.frameplane.writer import PlaneWriter, ring_slots, slot_bytes
-from streamfuse.wire.sockets import connect_pub
+from streamfuse.node import Runtime
+from streamfuse.wire.sockets import LINGER_MS, connect_pub
 
 log = logging.getLogger("streamfuse.capture.video")
 
@@ -244,9 +245,11 @@ class VideoCapture:
         quiet_opencv()
 
     def run(self, stop: threading.Event, *, ctx: zmq.Context | None = None) -> int:
-        own = ctx is None
-        ctx = ctx or zmq.Context()
-        sock = connect_pub(ctx, self.bus)
+        with Runtime(ctx) as rt:
+            sock = rt.open(None, lambda c: connect_pub(c, self.bus), linger=LINGER_MS)
+            return self._run(stop, sock)
+
+    def _run(self, stop: threading.Event, sock: zmq.Socket) -> int:
         cfg, dev = self.cfg, self.device
         log.info("video %s: starting on %s %s (%dx%d, %s)", self.source, dev.kind, dev.target,
                  cfg.width, cfg.height, cfg.encoding)
@@ -262,10 +265,7 @@ class VideoCapture:
                     self._stream_one(stop, pub, self.cap)
         finally:
             self._release()
-            sock.close(linger=500)
             self.plane.close()
-            if own:
-                ctx.term()
         log.info("video %s stopped: %s", self.source, pub.counts.line())
         return 0
 

@@ -30,9 +30,10 @@ import zmq
 from streamfuse import clock, metrics, readiness
 from streamfuse.capture.publish import Backoff, StreamPublisher
 from streamfuse.config import AudioConfig, BusConfig
+from streamfuse.node import Runtime
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
-from streamfuse.wire.sockets import connect_pub
+from streamfuse.wire.sockets import LINGER_MS, connect_pub
 
 log = logging.getLogger("streamfuse.capture.audio")
 
@@ -129,42 +130,39 @@ class AudioCapture:
                              clock.now_ns(), bool(status.input_overflow)))
 
     def run(self, stop: threading.Event, *, ctx: zmq.Context | None = None) -> int:
+        with Runtime(ctx) as rt:
+            sock = rt.open(None, lambda c: connect_pub(c, self.bus), linger=LINGER_MS)
+            return self._run(stop, sock)
+
+    def _run(self, stop: threading.Event, sock: zmq.Socket) -> int:
         import sounddevice as sd  # PortAudio is loaded only by the process that records
 
-        own = ctx is None
-        ctx = ctx or zmq.Context()
-        sock = connect_pub(ctx, self.bus)
         self.pub = pub = StreamPublisher(sock, self.source, "audio")
         log.info("audio %s: starting on device %r (%d Hz, %d ch, %d-frame blocks)", self.source,
                  self.cfg.device, self.cfg.samplerate, self.cfg.channels, self.blocksize)
         attempts = 0
-        try:
-            while not stop.is_set():
-                if attempts:
-                    pub.reconnected()
-                attempts += 1
-                try:
-                    stream = sd.InputStream(device=self.device, samplerate=self.cfg.samplerate,
-                                            channels=self.cfg.channels, blocksize=self.blocksize,
-                                            dtype="float32", callback=self._callback)
-                except (sd.PortAudioError, ValueError) as e:
-                    delay = self.backoff.next_delay_s()
-                    log.warning("audio %s: cannot open %r (%s), retrying in %.1f s", self.source,
-                                self.cfg.device, e, delay)
-                    stop.wait(delay)
-                    continue
-                with stream:
-                    log.info("audio %s: %s %s", self.source,
-                             "reopened" if attempts > 1 else "opened", stream.device)
-                    if attempts == 1:
-                        readiness.report("ready")
-                    if self._pump(stop, pub):
-                        break
-                log.warning("audio %s: no audio for %.0f s; reopening", self.source, STALL_S)
-        finally:
-            sock.close(linger=500)
-            if own:
-                ctx.term()
+        while not stop.is_set():
+            if attempts:
+                pub.reconnected()
+            attempts += 1
+            try:
+                stream = sd.InputStream(device=self.device, samplerate=self.cfg.samplerate,
+                                        channels=self.cfg.channels, blocksize=self.blocksize,
+                                        dtype="float32", callback=self._callback)
+            except (sd.PortAudioError, ValueError) as e:
+                delay = self.backoff.next_delay_s()
+                log.warning("audio %s: cannot open %r (%s), retrying in %.1f s", self.source,
+                            self.cfg.device, e, delay)
+                stop.wait(delay)
+                continue
+            with stream:
+                log.info("audio %s: %s %s", self.source,
+                         "reopened" if attempts > 1 else "opened", stream.device)
+                if attempts == 1:
+                    readiness.report("ready")
+                if self._pump(stop, pub):
+                    break
+            log.warning("audio %s: no audio for %.0f s; reopening", self.source, STALL_S)
         log.info("audio %s stopped: %s timestamp_reanchors=%d", self.source, pub.counts.line(),
                  self.reanchors)
         return 0

@@ -32,9 +32,10 @@ from typing import Any
 
 import zmq
 
-from streamfuse import clock, config, readiness
+from streamfuse import clock, config
 from streamfuse.capture.publish import Heartbeats, StreamPublisher
 from streamfuse.config import BusConfig, TextConfig, ipc_path
+from streamfuse.node import EXIT_CANNOT_OPEN, OPEN_ERRORS, Runtime
 from streamfuse.wire import codec
 from streamfuse.wire.sockets import (
     LINGER_MS,
@@ -352,27 +353,21 @@ class TextCapture:
         return FileInput(arg, self.cfg.max_bytes, stop)
 
     def run(self, stop: threading.Event, *, ctx: zmq.Context | None = None) -> int:
-        own = ctx is None
-        ctx = ctx or zmq.Context()
-        sock = connect_pub(ctx, self.bus)
-        self.pub = pub = StreamPublisher(sock, self.source, "text")
-        inp: Input | None = None
-        try:
+        with Runtime(ctx) as rt:
+            sock = rt.open(None, lambda c: connect_pub(c, self.bus), linger=LINGER_MS)
+            self.pub = pub = StreamPublisher(sock, self.source, "text")
             try:
-                inp = self.open_input(ctx, stop)
-            except (OSError, zmq.ZMQError) as e:
+                inp = self.open_input(rt.ctx, stop)
+            except OPEN_ERRORS as e:
                 log.error("text %s: cannot open input %s: %s", self.source, self.cfg.input, e)
-                return 1
-            where = f" at {inp.endpoint}" if isinstance(inp, ZmqInput) else ""
-            log.info("text %s: reading %s%s", self.source, self.cfg.input, where)
-            readiness.report("ready")
-            self._loop(stop, pub, inp)
-        finally:
-            if inp is not None:
+                return EXIT_CANNOT_OPEN
+            try:
+                where = f" at {inp.endpoint}" if isinstance(inp, ZmqInput) else ""
+                log.info("text %s: reading %s%s", self.source, self.cfg.input, where)
+                rt.ready()
+                self._loop(stop, pub, inp)
+            finally:
                 inp.close()
-            sock.close(linger=500)
-            if own:
-                ctx.term()
         log.info("text %s stopped: %s", self.source, pub.counts.line())
         return 0
 

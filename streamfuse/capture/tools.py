@@ -21,11 +21,11 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-import numpy as np
 import zmq
 
 from streamfuse import clock
 from streamfuse.config import BusConfig, Config, ConfigError, TextConfig
+from streamfuse.stats import percentile
 from streamfuse.wire import codec, topics
 from streamfuse.wire.sockets import connect_endpoint, connect_sub, max_message_bytes
 
@@ -60,8 +60,8 @@ class TopicStats:
 
     def line(self, topic: str, period_s: float) -> str:
         if self.latencies_ns:
-            lat = np.asarray(self.latencies_ns, dtype=np.float64) / clock.NS_PER_MS
-            latency = f"latency p50 {np.percentile(lat, 50):.1f} ms max {lat.max():.1f} ms"
+            lat = [ns / clock.NS_PER_MS for ns in self.latencies_ns]
+            latency = f"latency p50 {percentile(lat, 50):.1f} ms max {max(lat):.1f} ms"
         else:
             latency = "latency -"
         return (f"{topic:<20} {self.messages / period_s:7.1f} msg/s  gaps {self.gaps}  {latency}"

@@ -182,7 +182,7 @@ def _segment_rng(seed: int, split_idx: int, index: int, purpose: str) -> np.rand
 
 def _text_time(rng: np.random.Generator) -> int:
     """Offset into the segment (ns); the caller adds the segment start."""
-    return int(rng.uniform(0.1, 1.9) * 1e9)
+    return int(rng.uniform(0.1, 1.9) * NS_PER_S)
 
 
 TEMPLATES = ("{w}", "{n}", "its {w}", "it's a {w}", "{w}!", "i see a {n}", "that's {w}", "{W}",
@@ -256,8 +256,8 @@ def segment_events(seg: Segment, t0: int, media: Media, *, seed: int, split_idx:
         pcm = sound.mix(speech, bg, offset=offset, snr_db=float(rng.uniform(*SNR_DB)),
                         level=float(rng.uniform(0.03, 0.25)))
         a, b = sound.audible_span(speech)
-        seg.speech_ns = (t0 + (offset + a) * 1_000_000_000 // sound.RATE_HZ,
-                         t0 + (offset + b) * 1_000_000_000 // sound.RATE_HZ)
+        seg.speech_ns = (t0 + (offset + a) * NS_PER_S // sound.RATE_HZ,
+                         t0 + (offset + b) * NS_PER_S // sound.RATE_HZ)
         for j in range(n_samples // BLOCK_FRAMES):
             ev.append((t0 + j * BLOCK_NS, 1, "audio",
                        pcm[j * BLOCK_FRAMES:(j + 1) * BLOCK_FRAMES].reshape(-1, 1)))

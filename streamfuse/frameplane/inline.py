@@ -36,7 +36,7 @@ class Inliner:
     def parts(self, parts: Sequence[Any]) -> Sequence[Any] | None:
         """``parts`` with a frame by reference replaced by its pixels; None when the
         frame is gone. Malformed messages pass unchanged (their consumer counts them)."""
-        if len(parts) != 3 or not bytes(codec._buf(parts[0])).endswith(_VIDEO_SUFFIX):
+        if len(parts) != 3 or not bytes(codec.buffer(parts[0])).endswith(_VIDEO_SUFFIX):
             return parts
         try:
             msg = codec.decode(parts, max_bytes=self.max_bytes)

@@ -40,7 +40,7 @@ class ReplayPlane:
 
     def parts(self, parts: Sequence[Any]) -> Sequence[Any]:
         """``parts`` with an inline frame written to the plane; anything else unchanged."""
-        if len(parts) != 3 or not bytes(codec._buf(parts[0])).endswith(b"/video"):
+        if len(parts) != 3 or not bytes(codec.buffer(parts[0])).endswith(b"/video"):
             return parts
         try:
             msg = codec.decode(parts)

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from streamfuse import __version__
+from streamfuse.clock import NS_PER_S
 from streamfuse.fusion.features import Preprocessing, PreprocessingError
 from streamfuse.fusion.model import (
     ARCHITECTURE,
@@ -204,7 +205,7 @@ def save_artifact(directory: str | Path, model: FusionModel, prep: Preprocessing
         "training": extra.pop("training", {}),
         "metrics": extra.pop("metrics", {}),
         "extra": extra,
-        "created": datetime.datetime.fromtimestamp(now_ns / 1e9,
+        "created": datetime.datetime.fromtimestamp(now_ns / NS_PER_S,
                                                    tz=datetime.timezone.utc).isoformat(),
         "created_ns": int(now_ns),
         "streamfuse_version": __version__,

@@ -71,9 +71,10 @@ from streamfuse.fusion.batcher import Batcher, Pending
 from streamfuse.fusion.candidate import ShadowRunner
 from streamfuse.fusion.features import MODALITIES, FrameSource, collate, to_device
 from streamfuse.fusion.frames import WindowFrames
+from streamfuse.node import EXIT_CANNOT_OPEN, OPEN_ERRORS, Runtime
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Window
-from streamfuse.wire.sockets import connect_pub, connect_sub, max_message_bytes
+from streamfuse.wire.sockets import LINGER_MS, connect_pub, connect_sub, max_message_bytes
 
 log = logging.getLogger("streamfuse.fuse")
 NODE = "fuse"
@@ -219,7 +220,7 @@ class Worker:
                 self.seen_signature = before
                 return False
             return self._failed(e, reason)
-        seconds = (clock.perf_ns() - t0) / 1e9
+        seconds = (clock.perf_ns() - t0) / clock.NS_PER_S
         if self.loaded is not None and new.model_id == self.loaded.model_id:
             metrics.model_reloads.labels(outcome="unchanged").inc()
             log.info("model %s unchanged (%s)", new.model_id, reason)
@@ -401,7 +402,7 @@ def _serve(worker: Worker, batcher: Batcher, pull: zmq.Socket, *, stop: threadin
         deadline = batcher.next_deadline()
         # rounded up: waking before the deadline would only spin
         wait_ms = (IDLE_POLL_MS if deadline is None
-                   else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // 1_000_000))))
+                   else max(0, min(IDLE_POLL_MS, -(-(deadline - now) // clock.NS_PER_MS))))
         if batcher.room and poller.poll(wait_ms):
             _receive(pull, batcher, batcher.room, worker)
             worker.holding(len(batcher))  # a batch being classified stays counted here
@@ -440,12 +441,21 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
     torch.set_num_threads(thread_count(cfg.fusion.threads, cfg.fusion.workers))
     device = resolve_device(cfg.fusion.device)
     metrics.worker_device.labels(device=str(device)).set(1)
-    ctx = zmq.Context() if (pull is None or pub is None or labels is None) else None
-    own_pull, own_pub, own_labels = pull is None, pub is None, labels is None
-    pull = pull if pull is not None else _pull_socket(ctx, cfg)  # type: ignore[arg-type]
-    pub = pub if pub is not None else connect_pub(ctx, cfg.bus)  # type: ignore[arg-type]
-    if labels is None:
-        labels = connect_sub(ctx, cfg.bus, [])  # type: ignore[arg-type]
+    with Runtime() as rt:
+        try:
+            pull = rt.open(pull, lambda ctx: _pull_socket(ctx, cfg))
+            # bounded linger: the last classifications get out, a dead broker can't hang us
+            pub = rt.open(pub, lambda ctx: connect_pub(ctx, cfg.bus), linger=LINGER_MS)
+            labels = rt.open(labels, lambda ctx: connect_sub(ctx, cfg.bus, []))
+        except OPEN_ERRORS as e:
+            log.error("cannot open %s, %s or %s: %s", cfg.align.output, cfg.bus.input,
+                      cfg.bus.output, e)
+            return EXIT_CANNOT_OPEN
+        return _run(cfg, device, pull, pub, labels, stop=stop, reload=reload)
+
+
+def _run(cfg: Config, device: torch.device, pull: zmq.Socket, pub: zmq.Socket,
+         labels: zmq.Socket, *, stop: threading.Event, reload: threading.Event) -> int:
     worker = Worker(cfg, device, pub, labels)
     # A live source has a window every hop: one missed hop is tolerated before it
     # stops being waited for.
@@ -458,20 +468,10 @@ def main(cfg: Config, *, pull: zmq.Socket | None = None, pub: zmq.Socket | None 
              torch.get_num_threads(), cfg.fusion.max_batch, cfg.fusion.max_delay_ms)
     worker.load(reason="start")
     worker.shadow.reload(reason="start")
-    try:
-        _serve(worker, batcher, pull, stop=stop, reload=reload, poll_ns=poll_ns)
-        _drain(worker, batcher, pull, budget=4 * max(16, 2 * cfg.fusion.max_batch))
-        log.info("fusion worker stopped: %d classifications published, "
-                 "%d windows dropped without a model",
-                 worker.answered, worker.dropped_no_model)
-        return 0
-    finally:
-        if own_pull:
-            pull.close(linger=0)
-        if own_labels:
-            labels.close(linger=0)
-        if own_pub:
-            # bounded: the last classifications get out, a dead broker can't hang us
-            pub.close(linger=500)
-        if ctx is not None:
-            ctx.term()
+    _serve(worker, batcher, pull, stop=stop, reload=reload, poll_ns=poll_ns)
+    _drain(worker, batcher, pull, budget=4 * max(16, 2 * cfg.fusion.max_batch))
+    log.info("fusion worker stopped: %d classifications published, "
+             "%d windows dropped without a model",
+             worker.answered, worker.dropped_no_model)
+    return 0
+

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from streamfuse.wire.codec import Buffer
 from streamfuse.wire.schema import SCHEMA_VERSION
 
 MESSAGE_ENCODING = "streamfuse-multipart"
@@ -55,16 +56,27 @@ class FramingError(ValueError):
     """MCAP message data that is not a valid part list."""
 
 
-def frame(parts: Sequence[bytes | memoryview]) -> bytes:
-    """``[header, *payload]`` -> one MCAP message data blob (one copy of the bytes)."""
-    out: list[bytes | memoryview] = []
+def nbytes(b: Buffer) -> int:
+    """The size of a buffer in bytes (``len`` counts items of a typed memoryview)."""
+    return len(b) if isinstance(b, bytes) else memoryview(b).nbytes
+
+
+def frame_pieces(parts: Sequence[Buffer]) -> list[Buffer]:
+    """``[header, *payload]`` -> the pieces of one MCAP message data blob: each part
+    after its length, by reference (nothing copied)."""
+    out: list[Buffer] = []
     for p in parts:
-        n = len(p) if isinstance(p, bytes) else memoryview(p).nbytes
+        n = nbytes(p)
         if n > MAX_PART:
             raise FramingError(f"part of {n} bytes is too large for the framing")
         out.append(_LEN.pack(n))
         out.append(p)
-    return b"".join(out)
+    return out
+
+
+def frame(parts: Sequence[Buffer]) -> bytes:
+    """``[header, *payload]`` -> one MCAP message data blob (one copy of the bytes)."""
+    return b"".join(frame_pieces(parts))
 
 
 def unframe(data: bytes | memoryview) -> list[memoryview]:
@@ -73,10 +85,10 @@ def unframe(data: bytes | memoryview) -> list[memoryview]:
     parts: list[memoryview] = []
     pos, end = 0, len(view)
     while pos < end:
-        if end - pos < 4:
+        if end - pos < _LEN.size:
             raise FramingError(f"{end - pos} stray bytes at the end of a message")
         (n,) = _LEN.unpack_from(view, pos)
-        pos += 4
+        pos += _LEN.size
         if n > end - pos:
             raise FramingError(f"part of {n} bytes overruns the message ({end - pos} left)")
         parts.append(view[pos:pos + n])

@@ -36,10 +36,10 @@ from functools import cache, lru_cache
 
 import msgspec
 
+from streamfuse.clock import NS_PER_S
 from streamfuse.record import format as fmt
+from streamfuse.wire.codec import Buffer
 from streamfuse.wire.schema import classification_json_schema
-
-Buffer = bytes | memoryview
 
 WIRE_HEADER_FIELD = 1000  # far above Foxglove's field numbers, below protobuf's reserved 19000
 JSON_HEADER_KEY = "_wire_header"
@@ -133,7 +133,7 @@ def _fixed32(field: int, n: int) -> bytes:
 
 def _timestamp(t_ns: int) -> bytes:
     """Field 1, a google.protobuf.Timestamp."""
-    sec, nanos = divmod(t_ns, 1_000_000_000)
+    sec, nanos = divmod(t_ns, NS_PER_S)
     body = (_uint(1, sec) if sec else b"") + (_uint(2, nanos) if nanos else b"")
     return _len_key(1, len(body)) + body
 
@@ -284,10 +284,6 @@ def route(message_encoding: str, topic: str, metadata: dict[str, str]) -> tuple[
 # ----------------------------------------------------------------------------- messages
 
 
-def _nbytes(b: Buffer) -> int:
-    return len(b) if isinstance(b, bytes) else memoryview(b).nbytes
-
-
 def choose(info: Info, payload: Sequence[Buffer]) -> str:
     """The layout of a message; ``wire`` for anything a Foxglove schema cannot hold exactly."""
     k, n = info.kind, len(payload)
@@ -302,7 +298,7 @@ def choose(info: Info, payload: Sequence[Buffer]) -> str:
             and s[2] == 3
             and 0 < s[0] < 1 << 16
             and 0 < s[1] < 1 << 16
-            and _nbytes(payload[0]) == s[0] * s[1] * 3
+            and fmt.nbytes(payload[0]) == s[0] * s[1] * 3
         ):
             return "raw"
     elif (
@@ -358,7 +354,7 @@ def encode(layout: str, info: Info, header: Buffer, payload: Sequence[Buffer]) -
         pieces.append(_string(3, info.label))
     field = PROTOBUF_LAYOUTS[layout][1]
     if field:
-        pieces += [_len_key(field, _nbytes(payload[0])), payload[0]]
+        pieces += [_len_key(field, fmt.nbytes(payload[0])), payload[0]]
     pieces.append(_string(WIRE_HEADER_FIELD, bytes(header)))
     return pieces
 
@@ -383,13 +379,7 @@ def _fixed_fields(
 
 def encode_wire(header: Buffer, payload: Sequence[Buffer]) -> list[Buffer]:
     """The ``wire`` layout (:mod:`streamfuse.record.format`), as pieces."""
-    out: list[Buffer] = []
-    for p in (header, *payload):
-        n = _nbytes(p)
-        if n > fmt.MAX_PART:
-            raise fmt.FramingError(f"part of {n} bytes is too large for the framing")
-        out += [n.to_bytes(4, "little"), p]
-    return out
+    return fmt.frame_pieces([header, *payload])
 
 
 def decode(layout: str, data: Buffer) -> list[Buffer]:

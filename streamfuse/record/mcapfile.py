@@ -51,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - zlib-ng is a dependency; a build without it still works
     from zlib import crc32
 
-Buffer = bytes | memoryview
+from streamfuse.wire.codec import Buffer
 
 # The binary layout of the records this package reads and writes by hand (the MCAP
 # specification's field order, little-endian); the reader and the writer share these.

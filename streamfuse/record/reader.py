@@ -260,8 +260,8 @@ def _scan(f: io.BufferedReader, size: int) -> tuple[list[_Rec], bool]:
             if head is not None:
                 rec.t_min, rec.t_max = head.start, head.end
                 rec.uncompressed, rec.compressed = head.uncompressed_size, head.data_size
-        elif opcode == Opcode.MESSAGE and length >= _MSG_HEAD.size:
-            _ch, _seq, t, _pub = _MSG_HEAD.unpack(f.read(_MSG_HEAD.size))
+        elif opcode == Opcode.MESSAGE and length >= MESSAGE_FIXED.size:
+            _ch, _seq, t, _pub = MESSAGE_FIXED.unpack(f.read(MESSAGE_FIXED.size))
             rec.t_min = rec.t_max = t
         recs.append(rec)
         pos = body + length
@@ -281,9 +281,6 @@ def _from_index(summary: Summary, wanted: set[int], start_ns: int | None,
         recs.append(_Rec(ci.chunk_start_offset, Opcode.CHUNK, ci.chunk_length - RECORD_HEADER.size,
                          ci.message_start_time, ci.message_end_time))
     return recs
-
-
-_MSG_HEAD = MESSAGE_FIXED
 
 
 class ChunkCRCError(McapError):
@@ -466,7 +463,7 @@ def _ordered(f: io.BufferedReader, path: Path, recs: list[_Rec], channels: dict[
         try:
             for opcode, body in loaded():
                 if opcode == Opcode.MESSAGE:
-                    ch_id, _seq, t, _pub = _MSG_HEAD.unpack_from(body)
+                    ch_id, _seq, t, _pub = MESSAGE_FIXED.unpack_from(body)
                     route = routes.get(ch_id)
                     if route is None and (ch := channels.get(ch_id)) is not None:
                         route = routes[ch_id] = wire_route(ch)
@@ -474,7 +471,8 @@ def _ordered(f: io.BufferedReader, path: Path, recs: list[_Rec], channels: dict[
                         errors["channel"] += 1
                     elif (start_ns is None or t >= start_ns) and (end_ns is None or t < end_ns) \
                             and _match(route[0], prefixes):
-                        heapq.heappush(heap, (t, order, route[0], route[1], body[_MSG_HEAD.size:]))
+                        data = body[MESSAGE_FIXED.size:]
+                        heapq.heappush(heap, (t, order, route[0], route[1], data))
                         order += 1
                 elif opcode == Opcode.CHANNEL:
                     c = Channel.read(ReadDataStream(io.BytesIO(body)))

@@ -84,20 +84,35 @@ class Plan:
 
 
 @dataclass
+class Covered:
+    """The recorded time the messages sent so far cover (passes of a loop follow each other)."""
+
+    first_t_ns: int | None = None
+    last_t_ns: int = 0
+
+    def add(self, t_ns: int) -> None:
+        if self.first_t_ns is None:
+            self.first_t_ns = t_ns
+        self.last_t_ns = t_ns
+
+    @property
+    def ns(self) -> int:
+        return 0 if self.first_t_ns is None else self.last_t_ns - self.first_t_ns
+
+
+@dataclass
 class Stats:
     messages: int = 0
     bytes: int = 0
     loops: int = 0
-    first_t_ns: int = 0
-    last_t_ns: int = 0
+    covered: Covered = field(default_factory=Covered)
     wall_ns: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
     @property
     def speed(self) -> float:
         """Recorded time covered / wall time taken (x real time)."""
-        span = self.last_t_ns - self.first_t_ns
-        return span / self.wall_ns if self.wall_ns > 0 else 0.0
+        return self.covered.ns / self.wall_ns if self.wall_ns > 0 else 0.0
 
 
 def _prefetch(it: Iterator[reader.Raw], out: deque[reader.Raw | None], cond: threading.Condition,
@@ -187,9 +202,7 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
                 parts[1] = restamp_header(parts[1], wall0 - first + loop_shift)
             if not send(parts):
                 break
-            if not stats.messages:
-                stats.first_t_ns = t_ns + loop_shift
-            stats.last_t_ns = t_ns + loop_shift
+            stats.covered.add(t_ns + loop_shift)
             stats.messages += 1
             n_loop += 1
             stats.bytes += sum(len(p) for p in parts)
@@ -235,7 +248,7 @@ def _wait_connected(sock: zmq.Socket, mon: zmq.Socket, endpoint: str,
             if sub[:1] == b"\x01":
                 return True
     log.warning("no subscriber on %s after %.0f s: publishing anyway",
-                endpoint, SUBSCRIBER_WAIT_NS / 1e9)
+                endpoint, SUBSCRIBER_WAIT_NS / clock.NS_PER_S)
     return True
 
 
@@ -277,7 +290,7 @@ def _progress(loop: bool) -> tuple[Callable[[Stats, int], None], Progress]:
         if bar.total is None and not loop:
             bar.set_total(round(span / clock.NS_PER_S, 1))
         bar.set_note(f"{st.messages} messages" + (f", pass {st.loops + 1}" if loop else ""))
-        bar.advance_to((st.last_t_ns - st.first_t_ns) / clock.NS_PER_S)
+        bar.advance_to(st.covered.ns / clock.NS_PER_S)
 
     return show, bar
 
@@ -285,7 +298,8 @@ def _progress(loop: bool) -> tuple[Callable[[Stats, int], None], Progress]:
 def _log_stats(stats: Stats) -> None:
     skipped = sum(stats.errors.values())
     log.info("replayed %d messages (%.1f MB, %d pass(es)) in %.2f s: %.1fx real time%s",
-             stats.messages, stats.bytes / 1e6, stats.loops, stats.wall_ns / 1e9, stats.speed,
+             stats.messages, stats.bytes / 1e6, stats.loops, stats.wall_ns / clock.NS_PER_S,
+             stats.speed,
              f"; skipped {skipped} undecodable {dict(stats.errors)}" if skipped else "")
 
 

@@ -39,6 +39,7 @@ import zmq
 from streamfuse import __version__, clock, metrics
 from streamfuse.config import Config
 from streamfuse.frameplane.inline import Inliner
+from streamfuse.node import Runtime, polling
 from streamfuse.record import format as fmt
 from streamfuse.record import layout
 from streamfuse.record.mcapfile import McapFile
@@ -49,13 +50,6 @@ from streamfuse.wire.sockets import connect_sub, max_message_bytes
 log = logging.getLogger("streamfuse.record")
 
 QUEUE_BYTES = 512 * 1024 * 1024  # the recorder's backlog limit: beyond it messages are dropped
-
-
-def _buf(part: Any) -> bytes | memoryview:
-    if isinstance(part, (bytes, memoryview)):
-        return part
-    buf = getattr(part, "buffer", None)  # zmq.Frame
-    return buf if buf is not None else memoryview(part)
 
 
 def default_metadata(cfg: Config | None = None) -> dict[str, str]:
@@ -169,7 +163,7 @@ class RecordingWriter:
         if len(parts) < 2:
             raise codec.DecodeError("parts",
                                     f"need at least topic and header, got {len(parts)} parts")
-        bufs = [_buf(p) for p in parts]
+        bufs = [codec.buffer(p) for p in parts]
         try:
             topic = bytes(bufs[0]).decode("utf-8")
             topics.split(topic)
@@ -336,29 +330,33 @@ def _receive(ctx: zmq.Context, cfg: Config, prefixes: list[str], q: _Queue, stop
     Frames by reference are copied out of the frame plane here, on arrival, so the
     recording holds pixels (docs/architecture.md, "Frame plane") and a slow disk
     cannot outlast the frame's slot."""
-    sub = connect_sub(ctx, cfg.bus, prefixes)
-    inliner = Inliner(max_bytes=max_message_bytes(cfg.bus))
-    try:
-        ready.set()
-        while not stop.is_set():
-            if not sub.poll(100):
-                continue
-            for _ in range(1000):  # drain a burst before checking stop again
-                try:
-                    parts = sub.recv_multipart(copy=False, flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                got = inliner.parts(parts)
-                if got is None:
-                    counts["overwritten"] += 1
-                    continue
-                parts = list(got)
-                size = sum(len(p) for p in parts)
-                if not q.put(parts, size):
-                    counts["queue_full"] += 1
-    finally:
-        sub.close(linger=0)
-        inliner.close()
+    with Runtime(ctx) as rt:
+        sub = rt.open(None, lambda c: connect_sub(c, cfg.bus, prefixes))
+        inliner = Inliner(max_bytes=max_message_bytes(cfg.bus))
+        try:
+            ready.set()
+            for readable in polling(sub, 100, stop):
+                if readable:
+                    _take(sub, inliner, q, counts)
+        finally:
+            inliner.close()
+
+
+def _take(sub: zmq.Socket, inliner: Inliner, q: _Queue, counts: Counter[str]) -> None:
+    """Queue a burst of waiting messages (up to 1000, then ``stop`` is checked again)."""
+    for _ in range(1000):
+        try:
+            parts = sub.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        got = inliner.parts(parts)
+        if got is None:
+            counts["overwritten"] += 1
+            continue
+        parts = list(got)
+        size = sum(len(p) for p in parts)
+        if not q.put(parts, size):
+            counts["queue_full"] += 1
 
 
 class _Recorder:

@@ -127,7 +127,7 @@ class _RejectionLog:
                     key = (socks[s], reason)
                     counts[key] = counts.get(key, 0) + 1
                     now = clock.monotonic_ns()
-                    if key not in last or now - last[key] >= REJECT_LOG_EVERY_S * 1e9:
+                    if key not in last or now - last[key] >= REJECT_LOG_EVERY_S * clock.NS_PER_S:
                         last[key] = now
                         endpoint = ev.get("endpoint", b"")
                         endpoint = (endpoint.decode() if isinstance(endpoint, bytes)

@@ -50,20 +50,11 @@ def _collector(directory: Path, registry: Any) -> Any:
     """
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from streamfuse.metrics import merge_files  # only now: PROMETHEUS_MULTIPROC_DIR is set
+
     class Tolerant(MultiProcessCollector):  # type: ignore[misc]
         def collect(self) -> Any:
-            files = [str(f) for f in directory.glob("*.db")]
-            try:
-                return self.merge(files, accumulate=True)
-            except (struct.error, OSError, ValueError):
-                good = []
-                for f in files:
-                    try:
-                        self.merge([f], accumulate=True)
-                        good.append(f)
-                    except (struct.error, OSError, ValueError):
-                        log.debug("metrics: skipping %s (being written)", f)
-                return self.merge(good, accumulate=True)
+            return merge_files(directory)
 
     return Tolerant(registry, path=str(directory))
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from streamfuse import clock
-from streamfuse.config import AlignConfig
+from streamfuse.config import AlignConfig, read_text
 from streamfuse.fusion.features import MODALITIES, Features, Preprocessing, collate, to_device
 from streamfuse.progress import Progress
 from streamfuse.train import labels as lab
@@ -201,12 +201,7 @@ def _label_rows(labels: str | Path | None,
         return [], None
     rows: list[Any] = []
     for lf in label_files:
-        try:
-            text = lf.read_text(encoding="utf-8")
-        except OSError as e:
-            raise DataError(f"{lf}: cannot read: {e.strerror or e}") from None
-        except UnicodeDecodeError:
-            raise DataError(f"{lf}: not UTF-8") from None
+        text = read_text(lf, DataError)
         rows += lab.parse_rows(text, lf.name if len(label_files) == 1 else str(lf))
     return label_files, rows
 

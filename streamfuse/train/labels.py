@@ -31,6 +31,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from streamfuse.clock import NS_PER_S
+from streamfuse.config import read_text
 
 ABSOLUTE_MIN = 10**15  # integers at least this large are epoch ns (1970-01-12 onwards)
 HEADER = ["source", "start", "end", "label"]
@@ -162,13 +163,7 @@ def resolve(rows: Iterable[_Row], ranges: Mapping[str, tuple[int, int]],
 def read_labels(path: str | Path, ranges: Mapping[str, tuple[int, int]]) -> list[Span]:
     """Read and fully validate a label CSV (raises :class:`LabelError`)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise LabelError(f"{p}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise LabelError(f"{p}: not UTF-8") from None
-    return resolve(parse_rows(text, p.name), ranges, p.name)
+    return resolve(parse_rows(read_text(p, LabelError), p.name), ranges, p.name)
 
 
 class Labeller:

@@ -583,7 +583,7 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
             val_logits = predict_logits(tr.model, val_feats)
             val_acc = metrics.accuracy(val_logits.argmax(1), val_y)
             val_loss = metrics.nll(val_logits, val_y)
-            elapsed = (clock.monotonic_ns() - t_start) / 1e9
+            elapsed = (clock.monotonic_ns() - t_start) / NS_PER_S
             history.append({"epoch": epoch + 1, "loss": loss, "aux_loss": extra,
                             "val_accuracy": val_acc, "val_loss": val_loss,
                             "lr": tr.sched.get_last_lr()[0], "elapsed_s": elapsed})
@@ -595,9 +595,10 @@ def train(train_set: WindowSet, val_set: WindowSet, prep: Preprocessing, opts: T
             break
     bar.close()
     tr.model.load_state_dict(stopper.best_state)
+    train_s = (clock.monotonic_ns() - t_start) / NS_PER_S
     result: dict[str, Any] = {"epochs_run": len(history) or opts.epochs,
                               "best_epoch": stopper.best_epoch,
-                              "train_seconds": round((clock.monotonic_ns() - t_start) / 1e9, 2),
+                              "train_seconds": round(train_s, 2),
                               "history": history}
     if dist.main:
         result.update(calibrate(tr.model, val_feats, val_y, train_set.classes))
@@ -681,7 +682,7 @@ def train_artifact(align: AlignConfig, opts: TrainOptions, data: TrainData, out:
             tr, va = holdout_split(train_set.keys, VAL_FRACTION, opts.seed)
             val_set = _subset(train_set, va)
             train_set = _subset(train_set, tr)
-        data_s = (clock.monotonic_ns() - t0) / 1e9
+        data_s = (clock.monotonic_ns() - t0) / NS_PER_S
         if dist.main:
             per_class = train_set.summary["per_class"].items()
             log.info("data: %d training and %d validation windows (%s) in %.1fs",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,24 +30,10 @@ def collect(directory: Path) -> Samples:
 
     A file another process is just creating cannot be read yet: it is left out of this read.
     """
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
+    from streamfuse.metrics import merge_files
 
-    mpc = MultiProcessCollector(CollectorRegistry(), path=str(directory))
-    files = [str(f) for f in directory.glob("*.db")]
-    try:
-        families = mpc.merge(files, accumulate=True)
-    except (struct.error, OSError, ValueError):
-        good = []
-        for f in files:
-            try:
-                mpc.merge([f], accumulate=True)
-                good.append(f)
-            except (struct.error, OSError, ValueError):
-                continue
-        families = mpc.merge(good, accumulate=True)
     out: Samples = defaultdict(list)
-    for fam in families:
+    for fam in merge_files(directory):
         for s in fam.samples:
             out[s.name].append((dict(s.labels), float(s.value)))
     return out

@@ -143,7 +143,7 @@ class Hub:
                 continue
             # on schedule, from when the frame was due: ticks would otherwise round every
             # interval up to a whole number of ticks (5 fps with 0.1 s ticks came out at 4)
-            interval = int(1e9 / self.max_fps)
+            interval = int(NS_PER_S / self.max_fps)
             self._next_frame_ns[source] = (due if now_ns - due < interval else now_ns) + interval
             enc = await asyncio.to_thread(preview_jpeg, frame.header, frame.payload)
             if enc is None:

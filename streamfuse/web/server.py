@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import string
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
+    HTMLResponse,
     JSONResponse,
     PlainTextResponse,
     RedirectResponse,
@@ -51,6 +53,7 @@ from streamfuse.web.teach import Teach
 
 log = logging.getLogger("streamfuse.web")
 STATIC = Path(__file__).parent / "static"
+PAGE_DIR = Path(__file__).parent / "pages"
 COOKIE = "streamfuse_token"
 HEALTH_CACHE_NS = 500_000_000  # several open health pages share one read of the files
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
@@ -113,11 +116,36 @@ class Access:
         await resp(scope, receive, send)
 
 
-def _page(name: str) -> Any:
+# path -> (title, body in pages/, script in static/, connection indicator before it runs);
+# the order is the navigation bar's
+PAGES = {"/": ("live", "live.html", "console.js", "connecting…"),
+         "/health": ("health", "health.html", "health.js", "loading…"),
+         "/recordings": ("recordings", "recordings.html", "recordings.js", ""),
+         "/teach": ("teach", "teach.html", "teach.js", "")}
+
+
+def render_page(path: str) -> str:
+    """One console page: the shared frame (head, navigation) around the page's body."""
+    title, body, script, conn = PAGES[path]
+    here = {p: ' class="here"' if p == path else "" for p in PAGES}
+    nav = "".join(f'<a href="{p}"{here[p]}>{t.capitalize()}</a>' for p, (t, *_) in PAGES.items())
+    frame = string.Template((PAGE_DIR / "frame.html").read_text("utf-8"))
+    return frame.substitute(title=title, nav=nav, conn=conn, script=script,
+                            main=(PAGE_DIR / body).read_text("utf-8"))
+
+
+def _page(path: str) -> Any:
     async def page(_: Request) -> Response:
-        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(render_page(path), headers={"Cache-Control": "no-cache"})
 
     return page
+
+
+def _file(name: str) -> Any:
+    async def file(_: Request) -> Response:
+        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+    return file
 
 
 class Console:
@@ -190,10 +218,7 @@ class Console:
 
     def app(self) -> ASGIApp:
         routes = [
-            Route("/", _page("index.html")),
-            Route("/health", _page("health.html")),
-            Route("/recordings", _page("recordings.html")),
-            Route("/teach", _page("teach.html")),
+            *(Route(path, _page(path)) for path in PAGES),
             Route("/api/label", self.teach.api_label, methods=["POST"]),
             Route("/api/labels", self.teach.api_labels),
             Route("/api/train", self.teach.api_train, methods=["GET", "POST", "DELETE"]),
@@ -202,7 +227,7 @@ class Console:
             Route("/api/health", self.api_health),
             Route("/api/recordings", self.api_recordings),
             Route("/recordings/{name}", self.download),
-            Route("/favicon.ico", _page("favicon.svg")),
+            Route("/favicon.ico", _file("favicon.svg")),
             WebSocketRoute("/ws", self.live),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]

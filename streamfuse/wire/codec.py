@@ -71,7 +71,7 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
-def _buf(part: Any) -> Buffer:
+def buffer(part: Any) -> Buffer:
     """The bytes of a part without copying (zmq.Frame -> memoryview)."""
     cls = part.__class__
     if cls is bytes or cls is memoryview:
@@ -97,7 +97,7 @@ _kind_decoder = msgspec.msgpack.Decoder(_Kind)
 def header_kind(header: Any) -> str:
     """The ``kind`` of a header part, the other fields unread ('' when it has none)."""
     try:
-        return _kind_decoder.decode(_buf(header)).kind
+        return _kind_decoder.decode(buffer(header)).kind
     except (msgspec.DecodeError, msgspec.ValidationError):
         return ""
 
@@ -340,7 +340,7 @@ def decode(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Messa
     """Decode and validate ``[topic, header, *payload]`` (bytes or zmq.Frame)."""
     if len(parts) < 2:
         raise DecodeError("parts", f"need at least topic and header, got {len(parts)} parts")
-    bufs = [_buf(p) for p in parts]
+    bufs = [buffer(p) for p in parts]
     total = sum(map(len, bufs))
     if total > max_bytes:
         raise DecodeError("too_large", f"{total} bytes exceeds the limit of {max_bytes}")
@@ -450,7 +450,7 @@ def decode_window(parts: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -
     """Inverse of :func:`encode_window`; arrays are zero-copy views."""
     if len(parts) < 2:
         raise DecodeError("parts", f"need at least topic and header, got {len(parts)} parts")
-    bufs = [_buf(p) for p in parts]
+    bufs = [buffer(p) for p in parts]
     if sum(len(b) for b in bufs) > max_bytes:
         raise DecodeError("too_large", "window exceeds the size limit")
     h = _decode_header(bufs[1])

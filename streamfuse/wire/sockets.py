@@ -132,12 +132,7 @@ def connect_pub(ctx: zmq.Context, bus: BusConfig, *, endpoint: str | None = None
     sock = ctx.socket(zmq.PUB)
     sock.linger = LINGER_MS
     sock.sndhwm = hwm or bus.hwm
-    try:
-        connect_endpoint(sock, endpoint or bus.input, bus)
-    except BaseException:
-        sock.close(linger=0)  # a socket left open would block Context.term() forever
-        raise
-    return sock
+    return _connected(sock, endpoint or bus.input, bus)
 
 
 def connect_sub(ctx: zmq.Context, bus: BusConfig, prefixes: list[str] | tuple[str, ...] = ("",), *,
@@ -149,8 +144,13 @@ def connect_sub(ctx: zmq.Context, bus: BusConfig, prefixes: list[str] | tuple[st
     sock.maxmsgsize = max_message_bytes(bus)
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+    return _connected(sock, endpoint or bus.output, bus)
+
+
+def _connected(sock: zmq.Socket, endpoint: str, bus: BusConfig) -> zmq.Socket:
+    """``sock`` connected to ``endpoint``; closed when it cannot be."""
     try:
-        connect_endpoint(sock, endpoint or bus.output, bus)
+        connect_endpoint(sock, endpoint, bus)
     except BaseException:
         sock.close(linger=0)  # a socket left open would block Context.term() forever
         raise

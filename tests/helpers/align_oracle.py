@@ -31,10 +31,10 @@ from fractions import Fraction
 
 import numpy as np
 
+from streamfuse.clock import NS_PER_S as NS
 from streamfuse.config import AlignConfig
 from streamfuse.wire.schema import Message, Window
 
-NS = 10**9
 SNAP_NS = 2_000_000  # "a block stamped within 2 ms of where the previous one ended follows it"
 
 # (source, seq, t_start_ns, t_end_ns, present, frame_t_ns, frames, audio bytes | None,

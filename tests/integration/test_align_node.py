@@ -9,6 +9,7 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.align.offline import windows_from_messages
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.frameplane.inline import Inliner
 from streamfuse.frameplane.ring import RingReader
 from streamfuse.wire import codec
@@ -17,7 +18,6 @@ from streamfuse.wire.sockets import connect_pub
 from tests.helpers.frameplane import inline_window
 from tests.helpers.proc import ipc_ready, stop, streamfuse, wait_for
 
-MS = 1_000_000
 CONFIG = """
 [align]
 window_ms = 1000

@@ -11,6 +11,7 @@ import pytest
 import zmq
 from mcap.writer import Writer
 
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.record import format as fmt
 from streamfuse.record import reader
 from streamfuse.record.writer import RecordingWriter
@@ -21,7 +22,6 @@ from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
 from tests.integration.test_record_roundtrip import Probe, count_raw, start_recorder
 
 T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
 
 
 def every_kind(n: int = 40) -> list[Message]:

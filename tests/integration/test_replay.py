@@ -12,8 +12,10 @@ import pytest
 import zmq
 
 from streamfuse import clock
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.frameplane.inline import Inliner
 from streamfuse.record.writer import RecordingWriter
+from streamfuse.stats import percentile
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 from streamfuse.wire.sockets import connect_sub
@@ -21,7 +23,6 @@ from tests.helpers.proc import run_streamfuse, stop, streamfuse
 from tests.integration.test_record_roundtrip import Probe, synthetic
 
 T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
 
 
 def irregular(duration_s: float = 3.0) -> list[Message]:
@@ -99,7 +100,7 @@ def scheduler_jitter_p99_ms(n: int = 100) -> float:
         t = clock.perf_ns()
         time.sleep(0.005)
         late.append(clock.perf_ns() - t - 5 * MS)
-    return float(np.percentile(late, 99)) / 1e6
+    return percentile(late, 99) / MS
 
 
 @pytest.mark.slow
@@ -118,7 +119,7 @@ def test_replay_reproduces_recorded_timing(broker, tmp_path: Path, rate: float) 
         arrival = np.array([t for t, _p in got], dtype=np.int64)
         err = (arrival - arrival[0]) - ideal
         err -= np.median(err)  # a constant delivery latency is not a timing error
-        p99_ms = float(np.percentile(np.abs(err), 99)) / 1e6
+        p99_ms = percentile(np.abs(err), 99) / MS
         took, want = arrival[-1] - arrival[0], ideal[-1]
         jitter_ms = scheduler_jitter_p99_ms()
         # The 5 ms, plus what this machine's scheduler adds right now to the three

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamfuse.align.window import Aligner
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.config import AlignConfig
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message, Window
 
-MS = 1_000_000
 T0 = 1_790_000_000_000_000_000
 SR = 8000
 BLOCK = 160  # 20 ms at SR

@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 
 from streamfuse.align.offline import windows_from_messages
 from streamfuse.align.window import Aligner
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.config import AlignConfig
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message, Window
 from tests.helpers import align_oracle as oracle
 from tests.helpers.align_oracle import content
 
-MS = 1_000_000
 T0 = 1_790_000_000_000_000_000
 SR = 8000
 

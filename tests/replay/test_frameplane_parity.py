@@ -13,6 +13,7 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.align.offline import windows_from_messages
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.record.writer import RecordingWriter
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
@@ -24,7 +25,7 @@ from tests.helpers.proc import ipc_ready, run_streamfuse, stop, streamfuse, wait
 
 pytestmark = pytest.mark.slow
 
-MS = 1_000_000
+
 CONFIG = """
 [align]
 max_lateness_ms = 1000  # a replay stalled by a loaded machine must not close windows early

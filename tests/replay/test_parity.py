@@ -14,6 +14,7 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.align.offline import windows_from_messages
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.frameplane.ring import RingReader
 from streamfuse.record.reader import read_messages
 from streamfuse.record.writer import RecordingWriter
@@ -23,7 +24,6 @@ from tests.helpers import media
 from tests.helpers.frameplane import inline_window
 from tests.helpers.proc import ipc_ready, stop, streamfuse, wait_for
 
-MS = 1_000_000
 CONFIG = """
 [align]
 max_lateness_ms = 1000  # a replay stalled by a loaded machine must not close windows early

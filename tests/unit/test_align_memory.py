@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from streamfuse.align.window import Aligner
+from streamfuse.clock import NS_PER_MS as MS
+from streamfuse.clock import NS_PER_S as S
 from streamfuse.config import AlignConfig
 from streamfuse.wire import codec
 from streamfuse.wire.schema import AudioHeader, FrameHeader, HeartbeatHeader, Message
 
-MS = 1_000_000
-S = 1_000_000_000
 T0 = 1_790_000_000_000_000_000
 VGA = np.zeros((480, 640, 3), np.uint8)  # every frame references this one buffer, as on the wire
 BLOCK = np.zeros((320, 1), np.float32)

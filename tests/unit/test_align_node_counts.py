@@ -10,13 +10,12 @@ from prometheus_client import REGISTRY
 
 from streamfuse.align import node
 from streamfuse.align.window import Aligner
+from streamfuse.clock import NS_PER_S as S
 from streamfuse.config import AlignConfig
 from streamfuse.logs import Throttled
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Window
 from tests.unit.test_align_window import MS, T0, av, block, feed, text
-
-S = 1_000_000_000
 
 
 def _sample(name: str, **labels: str) -> float:

@@ -9,12 +9,11 @@ import zmq
 
 from streamfuse import clock
 from streamfuse.align import node
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.config import parse
 from streamfuse.wire import codec
 from tests.helpers import prom
 from tests.helpers.proc import wait_for
-
-MS = 1_000_000
 
 
 def test_main_with_injected_sockets() -> None:

@@ -7,11 +7,11 @@ import pytest
 
 from streamfuse.align.offline import windows_from_messages
 from streamfuse.align.window import Aligner
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.config import AlignConfig
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message, Window
 
-MS = 1_000_000
 T0 = 1_790_000_000_000_000_000  # a window boundary (divisible by 500 ms)
 SR = 16000
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamfuse.clock import NS_PER_S
 from streamfuse.datasets import avdigits
 from streamfuse.record.reader import read_messages
 from streamfuse.train.labels import read_labels
@@ -160,14 +161,14 @@ def test_audible_span_leaves_out_silence():
 
 def _row(start_s: float, label: str, *, camera: bool = True, occluded: bool = False,
          speech: tuple[float, float] | None = None, chat: tuple[float, str] | None = None) -> avdigits.SegmentRow:
-    ns = 1_000_000_000
+    ns = NS_PER_S
     return avdigits.SegmentRow(int(start_s * ns), int((start_s + 2) * ns), label, camera, occluded,
                                None if speech is None else (int(speech[0] * ns), int(speech[1] * ns)),
                                None if chat is None else int(chat[0] * ns), None if chat is None else chat[1])
 
 
 def test_window_evidence_names_what_shows_the_label():
-    ns = 1_000_000_000
+    ns = NS_PER_S
 
     def ev(rows: list[avdigits.SegmentRow], start_s: float, label: str) -> str:
         return avdigits.window_evidence(rows, int(start_s * ns), ns, 5 * ns, label)

@@ -8,9 +8,8 @@ import pytest
 from streamfuse.capture import camera, microphone, text
 from streamfuse.capture.publish import Backoff, Counts, Heartbeats
 from streamfuse.capture.tools import TailStats
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.config import BusConfig, TextConfig
-
-MS = 1_000_000
 
 
 def test_backoff_doubles_up_to_the_cap_and_resets() -> None:

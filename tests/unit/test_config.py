@@ -308,3 +308,14 @@ def test_cli_out_of_range_exits_2_without_traceback(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "streamfuse broker: bus.hwm: expected at most 1e+07, got 10000000000"
+
+
+def test_unreadable_and_non_utf8_files_are_one_line_errors(tmp_path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"x = '\xe9'\n")
+    with pytest.raises(config.ConfigError, match=r"latin1\.toml: config is not UTF-8$"):
+        config.load(bad, environ={})
+    with pytest.raises(config.ConfigError, match=r"missing\.toml: cannot read config: No such file"):
+        config.load(tmp_path / "missing.toml", environ={})
+    with pytest.raises(ValueError, match=r"latin1\.toml: not UTF-8$"):
+        config.read_text(bad, ValueError)

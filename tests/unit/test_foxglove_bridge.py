@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from streamfuse.bridge.foxglove import Bridge
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.record import layout
 from streamfuse.wire import codec
 
 T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
 
 
 class FakeChannel:

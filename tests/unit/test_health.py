@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from streamfuse.clock import NS_PER_S as S
 from streamfuse.service.health import Liveness, RestartPolicy
-
-S = 1_000_000_000
 
 
 def test_backoff_doubles_then_gives_up_within_the_window() -> None:

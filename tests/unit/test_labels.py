@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from streamfuse.clock import NS_PER_S as S
 from streamfuse.train import labels as lab
 from streamfuse.train.labels import LabelError, Labeller, Span, parse_rows, read_labels, resolve
 
 T0 = 1_767_225_600_000_000_000
-S = 1_000_000_000
+
 RANGES = {"room1": (T0, T0 + 60 * S), "room2": (T0, T0 + 60 * S)}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "streamfuse"
 BASE = {"wire", "clock", "config", "logs", "stats", "usage", "readiness", "metrics", "progress",
-        "signals", "data"}
+        "signals", "data", "node"}
 COMPONENTS = {"capture", "align", "fusion", "record", "train", "datasets", "web", "bridge",
               "frameplane"}
 COMMAND_LINE = {"cli", "commands", "__main__"}

@@ -7,9 +7,8 @@ import logging
 
 import pytest
 
+from streamfuse.clock import NS_PER_S as S
 from streamfuse.progress import Progress
-
-S = 1_000_000_000
 
 
 class FakeClock:

@@ -13,6 +13,7 @@ import pytest
 from mcap.reader import make_reader
 from mcap.writer import Writer
 
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.record import format as fmt
 from streamfuse.record import reader, replay
 from streamfuse.record.writer import LevelPolicy, RecordingWriter, Rotation, numbered_path
@@ -20,7 +21,6 @@ from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 
 T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
 
 
 def sample(n: int, source: str = "room1", t0: int = T0, step_ms: int = 10) -> list[Message]:

@@ -19,13 +19,13 @@ import zstandard
 from mcap.reader import make_reader
 from mcap.writer import CompressionType, IndexType, Writer
 
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.record import mcapfile, reader
 from streamfuse.record.writer import RecordingWriter
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 
 T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
 
 
 def _messages(n: int = 60) -> list[Message]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from streamfuse.clock import NS_PER_S as S
 from streamfuse.config import (
     AlignConfig,
     BusConfig,
@@ -19,8 +20,6 @@ from streamfuse.fusion import store
 from streamfuse.fusion.shadow import Judge, PromoteRule, Verdict
 from streamfuse.wire import codec
 from tests.helpers.fusion import one_torch_thread, save_tiny  # noqa: F401
-
-S = 1_000_000_000
 
 
 def test_judge_agreement_and_accuracy_on_labelled_windows_only():

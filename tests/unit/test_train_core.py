@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from streamfuse.clock import NS_PER_S
 from streamfuse.fusion.features import Features
 from streamfuse.train import metrics
 from streamfuse.train.dataset import class_order, concat_features, select_features
@@ -69,7 +70,7 @@ def test_class_weights_balance_and_skip_missing_classes():
 
 
 def test_holdout_takes_whole_time_blocks():
-    s = 1_000_000_000
+    s = NS_PER_S
     keys = [("room1", 1_767_225_600 * s + i * s // 2) for i in range(600)] + \
            [("room2", 1_767_225_600 * s + i * s // 2) for i in range(600)]
     tr, va = holdout_split(keys, 0.15, seed=0)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from streamfuse import config
+from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.web import health, live
 from streamfuse.web.frames import preview_jpeg
 from streamfuse.web.recordings import Recordings
@@ -18,10 +19,6 @@ from streamfuse.web.state import TIMELINE_NS, ConsoleState
 from streamfuse.wire import codec, topics
 
 T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
-
-
-# ----------------------------------------------------------------------------- config
 
 
 def test_web_defaults_and_off() -> None:
@@ -295,3 +292,19 @@ def test_quantiles_from_buckets() -> None:
     q = health.quantiles(s, "h")
     assert q["count"] == 100 and q["mean"] == 2.5 and q["p50"] == 2.0 and q["p90"] == 3.6
     assert health.quantiles(s, "h", interpolate=False)["p90"] == 4.0
+
+
+def test_each_page_is_the_shared_frame_around_its_body() -> None:
+    c = _client()
+    pages = {"/": ("live", "console.js", 'id="sources"'), "/health": ("health", "health.js", 'id="worker"'),
+             "/recordings": ("recordings", "recordings.js", 'id="files"'),
+             "/teach": ("teach", "teach.js", 'id="promote"')}
+    for path, (title, script, part) in pages.items():
+        r = c.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        html = r.text
+        assert f"<title>streamfuse · {title}</title>" in html and part in html
+        assert f'<script src="/static/{script}"></script>' in html
+        assert html.count('class="here"') == 1 and f'<a href="{path}" class="here">' in html
+        assert "$" not in html  # every placeholder filled
+    assert c.get("/favicon.ico").headers["content-type"].startswith("image/svg")
