@@ -230,22 +230,27 @@ def _crossval(p: argparse.ArgumentParser) -> None:
                         "tested once, the next one validates, the others train")
     p.add_argument("--disjoint", nargs="+", default=None, metavar="COLUMN",
                    help="segments.csv columns whose values a fold's training windows may not "
-                        "share with its test windows (such training windows are dropped)")
+                        "share with its test windows (such training windows are dropped; "
+                        "default: none)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="where crossval.json and crossval.md are written")
     p.add_argument("--modalities", nargs="+", choices=["video", "audio", "text"], default=None,
                    help="modalities the models use (default: all three)")
     p.add_argument("--epochs", type=int, default=20, help="training epochs per fold")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per training step")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same for every fold)")
     p.add_argument("--speed", type=float, default=None, metavar="F",
-                   help="time-stretch the training log-mels by up to this fraction (0 = off)")
+                   help="time-stretch the training log-mels by up to this fraction "
+                        "(0 = off; default 0)")
     p.add_argument("--vtlp", type=float, default=None, metavar="F",
-                   help="warp the training log-mels' mel axis by up to this fraction (0 = off)")
+                   help="warp the training log-mels' mel axis by up to this fraction "
+                        "(0 = off; default 0)")
     p.add_argument("--pitch", type=float, default=None, metavar="BANDS",
                    help="shift the training log-mels' mel axis by up to this many bands "
-                        "(0 = off)")
+                        "(0 = off; default 0)")
     p.add_argument("--mix", type=float, default=None, metavar="SHARE",
-                   help="share of training windows mixed with another window's sound (0 = off)")
+                   help="share of training windows mixed with another window's sound "
+                        "(0 = off; default 0)")
     p.add_argument("--mix-snr", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="SNR range of --mix in dB (default 5 20)")
     p.add_argument("--masks", type=float, default=None, metavar="N",

@@ -44,8 +44,8 @@ def options(args: argparse.Namespace) -> Any:
     from streamfuse.fusion.features import MODALITIES
     from streamfuse.train.loop import TrainOptions
 
-    if args.epochs < 1:
-        raise UsageError("--epochs must be >= 1")
+    if args.epochs < 1 or args.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be >= 1")
     extra: dict[str, Any] = {}
     for flag, (field, n, low) in AUGMENT_FLAGS.items():
         v = getattr(args, flag, None)
@@ -58,7 +58,8 @@ def options(args: argparse.Namespace) -> Any:
         extra[field] = tuple(float(x) for x in vals) if n > 1 else (
             int(vals[0]) if field == "masks" else float(vals[0]))
     modalities = tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES))
-    return TrainOptions(epochs=args.epochs, seed=args.seed, modalities=modalities, **extra)
+    return TrainOptions(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                        modalities=modalities, **extra)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
