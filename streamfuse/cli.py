@@ -255,6 +255,9 @@ def _crossval(p: argparse.ArgumentParser) -> None:
                    help="SNR range of --mix in dB (default 5 20)")
     p.add_argument("--masks", type=float, default=None, metavar="N",
                    help="SpecAugment band and time masks per training window (default 1)")
+    p.add_argument("--audio-norm", choices=["per_window", "per_band"], default="per_window",
+                   help="log-mel normalisation: the window standardised, or each band's mean "
+                        "removed (cepstral mean normalisation)")
     p.add_argument("--device", default="cpu", help="cpu (the only one for now)")
     p.add_argument("--quiet", action="store_true", help="no progress output (default: progress)")
     _config_arg(p)

@@ -59,7 +59,7 @@ def options(args: argparse.Namespace) -> Any:
             int(vals[0]) if field == "masks" else float(vals[0]))
     modalities = tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES))
     return TrainOptions(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                        modalities=modalities, **extra)
+                        modalities=modalities, audio_norm=args.audio_norm, **extra)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

@@ -131,10 +131,14 @@ class TrainOptions:
     mix: float = 0.0  # share of windows mixed with another window's audio (power domain)...
     mix_snr: tuple[float, float] = (5.0, 20.0)  # ...at an SNR drawn from this range, dB
     masks: int = 1  # SpecAugment: band masks and time masks per window
+    # The log-mel's normalisation (Preprocessing.audio_norm, saved in the artifact so the
+    # worker computes the same features): "per_window" or "per_band".
+    audio_norm: str = "per_window"
 
     def preprocessing(self, align: AlignConfig) -> Preprocessing:
         return Preprocessing.from_align(align, image_size=self.image_size,
-                                        hop_length=self.hop_length, n_mels=self.n_mels)
+                                        hop_length=self.hop_length, n_mels=self.n_mels,
+                                        audio_norm=self.audio_norm)
 
 
 @dataclass
@@ -262,9 +266,9 @@ def mix_logmel(logmel: torch.Tensor, present: torch.Tensor, gen: torch.Generator
     """In ``share`` of the windows with audio ``present`` ``(B,)``, another such window's
     sound (its real background sounds and speech) is added in the power domain at an SNR
     drawn from ``snr_db``, then the log-mel is standardised again per window (as
-    ``audio_norm = "per_window"`` makes every input). The label stays the first window's:
-    the other is interference, 5 dB or more below it by default. Draws nothing for
-    ``share`` 0."""
+    ``audio_norm = "per_window"`` makes every input; ``mix_logmel`` is meant for it). The
+    label stays the first window's: the other is interference, 5 dB or more below it by
+    default. Draws nothing for ``share`` 0."""
     b = logmel.shape[0]
     if b < 2 or share <= 0:
         return logmel
