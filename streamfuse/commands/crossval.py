@@ -29,6 +29,11 @@ AUGMENT_FLAGS = {"speed": ("speed", 1, 0.0), "vtlp": ("vtlp", 1, 0.0),
                  "mix_snr": ("mix_snr", 2, -30.0), "masks": ("masks", 1, 0.0)}
 
 
+# What the audio alone is scored on (avdigits.speech_windows).
+SPEECH = "audio alone, >= 150 ms of the word"
+WHOLE_WORD = "audio alone, all of the word"
+
+
 def split_dirs(recordings: list[str]) -> list[str]:
     """A data set root's ``train``, ``val``, ``test`` (those present); other paths as given."""
     out: list[str] = []
@@ -96,8 +101,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         segs = avdigits.read_segments(files)
     except (DataError, LabelError, avdigits.SegmentsError) as e:
         raise UsageError(str(e)) from None
-    focus = {"audio": avdigits.speech_windows(segs, ws.keys, [ws.classes[i] for i in ws.y],
-                                              window_ns)}
+    labels = [ws.classes[i] for i in ws.y]
+    focus = {SPEECH: ("audio", avdigits.speech_windows(segs, ws.keys, labels, window_ns)),
+             WHOLE_WORD: ("audio", avdigits.speech_windows(segs, ws.keys, labels, window_ns,
+                                                            whole=True))}
     report = crossval.crossvalidate(ws, folds, opts.preprocessing(cfg.align), opts, focus=focus,
                                     quiet=args.quiet)
     report.update(column=args.by, disjoint=list(args.disjoint or []),

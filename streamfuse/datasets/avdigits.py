@@ -497,10 +497,15 @@ def heard_ns(rows: list[SegmentRow], start: int, window_ns: int, label: str) -> 
 
 
 def speech_windows(segments: dict[str, list[SegmentRow]], keys: list[tuple[str, int]],
-                   labels: list[str], window_ns: int) -> list[bool]:
+                   labels: list[str], window_ns: int, *, whole: bool = False) -> list[bool]:
     """Per window (``keys``, true ``labels``): whether it holds at least 150 ms of its spoken
-    digit (``SPEECH_MIN_NS``), the windows on which audio alone can be scored."""
-    return [heard_ns(segments.get(source, []), start, window_ns, label) >= SPEECH_MIN_NS
+    digit (``SPEECH_MIN_NS``), the windows on which audio alone can be scored; ``whole``:
+    whether it holds all of the word's audible span."""
+    if not whole:
+        return [heard_ns(segments.get(source, []), start, window_ns, label) >= SPEECH_MIN_NS
+                for (source, start), label in zip(keys, labels, strict=True)]
+    return [any(r.speech is not None and r.label == label and start <= r.speech[0]
+                and r.speech[1] <= start + window_ns for r in segments.get(source, []))
             for (source, start), label in zip(keys, labels, strict=True)]
 
 

@@ -13,8 +13,9 @@ window shows are dropped from that fold's training set.
 :func:`crossvalidate` trains one model per fold (:func:`streamfuse.train.loop.train`, the
 same recipe as ``streamfuse train``) and scores it on the held-out group
 (:func:`streamfuse.train.evaluate.evaluate`): fused accuracy, ECE, each modality alone,
-and each modality alone over the windows where it carries the label (``focus``, given by
-the data set: avdigits' audio over windows with at least 150 ms of the spoken digit). The
+and one modality alone over chosen windows (``focus``, given by the data set: avdigits'
+audio over the windows with at least 150 ms of the spoken digit, and over those with all of
+it). The
 report holds the folds, their mean and their worst (:func:`summarise`), as JSON and as a
 markdown table (:func:`markdown`).
 
@@ -165,7 +166,7 @@ def subset(ws: WindowSet, rows: Sequence[int]) -> WindowSet:
 
 
 def crossvalidate(ws: WindowSet, folds: Sequence[Fold], prep: Preprocessing, opts: Any, *,
-                  focus: Mapping[str, Sequence[bool]] | None = None,
+                  focus: Mapping[str, tuple[str, Sequence[bool]]] | None = None,
                   quiet: bool = False) -> dict[str, Any]:
     """Train one model per fold with ``opts`` (:class:`~streamfuse.train.loop.TrainOptions`)
     and score it on the fold's test windows; the report (see module docstring)."""
@@ -178,7 +179,8 @@ def crossvalidate(ws: WindowSet, folds: Sequence[Fold], prep: Preprocessing, opt
             train_set, val_set = subset(ws, fold.train), subset(ws, fold.val)
             test_set = subset(ws, fold.test)
             model, result = train(train_set, val_set, prep, opts, quiet=True)
-            fold_focus = {m: [bool(v[i]) for i in fold.test] for m, v in (focus or {}).items()}
+            fold_focus = {name: (m, [bool(v[i]) for i in fold.test])
+                          for name, (m, v) in (focus or {}).items()}
             r = score_fold(model, test_set, fold_focus)
             r.update(group=fold.group, val_group=fold.val_group, n_train=len(fold.train),
                      n_val=len(fold.val), n_test=len(fold.test), dropped_train=fold.dropped,
@@ -194,9 +196,10 @@ def crossvalidate(ws: WindowSet, folds: Sequence[Fold], prep: Preprocessing, opt
                         for k, v in asdict(opts).items()}}
 
 
-def score_fold(model: Any, test_set: WindowSet, focus: dict[str, list[bool]]) -> dict[str, Any]:
-    """Fused accuracy, ECE, each modality alone (all windows, and where present), and each
-    ``focus`` modality alone over its focus windows, of ``model`` on ``test_set``."""
+def score_fold(model: Any, test_set: WindowSet,
+               focus: Mapping[str, tuple[str, list[bool]]]) -> dict[str, Any]:
+    """Fused accuracy, ECE, each modality alone (all windows, and where present), and for
+    each ``focus`` name its modality alone over its windows, of ``model`` on ``test_set``."""
     from streamfuse.train import metrics
     from streamfuse.train.evaluate import evaluate
     from streamfuse.train.loop import predict_logits
@@ -210,18 +213,18 @@ def score_fold(model: Any, test_set: WindowSet, focus: dict[str, list[bool]]) ->
                                            for m, a in rep["ablation"].items()},
                          "best_single": best, "best_single_accuracy": alone.get(best or "", 0.0),
                          "accuracy_any_modality": rep["accuracy_any_modality"], "focus": {}}
-    for m, rows in focus.items():
+    for name, (m, rows) in focus.items():
         if m not in model.cfg.modalities:
             continue
         idx = torch.tensor([i for i, on in enumerate(rows) if on], dtype=torch.int64)
         if idx.numel() == 0:
-            r["focus"][m] = {"n": 0, "accuracy": None}
+            r["focus"][name] = {"n": 0, "accuracy": None}
             continue
         part = select_features(test_set.features, idx)
         only = torch.zeros_like(part.mask)
         only[:, MODALITIES.index(m)] = True
         pred = predict_logits(model, part, mask=part.mask & only).argmax(1)
-        r["focus"][m] = {"n": int(idx.numel()),
+        r["focus"][name] = {"n": int(idx.numel()),
                          "accuracy": metrics.accuracy(pred, test_set.y[idx])}
     return r
 
@@ -235,17 +238,26 @@ def summarise(folds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def vals(key: str) -> list[float]:
         return [float(f[key]) for f in folds]
 
-    mean = {k: sum(vals(k)) / len(folds) for k in SUMMARY_KEYS}
-    worst = {"accuracy": min(vals("accuracy")), "ece": max(vals("ece")),
-             "best_single_accuracy": min(vals("best_single_accuracy"))}
-    for m in sorted({m for f in folds for m in f["focus"]}):
-        accs = [f["focus"][m]["accuracy"] for f in folds
-                if m in f["focus"] and f["focus"][m]["accuracy"] is not None]
+    mean: dict[str, Any] = {k: sum(vals(k)) / len(folds) for k in SUMMARY_KEYS}
+    worst: dict[str, Any] = {"accuracy": min(vals("accuracy")), "ece": max(vals("ece")),
+                             "best_single_accuracy": min(vals("best_single_accuracy"))}
+    mean["focus"], worst["focus"] = {}, {}
+    for name in _focus_names(folds):
+        accs = [f["focus"][name]["accuracy"] for f in folds
+                if name in f["focus"] and f["focus"][name]["accuracy"] is not None]
         if accs:
-            mean[f"focus_{m}"] = sum(accs) / len(accs)
-            worst[f"focus_{m}"] = min(accs)
+            mean["focus"][name] = sum(accs) / len(accs)
+            worst["focus"][name] = min(accs)
     beats = sum(f["accuracy"] > f["best_single_accuracy"] for f in folds)
     return {"mean": mean, "worst": worst, "fused_beats_best_single": f"{beats}/{len(folds)}"}
+
+
+def _focus_names(folds: Sequence[dict[str, Any]]) -> list[str]:
+    """The focus names of the folds, in their first fold's order."""
+    names: list[str] = []
+    for f in folds:
+        names += [n for n in f["focus"] if n not in names]
+    return names
 
 
 def _pct(v: float | None) -> str:
@@ -253,8 +265,8 @@ def _pct(v: float | None) -> str:
 
 
 def fold_line(r: dict[str, Any]) -> str:
-    focus = ", ".join(f"{m} alone on its windows {_pct(v['accuracy'])} % ({v['n']})"
-                      for m, v in r["focus"].items())
+    focus = ", ".join(f"{name} {_pct(v['accuracy'])} % ({v['n']})"
+                      for name, v in r["focus"].items())
     return (f"fold {r['group']}: fused {_pct(r['accuracy'])} %, ECE {_pct(r['ece'])} %, best "
             f"single {r['best_single']} {_pct(r['best_single_accuracy'])} %"
             + (f", {focus}" if focus else "") + f", {r['train_seconds']:.0f} s training")
@@ -263,9 +275,9 @@ def fold_line(r: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The per-fold table with its mean and worst rows."""
     folds = report["folds"]
-    focus = sorted({m for f in folds for m in f["focus"]})
+    focus = _focus_names(folds)
     head = ["test group", "validation", "train / val / test windows", "fused %", "ECE %",
-            "best single %"] + [f"{m} alone on its windows %" for m in focus] + \
+            "best single %"] + [f"{name} %" for name in focus] + \
         ["val acc %", "best epoch", "training s"]
     lines = [f"# Leave-one-{report.get('column', 'group')}-out cross-validation", ""]
     if report.get("command"):
@@ -286,7 +298,7 @@ def markdown(report: dict[str, Any]) -> str:
         s = report[name]
         cells = [f"**{name}**", "", "", _pct(s["accuracy"]), _pct(s["ece"]),
                  _pct(s["best_single_accuracy"])]
-        cells += [_pct(s.get(f"focus_{m}")) for m in focus] + ["", "", ""]
+        cells += [_pct(s.get("focus", {}).get(name)) for name in focus] + ["", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Fused above the best single modality in "
                   f"{report['fused_beats_best_single']} folds.", ""]

@@ -63,8 +63,8 @@ def test_summary_mean_worst_and_table():
     s = crossval.summarise(folds)
     assert s["mean"]["accuracy"] == pytest.approx(0.8)
     assert s["worst"]["accuracy"] == 0.7 and s["worst"]["ece"] == 0.05
-    assert s["mean"]["focus_audio"] == pytest.approx(0.8)  # a fold without speech is left out
-    assert s["worst"]["focus_audio"] == 0.7
+    assert s["mean"]["focus"]["audio"] == pytest.approx(0.8)  # a fold without speech: left out
+    assert s["worst"]["focus"]["audio"] == 0.7
     assert s["fused_beats_best_single"] == "2/3"
     md = crossval.markdown({"folds": folds, "column": "speaker", **s})
     assert md.startswith("# Leave-one-speaker-out cross-validation")
@@ -80,3 +80,8 @@ def test_speech_windows_need_150_ms_of_the_spoken_label():
     got = avdigits.speech_windows(segs, keys, ["seven", "two", "seven", "seven"], S)
     # all of it; another label; 100 ms of it; microphone muted
     assert got == [True, False, False, False]
+    keys.append(("room1", 3 * S // 4))  # 250 ms of it: enough, but not the whole word
+    labels = ["seven", "two", "seven", "seven", "seven"]
+    assert avdigits.speech_windows(segs, keys, labels, S)[4]
+    assert avdigits.speech_windows(segs, keys, labels, S, whole=True) == [
+        True, False, False, False, False]
