@@ -258,6 +258,9 @@ def _crossval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-norm", choices=["per_window", "per_band"], default="per_window",
                    help="log-mel normalisation: the window standardised, or each band's mean "
                         "removed (cepstral mean normalisation)")
+    p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
+                   help="any other training option (TrainOptions field) for every fold, e.g. "
+                        "n_mels=64 or audio_channels=32,64,128; repeatable (default: none)")
     p.add_argument("--device", default="cpu", help="cpu (the only one for now)")
     p.add_argument("--quiet", action="store_true", help="no progress output (default: progress)")
     _config_arg(p)

@@ -63,8 +63,39 @@ def options(args: argparse.Namespace) -> Any:
         extra[field] = tuple(float(x) for x in vals) if n > 1 else (
             int(vals[0]) if field == "masks" else float(vals[0]))
     modalities = tuple(m for m in MODALITIES if m in (args.modalities or MODALITIES))
-    return TrainOptions(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+    opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                         modalities=modalities, audio_norm=args.audio_norm, **extra)
+    return with_settings(opts, getattr(args, "set", None) or [])
+
+
+def with_settings(opts: Any, settings: list[str]) -> Any:
+    """``opts`` with ``FIELD=VALUE`` settings (``--set``) applied: any :class:`TrainOptions`
+    field, a tuple field as comma-separated values (exit 2 for an unknown field or a value
+    of the wrong type)."""
+    import dataclasses
+
+    defaults = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    changes: dict[str, Any] = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        if not sep or name not in defaults:
+            raise UsageError(f"--set {item}: expected FIELD=VALUE with a training option "
+                             f"({', '.join(sorted(defaults))})")
+        old = defaults[name]
+        try:
+            if isinstance(old, tuple):
+                kind = type(old[0]) if old else str
+                changes[name] = tuple(kind(v) for v in text.split(",") if v)
+            elif isinstance(old, bool):
+                changes[name] = {"true": True, "false": False}[text.lower()]
+            else:
+                changes[name] = type(old)(text)
+        except (KeyError, ValueError):
+            raise UsageError(f"--set {item}: not a {type(old).__name__}") from None
+    try:
+        return dataclasses.replace(opts, **changes)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--set: {e}") from None
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

@@ -85,3 +85,17 @@ def test_speech_windows_need_150_ms_of_the_spoken_label():
     assert avdigits.speech_windows(segs, keys, labels, S)[4]
     assert avdigits.speech_windows(segs, keys, labels, S, whole=True) == [
         True, False, False, False, False]
+
+
+def test_set_overrides_training_options():
+    from streamfuse.commands.crossval import with_settings
+    from streamfuse.train.loop import TrainOptions
+    from streamfuse.usage import UsageError
+
+    opts = with_settings(TrainOptions(), ["n_mels=64", "audio_channels=32,64,128", "lr=0.001",
+                                          "augment=false", "audio_norm=per_band"])
+    assert (opts.n_mels, opts.audio_channels, opts.lr) == (64, (32, 64, 128), 0.001)
+    assert opts.augment is False and opts.audio_norm == "per_band"
+    for bad in ("n_mels", "colour=red", "n_mels=many", "augment=maybe"):
+        with pytest.raises(UsageError, match="--set"):
+            with_settings(TrainOptions(), [bad])
