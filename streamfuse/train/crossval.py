@@ -178,7 +178,7 @@ def crossvalidate(ws: WindowSet, folds: Sequence[Fold], prep: Preprocessing, opt
             bar.set_note(f"testing on {fold.group}")
             train_set, val_set = subset(ws, fold.train), subset(ws, fold.val)
             test_set = subset(ws, fold.test)
-            model, result = train(train_set, val_set, prep, opts, quiet=True)
+            model, result = train(train_set, val_set, prep, opts, quiet=quiet)
             fold_focus = {name: (m, [bool(v[i]) for i in fold.test])
                           for name, (m, v) in (focus or {}).items()}
             r = score_fold(model, test_set, fold_focus)
