@@ -26,7 +26,7 @@ from streamfuse.usage import UsageError, missing_extra
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 128 + 2  # SIGINT, as shells report it
 # Commands whose torch trains (see main: OpenMP's wait policy is set before torch loads).
-TRAINING_COMMANDS = frozenset({"train", "eval", "demo"})
+TRAINING_COMMANDS = frozenset({"train", "eval", "crossval", "demo"})
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -216,6 +216,55 @@ def _eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="DIR", default=None,
                    help="write report.json, report.md and plots here (default: print only)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _config_arg(p)
+
+
+@command("crossval", "leave-one-group-out cross-validation (e.g. by speaker)",
+         "streamfuse.commands.crossval:run",
+         "streamfuse crossval --recordings /data/avdigits --by speaker --disjoint image "
+         "--out /tmp/cv")
+def _crossval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recordings", nargs="+", required=True, metavar="PATH",
+                   help="a data set root (its train, val and test are pooled) or directories "
+                        "of *.mcap, each with labels.csv and segments.csv")
+    p.add_argument("--by", default="speaker", metavar="COLUMN",
+                   help="the segments.csv column whose values are the folds: each value is "
+                        "tested once, the next one validates, the others train")
+    p.add_argument("--disjoint", nargs="+", default=None, metavar="COLUMN",
+                   help="segments.csv columns whose values a fold's training windows may not "
+                        "share with its test windows (such training windows are dropped; "
+                        "default: none)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="where crossval.json and crossval.md are written")
+    p.add_argument("--modalities", nargs="+", choices=["video", "audio", "text"], default=None,
+                   help="modalities the models use (default: all three)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs per fold")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per training step")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same for every fold)")
+    p.add_argument("--speed", type=float, default=None, metavar="F",
+                   help="time-stretch the training log-mels by up to this fraction "
+                        "(0 = off; default 0)")
+    p.add_argument("--vtlp", type=float, default=None, metavar="F",
+                   help="warp the training log-mels' mel axis by up to this fraction "
+                        "(0 = off; default 0)")
+    p.add_argument("--pitch", type=float, default=None, metavar="BANDS",
+                   help="shift the training log-mels' mel axis by up to this many bands "
+                        "(0 = off; default 0)")
+    p.add_argument("--mix", type=float, default=None, metavar="SHARE",
+                   help="share of training windows mixed with another window's sound "
+                        "(0 = off; default 0)")
+    p.add_argument("--mix-snr", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="SNR range of --mix in dB (default 5 20)")
+    p.add_argument("--masks", type=float, default=None, metavar="N",
+                   help="SpecAugment band and time masks per training window (default 1)")
+    p.add_argument("--audio-norm", choices=["per_window", "per_band"], default="per_window",
+                   help="log-mel normalisation: the window standardised, or each band's mean "
+                        "removed (cepstral mean normalisation)")
+    p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
+                   help="any other training option (TrainOptions field) for every fold, e.g. "
+                        "n_mels=64 or audio_channels=32,64,128; repeatable (default: none)")
+    p.add_argument("--device", default="cpu", help="cpu (the only one for now)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (default: progress)")
     _config_arg(p)
 
 

@@ -475,14 +475,35 @@ def window_evidence(rows: list[SegmentRow], start: int, window_ns: int, context_
         return "camera"
     if any(r.camera for r in mine):
         return "camera, finger over the digit"
-    heard = max((min(end, r.speech[1]) - max(start, r.speech[0]) for r in mine if r.speech),
-                default=0)
+    heard = heard_ns(rows, start, window_ns, label)
     if heard >= SPEECH_MIN_NS:
         return "speech"
     if any(r.chat_time is not None and end - context_ns <= r.chat_time < end
            and r.chat_names == label for r in rows):
         return "chat"
     return "speech fragment" if heard > 0 else "none"
+
+
+def heard_ns(rows: list[SegmentRow], start: int, window_ns: int, label: str) -> int:
+    """How much of a spoken ``label`` (its audible span, microphone on) falls in the window
+    ``[start, start + window_ns)``: the most of any one segment's, in ns (0: none)."""
+    end = start + window_ns
+    return max((min(end, r.speech[1]) - max(start, r.speech[0]) for r in rows
+                if r.speech and r.label == label and r.start < end and r.end > start),
+               default=0)
+
+
+def speech_windows(segments: dict[str, list[SegmentRow]], keys: list[tuple[str, int]],
+                   labels: list[str], window_ns: int, *, whole: bool = False) -> list[bool]:
+    """Per window (``keys``, true ``labels``): whether it holds at least 150 ms of its spoken
+    digit (``SPEECH_MIN_NS``), the windows on which audio alone can be scored; ``whole``:
+    whether it holds all of the word's audible span."""
+    if not whole:
+        return [heard_ns(segments.get(source, []), start, window_ns, label) >= SPEECH_MIN_NS
+                for (source, start), label in zip(keys, labels, strict=True)]
+    return [any(r.speech is not None and r.label == label and start <= r.speech[0]
+                and r.speech[1] <= start + window_ns for r in segments.get(source, []))
+            for (source, start), label in zip(keys, labels, strict=True)]
 
 
 def _split_summary(p: SplitPlan, files: list[str]) -> dict:

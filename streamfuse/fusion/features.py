@@ -57,7 +57,7 @@ VIDEO, AUDIO, TEXT = 0, 1, 2
 
 _WORD_RE = re.compile(r"\w+")
 _NORMS = ("per_frame", "fixed")
-_AUDIO_NORMS = ("per_window", "none")
+_AUDIO_NORMS = ("per_window", "per_band", "none")
 _EPS = 1e-5
 
 
@@ -77,7 +77,10 @@ class Preprocessing:
     window_samples: S, audio samples per window at ``sample_rate``.
     n_fft, hop_length, n_mels, f_min, f_max: the log-mel front end (``f_max`` 0
         means ``sample_rate / 2``).
-    audio_norm: ``per_window`` (standardise each window's log-mel) or ``none``.
+    audio_norm: ``per_window`` (standardise each window's log-mel), ``per_band`` (each mel
+        band's mean over the window subtracted, then divided by the window's std: cepstral
+        mean normalisation, which removes a stationary colouring such as a voice's long-term
+        spectrum, a microphone or a steady noise) or ``none``.
     text_buckets: size of the hashed n-gram table (ids are in [1, text_buckets)).
     text_word_ngrams: words are hashed as 1..n-grams.
     text_char_ngrams: character n-gram sizes taken inside ``<word>``.
@@ -485,6 +488,9 @@ def log_mel(audio: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     spec = torch.log(spec + 1e-6)
     if prep.audio_norm == "per_window":
         spec = _standardise(spec, (1, 2))
+    elif prep.audio_norm == "per_band":
+        spec = spec - spec.mean(dim=2, keepdim=True)
+        spec = spec / (spec.std(dim=(1, 2), keepdim=True, unbiased=False) + _EPS)
     return spec.unsqueeze(1)
 
 

@@ -210,3 +210,18 @@ def test_batcher_zero_delay_sends_each_window():
     b = Batcher(max_batch=8, max_delay_ns=0)
     b.push(make_window(np.random.default_rng(0)), 5)
     assert len(b.pop_batch(5)) == 1
+
+
+def test_per_band_audio_norm_removes_each_bands_mean_and_travels_in_the_manifest():
+    import torch
+
+    from streamfuse.fusion.features import Preprocessing, log_mel
+
+    prep = Preprocessing(n_mels=16, hop_length=320, audio_norm="per_band")
+    g = torch.Generator().manual_seed(0)
+    audio = 0.1 * torch.randn(2, prep.window_samples, generator=g)
+    x = log_mel(audio, prep)
+    assert x.shape == (2, 1, 16, prep.n_mel_frames) and x.dtype == torch.float32
+    assert x.mean(dim=3).abs().max() < 1e-4  # every band's mean over time is 0
+    assert torch.allclose(x.std(dim=(1, 2, 3), unbiased=False), torch.ones(2), atol=1e-3)
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
