@@ -4,6 +4,7 @@ artifact is live or shadow (:mod:`streamfuse.fusion.store`)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from streamfuse.config import Config, ConfigError
@@ -41,19 +42,20 @@ def shadow(args: argparse.Namespace, cfg: Config) -> int:
 
 def promote_shadow(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse promote``: the shadow becomes the live model."""
-    try:
-        old, new = promote(cfg)
-    except StoreError as e:
-        raise ConfigError(str(e)) from None
-    _tell(cfg, f"model {new} is live, {old or 'nothing'} kept in {previous_dir(cfg)}")
-    return 0
+    return _swap(cfg, promote, "is live")
 
 
 def roll_back(args: argparse.Namespace, cfg: Config) -> int:
     """``streamfuse rollback``: the previous live model is live again."""
+    return _swap(cfg, rollback, "is live again")
+
+
+def _swap(cfg: Config, swap: Callable[[Config], tuple[str | None, str]], state: str) -> int:
+    """Run ``swap`` (promote or rollback: the model ids that was and is live), then say what
+    is live and where the other one is kept, and tell a running daemon."""
     try:
-        was, now = rollback(cfg)
+        was, now = swap(cfg)
     except StoreError as e:
         raise ConfigError(str(e)) from None
-    _tell(cfg, f"model {now} is live again, {was or 'nothing'} kept in {previous_dir(cfg)}")
+    _tell(cfg, f"model {now} {state}, {was or 'nothing'} kept in {previous_dir(cfg)}")
     return 0

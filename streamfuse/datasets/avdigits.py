@@ -46,6 +46,7 @@ from streamfuse.clock import NS_PER_MS, NS_PER_S
 from streamfuse.datasets import images as img
 from streamfuse.datasets import sound
 from streamfuse.progress import Progress
+from streamfuse.train.labels import read_rows_by_source
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 
@@ -424,27 +425,15 @@ def read_segments(paths: list[Path]) -> dict[str, list[SegmentRow]]:
     """The ``segments.csv`` files ``paths`` as rows per source, in time order.
 
     Raises :class:`SegmentsError` naming the file and line of a row it cannot read."""
-    out: dict[str, list[SegmentRow]] = {}
-    for path in paths:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in SEGMENT_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise SegmentsError(f"{path}:1: missing column {missing[0]!r}")
-            for r in reader:
-                try:
-                    speech = ((int(r["speech_start"]), int(r["speech_end"]))
-                              if r["speech_start"] else None)
-                    row = SegmentRow(int(r["start"]), int(r["end"]), r["label"], r["camera"] == "1",
-                                     r["occluded"] == "1", speech,
-                                     int(r["chat_time"]) if r["chat_time"] else None,
-                                     r["chat_names"] or None)
-                except (TypeError, ValueError) as e:
-                    raise SegmentsError(f"{path}:{reader.line_num}: {e}") from None
-                out.setdefault(r["source"], []).append(row)
-    for rows in out.values():
-        rows.sort(key=lambda r: r.start)
-    return out
+    return read_rows_by_source(paths, _segment_row, columns=SEGMENT_COLUMNS,
+                               error=SegmentsError)
+
+
+def _segment_row(r: dict[str, str]) -> SegmentRow:
+    speech = (int(r["speech_start"]), int(r["speech_end"])) if r["speech_start"] else None
+    return SegmentRow(int(r["start"]), int(r["end"]), r["label"], r["camera"] == "1",
+                      r["occluded"] == "1", speech,
+                      int(r["chat_time"]) if r["chat_time"] else None, r["chat_names"] or None)
 
 
 def find_segment_files(recordings: list[str]) -> list[Path]:

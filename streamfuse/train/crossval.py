@@ -25,7 +25,6 @@ from the caller (``streamfuse crossval``: commands/crossval.py).
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ import torch
 from streamfuse.fusion.features import MODALITIES, Preprocessing
 from streamfuse.progress import Progress
 from streamfuse.train.dataset import DataError, WindowSet, select_features
+from streamfuse.train.labels import read_rows_by_source
 
 
 @dataclass(frozen=True)
@@ -98,22 +98,8 @@ def read_segment_table(paths: Sequence[Path]) -> dict[str, list[SegmentSpan]]:
     """CSV files with ``source``, ``start``, ``end`` (absolute ``t_ns``) and any other columns
     (avdigits' ``segments.csv``), as spans per source in time order. Raises
     :class:`DataError` naming the file and line of a row it cannot read."""
-    out: dict[str, list[SegmentSpan]] = {}
-    for path in paths:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            for col in ("source", "start", "end"):
-                if col not in (reader.fieldnames or []):
-                    raise DataError(f"{path}:1: missing column {col!r}")
-            for r in reader:
-                try:
-                    span = SegmentSpan(int(r["start"]), int(r["end"]), dict(r))
-                except (TypeError, ValueError) as e:
-                    raise DataError(f"{path}:{reader.line_num}: {e}") from None
-                out.setdefault(r["source"], []).append(span)
-    for spans in out.values():
-        spans.sort(key=lambda s: s.start)
-    return out
+    return read_rows_by_source(
+        paths, lambda r: SegmentSpan(int(r["start"]), int(r["end"]), dict(r)), error=DataError)
 
 
 def window_values(table: dict[str, list[SegmentSpan]], keys: Sequence[tuple[str, int]],

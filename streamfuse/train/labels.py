@@ -25,10 +25,11 @@ from __future__ import annotations
 import bisect
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from streamfuse.clock import NS_PER_S
 from streamfuse.config import read_text
@@ -271,3 +272,36 @@ def check_agree(csv_spans: Iterable[Span], stream_spans: Iterable[Span],
                     f"{name}:{r.line}: {r.source} [{r.start_ns}, {r.end_ns}) is {r.label!r} in "
                     f"the CSV but {label!r} for {ns / NS_PER_S:.3f} s of it in the recordings' "
                     "label stream")
+
+
+class _Started(Protocol):
+    @property
+    def start(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Started)
+
+
+def read_rows_by_source(paths: Sequence[Path], make: Callable[[dict[str, str]], R], *,
+                        columns: Sequence[str] = ("source", "start", "end"),
+                        error: type[ValueError] = ValueError) -> dict[str, list[R]]:
+    """Each row of the CSV files ``paths`` made into ``make(row)`` (which has a ``start``),
+    grouped by the row's ``source`` and sorted by ``start``. Raises ``error``
+    naming the file and line: line 1 for the first of ``columns`` missing, a row's line
+    where ``make`` raised ``TypeError`` or ``ValueError``."""
+    out: dict[str, list[R]] = {}
+    for path in paths:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise error(f"{path}:1: missing column {missing[0]!r}")
+            for r in reader:
+                try:
+                    row = make(r)
+                except (TypeError, ValueError) as e:
+                    raise error(f"{path}:{reader.line_num}: {e}") from None
+                out.setdefault(r["source"], []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda row: row.start)
+    return out
