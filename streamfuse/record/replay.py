@@ -39,6 +39,7 @@ from streamfuse import clock
 from streamfuse.config import Config
 from streamfuse.frameplane.replay import ReplayPlane, replay_plane
 from streamfuse.frameplane.writer import hold_ms
+from streamfuse.node import Runtime
 from streamfuse.progress import Progress
 from streamfuse.record import reader
 from streamfuse.wire import codec
@@ -322,29 +323,40 @@ def main(cfg: Config, plan: Plan, *, stop: threading.Event) -> None:
     """Publish ``plan`` onto ``bus.input`` until it ends or ``stop`` is set. Raises
     :class:`BusUnreachable`, or :class:`~streamfuse.record.reader.RecordingError` for a
     file that turns out unreadable on the way."""
-    ctx = zmq.Context()
+    plane = replay_plane(cfg.bus, cfg.align, plan.rate)
+    try:
+        # Let queued messages reach the broker before closing (bounded by linger).
+        with Runtime() as rt:
+            sock = rt.open(None, lambda ctx: _publisher(ctx, cfg),
+                           linger=max(LINGER_MS, 5000))
+            # before connecting, so no event is missed
+            mon = rt.open(None, lambda _: sock.get_monitor_socket(MONITOR_EVENTS))
+            try:
+                _publish(cfg, plan, sock, mon, plane, stop)
+            except BaseException:
+                rt.abort()  # nothing more to deliver
+                raise
+    finally:
+        _close_plane(plane, cfg, stop)
+
+
+def _publisher(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
     sock = ctx.socket(zmq.XPUB)
     sock.linger = LINGER_MS
     sock.sndhwm = cfg.bus.hwm
     sock.setsockopt(zmq.XPUB_NODROP, 1)
-    mon = sock.get_monitor_socket(MONITOR_EVENTS)  # before connecting, so no event is missed
-    plane = replay_plane(cfg.bus, cfg.align, plan.rate)
-    try:
-        connect_endpoint(sock, cfg.bus.input, cfg.bus)
-        if not _wait_connected(sock, mon, cfg.bus.input, stop):
-            raise BusUnreachable(f"cannot reach the bus at {cfg.bus.input} "
-                                 "(is the broker running?)")
-        progress, bar = _progress(plan.loop)
-        send = _sender(sock, stop)
-        with bar:
-            stats = run(plan, plane.wrap(send) if plane else send, stop=stop,
-                        progress=progress, sleep_until=_interruptible_sleep(stop))
-        _log_stats(stats)
-        # Let queued messages reach the broker before closing (bounded by linger).
-        sock.close(linger=max(LINGER_MS, 5000))
-    finally:
-        for s in (mon, sock):
-            if not s.closed:
-                s.close(linger=0)
-        ctx.term()
-        _close_plane(plane, cfg, stop)
+    return sock
+
+
+def _publish(cfg: Config, plan: Plan, sock: zmq.Socket, mon: zmq.Socket,
+             plane: ReplayPlane | None, stop: threading.Event) -> None:
+    connect_endpoint(sock, cfg.bus.input, cfg.bus)
+    if not _wait_connected(sock, mon, cfg.bus.input, stop):
+        raise BusUnreachable(f"cannot reach the bus at {cfg.bus.input} "
+                             "(is the broker running?)")
+    progress, bar = _progress(plan.loop)
+    send = _sender(sock, stop)
+    with bar:
+        stats = run(plan, plane.wrap(send) if plane else send, stop=stop,
+                    progress=progress, sleep_until=_interruptible_sleep(stop))
+    _log_stats(stats)

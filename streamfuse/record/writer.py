@@ -496,13 +496,14 @@ def main(cfg: Config, out: str, *, topic_prefixes: Sequence[str] | None = None,
     q = _Queue(max_items=max(cfg.bus.hwm, 1000) * 4, max_bytes=QUEUE_BYTES)
     stop_rx = threading.Event()
     ready = threading.Event()
-    ctx = zmq.Context()
+    rt = Runtime()  # the context; the receiver thread opens and closes its socket in it
     rx = threading.Thread(target=_receive, name="record-rx",
-                          args=(ctx, cfg, prefixes, q, stop_rx, recv_counts, ready))
+                          args=(rt.ctx, cfg, prefixes, q, stop_rx, recv_counts, ready))
     rx.start()
     code = 0
     try:
-        ready.wait(5)
+        if ready.wait(5):
+            rt.ready()  # subscribed: what is published from now on is recorded
         log.info("recording topics %s from %s", prefixes, cfg.bus.output)
         while not stop.is_set():
             now = clock.now_ns()
@@ -531,7 +532,7 @@ def main(cfg: Config, out: str, *, topic_prefixes: Sequence[str] | None = None,
     finally:
         stop_rx.set()
         rx.join(5)
-        ctx.destroy(linger=0)
+        rt.abort()
     rec.publish_metrics()
     dropped = recv_counts + rec.dropped
     log.info("recorded %d messages, %.1f MB in %d file(s), dropped %d%s", rec.messages,

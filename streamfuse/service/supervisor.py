@@ -53,7 +53,7 @@ from streamfuse.service import metrics as service_metrics
 from streamfuse.service.broker import Broker, check_security
 from streamfuse.service.health import Liveness, RestartPolicy
 from streamfuse.service.notify import Notifier
-from streamfuse.service.processes import ProcessSpec, table
+from streamfuse.service.processes import RECORDER, ProcessSpec, table
 from streamfuse.signals import Signals
 from streamfuse.wire import codec, topics
 from streamfuse.wire.sockets import connect_sub
@@ -62,6 +62,9 @@ log = logging.getLogger("streamfuse.supervisor")
 TICK_S = 0.05
 STOP_BUDGET_S = {0: 2.0, 1: 2.0, 2: 3.0, 3: 2.0}  # per stop phase; total stays under 10 s
 READY_FALLBACK_S = 60.0  # a worker that never reports: declare ready anyway (logged)
+# How long READY waits for the recorder to subscribe (a recorder that cannot start, e.g. on a
+# full disk, is retried on its own and must not hold the pipeline's READY up).
+RECORDER_READY_S = 5.0
 
 
 class RuntimeFailure(Exception):
@@ -424,6 +427,10 @@ class Supervisor:
     # ------------------------------------------------------------------ health
 
     def _workers_ready(self) -> tuple[bool, str]:
+        """Whether READY can be sent, and the live model ids (or why not yet)."""
+        waiting = self._recorder_pending()
+        if waiting:
+            return False, waiting
         workers = [c for c in self.children.values() if c.spec.reload_on_hup]
         if not workers:
             return True, "no workers"
@@ -448,6 +455,19 @@ class Supervisor:
                 continue
             return False, f"waiting for {w.spec.name} to load its model"
         return True, ",".join(sorted(set(models)))
+
+    def _recorder_pending(self) -> str | None:
+        """Why READY waits for the recorder, or None: a running recorder that has not yet
+        reported itself subscribed, for at most ``RECORDER_READY_S`` after its start, so that
+        what a client publishes once READY is out is in the recording."""
+        for c in self.children.values():
+            if c.spec.stop_phase != RECORDER or not c.running:
+                continue
+            if (readiness.read(c.status_file) or {}).get("state") == "ready":
+                continue
+            if clock.monotonic_ns() - c.started_ns < RECORDER_READY_S * NS:
+                return f"waiting for {c.spec.name} to subscribe"
+        return None
 
     def _pipeline_ok(self, now_mono: int) -> str | None:
         """None when alive, else why not (pings stop)."""

@@ -7,7 +7,9 @@
 - echo: subscribes to ``SOURCE/text`` and publishes a ``class/SOURCE`` for every 5th.
 - worker / modelworker: report ``no-model`` / ``model`` (streamfuse.readiness).
 - every role logs ``hup`` on SIGHUP.
-- sleeper: does nothing until SIGTERM.
+- sleeper: reports ``ready`` (as the recorder does once subscribed), then does nothing until
+  SIGTERM.
+- lateready: a sleeper that takes 2 s to report ``ready`` (logs ``ready`` just before).
 - crasher: exits 1 at once.
 - stubborn: ignores SIGTERM.
 """
@@ -47,6 +49,11 @@ def main() -> int:
         readiness.report("no-model", looked=cfg.fusion.model)
     if role == "modelworker":
         readiness.report("model", model_id="standin0")
+    if role == "sleeper":
+        readiness.report("ready")
+    if role == "lateready" and not stop.wait(2.0):
+        log("ready")
+        readiness.report("ready")
     ctx = zmq.Context()
     try:
         if role == "feeder":

@@ -41,6 +41,18 @@ def test_sigterm_stops_in_order_and_exits_0(bus_env) -> None:
         stop(d.proc)
 
 
+def test_ready_waits_for_the_recorder_to_subscribe(bus_env) -> None:
+    """What a client publishes once READY is out is recorded: READY follows the recorder's
+    own ready report (a stand-in that takes 2 s to subscribe; the workers are ready at once)."""
+    children = [*PIPELINE[:3], {"name": "recorder", "role": "lateready", "phase": RECORDER}]
+    d = StandinDaemon(bus_env, children)
+    try:
+        wait_for(lambda: "ready:" in d.log(), timeout=20, what="ready")
+        assert ("recorder", "ready") in [(n, w) for n, w, _ in d.lines()], d.log()
+    finally:
+        assert stop(d.proc, timeout=15) == 0
+
+
 def test_killed_child_is_restarted_quickly_and_others_keep_running(bus_env) -> None:
     d = StandinDaemon(bus_env, PIPELINE)
     try:
