@@ -69,6 +69,21 @@ class ExtraFeed:
         self.next_ns = now + self.period_ns
 
 
+def _until_delivered(ctx: zmq.Context, bus_env, feeder: Feeder) -> None:
+    """Feed until room1's messages come out of the broker: a new PUB drops what it sends
+    before the broker's subscription reaches it, and cam9's frames are counted exactly."""
+    probe = connect_sub(ctx, bus_env.cfg.bus, ["room1/"])
+    try:
+
+        def delivered() -> bool:
+            feeder.step()
+            return bool(probe.poll(10))
+
+        wait_for(delivered, timeout=30, interval=0.01, what="room1 through the broker")
+    finally:
+        probe.close(linger=0)
+
+
 def run_fed_daemon(
     bus_env,
     extra: str,
@@ -88,6 +103,7 @@ def run_fed_daemon(
         with zmq.Context() as ctx:
             sub = connect_sub(ctx, bus_env.cfg.bus, [topics.CLASS_PREFIX])
             feeder = Feeder(ctx, bus_env.cfg.bus)
+            _until_delivered(ctx, bus_env, feeder)
             more = ExtraFeed(feeder, shape, period_ns)
             try:
 
