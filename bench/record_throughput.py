@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def main() -> None:
         procs: list[subprocess.Popen] = []
         try:
             while not (tmp / "in").exists() or not (tmp / "out").exists():
-                clock.sleep_s(0.02)
+                time.sleep(0.02)
             bare = subprocess.Popen([sys.executable, "-c", BARE_SUB, cfg.bus.output, str(cfg.bus.hwm)],
                                     stdout=subprocess.PIPE, text=True)
             rec = subprocess.Popen([*py, "record", "--out", str(tmp / "rec.mcap"), "--config", str(cfg_path)],
@@ -124,7 +125,7 @@ def main() -> None:
                 last = -1.0
                 while (c := cpu_s(rec.pid)) != last:
                     last = c
-                    clock.sleep_s(0.5)
+                    time.sleep(0.5)
                 wall = (clock.monotonic_ns() - wall0) / 1e9
                 cpu = {p.pid: cpu_s(p.pid) - cpu0[p.pid] for p in procs}
                 pub.close()

@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +108,10 @@ def replay_through_broker(path: Path, tmp: Path, expected: int) -> dict[str, flo
     broker = subprocess.Popen([*py, "broker", "--config", str(cfg_path)], cwd=ROOT)
     try:
         while not (tmp / "in").exists() or not (tmp / "out").exists():
-            clock.sleep_s(0.02)
+            time.sleep(0.02)
         with zmq.Context() as ctx:
             sub = connect_sub(ctx, cfg.bus, [""], hwm=100_000)
-            clock.sleep_s(0.2)  # let the subscription reach the broker before replay connects
+            time.sleep(0.2)  # let the subscription reach the broker before replay connects
             start = clock.perf_ns()
             cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             proc = subprocess.Popen([*py, "replay", str(path), "--max", "--config", str(cfg_path)], cwd=ROOT,
