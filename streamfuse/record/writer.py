@@ -500,23 +500,11 @@ def main(cfg: Config, out: str, *, topic_prefixes: Sequence[str] | None = None,
     rx = threading.Thread(target=_receive, name="record-rx",
                           args=(rt.ctx, cfg, prefixes, q, stop_rx, recv_counts, ready))
     rx.start()
-    code = 0
     try:
         if ready.wait(5):
             rt.ready()  # subscribed: what is published from now on is recorded
         log.info("recording topics %s from %s", prefixes, cfg.bus.output)
-        while not stop.is_set():
-            now = clock.now_ns()
-            if deadline is not None and now >= deadline:
-                break
-            parts = q.get(0.05)
-            if parts is not None:
-                rec.write(parts, now)
-            rec.tick(now, q.bytes)
-            if not rx.is_alive():
-                print("streamfuse record: the receiver stopped", file=sys.stderr)
-                code = 1
-                break
+        code = _write_until(rec, q, rx, stop, deadline)
         stop_rx.set()
         rx.join(5)
         while (parts := q.get(0)) is not None:  # what was already received is written
@@ -539,3 +527,21 @@ def main(cfg: Config, out: str, *, topic_prefixes: Sequence[str] | None = None,
              rec.bytes / 1e6, len(rec.files), sum(dropped.values()),
              f" {dict(dropped)}" if dropped else "")
     return code
+
+
+def _write_until(rec: _Recorder, q: _Queue, rx: threading.Thread, stop: threading.Event,
+                 deadline: int | None) -> int:
+    """Write what the receiver queues until ``stop``, the ``deadline`` (``t_ns``) or the
+    receiver's end (then 1, else 0)."""
+    while not stop.is_set():
+        now = clock.now_ns()
+        if deadline is not None and now >= deadline:
+            break
+        parts = q.get(0.05)
+        if parts is not None:
+            rec.write(parts, now)
+        rec.tick(now, q.bytes)
+        if not rx.is_alive():
+            print("streamfuse record: the receiver stopped", file=sys.stderr)
+            return 1
+    return 0
