@@ -6,8 +6,8 @@ directory, from espeak-ng voices (accent + voice variant = one "speaker"; each
 utterance uses one of a few speeds and pitches, synthesised once and cached).
 Speakers are what the splits keep apart. With a directory, ``synthetic`` espeak-ng voices can
 be added as extra speakers named ``espeak:VOICE`` (:data:`SYNTHETIC_PREFIX`), for training
-only (``streamfuse dataset avdigits --synthetic-voices N``). Background sound comes from a directory
-of wavs (looped and cut at random points) or is generated (coloured noise, mains
+only (``streamfuse dataset avdigits --synthetic-voices N``). Background sound comes from a
+directory of wavs (looped and cut at random points) or is generated (coloured noise, mains
 hum, babble-like modulated noise, beeps).
 """
 
