@@ -234,6 +234,9 @@ def _crossval(p: argparse.ArgumentParser) -> None:
                    help="segments.csv columns whose values a fold's training windows may not "
                         "share with its test windows (such training windows are dropped; "
                         "default: none)")
+    p.add_argument("--train-only", nargs="+", default=None, metavar="PREFIX",
+                   help="groups whose value starts with PREFIX (e.g. espeak:) only ever train: "
+                        "never a test or validation fold (default: none)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="where crossval.json and crossval.md are written")
     p.add_argument("--modalities", nargs="+", choices=["video", "audio", "text"], default=None,
@@ -361,6 +364,13 @@ def _dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--split", choices=["all", "test"], default="all",
                    help="all three splits, or only DIR/test")
+    p.add_argument("--synthetic-voices", type=int, default=None, metavar="N",
+                   help="with --speech: add N espeak-ng voices (1-12) as training-only "
+                        "speakers named espeak:VOICE, speaking --synthetic-segments more "
+                        "train segments (default: none)")
+    p.add_argument("--synthetic-segments", type=int, default=None, metavar="M",
+                   help="segments the synthetic voices speak, added to the train split "
+                        "(default 500 with --synthetic-voices)")
     _config_arg(p)
 
 

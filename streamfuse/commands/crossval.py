@@ -128,7 +128,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                        for c in args.disjoint]
             disjoint = [frozenset(f"{c}={v}" for c, vals in zip(args.disjoint, row, strict=True)
                                   for v in vals) for row in zip(*per_col, strict=True)]
-        folds = crossval.leave_one_group_out(groups, disjoint)
+        prefixes = getattr(args, "train_only", None) or []
+        train_only = sorted({g for g in groups if g is not None
+                             and any(g.startswith(pre) for pre in prefixes)})
+        folds = crossval.leave_one_group_out(groups, disjoint, train_only)
         segs = avdigits.read_segments(files)
     except (DataError, LabelError, avdigits.SegmentsError) as e:
         raise UsageError(str(e)) from None
@@ -138,6 +141,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                                                             whole=True))}
     report = crossval.crossvalidate(ws, folds, opts.preprocessing(cfg.align), opts, focus=focus,
                                     quiet=args.quiet)
+    if prefixes:
+        report.update(train_only_prefixes=list(prefixes), train_only=train_only)
     report.update(column=args.by, disjoint=list(args.disjoint or []),
                   recordings=dirs, windows=len(ws),
                   windows_in_no_fold=sum(g is None for g in groups))

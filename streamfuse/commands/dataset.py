@@ -16,8 +16,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.segments < 1:
         raise UsageError("--segments: must be at least 1")
     check_output_dir(args.out, "--out")
+    voices = getattr(args, "synthetic_voices", None) or 0
+    segments = getattr(args, "synthetic_segments", None)
+    if segments is None:
+        segments = 500 if voices else 0
     params = Params(segments=args.segments, seed=args.seed, split=args.split, images=args.images,
-                    speech=args.speech, noise=args.noise)
+                    speech=args.speech, noise=args.noise,
+                    synthetic_voices=voices, synthetic_segments=segments)
+    try:
+        params.synthetic()
+    except ValueError as e:
+        raise UsageError(f"--synthetic-voices: {e}") from None
     try:
         summary = build(Path(args.out), params)
     except ValueError as e:

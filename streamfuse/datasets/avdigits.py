@@ -25,7 +25,12 @@ plus ``OUT/avdigits.json`` describing what went where.
 
 Splits: 70 / 15 / 15 % of the segments. Speakers (FSDD speaker names, or
 espeak-ng voices) and handwriting images are partitioned between the splits,
-so the test split's speakers and images are never seen in training. Time:
+so the test split's speakers and images are never seen in training. With
+``synthetic_voices`` N and ``synthetic_segments`` M (and a speech directory), M more
+segments are added to the train split after its own, each spoken by one of the first N
+espeak-ng voices of :data:`~streamfuse.datasets.sound.ESPEAK_VOICES` (speaker
+``espeak:VOICE`` in ``segments.csv``): extra training speakers that never validate or test
+(``streamfuse crossval --train-only espeak:``); the other segments stay as without them. Time:
 recordings start on the 2026-01-01T00:00:00Z epoch (train), +1 day (val), +2
 days (test); the same seed gives the same messages and labels.
 """
@@ -85,6 +90,36 @@ class Params:
     speech: str | None = None
     noise: str | None = None
     segments_per_file: int = SEGMENTS_PER_FILE
+    # espeak-ng voices added to the speech directory's speakers, and segments they speak
+    # (train split only); 0 = none, and the data set is as without these fields.
+    synthetic_voices: int = 0
+    synthetic_segments: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """The fields as ``avdigits.json`` records them (the synthetic ones only when set)."""
+        d = asdict(self)
+        if not (self.synthetic_voices or self.synthetic_segments):
+            del d["synthetic_voices"], d["synthetic_segments"]
+        return d
+
+    def synthetic(self) -> tuple[str, ...]:
+        """The espeak-ng voices added as training speakers (none without synthetic segments).
+        Raises ``ValueError`` for counts it cannot honour."""
+        n, m = self.synthetic_voices, self.synthetic_segments
+        if n < 0 or m < 0:
+            raise ValueError("synthetic voices and segments cannot be negative")
+        if not (n or m):
+            return ()
+        if n == 0 or m == 0:
+            raise ValueError("synthetic voices need synthetic segments to speak, and the "
+                             "other way round")
+        if n > len(sound.ESPEAK_VOICES):
+            raise ValueError(f"at most {len(sound.ESPEAK_VOICES)} synthetic voices")
+        if self.speech is None:
+            raise ValueError("synthetic voices are added to a directory of recorded speech")
+        if self.split != "all":
+            raise ValueError("synthetic voices go to the train split: build all splits")
+        return sound.ESPEAK_VOICES[:n]
 
 
 @dataclass
@@ -118,8 +153,10 @@ class SplitPlan:
 # ----------------------------------------------------------------------------- planning
 
 
-def plan(params: Params, images: img.DigitImages, speakers: list[str]) -> list[SplitPlan]:
-    """Decide every segment's digit, image, speaker, missing streams and chat."""
+def plan(params: Params, images: img.DigitImages, speakers: list[str],
+         synthetic: list[str] | None = None) -> list[SplitPlan]:
+    """Decide every segment's digit, image, speaker, missing streams and chat.
+    ``synthetic``: the speakers of ``params.synthetic_segments`` more train segments."""
     rng = np.random.default_rng([params.seed, 0])
     n = len(images.labels)
     if params.split == "test":
@@ -139,12 +176,22 @@ def plan(params: Params, images: img.DigitImages, speakers: list[str]) -> list[S
         base = EPOCH_NS + split_idx * DAY_NS
         segs = _plan_split(params, split_idx, counts[i], images, image_pools[i], speaker_groups[i])
         plans.append(SplitPlan(name, base, segs, speaker_groups[i], image_pools[i]))
+    if synthetic and params.synthetic_segments:
+        # After the split's own segments, from their own random streams: those stay as they
+        # are without synthetic voices.
+        train = plans[0]
+        train.segments += _plan_split(params, 0, params.synthetic_segments, images,
+                                      train.image_pool, sorted(synthetic),
+                                      first=len(train.segments), stream=9)
+        train.speakers = train.speakers + sorted(synthetic)
     return plans
 
 
 def _plan_split(params: Params, split_idx: int, count: int, images: img.DigitImages,
-                pool: list[int], speakers: list[str]) -> list[Segment]:
-    rng = np.random.default_rng([params.seed, 1, split_idx])
+                pool: list[int], speakers: list[str], *, first: int = 0,
+                stream: int = 1) -> list[Segment]:
+    """``count`` segments numbered from ``first``, drawn from random stream ``stream``."""
+    rng = np.random.default_rng([params.seed, stream, split_idx])
     # Balanced classes: each digit equally often (up to one), in random order.
     digits = rng.permutation(np.resize(np.arange(10), count))
     by_digit = {d: [i for i in pool if images.labels[i] == d] for d in range(10)}
@@ -158,7 +205,7 @@ def _plan_split(params: Params, split_idx: int, count: int, images: img.DigitIma
         ids = order[d]
         image = ids[used[d] % len(ids)]  # cycle only when a split has fewer images than segments
         used[d] += 1
-        segs.append(Segment(index=k, digit=d, image=int(image),
+        segs.append(Segment(index=first + k, digit=d, image=int(image),
                             speaker=speakers[int(rng.integers(len(speakers)))], t_start_ns=0))
     for s in segs:
         srng = _segment_rng(params.seed, split_idx, s.index, "plan")
@@ -325,13 +372,14 @@ def build(out: Path, params: Params) -> dict:
     Raises ``ValueError`` for unusable inputs or an ``out`` that already holds recordings.
     """
     images = img.load_images(params.images)
-    media = Media(images, sound.SpeechBank(params.speech), sound.NoiseBank(params.noise))
-    plans = plan(params, images, media.speech.speakers)
+    media = Media(images, sound.SpeechBank(params.speech, params.synthetic()),
+                  sound.NoiseBank(params.noise))
+    plans = plan(params, images, media.speech.speakers, media.speech.synthetic_speakers)
     for p in plans:
         d = out / p.name
         if d.exists() and (any(d.glob("*.mcap")) or (d / "labels.csv").exists()):
             raise ValueError(f"{d} already holds a dataset; choose an empty --out")
-    summary: dict = {"dataset": "avdigits", "params": asdict(params), "labels": list(LABELS),
+    summary: dict = {"dataset": "avdigits", "params": params.summary(), "labels": list(LABELS),
                      "images": images.origin, "speech": media.speech.origin,
                      "noise": media.noise.origin,
                      "label_times": "absolute epoch t_ns, end exclusive", "splits": {}}

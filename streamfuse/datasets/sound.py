@@ -4,8 +4,10 @@ Speech comes from a directory of wavs named like the Free Spoken Digit Dataset
 (``{digit}_{speaker}_{n}.wav``, any sample rate, resampled to 16 kHz) or, with no
 directory, from espeak-ng voices (accent + voice variant = one "speaker"; each
 utterance uses one of a few speeds and pitches, synthesised once and cached).
-Speakers are what the splits keep apart. Background sound comes from a directory
-of wavs (looped and cut at random points) or is generated (coloured noise, mains
+Speakers are what the splits keep apart. With a directory, ``synthetic`` espeak-ng voices can
+be added as extra speakers named ``espeak:VOICE`` (:data:`SYNTHETIC_PREFIX`), for training
+only (``streamfuse dataset avdigits --synthetic-voices N``). Background sound comes from a
+directory of wavs (looped and cut at random points) or is generated (coloured noise, mains
 hum, babble-like modulated noise, beeps).
 """
 
@@ -32,6 +34,8 @@ ESPEAK_VOICES = (
     "en-gb-x-rp+m4", "en-gb-x-gbclan+f1", "en-gb-x-gbcwmd+m7", "en-us+klatt2",
     "en+Andy", "en-us+anika",
 )
+# Speaker names of espeak-ng voices added to a directory's speakers (SpeechBank synthetic).
+SYNTHETIC_PREFIX = "espeak:"
 ESPEAK_SPEEDS = (130, 165, 200)  # words per minute
 ESPEAK_PITCHES = (30, 50, 70)
 
@@ -87,15 +91,23 @@ class SpeechBank:
 
     ``speakers``: sorted speaker names. :meth:`utterance` picks one of a
     speaker's takes of a digit with ``rng`` and returns float32 samples.
+    ``synthetic`` (only with ``speech_dir``): espeak-ng voices (of :data:`ESPEAK_VOICES`)
+    kept apart from ``speakers`` as ``synthetic_speakers``, named ``espeak:VOICE``.
     """
 
-    def __init__(self, speech_dir: str | None) -> None:
+    def __init__(self, speech_dir: str | None, synthetic: Sequence[str] = ()) -> None:
         self.origin = speech_dir or "espeak-ng"
         self._files: dict[tuple[str, int], list[Path]] = {}
         self._cache: dict[object, np.ndarray] = {}
+        self.synthetic_speakers = [SYNTHETIC_PREFIX + v for v in synthetic]
         if speech_dir is None:
+            if synthetic:
+                raise ValueError("synthetic voices are added to a directory of recorded "
+                                 "speech (without one every speaker is synthetic)")
             self.speakers = sorted(ESPEAK_VOICES)
             return
+        if synthetic:
+            self.origin = f"{speech_dir} + espeak-ng ({len(synthetic)} voices)"
         root = Path(speech_dir)
         if not root.is_dir():
             raise ValueError(f"{root}: not a directory of FSDD-style wavs")
@@ -111,12 +123,13 @@ class SpeechBank:
                              "{digit}_{speaker}_{n}.wav")
 
     def utterance(self, speaker: str, digit: int, rng: np.random.Generator) -> np.ndarray:
-        if not self._files:
+        if not self._files or speaker.startswith(SYNTHETIC_PREFIX):
             speed = int(rng.choice(ESPEAK_SPEEDS))
             pitch = int(rng.choice(ESPEAK_PITCHES))
             key: object = (speaker, digit, speed, pitch)
             if key not in self._cache:
-                self._cache[key] = trim_silence(espeak(DIGIT_WORDS[digit], speaker, speed=speed,
+                voice = speaker.removeprefix(SYNTHETIC_PREFIX)
+                self._cache[key] = trim_silence(espeak(DIGIT_WORDS[digit], voice, speed=speed,
                                                        pitch=pitch))
             x = self._cache[key]
             # A few percent of tempo/pitch change on top of the discrete settings.

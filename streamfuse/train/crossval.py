@@ -8,7 +8,8 @@ the validation set (early stopping and the temperature), every other group train
 that span two groups (a window across the boundary of two segments by two speakers) belong
 to no fold. ``disjoint`` values (avdigits: the handwriting image index) may not be shared
 between a fold's training and test windows: training windows that show a value some test
-window shows are dropped from that fold's training set.
+window shows are dropped from that fold's training set. ``train_only`` groups (avdigits'
+synthetic voices, ``espeak:...``) have no fold and never validate: they train in every fold.
 
 :func:`crossvalidate` trains one model per fold (:func:`streamfuse.train.loop.train`, the
 same recipe as ``streamfuse train``) and scores it on the held-out group
@@ -26,7 +27,7 @@ from the caller (``streamfuse crossval``: commands/crossval.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,24 +55,30 @@ class Fold:
 
 
 def leave_one_group_out(groups: Sequence[str | None],
-                        disjoint: Sequence[Iterable[str]] | None = None) -> list[Fold]:
-    """One :class:`Fold` per distinct group (sorted): test = that group, validation = the
-    next group in sorted order (the first after the last), training = the rest. Rows whose
-    group is None (spanning several groups, or unknown) are in no fold. With ``disjoint``
-    (per row, the values it shows), training rows sharing a value with any test row are
-    dropped. Deterministic: the same input gives the same folds. Needs three groups."""
-    names = sorted({g for g in groups if g is not None})
-    if len(names) < 3:
+                        disjoint: Sequence[Iterable[str]] | None = None,
+                        train_only: Collection[str] = ()) -> list[Fold]:
+    """One :class:`Fold` per distinct group (sorted) not in ``train_only``: test = that group,
+    validation = the next such group in sorted order (the first after the last), training =
+    the rest, ``train_only`` groups included. Rows whose group is None (spanning several
+    groups, or unknown) are in no fold. With ``disjoint`` (per row, the values it shows),
+    training rows sharing a value with any test row are dropped. Deterministic: the same
+    input gives the same folds. Needs two groups to test and three groups in all."""
+    present = sorted({g for g in groups if g is not None})
+    names = [g for g in present if g not in train_only]
+    if len(names) < 2 or len(present) < 3:
         raise DataError(f"cross-validation needs at least 3 groups (test, validation, "
-                        f"training), found {len(names)}: {', '.join(names) or 'none'}")
-    rows: dict[str, list[int]] = {g: [] for g in names}
+                        f"training), 2 of them not training-only, found {len(present)}: "
+                        f"{', '.join(present) or 'none'}"
+                        + (f" ({len(present) - len(names)} training-only)" if train_only
+                           else ""))
+    rows: dict[str, list[int]] = {g: [] for g in present}
     for i, g in enumerate(groups):
         if g is not None:
             rows[g].append(i)
     folds = []
     for k, g in enumerate(names):
         val_g = names[(k + 1) % len(names)]
-        train = [i for h in names if h not in (g, val_g) for i in rows[h]]
+        train = [i for h in present if h not in (g, val_g) for i in rows[h]]
         dropped = 0
         if disjoint is not None:
             shown = {v for i in rows[g] for v in disjoint[i]}
@@ -287,7 +294,11 @@ def markdown(report: dict[str, Any]) -> str:
         cells += [_pct(s.get("focus", {}).get(name)) for name in focus] + ["", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Fused above the best single modality in "
-                  f"{report['fused_beats_best_single']} folds.", ""]
+                  f"{report['fused_beats_best_single']} folds."]
+    if report.get("train_only"):
+        lines += ["", f"Training only, in every fold (never tested or validating): "
+                      f"{', '.join(report['train_only'])}."]
+    lines.append("")
     return "\n".join(lines)
 
 
