@@ -365,9 +365,10 @@ def _dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["all", "test"], default="all",
                    help="all three splits, or only DIR/test")
     p.add_argument("--synthetic-voices", type=int, default=None, metavar="N",
-                   help="with --speech: add N espeak-ng voices (1-12) as training-only "
-                        "speakers named espeak:VOICE, speaking --synthetic-segments more "
-                        "train segments (default: none)")
+                   help="with --speech: add N synthetic voices (1-16: 12 espeak-ng voices, "
+                        "then 4 flite voices) as training-only speakers named espeak:VOICE "
+                        "or flite:VOICE, speaking --synthetic-segments more train segments "
+                        "(default: none)")
     p.add_argument("--synthetic-segments", type=int, default=None, metavar="M",
                    help="segments the synthetic voices speak, added to the train split "
                         "(default 500 with --synthetic-voices)")

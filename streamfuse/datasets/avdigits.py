@@ -28,9 +28,10 @@ espeak-ng voices) and handwriting images are partitioned between the splits,
 so the test split's speakers and images are never seen in training. With
 ``synthetic_voices`` N and ``synthetic_segments`` M (and a speech directory), M more
 segments are added to the train split after its own, each spoken by one of the first N
-espeak-ng voices of :data:`~streamfuse.datasets.sound.ESPEAK_VOICES` (speaker
-``espeak:VOICE`` in ``segments.csv``): extra training speakers that never validate or test
-(``streamfuse crossval --train-only espeak:``); the other segments stay as without them. Time:
+voices of :data:`~streamfuse.datasets.sound.SYNTHETIC_VOICES` (12 espeak-ng voices, then 4
+flite voices; speaker ``espeak:VOICE`` or ``flite:VOICE`` in ``segments.csv``): extra
+training speakers that never validate or test (``streamfuse crossval --train-only espeak:
+flite:``); the other segments stay as without them. Time:
 recordings start on the 2026-01-01T00:00:00Z epoch (train), +1 day (val), +2
 days (test); the same seed gives the same messages and labels.
 """
@@ -90,7 +91,7 @@ class Params:
     speech: str | None = None
     noise: str | None = None
     segments_per_file: int = SEGMENTS_PER_FILE
-    # espeak-ng voices added to the speech directory's speakers, and segments they speak
+    # synthetic voices added to the speech directory's speakers, and segments they speak
     # (train split only); 0 = none, and the data set is as without these fields.
     synthetic_voices: int = 0
     synthetic_segments: int = 0
@@ -103,7 +104,7 @@ class Params:
         return d
 
     def synthetic(self) -> tuple[str, ...]:
-        """The espeak-ng voices added as training speakers (none without synthetic segments).
+        """The synthetic voices added as training speakers (none without synthetic segments).
         Raises ``ValueError`` for counts it cannot honour."""
         n, m = self.synthetic_voices, self.synthetic_segments
         if n < 0 or m < 0:
@@ -113,13 +114,13 @@ class Params:
         if n == 0 or m == 0:
             raise ValueError("synthetic voices need synthetic segments to speak, and the "
                              "other way round")
-        if n > len(sound.ESPEAK_VOICES):
-            raise ValueError(f"at most {len(sound.ESPEAK_VOICES)} synthetic voices")
+        if n > len(sound.SYNTHETIC_VOICES):
+            raise ValueError(f"at most {len(sound.SYNTHETIC_VOICES)} synthetic voices")
         if self.speech is None:
             raise ValueError("synthetic voices are added to a directory of recorded speech")
         if self.split != "all":
             raise ValueError("synthetic voices go to the train split: build all splits")
-        return sound.ESPEAK_VOICES[:n]
+        return sound.SYNTHETIC_VOICES[:n]
 
 
 @dataclass

@@ -4,11 +4,12 @@ Speech comes from a directory of wavs named like the Free Spoken Digit Dataset
 (``{digit}_{speaker}_{n}.wav``, any sample rate, resampled to 16 kHz) or, with no
 directory, from espeak-ng voices (accent + voice variant = one "speaker"; each
 utterance uses one of a few speeds and pitches, synthesised once and cached).
-Speakers are what the splits keep apart. With a directory, ``synthetic`` espeak-ng voices can
-be added as extra speakers named ``espeak:VOICE`` (:data:`SYNTHETIC_PREFIX`), for training
-only (``streamfuse dataset avdigits --synthetic-voices N``). Background sound comes from a
-directory of wavs (looped and cut at random points) or is generated (coloured noise, mains
-hum, babble-like modulated noise, beeps).
+Speakers are what the splits keep apart. With a directory, ``synthetic`` voices can be added
+as extra speakers, for training only (``streamfuse dataset avdigits --synthetic-voices N``):
+the first N of :data:`SYNTHETIC_VOICES`, espeak-ng's (``espeak:VOICE``) and then flite's
+(``flite:VOICE``, four recorded voices: more natural than espeak-ng's formant synthesis).
+Background sound comes from a directory of wavs (looped and cut at random points) or is
+generated (coloured noise, mains hum, babble-like modulated noise, beeps).
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ ESPEAK_VOICES = (
     "en-gb-x-rp+m4", "en-gb-x-gbclan+f1", "en-gb-x-gbcwmd+m7", "en-us+klatt2",
     "en+Andy", "en-us+anika",
 )
-# Speaker names of espeak-ng voices added to a directory's speakers (SpeechBank synthetic).
-SYNTHETIC_PREFIX = "espeak:"
+# flite's built-in voices (Debian's flite): a diphone voice and three CMU ARCTIC speakers.
+FLITE_VOICES = ("kal16", "awb", "rms", "slt")
+# Speaker names of the voices that can be added to a directory's speakers, in the order
+# ``--synthetic-voices N`` takes them (so the first 12 are what they were before flite's).
+ESPEAK_PREFIX, FLITE_PREFIX = "espeak:", "flite:"
+SYNTHETIC_VOICES = (tuple(ESPEAK_PREFIX + v for v in ESPEAK_VOICES)
+                    + tuple(FLITE_PREFIX + v for v in FLITE_VOICES))
 ESPEAK_SPEEDS = (130, 165, 200)  # words per minute
 ESPEAK_PITCHES = (30, 50, 70)
 
@@ -91,15 +97,19 @@ class SpeechBank:
 
     ``speakers``: sorted speaker names. :meth:`utterance` picks one of a
     speaker's takes of a digit with ``rng`` and returns float32 samples.
-    ``synthetic`` (only with ``speech_dir``): espeak-ng voices (of :data:`ESPEAK_VOICES`)
-    kept apart from ``speakers`` as ``synthetic_speakers``, named ``espeak:VOICE``.
+    ``synthetic`` (only with ``speech_dir``): voices of :data:`SYNTHETIC_VOICES`
+    (``espeak:VOICE``, ``flite:VOICE``), kept apart from ``speakers`` as ``synthetic_speakers``.
     """
 
     def __init__(self, speech_dir: str | None, synthetic: Sequence[str] = ()) -> None:
         self.origin = speech_dir or "espeak-ng"
         self._files: dict[tuple[str, int], list[Path]] = {}
         self._cache: dict[object, np.ndarray] = {}
-        self.synthetic_speakers = [SYNTHETIC_PREFIX + v for v in synthetic]
+        unknown = sorted(set(synthetic) - set(SYNTHETIC_VOICES))
+        if unknown:
+            raise ValueError(f"unknown synthetic voices {unknown} (known: "
+                             f"{', '.join(SYNTHETIC_VOICES)})")
+        self.synthetic_speakers = list(synthetic)
         if speech_dir is None:
             if synthetic:
                 raise ValueError("synthetic voices are added to a directory of recorded "
@@ -107,7 +117,7 @@ class SpeechBank:
             self.speakers = sorted(ESPEAK_VOICES)
             return
         if synthetic:
-            self.origin = f"{speech_dir} + espeak-ng ({len(synthetic)} voices)"
+            self.origin = f"{speech_dir} + {_engines(synthetic)} ({len(synthetic)} voices)"
         root = Path(speech_dir)
         if not root.is_dir():
             raise ValueError(f"{root}: not a directory of FSDD-style wavs")
@@ -123,14 +133,13 @@ class SpeechBank:
                              "{digit}_{speaker}_{n}.wav")
 
     def utterance(self, speaker: str, digit: int, rng: np.random.Generator) -> np.ndarray:
-        if not self._files or speaker.startswith(SYNTHETIC_PREFIX):
+        if not self._files or speaker in self.synthetic_speakers:
             speed = int(rng.choice(ESPEAK_SPEEDS))
             pitch = int(rng.choice(ESPEAK_PITCHES))
             key: object = (speaker, digit, speed, pitch)
             if key not in self._cache:
-                voice = speaker.removeprefix(SYNTHETIC_PREFIX)
-                self._cache[key] = trim_silence(espeak(DIGIT_WORDS[digit], voice, speed=speed,
-                                                       pitch=pitch))
+                self._cache[key] = trim_silence(_synthesise(speaker, DIGIT_WORDS[digit],
+                                                            speed=speed, pitch=pitch))
             x = self._cache[key]
             # A few percent of tempo/pitch change on top of the discrete settings.
             return stretch(x, float(rng.uniform(0.92, 1.08)))
@@ -140,6 +149,46 @@ class SpeechBank:
             x, rate = read_wav(path)
             self._cache[path] = trim_silence(resample(x, rate))
         return self._cache[path]
+
+
+def _engines(voices: Sequence[str]) -> str:
+    names = {FLITE_PREFIX: "flite", ESPEAK_PREFIX: "espeak-ng"}
+    return " + ".join(n for p, n in names.items() if any(v.startswith(p) for v in voices))
+
+
+def _synthesise(speaker: str, text: str, *, speed: int, pitch: int) -> np.ndarray:
+    """``text`` spoken by ``speaker``: ``flite:VOICE``, ``espeak:VOICE`` or a bare espeak-ng
+    voice (every speaker of a bank without a speech directory)."""
+    if speaker.startswith(FLITE_PREFIX):
+        return flite(text, speaker.removeprefix(FLITE_PREFIX), speed=speed, pitch=pitch)
+    return espeak(text, speaker.removeprefix(ESPEAK_PREFIX), speed=speed, pitch=pitch)
+
+
+def flite(text: str, voice: str, *, speed: int, pitch: int) -> np.ndarray:
+    """Synthesise ``text`` with flite and return 16 kHz float32 samples. ``speed`` in words
+    per minute and ``pitch`` 0-99 as for espeak-ng: the duration is scaled about espeak-ng's
+    middle speed, and the mean F0 set to 70 + 1.2 x pitch Hz (the diphone voice and awb
+    follow it; rms and slt keep their own)."""
+    if voice not in FLITE_VOICES:  # flite speaks an unknown voice as its default one
+        raise ValueError(f"flite voice {voice!r} is not one of {', '.join(FLITE_VOICES)}")
+    cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={165 / speed:.3f}",
+           "--setf", f"int_f0_target_mean={70 + 1.2 * pitch:.0f}", "-t", text, "-o", "/dev/stdout"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, check=True, timeout=30).stdout
+    except FileNotFoundError:
+        raise RuntimeError("flite is not installed (apt-get install flite)") from None
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"flite failed for voice {voice!r}: "
+                           f"{e.stderr.decode(errors='replace').strip()}") from None
+    return _wav_bytes(out)
+
+
+def _wav_bytes(out: bytes) -> np.ndarray:
+    # Streaming writers put a bogus length in the header: read what is there.
+    with wave.open(io.BytesIO(out), "rb") as w:
+        rate, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        raw = w.readframes(1 << 30)
+    return resample(_pcm_to_float(raw, ch, width), rate)
 
 
 def espeak(text: str, voice: str, *, speed: int, pitch: int) -> np.ndarray:
@@ -154,11 +203,7 @@ def espeak(text: str, voice: str, *, speed: int, pitch: int) -> np.ndarray:
     except subprocess.CalledProcessError as e:
         raise RuntimeError(f"espeak-ng failed for voice {voice!r}: "
                            f"{e.stderr.decode(errors='replace').strip()}") from None
-    # --stdout writes a streaming wav header with a bogus length: read what is there.
-    with wave.open(io.BytesIO(out), "rb") as w:
-        rate, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        raw = w.readframes(1 << 30)
-    return resample(_pcm_to_float(raw, ch, width), rate)
+    return _wav_bytes(out)
 
 
 def stretch(x: np.ndarray, factor: float) -> np.ndarray:

@@ -10,6 +10,7 @@ Fast and without espeak-ng or real media: a directory of generated FSDD-style wa
 from __future__ import annotations
 
 import csv
+import shutil
 import wave
 from pathlib import Path
 
@@ -64,11 +65,11 @@ def test_params_check_the_synthetic_counts():
     assert base.synthetic() == ()
     assert "synthetic_voices" not in base.summary()  # avdigits.json as before the option
     with_voices = avdigits.Params(speech="dir", synthetic_voices=3, synthetic_segments=10)
-    assert with_voices.synthetic() == sound.ESPEAK_VOICES[:3]
+    assert with_voices.synthetic() == sound.SYNTHETIC_VOICES[:3]
     assert with_voices.summary()["synthetic_segments"] == 10
     for bad, why in [(dict(synthetic_voices=2), "need synthetic segments"),
                      (dict(synthetic_segments=5), "need synthetic segments"),
-                     (dict(synthetic_voices=99, synthetic_segments=5), "at most 12"),
+                     (dict(synthetic_voices=99, synthetic_segments=5), "at most 16"),
                      (dict(synthetic_voices=-1, synthetic_segments=5), "negative"),
                      (dict(synthetic_voices=2, synthetic_segments=5, speech=None), "directory"),
                      (dict(synthetic_voices=2, synthetic_segments=5, split="test"), "train")]:
@@ -99,7 +100,8 @@ def test_synthetic_segments_follow_the_train_split_and_change_nothing_else():
 
 
 def test_speech_bank_speaks_synthetic_voices_with_espeak(tmp_path, fake_espeak):
-    bank = sound.SpeechBank(str(_speech_dir(tmp_path / "fsdd")), ["en+m3", "en-us+f2"])
+    bank = sound.SpeechBank(str(_speech_dir(tmp_path / "fsdd")),
+                            ["espeak:en+m3", "espeak:en-us+f2"])
     assert bank.speakers == list(SPEAKERS)  # the recorded speakers only: the splits use these
     assert bank.synthetic_speakers == ["espeak:en+m3", "espeak:en-us+f2"]
     rng = np.random.default_rng(0)
@@ -111,7 +113,48 @@ def test_speech_bank_speaks_synthetic_voices_with_espeak(tmp_path, fake_espeak):
     plain = sound.SpeechBank(str(tmp_path / "fsdd"))
     assert plain.synthetic_speakers == [] and plain.origin == str(tmp_path / "fsdd")
     with pytest.raises(ValueError, match="directory of recorded speech"):
-        sound.SpeechBank(None, ["en+m3"])
+        sound.SpeechBank(None, ["espeak:en+m3"])
+    with pytest.raises(ValueError, match="unknown synthetic voices"):
+        sound.SpeechBank(str(tmp_path / "fsdd"), ["en+m3"])
+
+
+def test_flite_voices_follow_the_espeak_ones_and_speak_through_flite(tmp_path, fake_espeak,
+                                                                      monkeypatch):
+    assert sound.SYNTHETIC_VOICES[:12] == tuple("espeak:" + v for v in sound.ESPEAK_VOICES)
+    assert sound.SYNTHETIC_VOICES[12:] == ("flite:kal16", "flite:awb", "flite:rms", "flite:slt")
+    calls = []
+
+    def flite(text: str, voice: str, *, speed: int, pitch: int) -> np.ndarray:
+        calls.append((text, voice))
+        return np.full(sound.RATE_HZ // 4, 0.25, np.float32)
+
+    monkeypatch.setattr(sound, "flite", flite)
+    bank = sound.SpeechBank(str(_speech_dir(tmp_path / "fsdd")), ["flite:awb", "espeak:en+m3"])
+    assert bank.origin.endswith("+ flite + espeak-ng (2 voices)")
+    rng = np.random.default_rng(1)
+    assert bank.utterance("flite:awb", 3, rng).size and bank.utterance("espeak:en+m3", 2, rng).size
+    assert calls == [("three", "awb")] and [c[:2] for c in fake_espeak] == [("two", "en+m3")]
+
+
+def _f0(x: np.ndarray) -> float:
+    """The F0 in Hz of the loudest 40 ms of ``x`` (autocorrelation peak, 40-400 Hz)."""
+    n = 640
+    i = int(np.argmax(np.convolve(x**2, np.ones(n), "same")))
+    seg = x[max(0, i - n // 2):i + n // 2]
+    ac = np.correlate(seg, seg, "full")[len(seg) - 1:]
+    return sound.RATE_HZ / (int(np.argmax(ac[40:400])) + 40)
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="needs flite (scripts/setup.sh)")
+def test_real_flite_speaks_a_digit_at_the_speed_and_pitch_asked():
+    slow = sound.flite("seven", "awb", speed=130, pitch=30)
+    fast = sound.flite("seven", "awb", speed=200, pitch=70)
+    for x in (slow, fast):
+        assert x.dtype == np.float32 and 0.05 < float(np.abs(x).max()) <= 1.0
+    assert len(slow) > 1.3 * len(fast)  # duration scaled by 200 / 130
+    assert _f0(fast) > 1.3 * _f0(slow)  # mean F0 106 -> 154 Hz
+    with pytest.raises(ValueError, match="flite voice 'nobody' is not one of kal16"):
+        sound.flite("seven", "nobody", speed=165, pitch=50)
 
 
 def _rows(d: Path) -> list[dict[str, str]]:
@@ -148,7 +191,7 @@ def test_built_data_set_names_the_synthetic_voices_in_segments_csv(tmp_path, fak
 @pytest.mark.parametrize("argv", [
     ["--synthetic-voices", "2"],  # no --speech
     ["--speech", "{speech}", "--synthetic-segments", "10"],  # no voices
-    ["--speech", "{speech}", "--synthetic-voices", "13"],
+    ["--speech", "{speech}", "--synthetic-voices", "17"],
     ["--speech", "{speech}", "--synthetic-voices", "2", "--split", "test"],
 ])
 def test_dataset_command_refuses_synthetic_voices_it_cannot_add(argv, tmp_path, capsys):
