@@ -372,6 +372,9 @@ def _dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic-segments", type=int, default=None, metavar="M",
                    help="segments the synthetic voices speak, added to the train split "
                         "(default 500 with --synthetic-voices)")
+    p.add_argument("--synthetic-full-band", action="store_true",
+                   help="keep the synthetic voices' full band (default: band-limited to the "
+                        "recorded speech's, 4 kHz for FSDD's 8 kHz wavs)")
     _config_arg(p)
 
 

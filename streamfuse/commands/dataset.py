@@ -22,7 +22,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         segments = 500 if voices else 0
     params = Params(segments=args.segments, seed=args.seed, split=args.split, images=args.images,
                     speech=args.speech, noise=args.noise,
-                    synthetic_voices=voices, synthetic_segments=segments)
+                    synthetic_voices=voices, synthetic_segments=segments,
+                    synthetic_full_band=bool(getattr(args, "synthetic_full_band", False)))
     try:
         params.synthetic()
     except ValueError as e:

@@ -95,12 +95,17 @@ class Params:
     # (train split only); 0 = none, and the data set is as without these fields.
     synthetic_voices: int = 0
     synthetic_segments: int = 0
+    # the synthetic voices at their full band instead of the recorded speech's (the data sets
+    # built before they were band-limited)
+    synthetic_full_band: bool = False
 
     def summary(self) -> dict[str, Any]:
         """The fields as ``avdigits.json`` records them (the synthetic ones only when set)."""
         d = asdict(self)
         if not (self.synthetic_voices or self.synthetic_segments):
             del d["synthetic_voices"], d["synthetic_segments"]
+        if not self.synthetic_full_band:
+            del d["synthetic_full_band"]
         return d
 
     def synthetic(self) -> tuple[str, ...]:
@@ -110,6 +115,8 @@ class Params:
         if n < 0 or m < 0:
             raise ValueError("synthetic voices and segments cannot be negative")
         if not (n or m):
+            if self.synthetic_full_band:
+                raise ValueError("the full band is for synthetic voices: add some")
             return ()
         if n == 0 or m == 0:
             raise ValueError("synthetic voices need synthetic segments to speak, and the "
@@ -373,7 +380,8 @@ def build(out: Path, params: Params) -> dict:
     Raises ``ValueError`` for unusable inputs or an ``out`` that already holds recordings.
     """
     images = img.load_images(params.images)
-    media = Media(images, sound.SpeechBank(params.speech, params.synthetic()),
+    media = Media(images, sound.SpeechBank(params.speech, params.synthetic(),
+                                             full_band=params.synthetic_full_band),
                   sound.NoiseBank(params.noise))
     plans = plan(params, images, media.speech.speakers, media.speech.synthetic_speakers)
     for p in plans:

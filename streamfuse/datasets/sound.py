@@ -99,9 +99,14 @@ class SpeechBank:
     speaker's takes of a digit with ``rng`` and returns float32 samples.
     ``synthetic`` (only with ``speech_dir``): voices of :data:`SYNTHETIC_VOICES`
     (``espeak:VOICE``, ``flite:VOICE``), kept apart from ``speakers`` as ``synthetic_speakers``.
+    They are heard through the recorded speakers' channel: band-limited to half the lowest
+    sample rate of the directory's wavs (FSDD's 8 kHz: nothing above 4 kHz, where espeak-ng
+    and flite put fricatives that the recorded voices never have), unless ``full_band``.
+    ``rate_hz``: that lowest rate (:data:`RATE_HZ` without a directory).
     """
 
-    def __init__(self, speech_dir: str | None, synthetic: Sequence[str] = ()) -> None:
+    def __init__(self, speech_dir: str | None, synthetic: Sequence[str] = (), *,
+                 full_band: bool = False) -> None:
         self.origin = speech_dir or "espeak-ng"
         self._files: dict[tuple[str, int], list[Path]] = {}
         self._cache: dict[object, np.ndarray] = {}
@@ -110,6 +115,8 @@ class SpeechBank:
             raise ValueError(f"unknown synthetic voices {unknown} (known: "
                              f"{', '.join(SYNTHETIC_VOICES)})")
         self.synthetic_speakers = list(synthetic)
+        self.rate_hz = RATE_HZ
+        self._full_band = full_band
         if speech_dir is None:
             if synthetic:
                 raise ValueError("synthetic voices are added to a directory of recorded "
@@ -125,6 +132,7 @@ class SpeechBank:
             m = FSDD_RE.match(p.name)
             if m:
                 self._files.setdefault((m.group(2), int(m.group(1))), []).append(p)
+        self.rate_hz = min(_wav_rate(p) for ps in self._files.values() for p in ps)
         names = {s for s, _ in self._files}
         # A speaker is usable only with takes of every digit.
         self.speakers = sorted(s for s in names if all((s, d) in self._files for d in range(10)))
@@ -138,8 +146,11 @@ class SpeechBank:
             pitch = int(rng.choice(ESPEAK_PITCHES))
             key: object = (speaker, digit, speed, pitch)
             if key not in self._cache:
-                self._cache[key] = trim_silence(_synthesise(speaker, DIGIT_WORDS[digit],
-                                                            speed=speed, pitch=pitch))
+                x = trim_silence(_synthesise(speaker, DIGIT_WORDS[digit], speed=speed,
+                                             pitch=pitch))
+                if self.rate_hz < RATE_HZ and not self._full_band:
+                    x = resample(resample(x, RATE_HZ, self.rate_hz), self.rate_hz)
+                self._cache[key] = x
             x = self._cache[key]
             # A few percent of tempo/pitch change on top of the discrete settings.
             return stretch(x, float(rng.uniform(0.92, 1.08)))
@@ -149,6 +160,14 @@ class SpeechBank:
             x, rate = read_wav(path)
             self._cache[path] = trim_silence(resample(x, rate))
         return self._cache[path]
+
+
+def _wav_rate(path: Path) -> int:
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getframerate()
+    except (OSError, wave.Error, EOFError) as e:
+        raise ValueError(f"{path}: cannot read wav: {e}") from None
 
 
 def _engines(voices: Sequence[str]) -> str:

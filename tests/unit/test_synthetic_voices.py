@@ -72,7 +72,8 @@ def test_params_check_the_synthetic_counts():
                      (dict(synthetic_voices=99, synthetic_segments=5), "at most 16"),
                      (dict(synthetic_voices=-1, synthetic_segments=5), "negative"),
                      (dict(synthetic_voices=2, synthetic_segments=5, speech=None), "directory"),
-                     (dict(synthetic_voices=2, synthetic_segments=5, split="test"), "train")]:
+                     (dict(synthetic_voices=2, synthetic_segments=5, split="test"), "train"),
+                     (dict(synthetic_full_band=True), "full band is for synthetic voices")]:
         with pytest.raises(ValueError, match=why):
             avdigits.Params(**{"speech": "dir", **bad}).synthetic()
 
@@ -134,6 +135,28 @@ def test_flite_voices_follow_the_espeak_ones_and_speak_through_flite(tmp_path, f
     rng = np.random.default_rng(1)
     assert bank.utterance("flite:awb", 3, rng).size and bank.utterance("espeak:en+m3", 2, rng).size
     assert calls == [("three", "awb")] and [c[:2] for c in fake_espeak] == [("two", "en+m3")]
+
+
+def test_synthetic_voices_are_heard_through_the_recorded_speakers_band(tmp_path, monkeypatch):
+    """FSDD's wavs are 8 kHz: what a synthetic voice has above 4 kHz is not what a recorded
+    speaker can have, so the bank cuts it (unless full_band)."""
+    t = np.arange(sound.RATE_HZ // 2) / sound.RATE_HZ
+    tones = (0.3 * np.sin(2 * np.pi * 300 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t))
+    monkeypatch.setattr(sound, "espeak", lambda *a, **k: tones.astype(np.float32))
+    speech = str(_speech_dir(tmp_path / "fsdd"))
+
+    def share_above_4k(full_band: bool) -> float:
+        bank = sound.SpeechBank(speech, ["espeak:en+m3"], full_band=full_band)
+        assert bank.rate_hz == 8000
+        x = bank.utterance("espeak:en+m3", 1, np.random.default_rng(0))
+        assert x.dtype == np.float32
+        power = np.abs(np.fft.rfft(x)) ** 2
+        return float(power[np.fft.rfftfreq(len(x), 1 / sound.RATE_HZ) > 4000].sum() / power.sum())
+
+    assert share_above_4k(full_band=False) < 0.001
+    assert share_above_4k(full_band=True) > 0.2
+    assert avdigits.Params(speech=speech, synthetic_voices=1, synthetic_segments=2,
+                           synthetic_full_band=True).summary()["synthetic_full_band"] is True
 
 
 def _f0(x: np.ndarray) -> float:
