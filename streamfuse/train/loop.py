@@ -101,6 +101,9 @@ class TrainOptions:
     image_size: int = 48
     hop_length: int = 320  # 20 ms log-mel frames: half the audio encoder's work of 10 ms
     n_mels: int = 32
+    # Top of the mel filterbank in Hz (0 = half the sample rate): 4000 for speech recorded at
+    # 8 kHz, whose bands above 4 kHz hold only background sound.
+    f_max: float = 0.0
     # conv + max-pool + BatchNorm: learns far faster than stride-2 + GroupNorm here
     encoder: str = "pool_first"
     video_channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -131,7 +134,7 @@ class TrainOptions:
     def preprocessing(self, align: AlignConfig) -> Preprocessing:
         return Preprocessing.from_align(align, image_size=self.image_size,
                                         hop_length=self.hop_length, n_mels=self.n_mels,
-                                        audio_norm=self.audio_norm)
+                                        f_max=self.f_max, audio_norm=self.audio_norm)
 
 
 @dataclass

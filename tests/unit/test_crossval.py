@@ -89,6 +89,7 @@ def test_speech_windows_need_150_ms_of_the_spoken_label():
 
 def test_set_overrides_training_options():
     from streamfuse.commands.crossval import with_settings
+    from streamfuse.config import AlignConfig
     from streamfuse.train.loop import TrainOptions
     from streamfuse.usage import UsageError
 
@@ -96,6 +97,11 @@ def test_set_overrides_training_options():
                                           "augment=false", "audio_norm=per_band"])
     assert (opts.n_mels, opts.audio_channels, opts.lr) == (64, (32, 64, 128), 0.001)
     assert opts.augment is False and opts.audio_norm == "per_band"
+    narrow = with_settings(TrainOptions(), ["f_max=4000"])
+    assert narrow.f_max == 4000.0
+    prep = narrow.preprocessing(AlignConfig())
+    assert prep.f_max == 4000.0  # saved in the artifact: the worker computes the same log-mel
+    assert TrainOptions().preprocessing(AlignConfig()).f_max == 0.0  # default: the whole band
     for bad in ("n_mels", "colour=red", "n_mels=many", "augment=maybe"):
         with pytest.raises(UsageError, match="--set"):
             with_settings(TrainOptions(), [bad])
