@@ -102,7 +102,7 @@ class SpeechBank:
     They are heard through the recorded speakers' channel: band-limited to half the lowest
     sample rate of the directory's wavs (FSDD's 8 kHz: nothing above 4 kHz, where espeak-ng
     and flite put fricatives that the recorded voices never have), unless ``full_band``.
-    ``rate_hz``: that lowest rate (:data:`RATE_HZ` without a directory).
+    ``rate_hz``: that lowest rate (:data:`RATE_HZ` without a directory or synthetic voices).
     """
 
     def __init__(self, speech_dir: str | None, synthetic: Sequence[str] = (), *,
@@ -132,7 +132,8 @@ class SpeechBank:
             m = FSDD_RE.match(p.name)
             if m:
                 self._files.setdefault((m.group(2), int(m.group(1))), []).append(p)
-        self.rate_hz = min(_wav_rate(p) for ps in self._files.values() for p in ps)
+        if synthetic:  # only they need it: a plain bank opens a wav when it draws it
+            self.rate_hz = min(_wav_rate(p) for ps in self._files.values() for p in ps)
         names = {s for s, _ in self._files}
         # A speaker is usable only with takes of every digit.
         self.speakers = sorted(s for s in names if all((s, d) in self._files for d in range(10)))
@@ -190,19 +191,21 @@ def flite(text: str, voice: str, *, speed: int, pitch: int) -> np.ndarray:
     follow it; rms and slt keep their own)."""
     if voice not in FLITE_VOICES:  # flite speaks an unknown voice as its default one
         raise ValueError(f"flite voice {voice!r} is not one of {', '.join(FLITE_VOICES)}")
-    cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={165 / speed:.3f}",
-           "--setf", f"int_f0_target_mean={70 + 1.2 * pitch:.0f}", "-t", text, "-o", "/dev/stdout"]
+    return _speak(["flite", "-voice", voice, "--setf", f"duration_stretch={165 / speed:.3f}",
+                   "--setf", f"int_f0_target_mean={70 + 1.2 * pitch:.0f}", "-t", text,
+                   "-o", "/dev/stdout"], voice, missing="flite is not installed (apt-get "
+                  "install flite)")
+
+
+def _speak(cmd: list[str], voice: str, *, missing: str) -> np.ndarray:
+    """Run a synthesiser that writes a wav to stdout; 16 kHz float32 samples of it."""
     try:
         out = subprocess.run(cmd, capture_output=True, check=True, timeout=30).stdout
     except FileNotFoundError:
-        raise RuntimeError("flite is not installed (apt-get install flite)") from None
+        raise RuntimeError(missing) from None
     except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"flite failed for voice {voice!r}: "
+        raise RuntimeError(f"{cmd[0]} failed for voice {voice!r}: "
                            f"{e.stderr.decode(errors='replace').strip()}") from None
-    return _wav_bytes(out)
-
-
-def _wav_bytes(out: bytes) -> np.ndarray:
     # Streaming writers put a bogus length in the header: read what is there.
     with wave.open(io.BytesIO(out), "rb") as w:
         rate, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
@@ -212,17 +215,9 @@ def _wav_bytes(out: bytes) -> np.ndarray:
 
 def espeak(text: str, voice: str, *, speed: int, pitch: int) -> np.ndarray:
     """Synthesise ``text`` with espeak-ng and return 16 kHz float32 samples."""
-    try:
-        out = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch),
-                              "--stdout", text],
-                             capture_output=True, check=True, timeout=30).stdout
-    except FileNotFoundError:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng), "
-                           "or pass --speech DIR") from None
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"espeak-ng failed for voice {voice!r}: "
-                           f"{e.stderr.decode(errors='replace').strip()}") from None
-    return _wav_bytes(out)
+    return _speak(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout",
+                   text], voice, missing="espeak-ng is not installed (apt-get install "
+                  "espeak-ng), or pass --speech DIR")
 
 
 def stretch(x: np.ndarray, factor: float) -> np.ndarray:
