@@ -269,7 +269,8 @@ def test_train_shadow_and_promote_from_the_page(
             timeout=15,
             what="a classification by the promoted model",
         )
-        time.sleep(1.5)
+        wait_for(lambda: rows()[-1][0] > promoted + 1, timeout=15,
+                 what="classifications more than 1 s after the promotion")
         seen = rows()
         assert seen[-1][0] > promoted + 1, "classifications still flow after the promotion"
         assert {c["model"] for _, c in seen[first:]} == {new_id}
