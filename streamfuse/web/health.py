@@ -49,19 +49,21 @@ def total(samples: Samples, name: str, by: str, **match: str) -> dict[str, float
 
 
 def quantiles(samples: Samples, name: str, qs: tuple[float, ...] = (0.5, 0.9, 0.99), *,
-              interpolate: bool = True, **match: str) -> dict[str, Any]:
+              interpolate: bool = True, scale: float = 1.0, **match: str) -> dict[str, Any]:
     """Quantiles of a histogram, interpolated in its buckets (as PromQL's histogram_quantile);
     with ``interpolate=False`` the upper bound of the bucket holding each quantile (for
-    integer-valued histograms such as batch sizes, where interpolation invents fractions)."""
+    integer-valued histograms such as batch sizes, where interpolation invents fractions).
+    The mean and quantiles are multiplied by ``scale`` (1000: a seconds histogram in ms)."""
     buckets: dict[float, float] = defaultdict(float)
     for labels, v in samples.get(f"{name}_bucket", []):
         if all(labels.get(k) == val for k, val in match.items()):
-            buckets[float(labels["le"])] += v
+            buckets[float(labels["le"]) * scale] += v
     count = sum(v for lb, v in samples.get(f"{name}_count", [])
                 if all(lb.get(k) == val for k, val in match.items()))
     tot = sum(v for lb, v in samples.get(f"{name}_sum", [])
               if all(lb.get(k) == val for k, val in match.items()))
-    out: dict[str, Any] = {"count": int(count), "mean": round(tot / count, 3) if count else None}
+    out: dict[str, Any] = {"count": int(count),
+                           "mean": round(scale * tot / count, 3) if count else None}
     edges = sorted(buckets.items())
     for q in qs:
         out[f"p{round(q * 100)}"] = _quantile(edges, q, interpolate) if count else None
@@ -147,8 +149,10 @@ class HealthReader:
                                 for k, v in sorted(classes.items())],
             "models": sorted(set(models)),
             "batch_size": quantiles(s, "streamfuse_batch_size", interpolate=False),
-            "inference_ms": quantiles(s, "streamfuse_inference_ms"),
-            "latency_ms": {p: quantiles(s, "streamfuse_window_latency_ms", part=p)
+            # The histograms are in seconds (the Prometheus base unit); the page shows ms.
+            "inference_ms": quantiles(s, "streamfuse_inference_seconds", scale=1000.0),
+            "latency_ms": {p: quantiles(s, "streamfuse_window_latency_seconds", scale=1000.0,
+                                        part=p)
                            for p in ("total", "align", "queue", "infer")},
             "restarts": {k: int(v) for k, v in restarts.items()},
             "web": {"dropped": {k: int(v) for k, v in web_dropped.items()},

@@ -162,6 +162,14 @@ def test_health_page_shows_a_capture_restart(console: ConsoleDaemon, browser: Br
     )
     assert page.evaluate(f"{row}.cells[4].textContent") == "killed by SIGKILL"
     assert page.locator("#streams tbody tr").count() >= 2  # room1/audio, room1/video, ...
+    # The worker's timings, read from its seconds histograms and shown in ms.
+    worker = "[...document.querySelectorAll('#worker tbody tr')]"
+    for name in ("inference ms", "latency_ms.total"):
+        page.wait_for_function(
+            f"{worker}.some(r => r.cells[0].textContent === '{name}'"
+            " && +r.cells[1].textContent > 0 && r.cells[3].textContent !== '\u2013')",
+            timeout=10_000,
+        )
     assert browser.errors == []
 
 

@@ -294,6 +294,33 @@ def test_quantiles_from_buckets() -> None:
     assert health.quantiles(s, "h", interpolate=False)["p90"] == 4.0
 
 
+def test_worker_timings_come_from_the_histograms_the_worker_fills() -> None:
+    """The page reads the metrics the fusion worker really exports (seconds) and shows ms:
+    a renamed metric must not leave the page's timings silently empty."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from streamfuse import metrics
+
+    reg = CollectorRegistry()
+    hists = {}
+    for m in (metrics.inference_seconds, metrics.window_latency):
+        hists[m] = Histogram(m._name, m._documentation, m._labelnames, registry=reg,
+                             buckets=metrics.LATENCY_BUCKETS_S)
+    for v in (0.004, 0.006, 0.008):
+        hists[metrics.inference_seconds].observe(v)
+        hists[metrics.window_latency].labels(part="total").observe(10 * v)
+    s: health.Samples = {}
+    for fam in reg.collect():
+        for smp in fam.samples:
+            s.setdefault(smp.name, []).append((dict(smp.labels), float(smp.value)))
+    out = health.HealthReader(None, None)._metrics(s, T0)
+    inf, total = out["inference_ms"], out["latency_ms"]["total"]
+    assert inf["count"] == 3 and inf["mean"] == pytest.approx(6.0)
+    assert 2.5 <= inf["p50"] <= 10.0
+    assert total["count"] == 3 and total["mean"] == pytest.approx(60.0)
+    assert out["latency_ms"]["align"]["count"] == 0
+
+
 def test_each_page_is_the_shared_frame_around_its_body() -> None:
     c = _client()
     pages = {"/": ("live", "console.js", 'id="sources"'), "/health": ("health", "health.js", 'id="worker"'),
