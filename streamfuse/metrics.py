@@ -38,6 +38,12 @@ seq_resets = Counter("streamfuse_seq_resets_total",
                      "Sequence numbers that restarted or jumped too far to be losses",
                      ["node", "topic"])
 
+# Source names beyond streamfuse.names.MAX_NAMES per process are counted under
+# source="_other" (topic "_other/<stream>"): a publisher inventing names cannot grow this.
+names_folded = Counter("streamfuse_source_names_folded_total",
+                       "Source names beyond the per-process cap, counted under source=\"_other\"",
+                       ["node"])
+
 # ---- capture -------------------------------------------------------------------------
 grabbed = Counter("streamfuse_capture_grabbed_total", "Frames or blocks read from the device",
                   ["source", "stream"])

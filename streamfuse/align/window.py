@@ -41,7 +41,10 @@ Rules, per source (each source is aligned on its own):
   source that has sent nothing for ``FORGET_AFTER_NS`` (local clock) and holds no
   data is forgotten, all but the ranges of windows it emitted: names a publisher
   invents cost nothing once they fall silent, and a source that comes back starts
-  afresh without answering any window twice.
+  afresh without answering any window twice. ``stats`` are keyed by
+  :attr:`Aligner.names`: the configured sources and the first
+  :data:`~streamfuse.names.MAX_NAMES` other names have their own counters, later
+  names share :data:`~streamfuse.names.OTHER`'s (windows keep their own names).
 - Late data (``t_ns`` before the end of a closed window) is counted per stream;
   it is still used by the open windows it falls in, else dropped.
 - Timestamps outside the plausible range of the wire (2000 to 2200, see
@@ -87,6 +90,7 @@ from streamfuse.align.buffers import (
 )
 from streamfuse.clock import NS_PER_MS, NS_PER_S
 from streamfuse.config import AlignConfig
+from streamfuse.names import NameTable
 from streamfuse.wire.codec import T_MAX_NS, T_MIN_NS
 from streamfuse.wire.schema import (
     AudioHeader,
@@ -122,11 +126,12 @@ class Resync:
 class AlignStats:
     """Counters the node turns into metrics (plain integers on the hot path).
 
-    Keys: ``windows[source]``; ``absent``, ``late``, ``restarts``
-    ``[(source, stream)]``; ``rejected[(source, stream, reason)]`` with reason
-    in ``future``, ``past``, ``samplerate``, ``channels``, ``dtype``, ``kind``,
-    ``duplicate``, ``format_change``, ``time``; ``coverage_sum`` / ``coverage_n``
-    per source (mean audio coverage of windows with audio); ``resyncs[source]``;
+    Keys: ``source`` is the source's key in :attr:`Aligner.names` (its name, or
+    ``_other`` for names beyond the table's cap). ``windows[source]``; ``absent``,
+    ``late``, ``restarts`` ``[(source, stream)]``; ``rejected[(source, stream,
+    reason)]`` with reason in ``future``, ``past``, ``samplerate``, ``channels``,
+    ``dtype``, ``kind``, ``duplicate``, ``format_change``, ``time``; ``coverage_sum``
+    / ``coverage_n`` per source (mean audio coverage of windows with audio); ``resyncs[source]``;
     ``repeated[source]``: windows not emitted because an earlier timeline did.
     """
 
@@ -160,6 +165,7 @@ class _Source:
 
     def __init__(self, name: str, al: Aligner, answered: list[tuple[int, int]]) -> None:
         self.name = name
+        self.key = al.names(name)  # its key in al.stats
         self.streams = {s: _Stream() for s in STREAMS}
         self.video = VideoBuffer(al._lattice)
         self.audio = AudioBuffer(al.audio_ring_s)
@@ -193,7 +199,8 @@ class _Source:
 class Aligner:
     """Aligns many sources at once; see the module docstring for the rules.
 
-    ``sources``: align only these source names (None: every source seen).
+    ``sources``: align only these source names (None: every source seen); they
+    always have stats of their own (:attr:`names`).
     ``samplerates``: expected audio rate per source; blocks at another rate are
     rejected. A source not listed takes the rate of its first block.
     """
@@ -211,6 +218,7 @@ class Aligner:
         self.audio_ring_s = (2 * self.horizon_ns + self.window_ns + self.hop_ns) / NS_PER_S
         self.required = frozenset(cfg.required)
         self.only = frozenset(sources) if sources is not None else None
+        self.names = NameTable("source", sorted(self.only or ()))  # keys of self.stats
         self.samplerates = dict(samplerates or {})
         self._lattice = FrameLattice(self.window_ns, self.hop_ns, cfg.frames_per_window)
         self._sources: dict[str, _Source] = {}
@@ -233,7 +241,7 @@ class Aligner:
         if stream not in _HEADER_OF or (self.only is not None and h.source not in self.only):
             return
         if not T_MIN_NS <= h.t_ns < T_MAX_NS:
-            self.stats.rejected[(h.source, stream, "time")] += 1
+            self.stats.rejected[(self.names(h.source), stream, "time")] += 1
             return
         src = self._sources.get(h.source)
         if src is None:
@@ -248,7 +256,7 @@ class Aligner:
         kind = type(h)
         heartbeat = kind is HeartbeatHeader
         if not heartbeat and kind is not _HEADER_OF[stream]:
-            self.stats.rejected[(src.name, stream, "kind")] += 1
+            self.stats.rejected[(src.key, stream, "kind")] += 1
             return
         if src.first_t is not None:
             now_src = src.newest_t + (recv_ns - src.newest_recv if recv_ns > src.newest_recv else 0)
@@ -263,7 +271,7 @@ class Aligner:
                 st.wm = t
             return self._accepted(src, st, t, recv_ns, data=False)
         if h.seq < st.last_seq:
-            self.stats.restarts[(src.name, stream)] += 1  # a capture restarted its counter
+            self.stats.restarts[(src.key, stream)] += 1  # a capture restarted its counter
         st.last_seq = h.seq
         if kind is FrameHeader:
             keep, wm = self._push_frame(src, msg, t)
@@ -286,7 +294,7 @@ class Aligner:
 
     def _late(self, src: _Source, stream: str, t: int) -> bool:
         if src.closed_end is not None and t < src.closed_end:
-            self.stats.late[(src.name, stream)] += 1
+            self.stats.late[(src.key, stream)] += 1
             return True
         return False
 
@@ -299,9 +307,9 @@ class Aligner:
             return False, t
         reason, dropped = src.video.push(t, msg)
         if dropped:
-            self.stats.rejected[(src.name, "video", "format_change")] += dropped
+            self.stats.rejected[(src.key, "video", "format_change")] += dropped
         if reason:
-            self.stats.rejected[(src.name, "video", reason)] += 1
+            self.stats.rejected[(src.key, "video", reason)] += 1
             return None, t
         return True, t
 
@@ -316,16 +324,16 @@ class Aligner:
                 # The first block (or the first after a silence) sets the format.
                 buf.set_format(expected or h.samplerate, h.channels)
             if h.samplerate != buf.samplerate:
-                self.stats.rejected[(src.name, "audio", "samplerate")] += 1
+                self.stats.rejected[(src.key, "audio", "samplerate")] += 1
                 return None, t
             if h.channels != buf.channels:
                 if len(buf):
-                    self.stats.rejected[(src.name, "audio", "channels")] += 1
+                    self.stats.rejected[(src.key, "audio", "channels")] += 1
                     return None, t
                 buf.set_format(buf.samplerate, h.channels)
         block = audio_array(msg)
         if block is None:
-            self.stats.rejected[(src.name, "audio", "dtype")] += 1
+            self.stats.rejected[(src.key, "audio", "dtype")] += 1
             return None, t
         sr = buf.samplerate
         a = buf.place(t, h.frames)
@@ -333,11 +341,11 @@ class Aligner:
         wm = -(-end * NS_PER_S // sr)  # the block's end, rounded up
         if src.closed_end is not None and t < src.closed_end + 2 * self.hop_ns and \
                 a < sample_index(src.closed_end, sr):
-            self.stats.late[(src.name, "audio")] += 1
+            self.stats.late[(src.key, "audio")] += 1
             if end <= sample_index(self._next_start(src), sr):
                 return False, wm  # nothing left for the open windows
         if buf.push(a, block):
-            self.stats.rejected[(src.name, "audio", "duplicate")] += 1
+            self.stats.rejected[(src.key, "audio", "duplicate")] += 1
             return None, wm
         return True, wm
 
@@ -380,7 +388,7 @@ class Aligner:
         """Count a message far from the source's clock; resync the source once its
         data has followed a new timeline long enough (see the module docstring)."""
         h = msg.header
-        self.stats.rejected[(src.name, h.stream, reason)] += 1
+        self.stats.rejected[(src.key, h.stream, reason)] += 1
         if type(h) is not FrameHeader and type(h) is not AudioHeader:
             return  # text and heartbeats are no evidence that the timeline moved
         t, gap = h.t_ns, self.run_gap_ns
@@ -397,7 +405,7 @@ class Aligner:
 
     def _resync(self, src: _Source, msg: Message, recv_ns: int) -> None:
         """Close the old timeline's windows and restart ``src`` on the new one."""
-        self.stats.resyncs[src.name] += 1
+        self.stats.resyncs[src.key] += 1
         self.resync_events.append(Resync(src.name, msg.header.stream, src.now_src(recv_ns),
                                          msg.header.t_ns))
         del self.resync_events[:-_MAX_EVENTS]  # nobody may be taking them (the trainer)
@@ -551,7 +559,7 @@ class Aligner:
                 done = _answered_until(src.answered, src.next_k)
                 if done is not None:  # an earlier timeline emitted these windows
                     skip_to = min(done + 1, k_max + 1)
-                    self.stats.repeated[src.name] += skip_to - src.next_k
+                    self.stats.repeated[src.key] += skip_to - src.next_k
                     self._advance(src, skip_to)
                     continue
             w = self._build(src, src.next_k, close_ns)
@@ -590,18 +598,18 @@ class Aligner:
         present = {"video": bool(frames), "audio": audio is not None, "text": bool(texts)}
         if not (frames or texts or audio is not None):
             return None
-        name = src.name
+        name, key = src.name, src.key
         if src.k_lo is None:
             src.k_lo = k
         src.k_hi = k
         stats = self.stats
-        stats.windows[name] += 1
+        stats.windows[key] += 1
         for s, st in src.streams.items():
             if st.seen and not present[s]:
-                stats.absent[(name, s)] += 1
+                stats.absent[(key, s)] += 1
         if audio is not None:
-            stats.coverage_sum[name] += coverage  # type: ignore[assignment]
-            stats.coverage_n[name] += 1
+            stats.coverage_sum[key] += coverage  # type: ignore[assignment]
+            stats.coverage_n[key] += 1
         return Window(
             source=name, seq=k, t_start_ns=start, t_end_ns=end, present=present,
             frames=frames, frame_encoding=src.video.encoding if frames else "raw",
