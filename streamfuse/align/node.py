@@ -20,6 +20,12 @@ sends is counted and logged (at most one line per topic and reason every
 ``LOG_EVERY_NS``); a resync of a source's timeline is logged as a warning.
 SIGTERM/SIGINT: exit 0 within one tick.
 
+Names a publisher invents cost bounded memory: counters and metric labels are
+keyed by the aligner's :class:`~streamfuse.names.NameTable` (configured sources
+and the first ``MAX_NAMES`` other source names by name, later ones as
+``_other``), and the last ``seq`` is kept for the ``SEQ_TOPICS_MAX`` topics heard
+from most recently.
+
 Entry point: :func:`main` ``(cfg, *, sub=None, push=None, stop=None)``, which
 :mod:`streamfuse.commands.align` runs; tests inject sockets (injected sockets are not
 closed here).
@@ -38,9 +44,10 @@ from streamfuse import clock, metrics
 from streamfuse.align.window import Aligner, Resync
 from streamfuse.config import Config
 from streamfuse.logs import Throttled
+from streamfuse.names import MAX_NAMES, put_recent
 from streamfuse.node import EXIT_CANNOT_OPEN, OPEN_ERRORS, Every, Runtime, polling
 from streamfuse.wire import codec, topics
-from streamfuse.wire.schema import Window
+from streamfuse.wire.schema import Message, Window
 from streamfuse.wire.sockets import LINGER_MS, connect_sub, max_message_bytes, prepare_endpoint
 
 log = logging.getLogger("streamfuse.align")
@@ -52,6 +59,11 @@ WINDOW_HWM = 64  # windows queued per worker (each may hold a few MB of frames)
 METRICS_EVERY_NS = clock.NS_PER_S
 LOG_EVERY_NS = 10 * clock.NS_PER_S  # per topic and reason, for what publishers get wrong
 SEQ_GAP_MAX = 100_000  # a larger seq leap is a reset: ~30 min of audio blocks, lost at once
+# Topics whose last seq is kept (least recently heard dropped beyond): room for the three
+# capture streams of every source with a name of its own. A topic dropped and heard again
+# starts afresh (no gap counted), which only happens while more than this many topics
+# talk, i.e. while a publisher invents names; a topic's seq cannot be folded.
+SEQ_TOPICS_MAX = 4 * MAX_NAMES
 _WHY = {"future": "stamped too far ahead of the source's clock",
         "past": "stamped too far behind the source's clock",
         "time": "stamped outside 2000-01-01..2200-01-01"}
@@ -62,40 +74,51 @@ class _Counts:
 
     def __init__(self, al: Aligner) -> None:
         self.al = al
+        self.names = al.names  # one key per source name, shared with al.stats
         self.messages_in: Counter[str] = Counter()
         self.decode_errors: Counter[tuple[str, str]] = Counter()
         self.sent: Counter[str] = Counter()
         self.unsent: Counter[str] = Counter()
         self.gaps: Counter[str] = Counter()  # messages missing by seq, per topic
         self.resets: Counter[str] = Counter()  # seq restarted or leapt, per topic
-        self.last_seq: dict[str, int] = {}
+        self.last_seq: dict[str, int] = {}  # per topic, least recently heard first
+        self.folded = 0  # names.folded already added to names_folded_total
         self.throttle = Throttled(log, LOG_EVERY_NS)
         self._seen: dict[str, Counter[Any]] = {}
-        self._windows: dict[str, Any] = {}  # windows_total children, per source
+        self._windows: dict[str, Any] = {}  # windows_total children, per source key
 
-    def seq(self, topic: str, seq: int, now_ns: int) -> None:
+    def seq(self, topic: str, seq: int, now_ns: int, key: str | None = None) -> None:
         """Count messages lost on the way (a topic's data and heartbeats share one
-        counter); a smaller seq, or one too far ahead to be a loss, is a reset."""
-        last = self.last_seq.get(topic)
-        self.last_seq[topic] = seq
+        counter); a smaller seq, or one too far ahead to be a loss, is a reset.
+        ``key``: the topic's counter key (default: ``topic`` with its source folded)."""
+        last = put_recent(self.last_seq, topic, seq, SEQ_TOPICS_MAX)
         if last is None or last <= seq <= last + 1:
             return
+        if key is None:
+            key = self.names.topic(topic)
         if last < seq <= last + 1 + SEQ_GAP_MAX:
-            self.gaps[topic] += seq - last - 1
+            self.gaps[key] += seq - last - 1
             return
-        self.resets[topic] += 1
+        self.resets[key] += 1
         if seq > last:
             self.throttle.log(("seq", topic), now_ns, logging.WARNING,
                               "%s: seq leapt from %d to %d, counted as a reset, not as lost "
                               "messages", topic, last, seq)
 
-    def window_sent(self, source: str) -> None:
-        """Count a window before it is sent: a SIGKILL can then never leave
-        ``windows_total`` below the classifications of the windows that got out."""
-        child = self._windows.get(source)
+    def window_sent(self, key: str) -> None:
+        """Count a window of the source keyed ``key`` before it is sent: a SIGKILL can
+        then never leave ``windows_total`` below the classifications of the windows
+        that got out."""
+        child = self._windows.get(key)
         if child is None:
-            child = self._windows[source] = metrics.windows.labels(source=source)
+            child = self._windows[key] = metrics.windows.labels(source=key)
         child.inc()
+
+    def topic_key(self, msg: Message) -> str:
+        """The counter key of a decoded message's topic (its source folded)."""
+        h = msg.header
+        key = self.names(h.source)
+        return msg.topic if key == h.source else topics.topic(key, h.stream)
 
     def _delta(self, name: str, now: Counter[Any]) -> dict[Any, int]:
         before = self._seen.setdefault(name, Counter())
@@ -130,13 +153,17 @@ class _Counts:
             metrics.windows_absent.labels(source=src, stream=stream).inc(n)
         for (src, stream), n in self._delta("late", s.late).items():
             metrics.late.labels(source=src, stream=stream).inc(n)
+        if self.names.folded > self.folded:
+            metrics.names_folded.labels(node=NODE).inc(self.names.folded - self.folded)
+            self.folded = self.names.folded
 
 
 def _send(push: zmq.Socket, windows: list[Window], counts: _Counts) -> None:
     for w in windows:
         w.emit_ns = clock.now_ns()
-        topic = topics.topic(w.source, topics.WINDOW_STREAM)
-        counts.window_sent(w.source)
+        key = counts.names(w.source)
+        topic = topics.topic(key, topics.WINDOW_STREAM)
+        counts.window_sent(key)
         try:
             push.send_multipart(codec.encode_window(w), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -144,7 +171,7 @@ def _send(push: zmq.Socket, windows: list[Window], counts: _Counts) -> None:
             continue
         counts.sent[topic] += 1
         if w.audio is not None:
-            metrics.audio_coverage.labels(source=w.source).observe(w.audio_coverage)
+            metrics.audio_coverage.labels(source=key).observe(w.audio_coverage)
     counts.flush(clock.now_ns())
 
 
@@ -243,12 +270,14 @@ def _drain(sub: zmq.Socket, push: zmq.Socket, al: Aligner, counts: _Counts,
             msg = codec.decode(parts, max_bytes=max_bytes)
         except codec.DecodeError as e:
             topic = _topic_of(parts)
-            counts.decode_errors[(topic, e.reason)] += 1
+            key = topic if topic == "?" else counts.names.topic(topic)
+            counts.decode_errors[(key, e.reason)] += 1
             counts.throttle.log(("decode", topic, e.reason), recv, logging.WARNING,
                                 "%s: dropped a message: %s", topic, e)
             continue
-        counts.messages_in[msg.topic] += 1
-        counts.seq(msg.topic, msg.header.seq, recv)
+        key = counts.topic_key(msg)
+        counts.messages_in[key] += 1
+        counts.seq(msg.topic, msg.header.seq, recv, key)
         al.push(msg, recv)
         if al.resync_events:
             _log_resyncs(al.take_resyncs())
