@@ -12,6 +12,12 @@ figures are exported once a second (``streamfuse_shadow_agreement_ratio``,
 A shadow that cannot be loaded, or does not fit the config (aligner parameters,
 modalities), is logged and not run; the live model is not touched. A shadow with the
 live model's id (after a promotion, ``fusion.shadow`` names the new live model) is idle.
+
+Bounded per source like the worker: labels are subscribed to for the sources with a
+name of their own in the worker's :class:`~streamfuse.names.NameTable` (configured ones
+and the first ``MAX_NAMES`` others; the windows of later names are judged as unlabelled),
+the ``source`` metric label is folded by that table, and the ``seq`` of ``shadow/<source>``
+is kept for the ``SEQ_SOURCES_MAX`` sources answered most recently.
 """
 
 from __future__ import annotations
@@ -31,21 +37,24 @@ from streamfuse.fusion.artifact import ArtifactError, LoadedModel
 from streamfuse.fusion.batcher import Pending
 from streamfuse.fusion.features import FrameSource
 from streamfuse.fusion.shadow import Judge, PromoteRule, Verdict
+from streamfuse.names import MAX_NAMES, NameTable, put_recent
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import LabelHeader
 
 log = logging.getLogger("streamfuse.fuse")
 JUDGE_EVERY_NS = clock.NS_PER_S
+SEQ_SOURCES_MAX = 4 * MAX_NAMES  # as the worker's (streamfuse.fusion.node)
 
 
 class ShadowRunner:
     """State of one worker's shadow. ``labels``: a SUB on ``bus.output`` (no subscriptions
     yet); ``pub``: where the answers go; ``frames``: the worker's frame source (frames by
-    reference, decoded once for the live model and the shadow)."""
+    reference, decoded once for the live model and the shadow); ``names``: the worker's
+    table of source names (default: one of the configured sources)."""
 
     def __init__(
         self, cfg: Config, device: torch.device, pub: zmq.Socket, labels: zmq.Socket | None,
-        *, frames: FrameSource | None = None,
+        *, frames: FrameSource | None = None, names: NameTable | None = None,
     ) -> None:
         self.cfg = cfg
         self.frames = frames
@@ -58,8 +67,10 @@ class ShadowRunner:
         self._seen: tuple[Path | None, tuple | None] | None = None
         self.judge = Judge(round(cfg.fusion.judge_period_s * clock.NS_PER_S))
         self.rule = PromoteRule.parse(cfg.fusion.promote_if)
-        self.seq: dict[str, int] = {}
-        self.sources: set[str] = set()
+        self.names = names if names is not None else NameTable(
+            "source", [s.name for s in cfg.sources])
+        self.seq: dict[str, int] = {}  # per source, least recently answered first
+        self.sources: set[str] = set()  # whose labels are subscribed to
         self.answered = 0
         self._next_judge = 0
 
@@ -142,18 +153,19 @@ class ShadowRunner:
             w = r.window
             body = msgspec.json.decode(s.payload)
             body["live"] = {"label": r.label, "model": live.model_id}
-            seq = self.seq.get(w.source, 0)
-            self.seq[w.source] = seq + 1
+            seq = self.seq.get(w.source, -1) + 1
+            put_recent(self.seq, w.source, seq, SEQ_SOURCES_MAX)
             msg = codec.shadow_message(
                 w.source, seq, w.t_start_ns, w.t_end_ns, s.label, s.score, msgspec.json.encode(body)
             )
             self.pub.send_multipart(codec.encode(msg))
-            metrics.shadow_classifications.labels(source=w.source).inc()
+            metrics.shadow_classifications.labels(source=self.names(w.source)).inc()
             self.judge.answer(w.source, w.t_start_ns, w.t_end_ns, r.label, s.label, now)
             self.answered += 1
 
     def _watch(self, source: str) -> None:
-        if self.labels is not None and source not in self.sources:
+        if self.labels is not None and source not in self.sources \
+                and self.names(source) == source:
             self.sources.add(source)
             self.labels.setsockopt(zmq.SUBSCRIBE, topics.label_topic(source).encode())
 

@@ -37,6 +37,12 @@ one ``streamfuse shadow DIR`` chose) answers the same batches after the live mod
 published; :mod:`streamfuse.fusion.candidate` runs it, judges it and applies
 ``fusion.promote_if``. SIGHUP and the on-disk check reload it as they reload the live one.
 
+Per-source state stays bounded whatever names windows carry: metric labels go
+through a :class:`~streamfuse.names.NameTable` (configured sources and the first
+``MAX_NAMES`` other names by name, later ones as ``_other``), and the
+classification ``seq`` is kept for the ``SEQ_SOURCES_MAX`` sources answered most
+recently (one dropped and answered again starts again at 0).
+
 SIGTERM/SIGINT: stop reading new work, answer every window already received
 (queued here or waiting in this socket's buffer), then exit 0.
 """
@@ -71,13 +77,18 @@ from streamfuse.fusion.batcher import Batcher, Pending
 from streamfuse.fusion.candidate import ShadowRunner
 from streamfuse.fusion.features import MODALITIES, FrameSource, collate, to_device
 from streamfuse.fusion.frames import WindowFrames
+from streamfuse.names import MAX_NAMES, NameTable, put_recent
 from streamfuse.node import EXIT_CANNOT_OPEN, OPEN_ERRORS, Runtime
-from streamfuse.wire import codec
+from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import Window
 from streamfuse.wire.sockets import LINGER_MS, connect_pub, connect_sub, max_message_bytes
 
 log = logging.getLogger("streamfuse.fuse")
 NODE = "fuse"
+# Sources whose classification seq is kept (the least recently answered is dropped
+# beyond): a live source is answered every hop, so only a flood of invented names
+# (more than this many answered within one hop) could reset a real one's seq.
+SEQ_SOURCES_MAX = 4 * MAX_NAMES
 IDLE_POLL_MS = 100
 
 
@@ -186,7 +197,9 @@ class Worker:
         self.model_dir = Path(cfg.fusion.model)
         self.loaded: LoadedModel | None = None
         self.seen_signature: tuple[tuple[int, int, int], ...] | None = None
-        self.seq: dict[str, int] = {}
+        self.seq: dict[str, int] = {}  # per source, least recently answered first
+        self.names = NameTable("source", [s.name for s in cfg.sources])
+        self._folded = 0  # names.folded already added to names_folded_total
         self.answered = 0
         self.dropped_no_model = 0
         self.failed_batches = 0
@@ -197,10 +210,11 @@ class Worker:
                                                         reason="no_model")
         self._received = metrics.messages_in.labels(node=NODE, topic="window")
         self._held = -1
-        self._published: dict[str, tuple] = {}  # source -> (classifications, messages_out) children
+        self._published: dict[str, tuple] = {}  # source key -> (classifications, messages_out)
         self.frames = WindowFrames()  # frames by reference, and each frame decoded once
         self._overwritten = 0
-        self.shadow = ShadowRunner(cfg, device, pub, labels, frames=self.frames)
+        self.shadow = ShadowRunner(cfg, device, pub, labels, frames=self.frames,
+                                   names=self.names)
 
     # -- model ---------------------------------------------------------------------------
 
@@ -270,6 +284,9 @@ class Worker:
 
     def tick(self, now_ns: int) -> None:
         """Between batches: labels in, shadow figures out, and a promotion by ``promote_if``."""
+        if self.names.folded > self._folded:
+            metrics.names_folded.labels(node=NODE).inc(self.names.folded - self._folded)
+            self._folded = self.names.folded
         if self.shadow.tick(self.loaded, now_ns):
             self.load(reason="promote_if")
             self.shadow.reload(reason="promote_if", force=True)
@@ -323,18 +340,19 @@ class Worker:
     def _publish(self, answers: list[Result]) -> None:
         for r in answers:
             src = r.window.source
-            seq = self.seq.get(src, 0)
-            self.seq[src] = seq + 1
+            seq = self.seq.get(src, -1) + 1
+            put_recent(self.seq, src, seq, SEQ_SOURCES_MAX)
             msg = codec.class_message(src, seq, r.window.t_start_ns, r.window.t_end_ns,
                                       r.label, r.score, r.payload)
             self.pub.send_multipart(codec.encode(msg))
             for part, v in r.latency_ms.items():
                 self._latency[part].observe(v / 1000)
-            counters = self._published.get(src)
+            key = self.names(src)
+            counters = self._published.get(key)
             if counters is None:
-                counters = (metrics.classifications.labels(source=src),
-                            metrics.messages_out.labels(node=NODE, topic=msg.topic))
-                self._published[src] = counters
+                counters = (metrics.classifications.labels(source=key),
+                            metrics.messages_out.labels(node=NODE, topic=topics.class_topic(key)))
+                self._published[key] = counters
             for c in counters:
                 c.inc()
             self.answered += 1

@@ -1,19 +1,26 @@
 """A publisher that invents a source name per message: the aligner node (real ZeroMQ
-sockets, in-process) keeps its counters, metric labels and seq tables bounded, the real
-sources keep their own exact counts, and what goes on the wire keeps every name."""
+sockets, in-process) and the fusion worker (a real tiny model) keep their counters,
+metric labels and seq tables bounded, the real sources keep their own exact counts, and
+what goes on the wire keeps every name."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
+import numpy as np
+import torch
 import zmq
 
 from streamfuse import clock
 from streamfuse.align import node as align_node
 from streamfuse.config import parse
+from streamfuse.fusion import node as fuse_node
+from streamfuse.fusion.batcher import Pending
 from streamfuse.names import MAX_NAMES, OTHER
 from streamfuse.wire import codec, topics
 from tests.helpers import prom
+from tests.helpers.fusion import make_window, one_torch_thread, save_tiny  # noqa: F401
 from tests.helpers.proc import wait_for
 
 N = 3000  # invented names, each one text message (one window each)
@@ -21,6 +28,7 @@ BAD = 200  # undecodable messages on invented topics, after the cap is full
 ALIGN_FAMILIES = ("streamfuse_windows_total", "streamfuse_windows_absent_total",
                   "streamfuse_late_total", "streamfuse_resyncs_total",
                   "streamfuse_audio_coverage_ratio_count")
+FUSE_FAMILIES = ("streamfuse_classifications_total", "streamfuse_shadow_classifications_total")
 
 
 def _label_values(samples: prom.Samples, label: str, names: tuple[str, ...] | None = None,
@@ -135,3 +143,54 @@ def test_the_aligner_node_bounds_invented_names() -> None:
     assert len(counts.last_seq) <= align_node.SEQ_TOPICS_MAX
     assert counts.last_seq["early/text"] == early + 5  # kept: it talks throughout
 
+
+class _Pub:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, int]] = []
+
+    def send_multipart(self, frames) -> None:  # type: ignore[no-untyped-def]
+        h = codec.decode(frames).header
+        self.sent.append((codec.decode(frames).topic, h.source, h.seq))
+
+
+def test_the_fusion_worker_bounds_invented_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Windows of N invented names (after the cap is full, a configured source's first
+    window comes): labels fold, the configured source keeps its own, seq stays bounded,
+    every classification keeps its window's name."""
+    cfg = parse({"sources": [{"name": "cam1", "text": {"input": "zmq"}}],
+                 "fusion": {"model": str(tmp_path / "model"), "device": "cpu"}}, environ={})
+    save_tiny(tmp_path / "model", cfg.align)
+    pub = _Pub()
+    w = fuse_node.Worker(cfg, torch.device("cpu"), pub)  # type: ignore[arg-type]
+    assert w.load(reason="test")
+    rng = np.random.default_rng(0)
+    text_only = {"video": False, "audio": False}
+    win = make_window(rng, **text_only)
+    n = 1500
+    sources = [f"inv-{i}" for i in range(n)]
+    sources[400::100] = ["cam1"] * len(sources[400::100])  # configured, after the cap is full
+    before = prom.local()
+    for i in range(0, n, 250):
+        w.handle([Pending(dataclasses.replace(win, source=s, seq=k), 0)
+                  for k, s in enumerate(sources[i:i + 250], start=i)])
+    w.tick(clock.now_ns())
+    after = prom.local()
+    assert [(t, s) for t, s, _ in pub.sent] == [(topics.class_topic(s), s) for s in sources]
+    cam1 = sources.count("cam1")
+    assert [q for _, s, q in pub.sent if s == "cam1"] == list(range(cam1))
+    invented = n - cam1
+    new = (_label_values(after, "source", FUSE_FAMILIES)
+           - _label_values(before, "source", FUSE_FAMILIES))
+    assert new == {"cam1", OTHER} | {f"inv-{i}" for i in range(MAX_NAMES - 1)}
+
+    def delta(name: str, **labels: str) -> float:
+        return prom.total(after, name, **labels) - prom.total(before, name, **labels)
+
+    assert delta("streamfuse_classifications_total", source="cam1") == cam1
+    assert delta("streamfuse_classifications_total", source=OTHER) == invented - (MAX_NAMES - 1)
+    assert delta("streamfuse_messages_out_total", node="fuse", topic="class/_other") \
+        == invented - (MAX_NAMES - 1)
+    assert delta("streamfuse_source_names_folded_total", node="fuse") \
+        >= invented - (MAX_NAMES - 1)
+    assert len(w._published) <= MAX_NAMES + 1
+    assert len(w.seq) <= fuse_node.SEQ_SOURCES_MAX and "cam1" in w.seq
