@@ -32,20 +32,31 @@ SUB_HWM = 200  # messages queued for the bridge before the broker drops for it
 # Messages queued per client before the server drops for it: over a second of audio
 # blocks, and at most ~60 MB of raw VGA frames for a client that stopped reading.
 CLIENT_BACKLOG = 64
+_THROTTLE_SWEEP_MIN = 256  # topics in the frame throttle before the first sweep
 
 
 class Throttle:
-    """At most ``max_fps`` messages per second and topic (the first one passes)."""
+    """At most ``max_fps`` messages per second and topic (the first one passes).
+
+    A topic whose last frame is ``min_gap_ns`` old passes exactly as one never seen,
+    so such entries are dropped whenever the table has doubled since the last sweep:
+    topics a publisher invents cost nothing once they fall silent.
+    """
 
     def __init__(self, max_fps: float) -> None:
         self.min_gap_ns = int(clock.NS_PER_S / max_fps)
         self.last: dict[bytes, int] = {}
+        self._sweep_at = _THROTTLE_SWEEP_MIN
 
     def allow(self, topic: bytes, now_ns: int) -> bool:
         last = self.last.get(topic)
         if last is not None and now_ns - last < self.min_gap_ns:
             return False
         self.last[topic] = now_ns
+        if len(self.last) >= self._sweep_at:
+            gap = self.min_gap_ns
+            self.last = {t: v for t, v in self.last.items() if now_ns - v < gap}
+            self._sweep_at = max(_THROTTLE_SWEEP_MIN, 2 * len(self.last))
         return True
 
 

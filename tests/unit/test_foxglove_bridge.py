@@ -75,3 +75,24 @@ def test_the_bridge_is_a_non_essential_child_only_when_listen_is_set() -> None:
     assert spec.argv[:4] == ("py", "-m", "streamfuse", "foxglove")
     assert not spec.essential and spec.role == "bridge"
     assert all(s.name != "foxglove" for s in table(parse({}, environ={}), python="py"))
+
+
+def test_the_frame_throttle_forgets_silent_topics_without_changing_what_passes() -> None:
+    """Topics invented one per frame: the table stays bounded, and every frame passes or
+    not exactly as with a table that remembers every topic."""
+    from streamfuse.bridge.foxglove import Throttle
+
+    throttle = Throttle(max_fps=5)  # one frame per topic every 200 ms
+    remembered: dict[bytes, int] = {}
+    rng = np.random.default_rng(0)
+    now = T0
+    for i in range(20_000):
+        now += int(rng.integers(0, 2 * MS))
+        topic = f"cam{i if i % 3 else int(rng.integers(0, 50))}/video".encode()  # some come back
+        last = remembered.get(topic)
+        expected = last is None or now - last >= 200 * MS
+        if expected:
+            remembered[topic] = now
+        assert throttle.allow(topic, now) == expected
+        assert len(throttle.last) <= 2 * 300 + 256  # at most ~300 topics sent in 200 ms
+    assert len(remembered) > 10_000
