@@ -126,6 +126,10 @@ web_dropped = Counter("streamfuse_web_dropped_total",
                       "Live console updates a browser never got because it fell behind "
                       "(latest wins)",
                       ["kind"])
+web_sources_hidden = Counter("streamfuse_web_sources_hidden_total",
+                             "Sources the live console shows no panel for: its "
+                             "streamfuse.web.state.MAX_PANELS panels were all configured "
+                             "sources or heard within a minute")
 
 # ---- supervisor ----------------------------------------------------------------------
 child_restarts = Counter("streamfuse_child_restarts_total", "Child process restarts", ["child"])

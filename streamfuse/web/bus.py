@@ -14,7 +14,7 @@ from collections import Counter
 
 import zmq
 
-from streamfuse import metrics
+from streamfuse import clock, metrics
 from streamfuse.config import BusConfig
 from streamfuse.web.state import ConsoleState
 from streamfuse.wire import codec
@@ -70,7 +70,7 @@ class BusReader:
             return
         self.received += 1
         try:
-            self.state.push(msg)
+            self.state.push(msg, clock.monotonic_ns())
         except (ValueError, TypeError) as e:  # a well-formed message the console cannot show
             self.errors["state"] += 1
             log.debug("web: %s not shown: %s", msg.topic, e)

@@ -153,7 +153,7 @@ class Console:
 
     def __init__(self, cfg: Config, *, health: HealthReader | None = None) -> None:
         self.cfg = cfg
-        self.state = ConsoleState()
+        self.state = ConsoleState(s.name for s in cfg.sources)
         self.hub = Hub(self.state, cfg.web.max_fps)
         self.health = health or HealthReader.from_environment()
         self.recordings = Recordings(cfg.record.path)

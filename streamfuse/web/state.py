@@ -8,20 +8,32 @@ for microseconds (the frame itself is kept as the received buffer, not copied).
 Memory is bounded: the waveform keeps :data:`WAVE_NS` of per-block envelopes, the
 timeline :data:`TIMELINE_NS` of answered windows, the text panel
 :data:`TEXT_KEEP` messages, and a source's camera only its latest frame.
+
+The number of sources is bounded too, since any publisher may invent source names: at
+most :data:`MAX_PANELS` are kept, the configured ``[[sources]]`` always among them. A
+source silent for a long time keeps its panel (a dead camera must look dead, with its last
+frame) until a new source needs the room: then the source silent the longest goes, never
+a configured one and never one heard within :data:`ACTIVE_NS`. When every kept source is
+configured or active, the new source is not shown and counted (:attr:`ConsoleState.hidden`).
+Times are the caller's (``push(msg, now_ns)``, the local monotonic clock).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import math
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from streamfuse.clock import NS_PER_S as NS
+from streamfuse.names import put_recent
 from streamfuse.train.labels import OPEN_END_NS, LabelStream
 from streamfuse.wire import topics
 from streamfuse.wire.schema import (
@@ -43,7 +55,21 @@ TEXT_KEEP = 8
 TEXT_CHARS = 500
 TOP_CLASSES = 5
 KINDS = ("frame", "audio", "text", "class")
+# Sources with a panel. A panel holds up to ~1 MB (a raw VGA frame) plus its waveform,
+# texts, timeline and labels, and each browser keeps a few entries and one pending JPEG
+# (~30 KB) per panel: 64 panels stay near 64 MB whatever publishers invent. A daemon aligns
+# a few sources (docs/benchmarks.md: 4 raw VGA sources without loss), and 64 panels are
+# already far more than a page can usefully show, so real sources never compete for room.
+MAX_PANELS = 64
+# A source heard within this long is active: never evicted to make room for a new one.
+ACTIVE_NS = 60 * NS
+# Sources not shown remembered (least recent dropped first) so that one that keeps
+# sending is counted once: ``hidden`` counts distinct names, approximately.
+_RECENT_HIDDEN = 16 * MAX_PANELS
+_NEVER = 1 << 126  # kept sources all configured: none is ever evictable
 _SCALE = {"int16": 32768.0, "int32": 2147483648.0}
+
+log = logging.getLogger("streamfuse.web")
 
 
 @dataclass
@@ -56,6 +82,8 @@ class Frame:
 
 @dataclass
 class SourceState:
+    gen: int = 0  # unique per panel: a source evicted and seen again is a new panel
+    heard_ns: int = 0  # the caller's clock when its newest message came
     frame: Frame | None = None
     # per audio block: t_ns, lowest and highest sample, RMS
     blocks: deque[tuple[int, float, float, float]] = field(default_factory=deque)
@@ -70,20 +98,37 @@ class SourceState:
 
 
 class ConsoleState:
-    """Latest state per source; thread-safe (one lock)."""
+    """Latest state per source, for at most :data:`MAX_PANELS` sources (more only when
+    configured ones need the room); thread-safe (one lock). ``configured``: the
+    ``[[sources]]`` names, always kept once seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, configured: Iterable[str] = ()) -> None:
         self.lock = threading.Lock()
+        self.configured = frozenset(configured)
         self._sources: dict[str, SourceState] = {}
         self.ignored = 0  # messages of kinds the console does not show (heartbeats, ...)
-        self.labels = LabelStream()  # every label message seen, as spans (the Teach page)
+        self.labels = LabelStream()  # label messages of kept sources, as spans (the Teach page)
+        self.hidden = 0  # sources not shown: no room (distinct names, approximately)
+        self.evicted = 0  # panels removed to make room for a new source
+        self._hidden_recent: dict[str, bool] = {}
+        self._log_at = 1  # the hidden count at which the next warning is logged
+        self._now = 0  # the newest now_ns given
+        self._no_victim_before = 0  # no unconfigured source can be evicted before this
+        self._gen = itertools.count(1)
 
-    def push(self, msg: Message) -> None:
+    def push(self, msg: Message, now_ns: int | None = None) -> None:
+        """Take one bus message; ``now_ns``: the local clock (None: as the last call's)."""
         h = msg.header
         with self.lock:
+            if now_ns is None or now_ns < self._now:
+                now_ns = self._now
+            self._now = now_ns
             s = self._sources.get(h.source)
             if s is None:
-                s = self._sources[h.source] = SourceState()
+                s = self._admit(h.source, now_ns)
+                if s is None:
+                    return
+            s.heard_ns = now_ns
             if isinstance(h, FrameHeader):
                 s.frame = Frame(h, msg.payload[0])
                 s.versions["frame"] += 1
@@ -101,6 +146,49 @@ class ConsoleState:
                 del self.labels.spans[h.source][:-LABELS_KEPT]
             else:
                 self.ignored += 1
+
+    def _admit(self, name: str, now_ns: int) -> SourceState | None:
+        """A panel for a new source, evicting the longest-silent one if there is no room;
+        None: no room (every kept source configured or active), counted in ``hidden``."""
+        if len(self._sources) >= MAX_PANELS:
+            victim = self._victim(now_ns)
+            if victim is not None:
+                self._evict(victim)
+            elif name not in self.configured:
+                self._hide(name)
+                return None
+        self._hidden_recent.pop(name, None)
+        s = self._sources[name] = SourceState(gen=next(self._gen))
+        return s
+
+    def _victim(self, now_ns: int) -> str | None:
+        """The unconfigured source silent the longest, if silent for more than ``ACTIVE_NS``."""
+        if now_ns < self._no_victim_before:
+            return None  # heard_ns only grows: nothing can have become evictable yet
+        oldest, heard = None, None
+        for name, s in self._sources.items():
+            if name not in self.configured and (heard is None or s.heard_ns < heard):
+                oldest, heard = name, s.heard_ns
+        if heard is None or now_ns - heard <= ACTIVE_NS:
+            self._no_victim_before = _NEVER if heard is None else heard + ACTIVE_NS + 1
+            return None
+        return oldest
+
+    def _evict(self, name: str) -> None:
+        del self._sources[name]
+        self.labels.spans.pop(name, None)
+        self.labels.changed.discard(name)
+        self.evicted += 1
+
+    def _hide(self, name: str) -> None:
+        if put_recent(self._hidden_recent, name, True, _RECENT_HIDDEN) is not None:
+            return
+        self.hidden += 1
+        if self.hidden >= self._log_at:
+            self._log_at = 2 * self.hidden
+            log.warning("web: source %r not shown: %d sources have a panel, all configured or "
+                        "heard within %d s (%d sources not shown so far)",
+                        name, len(self._sources), ACTIVE_NS // NS, self.hidden)
 
     @staticmethod
     def _audio(s: SourceState, msg: Message, h: AudioHeader) -> None:
@@ -155,6 +243,11 @@ class ConsoleState:
             spans = list(self.labels.spans.get(source, []))
         return [{"start_ns": sp.start_ns, "end_ns": None if sp.end_ns == OPEN_END_NS else sp.end_ns,
                  "label": sp.label} for sp in spans if sp.end_ns > since_ns]
+
+    def snapshot(self) -> dict[str, tuple[int, dict[str, int]]]:
+        """Every kept source's panel generation and versions, under one lock."""
+        with self.lock:
+            return {name: (s.gen, dict(s.versions)) for name, s in self._sources.items()}
 
     def versions(self, source: str) -> dict[str, int]:
         with self.lock:

@@ -271,3 +271,67 @@ def _metric(port: int, name: str, labels: str) -> float:
         for line in text.splitlines()
         if line.startswith(name + "{") and labels in line
     )
+
+
+@pytest.mark.slow
+@needs_browser
+def test_the_page_drops_evicted_panels_and_says_how_many_sources_are_not_shown(
+    bus_env, browser: Browser
+) -> None:
+    """The console in-process (no broker: messages go straight into its state, at times the
+    test chooses): the page follows evictions (``gone``) and shows the hidden count, and the
+    configured camera that went silent first keeps its panel and frame."""
+    import threading
+
+    import numpy as np
+
+    from streamfuse.web.server import Console, _server
+    from streamfuse.web.state import MAX_PANELS
+    from streamfuse.wire import codec
+
+    port = free_port()
+    bus_env.write(
+        f'[web]\nlisten = "127.0.0.1:{port}"\n'
+        f'[[sources]]\nname = "{SOURCE}"\n[sources.text]\ninput = "zmq"\n'
+    )
+    console = Console(bus_env.cfg)
+    server = _server(console.app(), bus_env.cfg)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    st, t0, s = console.state, clock.now_ns(), 1_000_000_000
+    try:
+        img = np.full((120, 160, 3), 80, np.uint8)
+        st.push(codec.frame_message(SOURCE, 0, t0, img), 0)  # then silent: a dead camera
+        for i in range(MAX_PANELS - 1):
+            st.push(codec.text_message(f"s{i}", 0, t0, "hi"), i * 1_000_000)
+        page = browser.page
+        wait_for(lambda: server.started, timeout=20, what="the console to listen")
+        page.goto(f"http://127.0.0.1:{port}/")
+        panels = "document.querySelectorAll('section.source')"
+        page.wait_for_function(f"{panels}.length === {MAX_PANELS}", timeout=10_000)
+        # A minute later: two new sources take the panels of the two silent the longest.
+        for name in ("new0", "new1"):
+            st.push(codec.text_message(name, 0, t0, "hello"), 61 * s)
+        page.wait_for_function(
+            "!document.querySelector('[data-source=s0]') && !document.querySelector("
+            "'[data-source=s1]') && document.querySelector('[data-source=new1]')",
+            timeout=10_000,
+        )
+        # Every other kept source speaks again; three more new ones find no room.
+        for name in st.sources():
+            if name != SOURCE:
+                st.push(codec.text_message(name, 1, t0, "again"), 62 * s)
+        for name in ("x0", "x1", "x2"):
+            st.push(codec.text_message(name, 0, t0, "no room"), 62 * s)
+        hidden = page.locator("#hidden")
+        page.wait_for_function("!document.getElementById('hidden').hidden", timeout=10_000)
+        assert hidden.inner_text().startswith("3 more sources not shown")
+        assert page.evaluate(f"{panels}.length") == MAX_PANELS
+        assert page.locator("[data-source=x0]").count() == 0
+        assert page.evaluate(
+            f"document.querySelector('[data-source={SOURCE}] .frame').naturalWidth"
+        ) > 0
+        assert browser.errors == []
+    finally:
+        server.should_exit = True
+        thread.join(10)

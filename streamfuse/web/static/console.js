@@ -123,7 +123,23 @@ function showTimeline(p, tl) {
   p.root.querySelector(".axis .from").textContent = p.timeline.length ? fmtTime(from) : "";
 }
 
+function remove(source) {
+  const p = panels.get(source);
+  if (!p) return;
+  p.root.remove();
+  if (p.url) URL.revokeObjectURL(p.url);
+  panels.delete(source);
+}
+
 function update(msg) {
+  // Sources the console evicted to make room for new ones (it keeps a bounded number).
+  for (const source of msg.gone || []) remove(source);
+  const hidden = document.getElementById("hidden");
+  if (msg.hidden) {
+    hidden.textContent = `${msg.hidden} more source${msg.hidden === 1 ? "" : "s"} not shown: ` +
+      "every panel is a configured source or one heard within the last minute";
+    hidden.hidden = false;
+  }
   for (const [source, u] of Object.entries(msg.sources)) {
     const p = panel(source);
     if ("audio" in u) showAudio(p, u.audio);
