@@ -41,7 +41,11 @@ Rules, per source (each source is aligned on its own):
   source that has sent nothing for ``FORGET_AFTER_NS`` (local clock) and holds no
   data is forgotten, all but the ranges of windows it emitted: names a publisher
   invents cost nothing once they fall silent, and a source that comes back starts
-  afresh without answering any window twice. ``stats`` are keyed by
+  afresh without answering any window twice. Those ranges are kept for the
+  :data:`FORGOTTEN_KEPT` sources forgotten most recently (a configured source's
+  always): a source that comes back before that many other sources were forgotten
+  after it answers no window twice; one that comes back later may answer again
+  windows it answered before it was forgotten. ``stats`` are keyed by
   :attr:`Aligner.names`: the configured sources and the first
   :data:`~streamfuse.names.MAX_NAMES` other names have their own counters, later
   names share :data:`~streamfuse.names.OTHER`'s (windows keep their own names).
@@ -75,6 +79,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -90,7 +95,7 @@ from streamfuse.align.buffers import (
 )
 from streamfuse.clock import NS_PER_MS, NS_PER_S
 from streamfuse.config import AlignConfig
-from streamfuse.names import NameTable
+from streamfuse.names import NameTable, put_recent
 from streamfuse.wire.codec import T_MAX_NS, T_MIN_NS
 from streamfuse.wire.schema import (
     AudioHeader,
@@ -106,6 +111,13 @@ _HEADER_OF = {"video": FrameHeader, "audio": AudioHeader, "text": TextHeader}
 _NEG_INF = -(1 << 126)
 _POS_INF = 1 << 126
 _MAX_ANSWERED = 32  # ranges of emitted windows remembered per source across resyncs
+# Forgotten sources whose emitted ranges are kept (least recently forgotten dropped first).
+# An entry, packed as int64s, is ~180 bytes (name and one range; ~680 with _MAX_ANSWERED
+# ranges after resyncs): 12 MB at the cap, 44 MB at worst, about what one or four sources'
+# aligner buffers hold (docs/benchmarks.md, 11.3 MB), while only a publisher inventing tens of
+# thousands of names can push a real source out: a deployment has a few to a few dozen
+# sources, and a source is forgotten only after FORGET_AFTER_NS of silence.
+FORGOTTEN_KEPT = 65_536
 _MAX_EVENTS = 64  # resyncs kept until taken
 FORGET_AFTER_NS = 60 * NS_PER_S  # silence after which an idle source's state is freed
 _SWEEP_EVERY_NS = NS_PER_S  # how often pop_ready looks for such sources
@@ -222,7 +234,10 @@ class Aligner:
         self.samplerates = dict(samplerates or {})
         self._lattice = FrameLattice(self.window_ns, self.hop_ns, cfg.frames_per_window)
         self._sources: dict[str, _Source] = {}
+        # Ranges of emitted windows of each source kept (and of configured ones forgotten),
+        # and of the FORGOTTEN_KEPT other sources forgotten most recently (oldest first).
         self._answered: dict[str, list[tuple[int, int]]] = {}
+        self._forgotten: dict[str, array[int]] = {}  # packed: lo, hi, lo, hi, ...
         self.resync_events: list[Resync] = []  # newest last; see take_resyncs
         self.run_gap_ns = self.hop_ns  # the longest break a resync's evidence may have
         self._pending: list[Window] = []
@@ -245,7 +260,11 @@ class Aligner:
             return
         src = self._sources.get(h.source)
         if src is None:
-            answered = self._answered.setdefault(h.source, [])
+            answered = self._answered.get(h.source)
+            if answered is None:
+                packed = self._forgotten.pop(h.source, None)
+                answered = list(zip(packed[::2], packed[1::2], strict=True)) if packed else []
+                self._answered[h.source] = answered
             src = self._sources[h.source] = _Source(h.source, self, answered)
         src.last_recv = max(src.last_recv, recv_ns)
         self._push(src, msg, recv_ns)
@@ -438,15 +457,21 @@ class Aligner:
         return out
 
     def _forget_idle(self, now_ns: int) -> None:
-        """Free the sources silent for ``FORGET_AFTER_NS`` that hold no data."""
+        """Free the sources silent for ``FORGET_AFTER_NS`` that hold no data; keep the
+        ranges they emitted (configured sources' for good, others' among the
+        :data:`FORGOTTEN_KEPT` forgotten most recently)."""
         for name, src in list(self._sources.items()):
             if now_ns - src.last_recv < FORGET_AFTER_NS or self._first_data_k(src) is not None:
                 continue
             del self._sources[name]
             if src.k_lo is not None:
                 _remember(src.answered, src.k_lo, src.k_hi)
-            if not src.answered:
-                del self._answered[name]
+            if self.only is not None and src.answered:
+                continue  # a configured source: its ranges are kept for good
+            del self._answered[name]
+            if src.answered:
+                packed = array("q", [k for r in src.answered for k in r])
+                put_recent(self._forgotten, name, packed, FORGOTTEN_KEPT)
 
     def _check(self, src: _Source, now_ns: int, out: list[Window]) -> None:
         """Close what may close at ``now_ns`` and set the source's next timer."""

@@ -136,3 +136,72 @@ def test_a_source_that_keeps_talking_is_kept() -> None:
         al.push(Message("quiet/text", HeartbeatHeader(source="quiet", stream="text", seq=i, t_ns=t)), t)
         al.pop_ready(t)
     assert "quiet" in al._sources  # noqa: SLF001
+
+
+def _forget_all(al: Aligner, names: list[str], at: int) -> tuple[list, int]:
+    """Each name sends one text at ``at`` (its window is answered), then all fall silent
+    and are forgotten, in order. Returns the windows and the local time after."""
+    from streamfuse.align.window import FORGET_AFTER_NS
+
+    for name in names:
+        al.push(codec.text_message(name, 0, T0, "hello"), at)
+    first = al.pop_ready(at + 20 * S)
+    later = at + FORGET_AFTER_NS + 30 * S
+    al.pop_ready(later)
+    assert not any(n in al._sources for n in names)  # noqa: SLF001 - the state under test
+    return first, later
+
+
+def _answers_again(al: Aligner, name: str, now: int) -> bool:
+    """``name`` comes back with the message it sent before (a replay, not re-stamped)."""
+    al.push(codec.text_message(name, 0, T0, "hello"), now)
+    return bool(al.pop_ready(now + 20 * S))
+
+
+def test_answered_ranges_are_kept_for_the_most_recently_forgotten_sources(monkeypatch) -> None:
+    """Beyond FORGOTTEN_KEPT forgotten sources, the ranges of the one forgotten longest ago
+    go: it alone may answer a window twice; the others, and one forgotten again since, not."""
+    from streamfuse.align import window as window_mod
+
+    monkeypatch.setattr(window_mod, "FORGOTTEN_KEPT", 8)
+    al = Aligner(AlignConfig(window_ms=1000, hop_ms=500))
+    names = [f"made-up-{i}" for i in range(12)]
+    first, now = _forget_all(al, names, T0)
+    assert {w.source for w in first} == set(names)
+    assert list(al._forgotten) == names[4:]  # noqa: SLF001 - oldest forgotten dropped first
+    assert not al._answered  # noqa: SLF001
+    # made-up-4, the oldest kept, comes back and is forgotten again: now the most recent.
+    assert not _answers_again(al, names[4], now)
+    assert al.stats.repeated[names[4]] >= 1
+    _, now = _forget_all(al, ["other"], now + 40 * S)
+    assert list(al._forgotten)[-2:] == [names[4], "other"]  # noqa: SLF001
+    assert names[5] not in al._forgotten  # noqa: SLF001 - pushed out by "other"
+    assert not _answers_again(al, names[4], now)
+    assert _answers_again(al, names[0], now)  # forgotten 8 others ago: the documented limit
+    assert len(al._forgotten) <= 8  # noqa: SLF001
+
+
+def test_configured_sources_keep_their_answered_ranges(monkeypatch) -> None:
+    from streamfuse.align import window as window_mod
+
+    monkeypatch.setattr(window_mod, "FORGOTTEN_KEPT", 2)
+    names = [f"cam{i}" for i in range(6)]
+    al = Aligner(AlignConfig(window_ms=1000, hop_ms=500), sources=names)
+    first, now = _forget_all(al, names, T0)
+    assert {w.source for w in first} == set(names)
+    assert set(al._answered) == set(names) and not al._forgotten  # noqa: SLF001
+    for name in names:
+        assert not _answers_again(al, name, now)
+
+
+def test_forgotten_ranges_stay_bounded_with_more_invented_names_than_the_cap() -> None:
+    """The real cap: FORGOTTEN_KEPT + 1,000 invented names, each answered once and forgotten."""
+    from streamfuse.align.window import FORGOTTEN_KEPT
+
+    al = Aligner(AlignConfig(window_ms=1000, hop_ms=1000, text_context_ms=1000))
+    names = [f"n{i}" for i in range(FORGOTTEN_KEPT + 1000)]
+    first, now = _forget_all(al, names, T0)
+    assert len(first) == len(names)  # one window each
+    assert len(al._forgotten) == FORGOTTEN_KEPT and not al._answered  # noqa: SLF001
+    assert next(iter(al._forgotten)) == names[1000]  # noqa: SLF001
+    assert not _answers_again(al, names[-1], now) and _answers_again(al, names[0], now)
