@@ -7,22 +7,30 @@ server. It can only lose data, never slow anyone down: its SUB socket has a smal
 (the broker drops for it when it lags), video frames beyond ``foxglove.max_fps`` per topic
 are skipped before any work is done, messages nobody subscribed to are not encoded, and the
 server keeps a bounded backlog per client, dropping what a slow client cannot take.
+
+Channels are bounded too, since any publisher may invent topics: once :data:`MAX_CHANNELS`
+are advertised, a message on a topic without a channel is not bridged unless its source is
+configured (``[[sources]]``); such messages are counted (``Bridge.unbridged``,
+``streamfuse_messages_dropped_total{node="foxglove", topic="_other", reason="channels"}``)
+and logged at most once a minute. Advertised channels stay advertised.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 import zmq
 
-from streamfuse import clock
+from streamfuse import clock, metrics
 from streamfuse.config import Config
 from streamfuse.frameplane.inline import Inliner
+from streamfuse.names import OTHER
 from streamfuse.record import layout
+from streamfuse.wire import topics
 from streamfuse.wire.sockets import connect_sub
 
 log = logging.getLogger("streamfuse.foxglove")
@@ -33,6 +41,13 @@ SUB_HWM = 200  # messages queued for the bridge before the broker drops for it
 # blocks, and at most ~60 MB of raw VGA frames for a client that stopped reading.
 CLIENT_BACKLOG = 64
 _THROTTLE_SWEEP_MIN = 256  # topics in the frame throttle before the first sweep
+# Channels advertised before new topics of unconfigured sources are no longer bridged. A
+# source has at most 6 topics (video, audio, text, label, class, shadow), video in up to two
+# layouts: 1,024 channels serve well over a hundred sources, far more than a daemon aligns
+# (a few to a few dozen), while every channel is advertised to every client (with its
+# schema, a few KB) and listed in Foxglove's topic list, which thousands make unusable.
+MAX_CHANNELS = 1024
+_LOG_EVERY_NS = 60 * clock.NS_PER_S  # at most one line this often about unbridged messages
 
 
 class Throttle:
@@ -62,14 +77,51 @@ class Throttle:
 
 class Bridge:
     """Wire messages in, Foxglove channels out. ``channel_factory(spec)`` makes a channel
-    with ``log(data, log_time=)`` and ``has_sinks()`` (a ``foxglove.Channel`` in service)."""
+    with ``log(data, log_time=)`` and ``has_sinks()`` (a ``foxglove.Channel`` in service).
+    ``keep``: the configured source names, whose topics always get a channel (even beyond
+    :data:`MAX_CHANNELS`); beyond it, other new topics are not bridged (``unbridged``)."""
 
-    def __init__(self, channel_factory: Any, max_fps: float) -> None:
+    def __init__(self, channel_factory: Any, max_fps: float, keep: Iterable[str] = ()) -> None:
         self.make = channel_factory
         self.throttle = Throttle(max_fps)
         self.inliner = Inliner()
+        self.keep = frozenset(keep)
         self.channels: dict[tuple[str, str], Any] = {}
-        self.sent = self.skipped = self.bad = 0
+        self._topics: set[bytes] = set()  # topics with a channel (any layout)
+        self.sent = self.skipped = self.bad = self.unbridged = 0
+        self._unbridged_logged = 0
+        self._log_after = 0  # the next line about unbridged messages not before this
+        self._unbridged_metric: Any = None
+
+    def _configured(self, topic: bytes) -> bool:
+        """A topic of a configured source: ``room1/video``, ``class/room1``, ..."""
+        if not self.keep:
+            return False
+        try:
+            source, stream = topics.split(topic.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return False
+        return source in self.keep and stream in topics.STREAMS
+
+    def _full(self, topic: bytes, now_ns: int) -> bool:
+        """True (and counted) when ``topic`` may get no new channel: the cap is reached
+        and its source is not configured."""
+        if len(self.channels) < MAX_CHANNELS or self._configured(topic):
+            return False
+        self.unbridged += 1
+        if self._unbridged_metric is None:
+            self._unbridged_metric = metrics.dropped.labels(
+                node="foxglove", topic=OTHER, reason="channels")
+        self._unbridged_metric.inc()
+        if now_ns >= self._log_after:
+            self._log_after = now_ns + _LOG_EVERY_NS
+            log.warning("Foxglove bridge: %d channels advertised (the most it keeps): %d "
+                        "messages on new topics of unconfigured sources not bridged since the "
+                        "last line (latest %r, %d in all)", len(self.channels),
+                        self.unbridged - self._unbridged_logged,
+                        topic.decode("utf-8", "replace")[:100], self.unbridged)
+            self._unbridged_logged = self.unbridged
+        return True
 
     def publish(self, parts: Sequence[Any], now_ns: int) -> bool:
         """Publish one multipart message; False when it was skipped or malformed."""
@@ -83,6 +135,8 @@ class Bridge:
         except (msgspec.DecodeError, msgspec.ValidationError):
             self.bad += 1
             return False
+        if topic_b not in self._topics and self._full(topic_b, now_ns):
+            return False  # before any work: no throttle entry, no frame read from a ring
         if info.kind == "frame" and not self.throttle.allow(topic_b, now_ns):
             self.skipped += 1
             return False
@@ -102,7 +156,10 @@ class Bridge:
         topic = topic_b.decode("utf-8", "replace")
         ch = self.channels.get((topic, lay))
         if ch is None:
+            if topic_b in self._topics and self._full(topic_b, now_ns):
+                return False  # a known topic in a new layout, beyond the cap
             ch = self.channels[(topic, lay)] = self.make(layout.channel_spec(topic, lay))
+            self._topics.add(topic_b)
         if not ch.has_sinks():
             return False
         ch.log(b"".join(layout.encode(lay, info, header, payload)), log_time=info.t_ns)
@@ -135,7 +192,7 @@ def serve(cfg: Config, stop: Any) -> None:
         message_backlog_size=CLIENT_BACKLOG,
     )
     log.info("Foxglove WebSocket server on ws://%s:%d", host, server.port)
-    bridge = Bridge(_sdk_channel, cfg.foxglove.max_fps)
+    bridge = Bridge(_sdk_channel, cfg.foxglove.max_fps, keep=[s.name for s in cfg.sources])
     ctx = zmq.Context()
     try:
         sub = connect_sub(ctx, cfg.bus, [""], hwm=SUB_HWM)
@@ -157,8 +214,12 @@ def serve(cfg: Config, stop: Any) -> None:
         stopper.start()
         stopper.join(STOP_WAIT_S)
         log.info(
-            "Foxglove bridge: %d messages sent, %d frames skipped (max_fps), %d malformed",
+            "Foxglove bridge: %d messages sent, %d frames skipped (max_fps), %d malformed, "
+            "%d not bridged (%d channels; at most %d but for configured sources')",
             bridge.sent,
             bridge.skipped,
             bridge.bad,
+            bridge.unbridged,
+            len(bridge.channels),
+            MAX_CHANNELS,
         )

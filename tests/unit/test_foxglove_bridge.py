@@ -96,3 +96,59 @@ def test_the_frame_throttle_forgets_silent_topics_without_changing_what_passes()
         assert throttle.allow(topic, now) == expected
         assert len(throttle.last) <= 2 * 300 + 256  # at most ~300 topics sent in 200 ms
     assert len(remembered) > 10_000
+
+
+def _dropped_channels() -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"node": "foxglove", "topic": "_other", "reason": "channels"}
+    return REGISTRY.get_sample_value("streamfuse_messages_dropped_total", labels) or 0.0
+
+
+def test_channels_stop_at_the_cap_for_invented_topics_but_not_for_configured_sources(
+    caplog,
+) -> None:
+    """Invented topics get channels up to MAX_CHANNELS; beyond it their messages are not
+    bridged (counted, logged at most once a minute, never read or throttled), channels
+    already advertised go on, and configured sources' topics still get channels."""
+    import logging
+
+    from streamfuse.bridge.foxglove import MAX_CHANNELS
+
+    made: dict[str, FakeChannel] = {}
+
+    def factory(spec: layout.ChannelSpec) -> FakeChannel:
+        made[spec.topic] = FakeChannel(spec, True)
+        return made[spec.topic]
+
+    bridge = Bridge(factory, max_fps=5, keep=["room1"])
+    before = _dropped_channels()
+    for i in range(MAX_CHANNELS):
+        assert bridge.publish(codec.encode(codec.text_message(f"made-up-{i}", 0, T0, "x")), T0)
+    assert len(bridge.channels) == MAX_CHANNELS and bridge.unbridged == 0
+    caplog.set_level(logging.WARNING, logger="streamfuse.foxglove")
+    img = np.zeros((4, 4, 3), np.uint8)
+    for i in range(300):  # more invented names, within one minute: one log line
+        now = T0 + i * 100 * MS
+        assert not bridge.publish(codec.encode(codec.text_message(f"new-{i}", 0, now, "x")), now)
+        assert not bridge.publish(codec.encode(codec.frame_message(f"new-{i}", 0, now, img)), now)
+    assert bridge.unbridged == 600 and len(bridge.channels) == len(made) == MAX_CHANNELS
+    assert _dropped_channels() - before == 600
+    assert not bridge.throttle.last  # rejected before the frame throttle saw them
+    lines = [r for r in caplog.records if "not bridged" in r.getMessage()]
+    assert len(lines) == 1
+    later = T0 + 61 * 1_000 * MS
+    assert not bridge.publish(codec.encode(codec.text_message("new-0", 1, later, "x")), later)
+    assert len([r for r in caplog.records if "not bridged" in r.getMessage()]) == 2
+    # A channel already advertised keeps its messages...
+    assert bridge.publish(codec.encode(codec.text_message("made-up-7", 1, later, "y")), later)
+    assert len(made["/made-up-7/text"].logged) == 2
+    # ...and a configured source gets every stream's channel, beyond the cap.
+    for m in (codec.text_message("room1", 0, later, "hi"),
+              codec.frame_message("room1", 0, later, img),
+              codec.label_message("room1", 0, later, later + 10**9, "seven"),
+              codec.class_message("room1", 0, later - 10**9, later, "seven", 0.9, b"{}")):
+        assert bridge.publish(codec.encode(m), later)
+    assert {"/room1/text", "/room1/video", "/room1/label"} <= set(made)
+    assert sum(t.endswith("class/room1") for t in made) == 1
+    assert len(bridge.channels) == MAX_CHANNELS + 4 and bridge.unbridged == 601
