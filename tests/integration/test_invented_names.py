@@ -21,6 +21,7 @@ from streamfuse.names import MAX_NAMES, OTHER
 from streamfuse.wire import codec, topics
 from tests.helpers import prom
 from tests.helpers.fusion import make_window, one_torch_thread, save_tiny  # noqa: F401
+from tests.helpers.inproc import align_sockets
 from tests.helpers.proc import wait_for
 
 N = 3000  # invented names, each one text message (one window each)
@@ -69,18 +70,8 @@ def test_the_aligner_node_bounds_invented_names() -> None:
                            "text_context_ms": 500}}, environ={})
     al = align_node.make_aligner(cfg)  # no [[sources]]: every name is aligned
     counts = align_node._Counts(al)
-    ctx = zmq.Context()
-    xpub, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    for s in (xpub, sub, push, pull):
-        s.linger = 0
-        s.sndhwm = s.rcvhwm = 0  # nothing dropped on the way: every window must arrive
-    xpub.bind("inproc://bus")
-    sub.connect("inproc://bus")
-    for p in align_node.subscriptions(cfg):
-        sub.setsockopt(zmq.SUBSCRIBE, p.encode())
-    push.bind("inproc://windows")
-    pull.connect("inproc://windows")
+    # Nothing dropped on the way: every window must arrive.
+    ctx, xpub, sub, push, pull = align_sockets(cfg, pub_type=zmq.XPUB, lossless=True)
     before = prom.local()
     stop = threading.Event()
     t = threading.Thread(target=align_node._loop, args=(sub, push, al, counts),

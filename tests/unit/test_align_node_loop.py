@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import zmq
 
 from streamfuse import clock
 from streamfuse.align import node
@@ -13,23 +12,14 @@ from streamfuse.clock import NS_PER_MS as MS
 from streamfuse.config import parse
 from streamfuse.wire import codec
 from tests.helpers import prom
+from tests.helpers.inproc import align_sockets
 from tests.helpers.proc import wait_for
 
 
 def test_main_with_injected_sockets() -> None:
     cfg = parse({"sources": [{"name": "r1", "audio": {"samplerate": 16000}}],
                  "align": {"required": ["audio"]}}, environ={})
-    ctx = zmq.Context()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    for s in (pub, sub, push, pull):
-        s.linger = 0
-    pub.bind("inproc://bus")
-    sub.connect("inproc://bus")
-    for p in node.subscriptions(cfg):
-        sub.setsockopt(zmq.SUBSCRIBE, p.encode())
-    push.bind("inproc://windows")
-    pull.connect("inproc://windows")
+    ctx, pub, sub, push, pull = align_sockets(cfg)
     stop = threading.Event()
     rc: list[int] = []
     t = threading.Thread(target=lambda: rc.append(node.main(cfg, sub=sub, push=push, stop=stop)))
