@@ -232,7 +232,9 @@ def mcap_topic(topic: str, layout: str) -> str:
     return f"/streamfuse/wire/{topic}" if layout == "wire" else f"/{topic}"
 
 
-@cache
+# Bounded: topics are publisher-chosen, and a recorder or bridge runs for months (a
+# recording of more topics than this rebuilds a spec now and then, which costs microseconds).
+@lru_cache(maxsize=1024)
 def channel_spec(topic: str, layout: str) -> ChannelSpec:
     source, _, stream = topic.partition("/")
     if source == "class" or source == "shadow":

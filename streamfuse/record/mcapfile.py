@@ -116,6 +116,8 @@ def _record(rec: object) -> bytes:
     return b.end()
 
 
+# Buffers one pwritev call may take (Linux: 1024).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 _SEAL = _record(DataEnd(0)) + _record(Footer(0, 0, 0)) + MCAP0_MAGIC
 
 
@@ -136,15 +138,18 @@ class _File:
         size = sum(len(v) for v in views)
         if seal:
             views.append(memoryview(_SEAL))
-        done = 0
+        done = i = 0
         try:
-            while views:
-                n = os.pwritev(self.fd, views, start + done)
+            while i < len(views):
+                # At most IOV_MAX buffers a call (a chunk's message indexes are one buffer
+                # per channel: a chunk of 3,000 topics would be refused with EINVAL).
+                n = os.pwritev(self.fd, views[i:i + _IOV_MAX], start + done)
                 done += n
-                while views and n >= len(views[0]):
-                    n -= len(views.pop(0))
-                if views and n:
-                    views[0] = views[0][n:]
+                while i < len(views) and n >= len(views[i]):
+                    n -= len(views[i])
+                    i += 1
+                if i < len(views) and n:
+                    views[i] = views[i][n:]
         except OSError:
             self._restore_seal()
             raise

@@ -71,6 +71,24 @@ def test_write_then_read_in_time_order(tmp_path: Path) -> None:
     assert all([bytes(p) for p in parts] == enc[(topic, t)] for topic, t, parts in raw)
 
 
+def test_invented_topics_are_all_recorded_while_the_spec_cache_stays_bounded(
+        tmp_path: Path) -> None:
+    """A publisher may invent a source name per message: the recording keeps every one,
+    and the channel-spec cache (a process lives for months) stays bounded."""
+    from streamfuse.record import layout
+
+    n = 3000
+    msgs = [codec.text_message(f"inv-{i}", 0, T0 + i * MS, f"m{i}") for i in range(n)]
+    msgs += [codec.text_message("inv-0", 1, T0 + n * MS, "again")]  # its spec was evicted
+    write(tmp_path / "a.mcap", msgs, chunk_size=1 << 20)
+    assert layout.channel_spec.cache_info().currsize <= 1024
+    got = list(reader.read_messages([tmp_path / "a.mcap"]))
+    assert got == by_time(msgs)
+    with open(tmp_path / "a.mcap", "rb") as f:
+        summary = make_reader(f).get_summary()
+    assert summary is not None and len(summary.channels) == n
+
+
 def test_files_and_directories_merge_in_time_order(tmp_path: Path) -> None:
     a, b = sample(60, "cam1"), sample(60, "cam2", t0=T0 + 3 * MS)
     d = tmp_path / "d"
