@@ -7,10 +7,11 @@ and buffers the file in user space, so a SIGKILL can lose finished chunks.
 Here a chunk is a list of buffers joined once, compressed once (zstd frame
 with its content size, like the stock writer) and written, with its message
 indexes and a provisional ``DataEnd`` + ``Footer`` + magic (the *seal*) after
-them, in one ``pwritev`` call; the next chunk overwrites the seal. So the file
-on disk is a valid, summary-less MCAP holding every finished chunk, except
-while the kernel is inside that one call (a SIGKILL landing there can leave a
-partial chunk: readers then recover everything before it, see
+them, in one ``pwritev`` call (one per ``IOV_MAX`` buffers for a chunk of more
+channels than that); the next chunk overwrites the seal. So the file on disk is
+a valid, summary-less MCAP holding every finished chunk, except while the kernel
+is inside that call (a SIGKILL landing there can leave a partial chunk: readers
+then recover everything before it, see
 :mod:`streamfuse.record.reader`).
 :meth:`McapFile.finish` writes the summary (schemas, channels, statistics,
 chunk and metadata indexes, summary offsets) like the stock writer.
