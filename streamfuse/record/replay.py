@@ -164,6 +164,25 @@ def _prefetched(it: Iterator[reader.Raw], max_items: int = 64) -> Iterator[reade
         t.join(5)
 
 
+def _first_sendable(paths: Sequence[Path], errors: Counter[str]) -> int | None:
+    """``t_ns`` of the first message of ``paths`` that a decoder accepts, the one replay
+    sends first; None when there is none (what was skipped is then counted in ``errors``).
+
+    A recording may hold messages no decoder accepts: the recorder files what it cannot
+    decode (a publisher's ``t_ns = 1``), and other programs' channels have times of their
+    own. Paced from such a time, replay would wait decades before its first message."""
+    skipped: Counter[str] = Counter()
+    for _topic, t_ns, parts in reader.read_raw(paths, errors=skipped):
+        try:
+            codec.decode(parts)
+        except codec.DecodeError as e:
+            skipped[e.reason] += 1
+            continue
+        return t_ns
+    errors.update(skipped)
+    return None
+
+
 def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
         now_ns: Callable[[], int] = clock.now_ns,
         sleep_until: Callable[[int], None] = clock.sleep_until_ns,
@@ -176,7 +195,13 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
     rng = reader.time_range(plan.paths)
     if rng is None:
         return stats
-    t0, t_last = rng
+    t0 = _first_sendable(plan.paths, stats.errors)
+    if t0 is None:
+        return stats
+    # The summaries' range holds every record, also those replay does not send (times no
+    # decoder accepts, another program's channels): only the first sendable one and the
+    # accepted range may set the pace.
+    t_last = max(t0, min(rng[1], codec.T_MAX_NS - 1))
     start_ns = t0 + round(plan.start_s * clock.NS_PER_S) if plan.start_s is not None else None
     end_ns = t0 + round(plan.end_s * clock.NS_PER_S) if plan.end_s is not None else None
     first = start_ns if start_ns is not None else t0
@@ -185,6 +210,7 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
     loop_shift = 0  # recorded-time offset of the current loop
     while not stop.is_set():
         n_loop = 0
+        last_t = first
         items = reader.read_raw(plan.paths, topics=plan.topics, start_ns=start_ns, end_ns=end_ns,
                                 errors=stats.errors)
         for _topic, t_ns, parts in _prefetched(items):
@@ -206,14 +232,16 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
             stats.covered.add(t_ns + loop_shift)
             stats.messages += 1
             n_loop += 1
+            last_t = max(last_t, t_ns)
             stats.bytes += sum(len(p) for p in parts)
             if progress is not None:
                 progress(stats, span)
         stats.loops += 1
         if not plan.loop or n_loop == 0:
             break
-        # The next pass follows the last message after one mean gap.
-        loop_shift += span + max(clock.NS_PER_MS, span // max(n_loop, 1))
+        # The next pass follows the last message sent after one mean gap.
+        period = last_t + 1 - first
+        loop_shift += period + max(clock.NS_PER_MS, period // max(n_loop, 1))
     stats.wall_ns = now_ns() - wall0 if wall0 is not None else 0
     return stats
 

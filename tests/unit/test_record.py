@@ -367,3 +367,55 @@ def test_replay_paces_filters_loops_and_restamps(tmp_path: Path) -> None:
     times = [codec.decode([p[0], *p[1:]]).t_ns for _w, p in sent]
     assert times[0] == now0 and times == sorted(times)
     assert len(set(times)) > len(msgs)
+
+
+def test_times_no_decoder_accepts_do_not_set_the_replay_pace(tmp_path: Path) -> None:
+    """The recorder files what it cannot decode (any publisher may send ``t_ns = 1`` or
+    ``2**64 - 1``), and another program's channel has times of its own: replay skips them
+    and counts them, and they must not set its pace (it would wait 54 years before the
+    first message, or 500 before a loop's second pass) nor overflow a restamped header."""
+    def hostile(t_ns: int) -> list[bytes]:
+        return [b"evil/text", msgspec.msgpack.encode(
+            {"v": 1, "kind": "text", "source": "evil", "stream": "text", "seq": 0, "t_ns": t_ns}),
+            b"x"]
+
+    msgs = [codec.text_message("room1", i, T0 + i * 10 * MS, f"m{i}") for i in range(5)]
+    with RecordingWriter(tmp_path / "a.mcap") as w:
+        w.write(hostile(1))
+        for m in msgs:
+            w.write_message(m)
+        w.write(hostile((1 << 64) - 1))
+    with open(tmp_path / "b.mcap", "wb") as f:  # another program's channel, at log_time 0
+        other = Writer(f)
+        other.start(profile="", library="someone-else")
+        ch = other.register_channel("/pose", "json", other.register_schema("pose", "jsonschema", b"{}"))
+        other.add_message(ch, 0, b'{"x": 0}', 0)
+        other.add_message(ch, (1 << 64) - 1, b'{"x": 1}', (1 << 64) - 1)
+        other.finish()
+    for paths in ([tmp_path / "a.mcap"], [tmp_path / "a.mcap", tmp_path / "b.mcap"]):
+        st, sent = _replay_twice(paths, len(msgs))
+        assert st.messages == 2 * len(msgs) and st.errors["time"] == 3, st.errors  # 2 + 1
+        # The first pass keeps the recorded spacing from the first message on; the second
+        # follows it after one mean gap (10 ms), its times restamped on from there.
+        period = 40 * MS + 1
+        want = [i * 10 * MS for i in range(5)] + [period + period // 5 + i * 10 * MS for i in range(5)]
+        assert [w for w, _t in sent] == want
+        assert [t - sent[0][1] for _w, t in sent] == want
+
+
+def _replay_twice(paths: list[Path], n: int) -> tuple[replay.Stats, list[tuple[int, int]]]:
+    """Two passes of ``replay --loop --restamp`` at rate 1: (wall offset, t_ns) per message."""
+    clk = FakeClock()
+    wall0 = clk.now()
+    sent: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def send(parts: list) -> bool:
+        sent.append((clk.now() - wall0, codec.decode(parts).t_ns))
+        if len(sent) == 2 * n:
+            stop.set()
+        return True
+
+    st = replay.run(replay.Plan(paths, rate=1.0, loop=True, restamp=True), send, stop=stop,
+                    now_ns=clk.now, sleep_until=clk.sleep_until)
+    return st, sent
