@@ -135,6 +135,9 @@ class Bridge:
         except (msgspec.DecodeError, msgspec.ValidationError):
             self.bad += 1
             return False
+        if info.t_ns < 0:  # no protobuf Timestamp nor Foxglove log time holds it
+            self.bad += 1
+            return False
         if topic_b not in self._topics and self._full(topic_b, now_ns):
             return False  # before any work: no throttle entry, no frame read from a ring
         if info.kind == "frame" and not self.throttle.allow(topic_b, now_ns):

@@ -152,3 +152,19 @@ def test_channels_stop_at_the_cap_for_invented_topics_but_not_for_configured_sou
     assert {"/room1/text", "/room1/video", "/room1/label"} <= set(made)
     assert sum(t.endswith("class/room1") for t in made) == 1
     assert len(bridge.channels) == MAX_CHANNELS + 4 and bridge.unbridged == 601
+
+
+def test_a_negative_time_is_counted_as_malformed_not_raised() -> None:
+    """Any publisher may send ``t_ns = -1`` (the bridge reads headers without the codec's
+    checks): encoding its Foxglove timestamp raised out of ``publish`` and ended the bridge."""
+    import msgspec
+
+    bridge, made = make_bridge(max_fps=30)
+    for kind, stream, extra, payload in (("text", "text", {}, [b"hi"]),
+                                         ("label", "label", {"label": "x"}, [])):
+        header = msgspec.msgpack.encode({"v": 1, "kind": kind, "source": "room1", "stream": stream,
+                                         "seq": 0, "t_ns": -1, **extra})
+        assert not bridge.publish([f"room1/{stream}".encode(), header, *payload], T0)
+    assert bridge.bad == 2 and bridge.sent == 0
+    assert bridge.publish(codec.encode(codec.text_message("room1", 1, T0, "after")), T0)
+    assert [t for _d, t in made["/room1/text"].logged] == [T0]
