@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,31 @@ def _foreign(request: Request) -> Response | None:
     ):
         return _bad("expected Content-Type: application/json", 415)
     return None
+
+
+# The largest request body read: the page's requests are a few hundred bytes (a list of
+# recording names at most); a body is read whole before it is parsed, so beyond this 413.
+MAX_BODY = 64 * 1024
+
+
+async def _json_object(request: Request) -> dict[str, Any] | Response:
+    """The request's JSON object, or the error response for a body that is too large, not
+    JSON, or JSON but not an object."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return _bad(f"the request body is over {MAX_BODY} bytes", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return _bad(f"the request body is over {MAX_BODY} bytes", 413)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        return _bad("expected a JSON object")
+    return data
 
 
 class TrainJob:
@@ -214,10 +240,9 @@ class Teach:
     async def api_label(self, request: Request) -> Response:
         if (refused := _foreign(request)) is not None:
             return refused
-        try:
-            body = await request.json()
-        except ValueError:
-            return _bad("expected a JSON object")
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
         now = clock.now_ns()
         source, action = str(body.get("source", "")), body.get("action")
         known = set(self.state.sources()) | {s.name for s in self.cfg.sources}
@@ -232,10 +257,14 @@ class Teach:
             why = codec.label_problem(label)
             if why:
                 return _bad(why)
-            seconds = float(body.get("seconds", 0)) if action == "span" else None
-            if seconds is not None and not 0 < seconds <= 86_400:
-                return _bad("seconds: a number > 0 and <= 86400")
-            end = now + round(seconds * clock.NS_PER_S) if seconds else None
+            end = None
+            if action == "span":
+                seconds = _number(body.get("seconds"))
+                span_ns = round(seconds * clock.NS_PER_S) if seconds is not None else 0
+                if not 0 < span_ns <= 86_400 * clock.NS_PER_S:
+                    # (under a nanosecond the end would be the start, which no decoder takes)
+                    return _bad("seconds: a number > 0 and <= 86400")
+                end = now + span_ns
             msg = codec.label_message(source, 0, now, end, label)
             self._started[source] = now
         else:
@@ -266,13 +295,15 @@ class Teach:
             return JSONResponse(self.job.status() if self.job else {"state": "idle"})
         if self.job is not None and self.job.proc.poll() is None:
             return _bad("a training job is already running; cancel it first", 409)
-        body = await request.json()
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
         names = body.get("recordings") or []
-        paths = [self.recordings.path(str(n)) for n in names]
-        if not names or any(p is None for p in paths):
+        paths = [self.recordings.path(str(n)) for n in names] if isinstance(names, list) else []
+        if not paths or any(p is None for p in paths):
             return _bad("recordings: choose one or more files of the recordings page")
-        epochs = int(body.get("epochs", 20))
-        if not 1 <= epochs <= 1000:
+        epochs = _number(body.get("epochs", 20))
+        if epochs is None or epochs != int(epochs) or not 1 <= epochs <= 1000:
             return _bad("epochs: 1 to 1000")
         modalities = body.get("modalities")
         if modalities is not None and (
@@ -283,7 +314,8 @@ class Teach:
             return _bad("modalities: one or more of video, audio, text")
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = Path(self.cfg.fusion.model).parent / "candidates" / stamp
-        self.job = TrainJob(self.cfg, [p for p in paths if p is not None], epochs, out, modalities)
+        self.job = TrainJob(self.cfg, [p for p in paths if p is not None], int(epochs), out,
+                            modalities)
         return JSONResponse(self.job.status())
 
     async def api_train_plot(self, request: Request) -> Response:
@@ -302,7 +334,10 @@ class Teach:
         if request.method == "POST":
             if (refused := _foreign(request)) is not None:
                 return refused
-            body = await request.json()
+            got = await _json_object(request)
+            if isinstance(got, Response):
+                return got
+            body = got
         # In a thread: the store loads artifacts (torch: a second to import the first time)
         # and copies directories, which must not hold up the labels sent meanwhile.
         code, data = await asyncio.to_thread(self._models, body)
@@ -334,6 +369,17 @@ class Teach:
             "shadow_dir": str(shadow) if shadow else None,
             "captured": [m for m in MODALITIES if m in captured] if captured is not None else None,
         }
+
+
+def _number(value: object) -> float | None:
+    """A finite JSON number (or a string of one), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _id(directory: Path) -> str | None:

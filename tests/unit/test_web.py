@@ -335,3 +335,53 @@ def test_each_page_is_the_shared_frame_around_its_body() -> None:
         assert html.count('class="here"') == 1 and f'<a href="{path}" class="here">' in html
         assert "$" not in html  # every placeholder filled
     assert c.get("/favicon.ico").headers["content-type"].startswith("image/svg")
+
+
+def test_teach_api_answers_hostile_bodies_with_a_clear_error(tmp_path: Path) -> None:
+    """JSON that is not an object, malformed JSON, fields of the wrong type and bodies over
+    the limit: each a 4xx naming the problem (they were 500s, and a body of any size was read
+    into memory whole), and nothing published."""
+    import zmq
+    from starlette.testclient import TestClient
+
+    from streamfuse.web.server import Console
+    from streamfuse.web.teach import MAX_BODY
+
+    bus_in = f"ipc://{tmp_path}/in"
+    cfg = config.parse({"sources": [{"name": "room1"}], "bus": {"input": bus_in},
+                        "record": {"path": str(tmp_path)},
+                        "fusion": {"model": str(tmp_path / "model")}}, environ={})
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.subscribe(b"")
+    sub.bind(bus_in)  # where the console's label publisher connects
+    console = Console(cfg, health=health.HealthReader(None, None))
+    console.teach.ctx = ctx
+    c = TestClient(console.app(), base_url="http://127.0.0.1:8080", raise_server_exceptions=False)
+    json_type = {"content-type": "application/json"}
+    label = {"source": "room1", "label": "x"}
+    cases: list[tuple[str, bytes | str, int]] = [
+        (path, body, 400) for path in ("/api/label", "/api/train", "/api/models")
+        for body in ("[1, 2]", '"x"', "7", "null", "{bad", b"\xff\xfe", "[" * 10_000 + "]" * 10_000)
+    ]
+    cases += [(path, b"{" + b" " * MAX_BODY + b"}", 413)
+              for path in ("/api/label", "/api/train", "/api/models")]
+    cases += [("/api/label", json.dumps({**label, "action": "span", "seconds": s}), 400)
+              for s in ("abc", [1], {"a": 1}, None, 1e-10, 1e400, -1, 86_401, True)]
+    cases += [("/api/train", json.dumps(body), 400) for body in (
+        {"recordings": 5}, {"recordings": "abc"}, {"recordings": [["a.mcap"]]},
+        {"recordings": {"a.mcap": 1}}, {"recordings": None})]
+    (tmp_path / "a.mcap").write_bytes(b"")
+    cases += [("/api/train", json.dumps({"recordings": ["a.mcap"], "epochs": e}), 400)
+              for e in ("x", 1e400, [1], 2.5, 0, None)]
+    try:
+        for path, body, status in cases:
+            r = c.post(path, content=body, headers=json_type)
+            assert r.status_code == status, (path, body[:40], r.status_code, r.text[:200])
+            assert r.json()["error"], (path, body[:40])
+        assert console.teach.job is None and not sub.poll(200)
+    finally:
+        console.teach.close()
+        sub.close()
+        ctx.term()
