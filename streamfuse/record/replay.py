@@ -193,10 +193,8 @@ def run(plan: Plan, send: Callable[[Parts], bool], *, stop: threading.Event,
     """
     stats = Stats()
     rng = reader.time_range(plan.paths)
-    if rng is None:
-        return stats
-    t0 = _first_sendable(plan.paths, stats.errors)
-    if t0 is None:
+    t0 = _first_sendable(plan.paths, stats.errors) if rng is not None else None
+    if rng is None or t0 is None:
         return stats
     # The summaries' range holds every record, also those replay does not send (times no
     # decoder accepts, another program's channels): only the first sendable one and the
