@@ -33,11 +33,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Annotated
 
 import msgspec
 
 from streamfuse.clock import NS_PER_S
 from streamfuse.record import format as fmt
+from streamfuse.wire import topics
 from streamfuse.wire.codec import Buffer
 from streamfuse.wire.schema import classification_json_schema
 
@@ -70,7 +72,8 @@ class Info(msgspec.Struct):
     t_ns: int
     seq: int = 0
     kind: str = ""
-    source: str = ""
+    # A longer name is no topic's (topics.NAME_MAX): refused before any table keeps it.
+    source: Annotated[str, msgspec.Meta(max_length=topics.NAME_MAX)] = ""
     encoding: str = ""
     shape: tuple[int, ...] = ()
     dtype: str = ""

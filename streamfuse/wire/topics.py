@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import re
 
-NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+# At most NAME_MAX characters: names are keys of the tables every node keeps per source
+# (metric labels, frame rings, MCAP channels), so a publisher may not make one megabytes long.
+NAME_MAX = 64
+NAME_RE = re.compile(rf"^[a-z0-9_-]{{1,{NAME_MAX}}}$")
 CAPTURE_STREAMS = ("video", "audio", "text")
 CLASS_STREAM = "class"
 SHADOW_STREAM = "shadow"
@@ -31,7 +34,10 @@ RESERVED_SOURCES = DERIVED_STREAMS
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a source name, or None."""
     if not NAME_RE.match(name):
-        return f"expected a name matching [a-z0-9_-]+, got {name!r}"
+        shown = name if len(name) <= 2 * NAME_MAX else \
+            f"{name[:NAME_MAX]}... ({len(name)} characters)"
+        return (f"expected a name matching [a-z0-9_-]+ of at most {NAME_MAX} characters, "
+                f"got {shown!r}")
     if name in RESERVED_SOURCES:
         return f"{name!r} is reserved (topics {CLASS_PREFIX}<source> and {SHADOW_PREFIX}<source>)"
     return None

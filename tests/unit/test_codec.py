@@ -113,6 +113,18 @@ def test_bad_topics() -> None:
     assert _reason([b"room2/text", hdr, b"x"]) == "topic"  # does not match the header
 
 
+def test_names_have_at_most_64_characters() -> None:
+    """A publisher may not make a name (a key of every per-source table) megabytes long."""
+    ok = "r" * topics.NAME_MAX
+    msg = codec.text_message(ok, 0, codec.T_MIN_NS, "hi")
+    assert codec.decode(codec.encode(msg)) == msg
+    long = ok + "r"
+    assert _reason([f"{long}/text".encode(), _raw_header(source=long), b"x"]) == "topic"
+    assert _reason([b"r/" + b"t" * 65, _raw_header(source="r"), b"x"]) == "topic"
+    why = topics.name_problem("x" * 10_000)
+    assert why is not None and "at most 64 characters" in why and len(why) < 200
+
+
 def test_classifications_have_a_prefix_of_their_own() -> None:
     msg = codec.class_message("room1", 0, 0, 15, "seven", 0.9, b"{}")
     assert msg.topic == topics.class_topic("room1") == "class/room1"

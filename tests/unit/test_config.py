@@ -51,6 +51,8 @@ def test_missing_sections_take_defaults() -> None:
         ({"fusion": {"device": "tpu"}}, "fusion.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
         ({"record": {"enabled": "yes"}}, "record.enabled: expected true or false, got 'yes'"),
         ({"sources": [{"name": "Room 1"}]}, "sources[0].name: expected a name matching [a-z0-9_-]+"),
+        ({"sources": [{"name": "r" * 65}]},
+         "sources[0].name: expected a name matching [a-z0-9_-]+ of at most 64 characters"),
         ({"sources": [{"name": "a"}, {"name": "a"}]}, "sources: duplicate source name 'a'"),
         ({"sources": [{"name": "class"}]}, "sources[0].name: 'class' is reserved"),
         ({"sources": [{"name": "shadow"}]}, "sources[0].name: 'shadow' is reserved"),

@@ -89,6 +89,29 @@ def test_invented_topics_are_all_recorded_while_the_spec_cache_stays_bounded(
     assert summary is not None and len(summary.channels) == n
 
 
+def test_a_header_naming_a_source_no_topic_can_name_is_refused_and_cached_nowhere(
+        tmp_path: Path) -> None:
+    """A header whose source is longer than any name (64 characters) is malformed: the
+    recorder refuses it (the caller counts it) before any cache keyed by the source sees
+    it, and records what comes next."""
+    from streamfuse.record import layout
+
+    header = msgspec.msgpack.encode({"kind": "text", "v": 1, "source": "r" * 100_000,
+                                     "stream": "text", "seq": 0, "t_ns": T0})
+    with pytest.raises(msgspec.ValidationError):
+        layout.read_info(header)
+    before = layout._fixed_fields.cache_info().currsize
+    w = RecordingWriter(tmp_path / "a.mcap")
+    with pytest.raises(codec.DecodeError) as e:
+        w.write([b"room1/text", header, b"hi"])
+    assert e.value.reason == "header"
+    ok = codec.text_message("room1", 1, T0 + MS, "fine")
+    w.write_message(ok)
+    w.close()
+    assert layout._fixed_fields.cache_info().currsize <= before + 1  # room1's alone
+    assert list(reader.read_messages([tmp_path / "a.mcap"])) == [ok]
+
+
 def test_files_and_directories_merge_in_time_order(tmp_path: Path) -> None:
     a, b = sample(60, "cam1"), sample(60, "cam2", t0=T0 + 3 * MS)
     d = tmp_path / "d"
