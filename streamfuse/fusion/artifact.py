@@ -241,6 +241,24 @@ def _check_dir(d: Path) -> None:
             raise ArtifactMissing(f"{d}: no model artifact ({name} is missing)")
 
 
+def _is_index(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _header_entry(path: Path, name: str, info: Any) -> tuple[int, int, str, list[int]]:
+    """``(start, stop, dtype, shape)`` of one header entry, or :class:`CorruptWeightsError`
+    (non-negative integers, a string and a list of them: JSON can hold anything there)."""
+    try:
+        start, stop = info["data_offsets"]
+        dtype, shape = info["dtype"], info["shape"]
+    except (TypeError, KeyError, ValueError):
+        start = stop = dtype = shape = None
+    if not (_is_index(start) and _is_index(stop) and isinstance(dtype, str)
+            and isinstance(shape, list) and all(_is_index(s) for s in shape)):
+        raise CorruptWeightsError(f"{path}: tensor {name!r} has a malformed header entry")
+    return start, stop, dtype, shape
+
+
 def _parse_safetensors(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
     """Validate the safetensors layout by hand; returns ``{name: {dtype, shape, data_offsets}}``."""
     if len(data) < 8:
@@ -270,18 +288,13 @@ def _parse_safetensors(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
     body = len(data) - 8 - n
     end = 0
     for name, info in header.items():
-        try:
-            start, stop = info["data_offsets"]
-            dtype, shape = info["dtype"], info["shape"]
-        except (TypeError, KeyError, ValueError):
-            raise CorruptWeightsError(
-                f"{path}: tensor {name!r} has a malformed header entry") from None
+        start, stop, dtype, shape = _header_entry(path, name, info)
         if dtype not in _DTYPES:
             raise CorruptWeightsError(
                 f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
         numel = 1
         for s in shape:
-            numel *= int(s)
+            numel *= s
         if stop - start != numel * _DTYPES[dtype].itemsize or start < 0:
             raise CorruptWeightsError(
                 f"{path}: tensor {name!r} byte range does not match its shape")
@@ -299,6 +312,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactMissing(f"{path.parent}: no model artifact ({MANIFEST} is missing)") from None
+    except OSError as e:  # a directory, a symlink loop, no permission
+        raise ManifestError(f"{path}: cannot be read ({e.strerror or e})") from None
     if len(raw) > _MAX_MANIFEST:
         raise ManifestError(f"{path}: {len(raw)} bytes is too large for a manifest")
     if _looks_pickled(raw[:4]):
@@ -352,6 +367,33 @@ def check_align(manifest: Mapping[str, Any], align: Any, *, where: str = "") -> 
             for k in ALIGN_KEYS if k not in ALIGN_CONTENT_KEYS and want[k] != have[k]]
 
 
+def _check_tensors(weights_path: Path, header: Mapping[str, Any], cfg: ModelConfig) -> None:
+    """:class:`TensorMismatchError` unless ``header`` holds exactly the model's tensors.
+
+    The model is built on the ``meta`` device (shapes, no storage), so a manifest
+    claiming absurd sizes is refused here instead of by the allocator.
+    """
+    try:
+        with torch.device("meta"):
+            want = dict(FusionModel(cfg).state_dict())
+    except (RuntimeError, OverflowError) as e:  # sizes whose byte count overflows int64
+        raise TensorMismatchError(f"{weights_path}: the manifest's model sizes are "
+                                  f"impossible ({e})") from None
+    missing = sorted(set(want) - set(header))
+    unexpected = sorted(set(header) - set(want))
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + \
+                ([f"unexpected {', '.join(unexpected[:5])}"] if unexpected else [])
+        raise TensorMismatchError(f"{weights_path}: tensors do not fit {ARCHITECTURE}: "
+                                  f"{'; '.join(parts)}")
+    for k, t in want.items():
+        shape, dtype = list(header[k]["shape"]), _DTYPES[header[k]["dtype"]]
+        if shape != list(t.shape) or dtype != t.dtype:
+            raise TensorMismatchError(f"{weights_path}: tensor {k!r} is {header[k]['dtype']} "
+                                      f"{shape}, the model needs "
+                                      f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
+
+
 def load_artifact(directory: str | Path, *, align: Any = None,
                   device: str | torch.device = "cpu") -> LoadedModel:
     """Load and validate an artifact (see module docstring). Raises :class:`ArtifactError`."""
@@ -361,7 +403,10 @@ def load_artifact(directory: str | Path, *, align: Any = None,
     _check_dir(d)
     manifest = read_manifest(d)
     weights_path = d / WEIGHTS
-    data = weights_path.read_bytes()
+    try:
+        data = weights_path.read_bytes()
+    except OSError as e:  # replaced by a directory or removed since _check_dir
+        raise CorruptWeightsError(f"{weights_path}: cannot be read ({e.strerror or e})") from None
     header = _parse_safetensors(weights_path, data)
     warnings = check_align(manifest, align, where=f"{d}: ") if align is not None else []
     try:
@@ -385,21 +430,8 @@ def load_artifact(directory: str | Path, *, align: Any = None,
         raise ModelIdMismatchError(f"{d}: manifest model_id {manifest['model_id']!r} does not "
                                    f"match the content ({expected_id}); the two files come "
                                    "from different saves")
-    model = FusionModel(cfg)
-    want = {k: v for k, v in model.state_dict().items()}
-    missing = sorted(set(want) - set(header))
-    unexpected = sorted(set(header) - set(want))
-    if missing or unexpected:
-        parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + \
-                ([f"unexpected {', '.join(unexpected[:5])}"] if unexpected else [])
-        raise TensorMismatchError(f"{weights_path}: tensors do not fit {ARCHITECTURE}: "
-                                  f"{'; '.join(parts)}")
-    for k, t in want.items():
-        shape, dtype = list(header[k]["shape"]), _DTYPES[header[k]["dtype"]]
-        if shape != list(t.shape) or dtype != t.dtype:
-            raise TensorMismatchError(f"{weights_path}: tensor {k!r} is {header[k]['dtype']} "
-                                      f"{shape}, the model needs "
-                                      f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
+    _check_tensors(weights_path, header, cfg)
+    model = FusionModel(cfg)  # only now: every tensor it allocates is backed by the file
     try:
         state = st_load(data)
     except Exception as e:  # safetensors raises its own error types; report, don't guess
