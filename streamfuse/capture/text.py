@@ -9,7 +9,9 @@ Inputs (``sources.text.input``):
 - ``fifo:PATH``: one message per line; the FIFO is created if missing and
   reopened whenever its last writer closes it.
 - ``file:PATH``: follows lines appended to the file like ``tail -F``: starts at
-  its end, survives rotation (rename + new file) and truncation.
+  its end, survives rotation (rename + new file) and truncation. PATH must be a
+  regular file (a directory, device or FIFO is refused at start); each read hands
+  out at most 1 MiB, so a huge or fast-growing file cannot starve the heartbeats.
 
 Invalid UTF-8 and messages over ``max_bytes`` are rejected and counted
 (``streamfuse_messages_dropped_total{reason="text"|"too_large"}`` and the exit
@@ -48,6 +50,7 @@ from streamfuse.wire.sockets import (
 log = logging.getLogger("streamfuse.capture.text")
 
 READ_CHUNK = 65536
+READ_BUDGET = 1 << 20  # bytes one read of a followed file hands out at most
 FILE_POLL_S = 0.05
 REJECT_LOG_EVERY_NS = 10 * clock.NS_PER_S
 
@@ -254,7 +257,12 @@ class FifoInput(StreamInput):
 
 
 class FileInput:
-    """Lines appended to a file, followed like ``tail -F`` (see :func:`follow_action`)."""
+    """Lines appended to a file, followed like ``tail -F`` (see :func:`follow_action`).
+
+    The path must name a regular file (a directory, device or FIFO is refused at
+    start; one that replaces the file later is waited out like a missing file), and
+    one read hands out at most :data:`READ_BUDGET` bytes' worth of lines.
+    """
 
     origin = "file"
 
@@ -266,6 +274,7 @@ class FileInput:
         self.ino = 0
         self.pos = 0
         self.lines = LineSplitter(max_bytes)
+        self._said: str | None = None  # the last reopen failure logged (once per kind)
         self._open(at_end=True)
 
     def _open(self, *, at_end: bool) -> None:
@@ -274,46 +283,77 @@ class FileInput:
         except FileNotFoundError:
             return
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise OSError(f"{self.path} is not a regular file (file: follows a regular file; "
+                          "use fifo:PATH for a named pipe)")
         self.f, self.ino = fd, st.st_ino
         self.pos = os.lseek(fd, 0, os.SEEK_END) if at_end else 0
         self.lines = LineSplitter(self.max_bytes)
 
-    def _drain(self) -> list[bytes | Rejected]:
+    def _reopen(self) -> None:
+        """Open the path from its start; what it names now may not be readable (yet)."""
+        try:
+            self._open(at_end=False)
+        except OSError as e:
+            if str(e) != self._said:
+                self._said = str(e)
+                log.warning("text: cannot follow %s (waiting for a readable file): %s",
+                            self.path, e)
+            return
+        self._said = None
+
+    def _drain(self) -> tuple[list[bytes | Rejected], bool]:
+        """Lines read from the open file, and whether more is left than one read's budget."""
         out: list[bytes | Rejected] = []
         if self.f is None:
-            return out
-        while True:
-            data = os.pread(self.f, READ_CHUNK, self.pos)
+            return out, False
+        budget = READ_BUDGET
+        while budget > 0:
+            data = os.pread(self.f, min(READ_CHUNK, budget), self.pos)
             if not data:
-                return out
+                return out, False
             self.pos += len(data)
+            budget -= len(data)
             out += self.lines.feed(data)
+        return out, True
 
     def read(self, timeout_s: float) -> list[Item] | None:
         if self.stop.wait(min(timeout_s, FILE_POLL_S)):
             return []
         if self.f is None:
-            self._open(at_end=False)  # created after we started (or after a rotation): read it all
-            return [Item(r, self.origin) for r in self._drain()]
-        raws = self._drain()
+            self._reopen()  # created after we started (or after a rotation): read it all
+            raws, _ = self._drain()
+        else:
+            raws, more = self._drain()
+            if not more:  # at the end of the open file: has the path moved on?
+                raws += self._follow()
+        return [Item(r, self.origin) for r in raws]
+
+    def _follow(self) -> list[bytes | Rejected]:
         try:
             st = os.stat(self.path)
             path_ino, path_size = st.st_ino, st.st_size
-        except FileNotFoundError:
+        except OSError:  # gone, or not reachable now (a symlink loop, a lost directory)
             path_ino, path_size = None, 0
         action = follow_action(self.pos, self.ino, path_ino, path_size)
+        raws: list[bytes | Rejected] = []
         if action == "rotated":
-            raws += self._drain() + self.lines.flush()
+            raws, more = self._drain()
+            if more:  # still written to after the rename: finish it first
+                return raws
+            raws += self.lines.flush()
+            assert self.f is not None
             os.close(self.f)
             self.f = None
-            self._open(at_end=False)
-            raws += self._drain()
+            self._reopen()
+            raws += self._drain()[0]
         elif action == "truncated":
-            raws += self.lines.flush()
+            raws = self.lines.flush()
             self.pos = 0
             self.lines = LineSplitter(self.max_bytes)
-            raws += self._drain()
-        return [Item(r, self.origin) for r in raws]
+            raws += self._drain()[0]
+        return raws
 
     def reply(self, answer: str) -> None:
         return
