@@ -163,7 +163,9 @@ class ZmqInput:
 
     origin = "zmq"
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, bus: BusConfig) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, bus: BusConfig,
+                 max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes  # of a whole request, all its parts together
         self.auth: Any = None
         if bus.curve.enabled and endpoint.startswith("tcp://"):
             check_authorized(bus)
@@ -180,8 +182,14 @@ class ZmqInput:
     def read(self, timeout_s: float) -> list[Item] | None:
         if not self.sock.poll(int(timeout_s * 1000)):
             return []
-        parts = self.sock.recv_multipart()
-        return [Item(b"".join(parts), self.origin)]
+        parts = self.sock.recv_multipart(copy=False)
+        size = sum(len(p.buffer) for p in parts)
+        if self.max_bytes is not None and size > self.max_bytes:
+            # The bus's size limit is per part: refuse before joining N of them into one copy.
+            return [Item(Rejected("too_large", f"message is {size} bytes in {len(parts)} "
+                                               f"parts, the limit is {self.max_bytes}"),
+                         self.origin)]
+        return [Item(b"".join(p.buffer for p in parts), self.origin)]
 
     def reply(self, answer: str) -> None:
         self.sock.send(answer.encode())
@@ -385,7 +393,8 @@ class TextCapture:
     def open_input(self, ctx: zmq.Context, stop: threading.Event) -> Input:
         kind, _, arg = self.cfg.input.partition(":")
         if kind == "zmq":
-            return ZmqInput(ctx, text_endpoint(self.cfg, self.bus, self.source), self.bus)
+            return ZmqInput(ctx, text_endpoint(self.cfg, self.bus, self.source), self.bus,
+                            self.cfg.max_bytes)
         if kind == "stdin":
             return StreamInput(sys.stdin.fileno(), "stdin", self.cfg.max_bytes)
         if kind == "fifo":

@@ -152,3 +152,31 @@ def test_stdin_line_of_100_mb_without_newline(tmp_path):
     assert raws[1:] == [b"after", b"\xff\xfe", b" a\x00b"]
     with pytest.raises(T.Rejected, match="text: not UTF-8"):
         T.validate(raws[2], MAX)
+
+
+def test_a_zmq_request_in_many_parts_is_limited_as_a_whole(tmp_path):
+    """The bus's size limit holds per part: a request of many parts under it is refused
+    by its total before the parts are joined into one more copy; a small one is joined."""
+    import zmq
+
+    from streamfuse.config import parse
+
+    bus = parse({}, environ={}).bus
+    ctx = zmq.Context()
+    inp = T.ZmqInput(ctx, f"ipc://{tmp_path}/text", bus, MAX)
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    req.connect(f"ipc://{tmp_path}/text")
+    try:
+        req.send_multipart([b"x" * 40, b"y" * 40])  # each part under MAX, 80 bytes in all
+        items = inp.read(5.0)
+        assert len(items) == 1 and isinstance(items[0].raw, T.Rejected)
+        assert items[0].raw.reason == "too_large" and "80 bytes in 2 parts" in str(items[0].raw)
+        inp.reply("rejected")
+        assert req.recv() == b"rejected"
+        req.send_multipart([b"he", b"llo"])
+        assert [i.raw for i in inp.read(5.0)] == [b"hello"]
+    finally:
+        req.close()
+        inp.close()
+        ctx.term()
