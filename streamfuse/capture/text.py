@@ -67,7 +67,10 @@ class Rejected(ValueError):
 
 
 def validate(raw: bytes, max_bytes: int) -> str:
-    """The text of ``raw``, or :class:`Rejected` (``too_large`` or ``text``)."""
+    """The text of ``raw``, or :class:`Rejected` (``too_large`` or ``text``: not UTF-8, or
+    empty, as the line inputs skip empty lines)."""
+    if not raw:
+        raise Rejected("text", "empty message")
     if len(raw) > max_bytes:
         raise Rejected("too_large", f"message is {len(raw)} bytes, the limit is {max_bytes}")
     try:

@@ -79,6 +79,8 @@ def test_send_publishes_text_and_rejects_bad_messages(broker) -> None:
             assert b"rejected: text: not UTF-8" in bad.stderr
             r = run_streamfuse(["send", *args, "x" * 65])
             assert r.returncode == 1 and "rejected: too_large" in r.stderr
+            r = run_streamfuse(["send", *args, ""])  # as the line inputs skip empty lines
+            assert r.returncode == 1 and "rejected: text: empty message" in r.stderr
             r = run_streamfuse(["send", *args, "still alive"])
             assert r.returncode == 0, r.stderr
             wait_for(lambda: len(bus.texts()) >= 2, timeout=10, what="texts on the bus")
@@ -89,7 +91,7 @@ def test_send_publishes_text_and_rejects_bad_messages(broker) -> None:
         finally:
             bus.close()
             log = _stop(proc)
-    assert "published=2" in log and "dropped=2 (text=1 too_large=1)" in log, log
+    assert "published=2" in log and "dropped=3 (text=2 too_large=1)" in log, log
 
 
 def test_send_without_a_capture_fails_with_one_line(bus_env) -> None:
