@@ -239,6 +239,7 @@ class VideoCapture:
         self.pacer: Pacer | None = None
         self.hb = Heartbeats(HEARTBEAT_NS, grid)
         self.grabber: Grabber | None = None
+        self.delivered = False  # a frame came since the source was last opened
         self.retry_at_ns = 0
         self.attempts = 0
         self.played: tuple[float, int] | None = None  # (mtime, size) of a file played to its end
@@ -292,6 +293,7 @@ class VideoCapture:
             pub.reconnected()
         self.attempts += 1
         self.cap = open_source(dev, self.cfg)
+        self.delivered = False
         if self.cap is None:
             delay = self.backoff.next_delay_s()
             self.retry_at_ns = clock.now_ns() + round(delay * clock.NS_PER_S)
@@ -339,6 +341,7 @@ class VideoCapture:
             t_ns, image = got
         if image is not None:
             self.backoff.reset()
+            self.delivered = True
             pub.grabbed()
             self._publish(pub, image, t_ns)
             self.hb.sent(t_ns)
@@ -376,7 +379,8 @@ class VideoCapture:
 
     def _source_ended(self) -> None:
         dev, cfg = self.device, self.cfg
-        if dev.kind == "file" and cfg.loop:
+        if dev.kind == "file" and cfg.loop and self.delivered:
+            self.delivered = False
             self.cap = open_source(dev, cfg)
             if self.cap is not None:
                 self.pacer = self._pacer(self.cap)
@@ -387,7 +391,11 @@ class VideoCapture:
                      self.source, dev.target)
         else:
             log.warning("video %s: source %s failed; reconnecting", self.source, dev.target)
-        self.retry_at_ns = clock.now_ns()  # first retry at once, then back off
+        # A source that delivered frames is retried at once; one that failed before its first
+        # frame (it opens, then sends garbage or stalls) waits its backoff, like one that
+        # cannot be opened, instead of reconnecting in a tight loop.
+        delay = 0.0 if self.delivered else self.backoff.next_delay_s()
+        self.retry_at_ns = clock.now_ns() + round(delay * clock.NS_PER_S)
 
     def _publish(self, pub: StreamPublisher, image: np.ndarray, t_ns: int) -> None:
         cfg = self.cfg

@@ -26,6 +26,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -61,6 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         cam._register(self.connection)
         try:
+            if cam.mode != "good":
+                self._hostile(cam)
+                return
             last = -1
             while not cam._down.is_set():
                 n, data = cam._frame_after(last)
@@ -78,6 +82,21 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             cam._unregister(self.connection)
 
+    def _hostile(self, cam: MjpegCamera) -> None:
+        """``garbage``: random bytes after one part header, forever; ``stall``: half a JPEG, then
+        nothing with the connection held open. Both until stop() or ``mode`` changes."""
+        data = media.jpeg(media.counter_frame(0, cam.width, cam.height), cam.quality)
+        self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                         f"Content-Length: {len(data)}\r\n\r\n".encode())
+        if cam.mode == "stall":
+            self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        mode = cam.mode
+        while cam.mode == mode and not cam._down.wait(0.01):
+            if mode == "garbage":
+                self.wfile.write(os.urandom(64 * 1024))
+                cam.garbage_sent += 64 * 1024
+
 
 class MjpegCamera:
     """An MJPEG HTTP camera on ``host:port`` (port 0: pick a free one, kept across restarts)."""
@@ -90,6 +109,9 @@ class MjpegCamera:
         self.host = host
         self.port = port
         self.quality = quality
+        # "good" serves frames; "garbage" and "stall" serve hostile streams (see _hostile)
+        self.mode = "good"
+        self.garbage_sent = 0
         self.frames_served = 0
         self.sent_ns: dict[int, int] = {}
         self._t0 = time.monotonic()

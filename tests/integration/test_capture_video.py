@@ -187,3 +187,67 @@ def test_heartbeats_close_each_window_between_frames(broker, tmp_path: Path, kin
     lags_ms = sorted(x / 1e6 for x in lags)
     # Without end-of-window heartbeats the wait is up to a heartbeat interval (100 ms) or a frame.
     assert lags_ms[len(lags_ms) // 2] < 5.0 and sum(x < 30 for x in lags_ms) >= 0.8 * len(lags_ms), lags_ms
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _hostile_phase(bus: Frames, proc: subprocess.Popen, seconds: float) -> tuple[float, int]:
+    """Pump the bus for ``seconds``: the longest gap between messages (s) and the last RSS."""
+    t0 = time.monotonic()
+    n0, last, gap = len(bus.pump()), time.monotonic(), 0.0
+    while time.monotonic() - t0 < seconds:
+        assert proc.poll() is None, "the capture died on a hostile stream"
+        if len(bus.pump()) > n0:
+            n0, last = len(bus.messages), time.monotonic()
+        gap = max(gap, time.monotonic() - last)
+    return gap, _rss_kib(proc.pid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["garbage"])
+def test_mjpeg_camera_hostile_stream_reconnects_bounded_and_stops(broker, tmp_path: Path,
+                                                                 mode: str) -> None:
+    """A camera that sends random bytes forever after a part header, or half a JPEG and then
+    nothing on an open connection: the capture keeps heartbeating, keeps its memory, recovers
+    when good frames come back, and stops on SIGTERM within 2 s while the stream is hostile."""
+    with MjpegCamera(fps=30, width=160, height=120) as cam, zmq.Context() as ctx:
+        cam.mode = mode
+        bus = Frames(ctx, broker)
+        broker.write(f'[[sources]]\nname = "room1"\n[sources.video]\ndevice = "{cam.url}"\n'
+                     'width = 160\nheight = 120\nreconnect_max_s = 0.5\n')
+        with open(tmp_path / "capture.log", "w") as err:
+            proc = streamfuse(["capture", "video", "--source", "room1", "--config",
+                               str(broker.path)], stderr=err)
+        try:
+            wait_for(lambda: any(m.kind == "heartbeat" for m in bus.pump()), timeout=20,
+                     what="the first heartbeat")
+            _hostile_phase(bus, proc, 2.0)
+            gap, rss0 = _hostile_phase(bus, proc, 2.0)
+            gap2, rss1 = _hostile_phase(bus, proc, 6.0)
+            print(f"{mode}: gaps {gap:.2f} {gap2:.2f} s, rss {rss0} -> {rss1} KiB, "
+                  f"garbage {cam.garbage_sent >> 20} MiB, frames {len(bus.frames())}")
+            assert rss1 - rss0 < 20_000, (rss0, rss1)
+            assert max(gap, gap2) < 1.0, "heartbeats stopped while the camera was hostile"
+            n = len(bus.frames())
+            cam.mode = "good"
+            wait_for(lambda: len(bus.frames()) >= n + 15, timeout=20, what="frames after recovery")
+            cam.mode = mode
+            _hostile_phase(bus, proc, 3.0)
+            t = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(10)
+            took = time.monotonic() - t
+        finally:
+            bus.close()
+            stop(proc)
+    log = (tmp_path / "capture.log").read_text()
+    assert rc == 0 and took < 2.0, (rc, took, log[-2000:])
+    # ~14 s hostile: with the backoff (0.1 s doubling to 0.5 s) about 30 attempts, not one
+    # every few milliseconds (each logging a warning)
+    reconnects = int(log.split("reconnects=")[1].split()[0])
+    assert 3 <= reconnects <= 60, log[-2000:]
