@@ -218,6 +218,39 @@ def open_source(dev: Device, cfg: VideoConfig) -> cv2.VideoCapture | None:
     return cap
 
 
+class Opener(threading.Thread):
+    """Opens the source off the publishing thread, which heartbeats meanwhile.
+
+    A URL that accepts the connection and then sends nothing blocks the open for
+    ``OPEN_TIMEOUT_MS``. :attr:`done` is set once :attr:`cap` holds the result;
+    after :meth:`abandon` (the capture is stopping) a late success is released here.
+    """
+
+    def __init__(self, dev: Device, cfg: VideoConfig, name: str) -> None:
+        super().__init__(name=f"open-{name}", daemon=True)
+        self.dev, self.cfg = dev, cfg
+        self.cap: cv2.VideoCapture | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def run(self) -> None:
+        cap = open_source(self.dev, self.cfg)
+        with self._lock:
+            if self._abandoned and cap is not None:
+                cap.release()
+                cap = None
+            self.cap = cap
+        self.done.set()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            cap, self.cap = self.cap, None
+        if cap is not None:
+            cap.release()
+
+
 class VideoCapture:
     """Grab, stamp, encode and publish frames until ``stop`` is set.
 
@@ -239,6 +272,7 @@ class VideoCapture:
         self.pacer: Pacer | None = None
         self.hb = Heartbeats(HEARTBEAT_NS, grid)
         self.grabber: Grabber | None = None
+        self.opener: Opener | None = None
         self.delivered = False  # a frame came since the source was last opened
         self.retry_at_ns = 0
         self.attempts = 0
@@ -265,6 +299,8 @@ class VideoCapture:
                 else:
                     self._stream_one(stop, pub, self.cap)
         finally:
+            if self.opener is not None:
+                self.opener.abandon()
             self._release()
             self.plane.close()
         log.info("video %s stopped: %s", self.source, pub.counts.line())
@@ -275,7 +311,11 @@ class VideoCapture:
     def _down(self, stop: threading.Event, pub: StreamPublisher) -> None:
         """No source: open it when the backoff allows, else heartbeat and wait."""
         now = clock.now_ns()
-        if now >= self.retry_at_ns:
+        if self.opener is not None:
+            if self.opener.done.is_set():
+                self._opened(pub, self.opener.cap)
+                return
+        elif now >= self.retry_at_ns:
             if self.played is not None and _file_signature(self.device) == self.played:
                 # A file that played to its end without `loop` stays finished until it changes.
                 self.retry_at_ns = now + round(self.cfg.reconnect_max_s * clock.NS_PER_S)
@@ -284,15 +324,21 @@ class VideoCapture:
                 return
         if self.hb.due(now):
             self._heartbeat(pub, now)
-        stop.wait(max(0.0, min(self.hb.wait_s(clock.now_ns()),
-                               (self.retry_at_ns - now) / clock.NS_PER_S, 0.1)))
+        retry_s = 0.01 if self.opener is not None else (self.retry_at_ns - now) / clock.NS_PER_S
+        stop.wait(max(0.0, min(self.hb.wait_s(clock.now_ns()), retry_s, 0.1)))
 
     def _try_open(self, pub: StreamPublisher) -> None:
-        dev = self.device
         if self.attempts:
             pub.reconnected()
         self.attempts += 1
-        self.cap = open_source(dev, self.cfg)
+        self.opener = Opener(self.device, self.cfg, f"{self.source}-video")
+        self.opener.start()
+
+    def _opened(self, pub: StreamPublisher, cap: cv2.VideoCapture | None) -> None:
+        """The opener's result: stream from ``cap``, or retry on the backoff schedule."""
+        dev = self.device
+        self.opener = None
+        self.cap = cap
         self.delivered = False
         if self.cap is None:
             delay = self.backoff.next_delay_s()
