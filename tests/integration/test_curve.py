@@ -115,3 +115,82 @@ def test_a_keyless_client_is_named_whichever_way_libzmq_reports_it() -> None:
         "CurveZMQ protocol error"
     assert reject_reason(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400) == "key not authorised"
     assert reject_reason(zmq.EVENT_CONNECTED, 0) is None
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _sock(ctx: zmq.Context, kind: int, endpoint: str, keys: Path, name: str | None) -> zmq.Socket:
+    s = ctx.socket(kind)
+    s.linger = 0
+    if name is not None:
+        cpub, csec = zmq.auth.load_certificate(keys / f"{name}.key_secret")
+        s.curve_publickey, s.curve_secretkey = cpub, csec
+        s.curve_serverkey = zmq.auth.load_certificate(keys / "server.key")[0]
+    if kind == zmq.SUB:
+        s.subscribe(b"")
+    s.connect(endpoint)
+    return s
+
+
+def test_curve_rejects_repeated_bad_peers_without_harm(bus_env, tmp_path: Path) -> None:
+    """200 rounds of a wrong-key and a keyless publisher and subscriber connecting to the
+    public endpoints: the authorised publisher's every message still reaches the local and the
+    authorised remote subscriber, the broker stays up and its memory does not grow."""
+    k = _keys(tmp_path)
+    pub_ep, out_ep = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    bus_env.write(f'[bus]\npublic = "{pub_ep}"\npublic_output = "{out_ep}"\n[bus.curve]\n'
+                  f'enabled = true\nserver_secret = "{k["dir"]}/server.key_secret"\n'
+                  f'authorized = "{k["authorized"]}"\n')
+    log = tmp_path / "broker.log"
+    with open(log, "w") as err:
+        proc = streamfuse(["broker", "--config", str(bus_env.path)], stderr=err)
+    try:
+        wait_for(lambda: ipc_ready(bus_env.cfg.bus.output), timeout=15, what="broker")
+        with zmq.Context() as ctx:
+            local = _sock(ctx, zmq.SUB, bus_env.cfg.bus.output, k["dir"], None)
+            remote = _sock(ctx, zmq.SUB, out_ep, k["dir"], "client")
+            good = _sock(ctx, zmq.PUB, pub_ep, k["dir"], "client")
+            got: dict[zmq.Socket, set[int]] = {local: set(), remote: set()}
+
+            def pump(wait_ms: int = 0) -> None:
+                for s in got:
+                    while s.poll(wait_ms):
+                        got[s].add(codec.decode(s.recv_multipart()).header.seq)
+
+            seq = [0]
+
+            def send() -> None:
+                seq[0] += 1
+                good.send_multipart(codec.encode(codec.text_message("good", seq[0], T + seq[0], "x")))
+
+            wait_for(lambda: (send(), pump(20), all(got.values()))[-1], timeout=20,
+                     what="the authorised peers connected")
+            first, rss0 = seq[0] + 1, _rss_kib(proc.pid)
+            for i in range(200):
+                bad = [_sock(ctx, kind, ep, k["dir"], name)
+                       for kind, ep in ((zmq.PUB, pub_ep), (zmq.SUB, out_ep))
+                       for name in ("intruder", None)]
+                for s in bad[:2]:
+                    s.send_multipart(codec.encode(codec.text_message("bad", i, T + i, "x")))
+                send()
+                pump(5)
+                for s in bad:
+                    s.close()
+            want = set(range(first, seq[0] + 1))
+            wait_for(lambda: (pump(20), all(want <= v for v in got.values()))[-1], timeout=10,
+                     what="every authorised message at both subscribers")
+            rss1 = _rss_kib(proc.pid)
+            for s in (local, remote, good):
+                s.close()
+        assert proc.poll() is None
+        assert rss1 - rss0 < 10_000, (rss0, rss1)
+        text = log.read_text()
+        assert "key not authorised" in text and "no CurveZMQ key" in text
+        assert text.count("rejected a client") < 20, text  # rate-limited, not one per attempt
+    finally:
+        assert stop(proc) == 0
