@@ -33,6 +33,12 @@ def streamfuse(args: Sequence[str], *, env: dict[str, str] | None = None, **kw: 
     return subprocess.Popen([PYTHON, "-m", "streamfuse", *args], env=full_env, **kw)
 
 
+def broker_logged(config: Path, log: Path) -> subprocess.Popen:
+    """``streamfuse broker --config CONFIG`` as a child, its stderr written to ``log``."""
+    with open(log, "w") as err:
+        return streamfuse(["broker", "--config", str(config)], stderr=err)
+
+
 def run_streamfuse(args: Sequence[str], *, timeout: float = 60, env: dict[str, str] | None = None,
                    input: str | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}

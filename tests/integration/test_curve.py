@@ -12,7 +12,7 @@ import zmq
 import zmq.auth
 
 from streamfuse.wire import codec
-from tests.helpers.proc import ipc_ready, run_streamfuse, stop, streamfuse, wait_for
+from tests.helpers.proc import broker_logged, ipc_ready, run_streamfuse, stop, wait_for
 
 T = 1_790_000_000_000_000_000  # a plausible capture time (decoders refuse 1970)
 
@@ -51,14 +51,19 @@ def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:
     assert r.returncode == 2 and "already exists" in r.stderr
 
 
+def _curve_broker(bus_env, tmp_path: Path, k: dict, bus_lines: str):
+    """A broker with CurveZMQ on and ``bus_lines`` in its ``[bus]``: (process, its log)."""
+    bus_env.write(f'[bus]\n{bus_lines}[bus.curve]\nenabled = true\n'
+                  f'server_secret = "{k["dir"]}/server.key_secret"\n'
+                  f'authorized = "{k["authorized"]}"\n')
+    log = tmp_path / "broker.log"
+    return broker_logged(bus_env.path, log), log
+
+
 def test_curve_accepts_the_authorised_key_only(bus_env, tmp_path: Path) -> None:
     k = _keys(tmp_path)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    bus_env.write(f'[bus]\npublic = "{endpoint}"\n[bus.curve]\nenabled = true\n'
-                  f'server_secret = "{k["dir"]}/server.key_secret"\nauthorized = "{k["authorized"]}"\n')
-    log = tmp_path / "broker.log"
-    with open(log, "w") as err:
-        proc = streamfuse(["broker", "--config", str(bus_env.path)], stderr=err)
+    proc, log = _curve_broker(bus_env, tmp_path, k, f'public = "{endpoint}"\n')
     try:
         wait_for(lambda: ipc_ready(bus_env.cfg.bus.output), timeout=15, what="broker")
         with zmq.Context() as ctx:
@@ -143,12 +148,8 @@ def test_curve_rejects_repeated_bad_peers_without_harm(bus_env, tmp_path: Path) 
     authorised remote subscriber, the broker stays up and its memory does not grow."""
     k = _keys(tmp_path)
     pub_ep, out_ep = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
-    bus_env.write(f'[bus]\npublic = "{pub_ep}"\npublic_output = "{out_ep}"\n[bus.curve]\n'
-                  f'enabled = true\nserver_secret = "{k["dir"]}/server.key_secret"\n'
-                  f'authorized = "{k["authorized"]}"\n')
-    log = tmp_path / "broker.log"
-    with open(log, "w") as err:
-        proc = streamfuse(["broker", "--config", str(bus_env.path)], stderr=err)
+    proc, log = _curve_broker(bus_env, tmp_path, k,
+                              f'public = "{pub_ep}"\npublic_output = "{out_ep}"\n')
     try:
         wait_for(lambda: ipc_ready(bus_env.cfg.bus.output), timeout=15, what="broker")
         with zmq.Context() as ctx:

@@ -18,7 +18,7 @@ import zmq.auth
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import classification_json_schema
 from streamfuse.wire.sockets import connect_pub
-from tests.helpers.proc import ipc_ready, run_streamfuse, stop, streamfuse, wait_for
+from tests.helpers.proc import broker_logged, ipc_ready, run_streamfuse, stop, wait_for
 from tests.integration.daemon_fixtures import Daemon, Feeder
 
 FEED_S = 10.0
@@ -128,8 +128,7 @@ def test_public_results_with_curve_serves_the_authorised_key_only(bus_env, tmp_p
                   f'server_secret = "{keys}/server.key_secret"\n'
                   f'authorized = "{tmp_path}/authorized"\n')
     log = tmp_path / "broker.log"
-    with open(log, "w") as err:
-        proc = streamfuse(["broker", "--config", str(bus_env.path)], stderr=err)
+    proc = broker_logged(bus_env.path, log)
     try:
         wait_for(lambda: ipc_ready(bus_env.cfg.bus.input) and ipc_ready(bus_env.cfg.bus.results),
                  timeout=15, what="broker")
