@@ -4,7 +4,9 @@ The device is a camera index (``"0"``), a video file (paced at its own frame
 rate, optionally looped) or a URL (http MJPEG, rtsp, udp). Each frame's ``t_ns``
 is its grab time. When the source fails or ends, the capture retries with
 exponential backoff up to ``reconnect_max_s`` and publishes heartbeats on
-``<source>/video`` meanwhile, so windows keep closing.
+``<source>/video`` meanwhile, so windows keep closing. Only a source that
+delivered frames for ``STABLE_NS`` is reopened at once and starts its backoff
+over; one that fails sooner keeps backing off.
 
 Pure parts (source kind, pacing schedule, resize decision) are functions and
 small classes; :class:`VideoCapture` is the thin loop around them.
@@ -47,6 +49,10 @@ READ_TIMEOUT_MS = 1000
 # A paced file that falls this far behind its schedule restarts the schedule
 # instead of bursting frames to catch up.
 MAX_BEHIND_NS = 500 * clock.NS_PER_MS
+# A source that delivered frames for this long after it opened was working: when it fails it
+# is reopened at once and its backoff starts over. One that fails sooner (a camera that sends
+# a frame per connection and then drops it) waits its backoff, like one that cannot be opened.
+STABLE_NS = 5 * clock.NS_PER_S
 # A live source's frames waiting for the publishing thread; more are grabbed and skipped.
 MAX_QUEUED_FRAMES = 2
 
@@ -274,6 +280,7 @@ class VideoCapture:
         self.grabber: Grabber | None = None
         self.opener: Opener | None = None
         self.delivered = False  # a frame came since the source was last opened
+        self.opened_ns = 0  # when it was last opened
         self.retry_at_ns = 0
         self.attempts = 0
         self.played: tuple[float, int] | None = None  # (mtime, size) of a file played to its end
@@ -347,6 +354,7 @@ class VideoCapture:
                         self.source, dev.target, delay)
             return
         self.played = None
+        self.opened_ns = clock.now_ns()
         self.pacer = self._pacer(self.cap)
         log.info("video %s: %s %s", self.source,
                  "reopened" if self.attempts > 1 else "opened", dev.target)
@@ -386,7 +394,6 @@ class VideoCapture:
                 return
             t_ns, image = got
         if image is not None:
-            self.backoff.reset()
             self.delivered = True
             pub.grabbed()
             self._publish(pub, image, t_ns)
@@ -437,10 +444,14 @@ class VideoCapture:
                      self.source, dev.target)
         else:
             log.warning("video %s: source %s failed; reconnecting", self.source, dev.target)
-        # A source that delivered frames is retried at once; one that failed before its first
-        # frame (it opens, then sends garbage or stalls) waits its backoff, like one that
-        # cannot be opened, instead of reconnecting in a tight loop.
-        delay = 0.0 if self.delivered else self.backoff.next_delay_s()
+        # A source that delivered frames for STABLE_NS is retried at once; one that failed
+        # sooner (it opens, then sends garbage, stalls, or drops the connection after a frame)
+        # waits its backoff, like one that cannot be opened, instead of a tight loop.
+        if self.delivered and clock.now_ns() - self.opened_ns >= STABLE_NS:
+            self.backoff.reset()
+            delay = 0.0
+        else:
+            delay = self.backoff.next_delay_s()
         self.retry_at_ns = clock.now_ns() + round(delay * clock.NS_PER_S)
 
     def _publish(self, pub: StreamPublisher, image: np.ndarray, t_ns: int) -> None:

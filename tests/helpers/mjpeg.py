@@ -84,10 +84,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hostile(self, cam: MjpegCamera) -> None:
         """``garbage``: random bytes after one part header, forever; ``stall``: half a JPEG, then
-        nothing with the connection held open. Both until stop() or ``mode`` changes."""
+        nothing with the connection held open. Both until stop() or ``mode`` changes.
+        ``one``: one good frame, then the connection is closed (a camera that fails just after
+        each connect)."""
         data = media.jpeg(media.counter_frame(0, cam.width, cam.height), cam.quality)
         self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                          f"Content-Length: {len(data)}\r\n\r\n".encode())
+        if cam.mode == "one":
+            self.wfile.write(data + b"\r\n")
+            self.wfile.flush()
+            cam.connections_served += 1
+            return
         if cam.mode == "stall":
             self.wfile.write(data[: len(data) // 2])
         self.wfile.flush()
@@ -109,8 +116,9 @@ class MjpegCamera:
         self.host = host
         self.port = port
         self.quality = quality
-        # "good" serves frames; "garbage" and "stall" serve hostile streams (see _hostile)
+        # "good" serves frames; "garbage", "stall" and "one" serve hostile streams (see _hostile)
         self.mode = "good"
+        self.connections_served = 0  # by "one"
         self.garbage_sent = 0
         self.frames_served = 0
         self.sent_ns: dict[int, int] = {}

@@ -209,7 +209,7 @@ def _hostile_phase(bus: Frames, proc: subprocess.Popen, seconds: float) -> tuple
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["garbage", "stall"])
+@pytest.mark.parametrize("mode", ["garbage", "stall", "one"])
 def test_mjpeg_camera_hostile_stream_reconnects_bounded_and_stops(broker, tmp_path: Path,
                                                                  mode: str) -> None:
     """A camera that sends random bytes forever after a part header, or half a JPEG and then
