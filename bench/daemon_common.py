@@ -42,6 +42,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def class_sub(ctx: zmq.Context, output: str, prefixes: list[bytes] | None = None) -> zmq.Socket:
+    """A SUB on the daemon's bus output (linger 0), subscribed to ``prefixes`` (all by default)."""
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    for prefix in [b""] if prefixes is None else prefixes:
+        sub.subscribe(prefix)
+    sub.connect(output)
+    return sub
+
+
+def start_replay(files: list[str], cfg_path: Path, *extra: str) -> subprocess.Popen:
+    """``streamfuse replay FILES --rate 1 EXTRA --config CFG_PATH`` as a child, stderr discarded."""
+    return subprocess.Popen([sys.executable, "-m", "streamfuse", "replay", *files, "--rate", "1", *extra,
+                             "--config", str(cfg_path)], stderr=subprocess.DEVNULL)
+
+
 @dataclass
 class Collected:
     rows: list[dict] = field(default_factory=list)

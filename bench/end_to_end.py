@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import zmq
 from daemon_common import (
     Collected,
+    class_sub,
     collect,
     demo,
     fmt,
@@ -31,6 +31,7 @@ from daemon_common import (
     prepare,
     proxy_hop_latency,
     scrape,
+    start_replay,
 )
 
 
@@ -57,12 +58,8 @@ def main() -> int:
             daemon.wait_ready(120, Signals())
             cfg = load(cfg_path, environ={})
             with zmq.Context() as ctx:
-                sub = ctx.socket(zmq.SUB)
-                sub.linger = 0
-                sub.subscribe(b"")
-                sub.connect(cfg.bus.output)
-                replay = subprocess.Popen([sys.executable, "-m", "streamfuse", "replay", *files, "--rate", "1",
-                                           "--config", str(cfg_path)], stderr=subprocess.DEVNULL)
+                sub = class_sub(ctx, cfg.bus.output)
+                replay = start_replay(files, cfg_path)
                 while replay.poll() is None:
                     collect(sub, rows, 0.5)
                 collect(sub, rows, 3.0)  # the last windows close after the final heartbeats

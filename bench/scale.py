@@ -29,6 +29,7 @@ from pathlib import Path
 import zmq
 from daemon_common import (
     Collected,
+    class_sub,
     collect,
     cpu_tree,
     demo,
@@ -95,11 +96,7 @@ def step(n: int, seconds: float, model: Path, plane: str) -> dict:
         try:
             daemon.wait_ready(120, Signals())
             with zmq.Context() as ctx:
-                sub = ctx.socket(zmq.SUB)
-                sub.linger = 0
-                for i in range(n):
-                    sub.subscribe(topics.class_topic(f"s{i}").encode())
-                sub.connect(cfg.bus.output)
+                sub = class_sub(ctx, cfg.bus.output, [topics.class_topic(f"s{i}").encode() for i in range(n)])
                 fed, share = _feed(cfg_path, n, seconds, sub, rows, daemon.proc.pid)
                 sub.close()
             text = scrape(port)

@@ -25,6 +25,7 @@ from pathlib import Path
 import zmq
 from daemon_common import (
     Collected,
+    class_sub,
     collect,
     demo,
     free_port,
@@ -33,6 +34,7 @@ from daemon_common import (
     prepare,
     rss_tree,
     scrape,
+    start_replay,
 )
 
 
@@ -59,13 +61,8 @@ def main() -> int:
         try:
             daemon.wait_ready(120, Signals())
             with zmq.Context() as ctx:
-                sub = ctx.socket(zmq.SUB)
-                sub.linger = 0
-                sub.subscribe(b"")
-                sub.connect(cfg.bus.output)
-                replay = subprocess.Popen([sys.executable, "-m", "streamfuse", "replay", *files, "--rate", "1",
-                                           "--loop", "--restamp", "--config", str(cfg_path)],
-                                          stderr=subprocess.DEVNULL)
+                sub = class_sub(ctx, cfg.bus.output)
+                replay = start_replay(files, cfg_path, "--loop", "--restamp")
                 t0 = time.monotonic()
                 end = t0 + args.minutes * 60
                 while time.monotonic() < end and replay.poll() is None and daemon.proc.poll() is None:

@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 import zmq
-from daemon_common import demo, pct, prepare
+from daemon_common import class_sub, demo, pct, prepare, start_replay
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -95,14 +94,9 @@ def run_phases(args: argparse.Namespace, cfg_path: Path, run_dir: Path, files: l
         web_pid = next(c["pid"] for c in children if c["name"] == "web")
         ws_url = f"ws://{cfg.web.listen}/ws"
         restamp = ["--restamp"] if args.restamp else []
-        replay = subprocess.Popen([sys.executable, "-m", "streamfuse", "replay", *files, "--rate",
-                                   "1", "--loop", *restamp, "--config", str(cfg_path)],
-                                  stderr=subprocess.DEVNULL)
+        replay = start_replay(files, cfg_path, "--loop", *restamp)
         with zmq.Context() as ctx:
-            sub = ctx.socket(zmq.SUB)
-            sub.linger = 0
-            sub.subscribe(b"")
-            sub.connect(cfg.bus.output)
+            sub = class_sub(ctx, cfg.bus.output)
             collect_for(sub, 5.0, [])  # warm-up: the first windows of a replay
             for n in (0, args.clients, 0, args.clients):
                 clients = Clients(ws_url, n) if n else None

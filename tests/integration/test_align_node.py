@@ -226,9 +226,9 @@ def test_real_capture_file_video_virtual_mic_and_text(broker, tmp_path) -> None:
     """Real capture processes (a video file, PulseAudio virtual mic, `streamfuse send`)
     through the broker into `streamfuse align`; windows on a PULL socket."""
     from tests.helpers import media
+    from tests.helpers.bus import Probe
     from tests.helpers.proc import run_streamfuse
     from tests.helpers.vmic import VirtualMic, pulseaudio_missing
-    from tests.integration.test_record_roundtrip import Probe
 
     missing = pulseaudio_missing() or media.espeak_missing()
     if missing:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,9 @@ from streamfuse.record import reader
 from streamfuse.record.writer import RecordingWriter
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
-from streamfuse.wire.sockets import connect_sub
-from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
-from tests.integration.test_record_roundtrip import Probe, count_raw, start_recorder
+from tests.helpers.bus import Probe, replaying
+from tests.helpers.proc import run_streamfuse, stop, wait_for
+from tests.integration.test_record_roundtrip import count_raw, start_recorder
 
 T0 = 1_700_000_000_000_000_000
 
@@ -112,31 +111,14 @@ def wire(msgs: list[Message]) -> list[list[bytes]]:
 def replay_and_receive(bus_env, path: Path, n: int) -> list[list[bytes]]:
     """``streamfuse replay --max`` of ``path``; the multipart messages a SUB of everything got."""
     got: list[list[bytes]] = []
-    with zmq.Context() as ctx:
-        sub = connect_sub(ctx, bus_env.cfg.bus, [""], hwm=100_000)
-        probe = Probe(ctx, bus_env.cfg.bus)
-        try:
-            probe.wait_subscribers(b"")
-            proc = streamfuse(
-                ["replay", str(path), "--max", "--config", str(bus_env.path)],
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                while len(got) < n:
-                    if sub.poll(100):
-                        got.append(sub.recv_multipart())
-                    elif proc.poll() is not None and not sub.poll(1000):
-                        break
-                err = proc.communicate(timeout=30)[1]
-                assert proc.returncode == 0, err
-            finally:
-                stop(proc)
-                if proc.stderr:
-                    proc.stderr.close()
-        finally:
-            sub.close()
-            probe.close()
+    with replaying(bus_env, [str(path), "--max"], "", hwm=100_000) as (sub, proc):
+        while len(got) < n:
+            if sub.poll(100):
+                got.append(sub.recv_multipart())
+            elif proc.poll() is not None and not sub.poll(1000):
+                break
+        err = proc.communicate(timeout=30)[1]
+        assert proc.returncode == 0, err
     return got
 
 

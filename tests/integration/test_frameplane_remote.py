@@ -105,12 +105,8 @@ def test_tcp_subscribers_get_pixels_identical_to_inline_mode(bus_env) -> None:
 def test_a_recording_of_frames_by_reference_equals_the_inline_one(broker, tmp_path) -> None:
     """The recorder writes pixels: messages published by reference are recorded byte for
     byte as their inline form, so replay cannot tell whether the frame plane was on."""
-    from tests.integration.test_record_roundtrip import (
-        Probe,
-        count_raw,
-        raw_records,
-        start_recorder,
-    )
+    from tests.helpers.bus import Probe
+    from tests.integration.test_record_roundtrip import raw_records, record_published
 
     cfg = broker.cfg
     inline = [codec.frame_message("cam", seq, T + seq, data, encoding=enc, shape=SHAPE)
@@ -121,14 +117,9 @@ def test_a_recording_of_frames_by_reference_equals_the_inline_one(broker, tmp_pa
     assert all(m.header.encoding == "shm" for m in by_ref)
     with zmq.Context() as ctx:
         probe = Probe(ctx, cfg.bus)
-        rec = start_recorder(broker, tmp_path / "r.mcap", "--topics", "cam/")
         try:
-            probe.wait_subscribers(b"cam/")
-            probe.publish(by_ref)
-            path = tmp_path / "r-0000.mcap"
-            wait_for(lambda: count_raw([path]) >= len(by_ref), timeout=20, what="the recording")
+            path = record_published(broker, probe, tmp_path / "r.mcap", "cam/", by_ref, "the recording")
         finally:
-            assert stop(rec) == 0
             probe.close()
             plane.close()
     got = [parts for _t, _ts, parts in raw_records(path)]

@@ -14,9 +14,10 @@ import zmq
 from streamfuse.wire import codec
 from streamfuse.wire.sockets import connect_sub
 from tests.helpers import media
+from tests.helpers.bus import Probe
 from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
 from tests.helpers.vmic import VirtualMic, pulseaudio_missing
-from tests.integration.test_record_roundtrip import Probe, count_raw, raw_records, start_recorder
+from tests.integration.test_record_roundtrip import count_raw, raw_records, start_recorder
 
 MISSING = pulseaudio_missing() or media.espeak_missing()
 

@@ -12,49 +12,13 @@ import pytest
 import zmq
 from mcap.reader import make_reader
 
-from streamfuse.config import BusConfig
 from streamfuse.record import layout, reader
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
+from tests.helpers.bus import Probe
 from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
 
 T0 = 1_700_000_000_000_000_000
-
-
-class Probe:
-    """A publisher on the broker's input that sees the subscriptions the broker
-    forwards (XPUB), so a test knows a subscriber is listening before it publishes."""
-
-    def __init__(self, ctx: zmq.Context, bus: BusConfig) -> None:
-        self.sock = ctx.socket(zmq.XPUB)
-        self.sock.linger = 2000
-        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-        self.sock.sndhwm = 100_000
-        self.sock.connect(bus.input)
-        self.seen: Counter[bytes] = Counter()
-
-    def wait_subscribers(self, prefix: bytes, n: int = 1, timeout: float = 15) -> None:
-        def enough() -> bool:
-            while self.sock.poll(20):
-                m = self.sock.recv()
-                if m[:1] == b"\x01":
-                    self.seen[m[1:]] += 1
-            return self.seen[prefix] >= n
-
-        wait_for(enough, timeout=timeout, what=f"{n} subscriber(s) to {prefix!r}")
-
-    def publish(self, msgs: list[Message]) -> None:
-        for m in msgs:
-            while True:
-                try:
-                    self.sock.send_multipart(codec.encode(m), copy=False, flags=zmq.NOBLOCK)
-                    break
-                except zmq.Again:
-                    self.sock.poll(100, zmq.POLLOUT)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def synthetic(n: int, *, source: str = "room1", period_ns: int = 10_000_000, t0: int = T0,
@@ -88,6 +52,21 @@ def start_recorder(bus_env, out: Path, *extra: str):
     return streamfuse(["record", "--out", str(out), "--config", str(bus_env.path), *extra])
 
 
+def record_published(bus_env, probe: Probe, out: Path, prefix: str, msgs: list[Message], what: str) -> Path:
+    """Record topics ``prefix`` to ``out`` while ``probe`` publishes ``msgs`` (once the recorder
+    has subscribed); the recorder is stopped (exit code 0) when it has written them all.
+    Returns the first file of the recording."""
+    rec = start_recorder(bus_env, out, "--topics", prefix)
+    try:
+        probe.wait_subscribers(prefix.encode())
+        probe.publish(msgs)
+        first = out.with_name(f"{out.stem}-0000.mcap")
+        wait_for(lambda: count_raw([first]) >= len(msgs), timeout=20, what=what)
+    finally:
+        assert stop(rec) == 0
+    return first
+
+
 @pytest.mark.slow
 def test_record_replay_record_is_byte_identical(broker, tmp_path: Path) -> None:
     """synthetic capture -> record -> replay --max -> record again: same bytes, same t_ns
@@ -95,14 +74,7 @@ def test_record_replay_record_is_byte_identical(broker, tmp_path: Path) -> None:
     msgs = synthetic(150)
     with zmq.Context() as ctx:
         probe = Probe(ctx, broker.cfg.bus)
-        rec1 = start_recorder(broker, tmp_path / "a.mcap", "--topics", "room1/")
-        try:
-            probe.wait_subscribers(b"room1/")
-            probe.publish(msgs)
-            first = tmp_path / "a-0000.mcap"
-            wait_for(lambda: count_raw([first]) >= len(msgs), timeout=20, what="recorder 1 to write everything")
-        finally:
-            assert stop(rec1) == 0
+        first = record_published(broker, probe, tmp_path / "a.mcap", "room1/", msgs, "recorder 1 to write everything")
         rec2 = start_recorder(broker, tmp_path / "b.mcap")
         try:
             probe.wait_subscribers(b"")

@@ -19,8 +19,9 @@ from streamfuse.stats import percentile
 from streamfuse.wire import codec
 from streamfuse.wire.schema import Message
 from streamfuse.wire.sockets import connect_sub
+from tests.helpers.bus import Probe, replaying
 from tests.helpers.proc import run_streamfuse, stop, streamfuse
-from tests.integration.test_record_roundtrip import Probe, synthetic
+from tests.integration.test_record_roundtrip import synthetic
 
 T0 = 1_700_000_000_000_000_000
 
@@ -58,38 +59,25 @@ def receive_replay(bus_env, args: list[str], n: int, *, sub_hwm: int | None = No
     arrival, so what is compared is what any subscriber off this host would receive."""
     got: list[tuple[int, list[bytes]]] = []
     inliner = Inliner()
-    with zmq.Context() as ctx:
-        sub = connect_sub(ctx, bus_env.cfg.bus, ["room1/"], hwm=sub_hwm)
-        probe = Probe(ctx, bus_env.cfg.bus)
-        try:
-            probe.wait_subscribers(b"room1/")  # the broker has our subscription
-            proc = streamfuse(["replay", *args, "--config", str(bus_env.path)], stderr=subprocess.PIPE, text=True)
-            try:
-                while len(got) < n:
-                    if not sub.poll(100):
-                        # Replay has exited (its socket flushed on close): what did not come
-                        # within a moment after that is not coming.
-                        if proc.poll() is not None and not sub.poll(1000):
-                            break
-                        continue
-                    parts = inliner.parts(sub.recv_multipart())
-                    assert parts is not None, "a frame was overwritten before it was read"
-                    got.append((clock.now_ns(), [bytes(p) for p in parts]))
-                    if per_message_s:
-                        busy_until = clock.perf_ns() + int(per_message_s * 1e9)
-                        while clock.perf_ns() < busy_until:
-                            pass
-                log = proc.communicate(timeout=30)[1]
-                assert proc.returncode == 0, log
-                if logs is not None:
-                    logs.append(log)
-            finally:
-                stop(proc)
-                if proc.stderr:
-                    proc.stderr.close()
-        finally:
-            sub.close()
-            probe.close()
+    with replaying(bus_env, args, "room1/", hwm=sub_hwm) as (sub, proc):
+        while len(got) < n:
+            if not sub.poll(100):
+                # Replay has exited (its socket flushed on close): what did not come
+                # within a moment after that is not coming.
+                if proc.poll() is not None and not sub.poll(1000):
+                    break
+                continue
+            parts = inliner.parts(sub.recv_multipart())
+            assert parts is not None, "a frame was overwritten before it was read"
+            got.append((clock.now_ns(), [bytes(p) for p in parts]))
+            if per_message_s:
+                busy_until = clock.perf_ns() + int(per_message_s * 1e9)
+                while clock.perf_ns() < busy_until:
+                    pass
+        log = proc.communicate(timeout=30)[1]
+        assert proc.returncode == 0, log
+        if logs is not None:
+            logs.append(log)
     return got
 
 

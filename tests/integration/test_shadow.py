@@ -10,9 +10,11 @@ first id again, and one subscriber sees every window exactly once across both sw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,19 +108,20 @@ def _models_after(collector: Collector, n: int) -> list[str]:
     return [body["model"] for _, body in collector.of(topics.class_topic("room1"))[n:]]
 
 
-@pytest.fixture
-def running(bus_env: BusEnv):
-    port = free_port()
-    daemon = Daemon(bus_env, f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
-    ctx = zmq.Context()
-    stop = threading.Event()
-    feeder = Feeder(ctx, bus_env.cfg.bus)
+@contextlib.contextmanager
+def _fed_daemon(bus_env: BusEnv, extra: str, ctx: zmq.Context, feeder: Feeder
+                ) -> Iterator[tuple[Daemon, Collector]]:
+    """A daemon (config + ``extra``), ready, fed by ``feeder`` from a thread, its bus read by
+    a Collector. On the way out: the thread stopped, the sockets closed, ``ctx`` terminated,
+    and the daemon's exit code checked."""
+    daemon = Daemon(bus_env, extra)
     collector = Collector(ctx, bus_env.cfg.bus.output)
+    stop = threading.Event()
     thread = threading.Thread(target=_feed, args=(feeder, collector, stop), name="feeder")
     try:
         daemon.wait_ready(120)
         thread.start()
-        yield bus_env, daemon, feeder, collector, port
+        yield daemon, collector
     finally:
         stop.set()
         if thread.is_alive():
@@ -127,6 +130,15 @@ def running(bus_env: BusEnv):
         collector.sub.close()
         ctx.term()
         assert daemon.close() == 0
+
+
+@pytest.fixture
+def running(bus_env: BusEnv):
+    port = free_port()
+    ctx = zmq.Context()
+    feeder = Feeder(ctx, bus_env.cfg.bus)
+    with _fed_daemon(bus_env, f'[metrics]\nlisten = "127.0.0.1:{port}"\n', ctx, feeder) as (daemon, collector):
+        yield bus_env, daemon, feeder, collector, port
 
 
 def test_shadow_judged_promoted_and_rolled_back(running):
@@ -222,13 +234,8 @@ def test_promote_if_promotes_a_better_shadow_by_itself(bus_env: BusEnv):
     cand, cand_id = _weaker_shadow(bus_env.root, bus_env.root / "model", feeder)
     shadow_label = _answer(cand, feeder)
     rule = "accuracy on at least 4 labelled windows beats live by 1 point"
-    daemon = Daemon(bus_env, f'[fusion]\nshadow = "{cand}"\npromote_if = "{rule}"\n')
-    collector = Collector(ctx, bus_env.cfg.bus.output)
-    stop = threading.Event()
-    thread = threading.Thread(target=_feed, args=(feeder, collector, stop), name="feeder")
-    try:
-        daemon.wait_ready(120)
-        thread.start()
+    extra = f'[fusion]\nshadow = "{cand}"\npromote_if = "{rule}"\n'
+    with _fed_daemon(bus_env, extra, ctx, feeder) as (daemon, collector):
         wait_for(
             lambda: collector.of(topics.shadow_topic("room1")), timeout=120, what="shadow answers"
         )
@@ -240,14 +247,6 @@ def test_promote_if_promotes_a_better_shadow_by_itself(bus_env: BusEnv):
             timeout=90,
             what="the shadow promoted by promote_if",
         )
-    finally:
-        stop.set()
-        if thread.is_alive():
-            thread.join(10)
-        feeder.close()
-        collector.sub.close()
-        ctx.term()
-        assert daemon.close() == 0
     log = daemon.log.read_text()
     assert f"promote_if ({rule}) met: shadow {cand_id}" in log
     assert json.loads((bus_env.root / "model" / "manifest.json").read_text())["model_id"] == cand_id

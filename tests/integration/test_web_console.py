@@ -19,7 +19,7 @@ import pytest
 
 from streamfuse import clock
 from tests.helpers.proc import run_streamfuse, stop, streamfuse, wait_for
-from tests.integration.web_fixtures import SOURCE, ConsoleDaemon, free_port
+from tests.integration.web_fixtures import SOURCE, ConsoleDaemon, console_fixture, free_port  # noqa: F401 (a fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_browser = pytest.mark.skipif(
@@ -58,15 +58,6 @@ def browser():
         yield b
     finally:
         b.close()
-
-
-@pytest.fixture
-def console(bus_env):
-    d = ConsoleDaemon(bus_env)
-    try:
-        yield d
-    finally:
-        assert d.close() == 0
 
 
 def _page_class(page) -> tuple[int, str]:

@@ -29,7 +29,7 @@ from streamfuse.wire.schema import LabelHeader
 from streamfuse.wire.sockets import connect_sub
 from tests.helpers.proc import wait_for
 from tests.integration.test_web_console import Browser, needs_browser
-from tests.integration.web_fixtures import SOURCE, ConsoleDaemon
+from tests.integration.web_fixtures import SOURCE, ConsoleDaemon, console_fixture  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -61,15 +61,6 @@ class LabelWatcher:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(5)
-
-
-@pytest.fixture
-def console(bus_env):
-    d = ConsoleDaemon(bus_env)
-    try:
-        yield d
-    finally:
-        assert d.close() == 0
 
 
 def _api(

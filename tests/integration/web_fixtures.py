@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import zmq
 
 from streamfuse import clock
@@ -147,3 +148,14 @@ class ConsoleDaemon:
             if part is not None:
                 part.close()
         return self.daemon.close()
+
+
+@pytest.fixture(name="console")
+def console_fixture(bus_env):
+    """``console``: a ConsoleDaemon for one test (a test module imports ``console_fixture``);
+    its daemon must exit 0 when the test is done."""
+    d = ConsoleDaemon(bus_env)
+    try:
+        yield d
+    finally:
+        assert d.close() == 0

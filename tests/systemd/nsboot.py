@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from tests.helpers.proc import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 BOOT = Path(__file__).with_name("boot.sh")
 DEPS = "/opt/sf-deps"
@@ -127,14 +129,8 @@ class SystemdNS:
         return self.run("journalctl", "-u", unit, "--no-pager", "-o", "cat", *args).stdout
 
     def wait(self, predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(0.2)
+        """Poll ``predicate`` (every 0.2 s: each poll is an nsenter) until it is truthy."""
+        return wait_for(predicate, timeout=timeout, interval=0.2, what=what)
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.systemd.nsboot import SystemdNS, unavailable
-from tests.systemd.test_service import INSTALL, stage_media
+from tests.systemd.test_service import INSTALL, ROOM1_VIDEO, stage_media
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))]
 
@@ -21,15 +21,7 @@ UNIT = "streamfuse-capture@room1-video.service"
 EDGE = """
 [bus]
 input = "tcp://127.0.0.1:5560"
-[[sources]]
-name = "room1"
-  [sources.video]
-  device = "/opt/streamfuse/media/room1.avi"
-  width = 160
-  height = 120
-  fps = 10
-  loop = true
-[metrics]
+""" + ROOM1_VIDEO + """[metrics]
 listen = ""
 """
 BROKER = """

@@ -30,7 +30,8 @@ ALIGN = AlignConfig(required=("video",))
 # WatchdogSec is the unit's 30 s in production; 8 s here keeps the watchdog test short. The
 # supervisor pings every WatchdogSec/2, whatever the value.
 WATCHDOG_S = 8
-CONFIG = """
+# The looping video file both units' tests capture (test_capture_unit.py uses it too).
+ROOM1_VIDEO = """\
 [[sources]]
 name = "room1"
   [sources.video]
@@ -39,7 +40,8 @@ name = "room1"
   height = 120
   fps = 10
   loop = true
-  [sources.text]
+"""
+CONFIG = "\n" + ROOM1_VIDEO + """  [sources.text]
   input = "zmq"
 [align]
 required = ["video"]

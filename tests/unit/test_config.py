@@ -38,6 +38,13 @@ def test_missing_sections_take_defaults() -> None:
     assert cfg.align.window_ms == 1000
 
 
+def _parse_error(data: dict) -> str:
+    """The message of the ConfigError that parsing ``data`` raises."""
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(data, environ={})
+    return str(e.value)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -72,9 +79,8 @@ def test_missing_sections_take_defaults() -> None:
     ],
 )
 def test_bad_values_name_their_key(data: dict, message: str) -> None:
-    with pytest.raises(config.ConfigError) as e:
-        config.parse(data, environ={})
-    assert str(e.value).startswith(message)
+    err = _parse_error(data)
+    assert err.startswith(message)
 
 
 def test_results_endpoint_defaults_beside_bus_input() -> None:
@@ -232,9 +238,8 @@ _TEXT = {"name": "lab", "text": {"endpoint": "tcp://0.0.0.0:5599"}}
     ],
 )
 def test_out_of_range_values_name_their_key(data: dict, message: str) -> None:
-    with pytest.raises(config.ConfigError) as e:
-        config.parse(data, environ={})
-    assert str(e.value).startswith(message), str(e.value)
+    err = _parse_error(data)
+    assert err.startswith(message), err
 
 
 @pytest.mark.parametrize(
@@ -258,9 +263,8 @@ def test_out_of_range_values_name_their_key(data: dict, message: str) -> None:
     ],
 )
 def test_endpoints_that_must_differ(data: dict, message: str) -> None:
-    with pytest.raises(config.ConfigError) as e:
-        config.parse(data, environ={})
-    assert str(e.value).startswith(message), str(e.value)
+    err = _parse_error(data)
+    assert err.startswith(message), err
 
 
 def test_default_text_endpoints_do_not_collide() -> None:
@@ -288,9 +292,8 @@ def test_default_text_endpoints_do_not_collide() -> None:
     ],
 )
 def test_network_rule_at_load(data: dict, message: str) -> None:
-    with pytest.raises(config.ConfigError) as e:
-        config.parse(data, environ={})
-    assert str(e.value).startswith(message), str(e.value)
+    err = _parse_error(data)
+    assert err.startswith(message), err
 
 
 def test_network_rule_opt_ins() -> None:
