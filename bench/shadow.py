@@ -43,10 +43,10 @@ from bench.infer import (  # noqa: E402
     _stop,
     build_model,
     make_windows,
-    pct,
 )
 from streamfuse import clock  # noqa: E402
 from streamfuse.fusion.artifact import save_artifact  # noqa: E402
+from streamfuse.stats import percentile  # noqa: E402
 from streamfuse.wire import codec  # noqa: E402
 from streamfuse.wire.schema import Window  # noqa: E402
 
@@ -148,9 +148,9 @@ def paced(leg: Leg, rate: float, seconds: float) -> dict:
     return {
         "answered": len(total),
         "sent": n,
-        "total_p50_ms": pct(total, 50),
-        "total_p99_ms": pct(total, 99),
-        "shadow_infer_p99_ms": pct(shadow_infer, 99) if shadow_infer else 0.0,
+        "total_p50_ms": percentile(total, 50),
+        "total_p99_ms": percentile(total, 99),
+        "shadow_infer_p99_ms": percentile(shadow_infer, 99) if shadow_infer else 0.0,
     }
 
 

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 import zmq
-from daemon_common import class_sub, demo, pct, prepare, start_replay
+from daemon_common import class_sub, demo, prepare, start_replay
+
+from streamfuse.stats import percentile
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -140,8 +142,8 @@ def main() -> int:
     out = {}
     for n, r in results.items():
         lat = [float(c["latency_ms"]["total"]) for c in r["rows"]]
-        out[n] = {"classifications": len(lat), "latency_total_p50_ms": pct(lat, 50),
-                  "latency_total_p99_ms": pct(lat, 99), "web_cpu_percent": 100 * r["cpu"] / r["s"],
+        out[n] = {"classifications": len(lat), "latency_total_p50_ms": percentile(lat, 50),
+                  "latency_total_p99_ms": percentile(lat, 99), "web_cpu_percent": 100 * r["cpu"] / r["s"],
                   "frames_per_s_per_client": r["frames"] / r["s"] / n if n else 0.0,
                   "kb_per_s_per_client": r["bytes"] / 1e3 / r["s"] / n if n else 0.0}
         o = out[n]
