@@ -5,7 +5,7 @@ Three legs per payload, each a sender process and a receiver process over ipc://
 - ``raw``:   pyzmq PUB -> SUB directly, ``[topic, payload]`` sent part by part with
   ``copy=False`` (``wire.sockets.send_parts``, the call the captures use);
 - ``proxy``: the same through a bare XSUB/XPUB ``zmq.proxy`` process (the ceiling of any
-  brokered path on this machine, TESTING.md);
+  brokered path on this machine, docs/benchmarks.md);
 - ``proxy3``: the bare proxy carrying docs/protocol.md's ``[topic, header, payload]``,
   the header encoded once up front and never decoded: the ceiling of this wire layout
   through any broker, with no codec work at all;

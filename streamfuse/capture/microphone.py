@@ -176,7 +176,7 @@ class AudioCapture:
             try:
                 block = self.queue.get(timeout=0.1)
             except queue.Empty:
-                # The first callback can take a second or more to come (TESTING.md).
+                # The first callback can take a second or more (PulseAudio starting a stream).
                 if clock.now_ns() - last_ns > (STALL_S + 5 * first) * clock.NS_PER_S:
                     return False
                 continue

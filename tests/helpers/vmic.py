@@ -1,7 +1,7 @@
 """A real microphone for tests: a private PulseAudio null sink exposed as ALSA device ``vmic``.
 
 Whatever is played into the sink comes out of the ``vmic`` source sample for sample,
-on the audio clock, exactly like a live microphone (TESTING.md). The server runs
+on the audio clock, exactly like a live microphone. The server runs
 under a temporary directory, owned by the test, and is stopped by PID.
 
 Usage::

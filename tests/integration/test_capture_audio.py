@@ -40,7 +40,7 @@ def test_virtual_microphone_speech_arrives_intact_with_continuous_timestamps(bro
                           env=mic.env, stderr=subprocess.PIPE, text=True)
         player = None
         try:
-            # The first block can take a second or more (TESTING.md): wait on data.
+            # The first block can take a second or more (PulseAudio starting): wait on data.
             wait_for(pump, timeout=20, what="first audio block")
             player = mic.play(wav, loop=True)
             start = len(got)

@@ -73,8 +73,9 @@ def _project_files() -> list[Path]:
 
 def test_nothing_points_outside_the_repository() -> None:
     """Users never see the team's design notes: docs, code and examples cite docs/ instead."""
+    outside = re.compile(r"DESIGN\.md|TESTING\.md|STYLE\.md|\.\./shared|/work/shared")
     citing = [str(p.relative_to(ROOT)) for p in _project_files()
-              if "DESIGN.md" in p.read_text(encoding="utf-8", errors="replace")]
+              if outside.search(p.read_text(encoding="utf-8", errors="replace"))]
     assert citing == []
 
 
