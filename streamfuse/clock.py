@@ -34,7 +34,8 @@ def perf_ns() -> int:
 
 
 def wall_ns() -> int:
-    """The unanchored wall clock, used only to report cross-host offset."""
+    """The unanchored wall clock, used only to report cross-host offset and to compare with
+    file times (the recorder's retention)."""
     return time.time_ns()
 
 

@@ -257,6 +257,12 @@ class RecordConfig:
     max_duration_s: float = _check(_positive, 3600.0)
     topics: list[str] = field(default_factory=list)  # prefixes; empty = everything
     chunk_kb: int = _check(_positive_max(MAX_CHUNK_KB), 4096)
+    # Retention of the daemon's recordings (the recorder writing into `path`; 0 = no limit):
+    # each time a file starts, the oldest finished ones are removed until all of them, the
+    # file being written counted at max_size_mb, total at most keep_mb, and none is older
+    # than keep_days.
+    keep_mb: float = _check(_non_negative, 0.0)
+    keep_days: float = _check(_non_negative, 0.0)
 
 
 @dataclass(frozen=True)
@@ -468,6 +474,11 @@ def parse(data: Mapping[str, Any], *, path: str = "",
         if ep and not ep.startswith("tcp://"):
             raise ConfigError(f"bus.{ep_key}: expected a tcp:// endpoint, got {ep!r}")
     _check_relations(cfg)
+    rec = cfg.record
+    if rec.keep_mb and rec.keep_mb < 2 * rec.max_size_mb:
+        raise ConfigError(f"record.keep_mb: expected 0 or at least twice record.max_size_mb "
+                          f"({2 * rec.max_size_mb:g}), so a finished file fits beside the one "
+                          f"being written; got {rec.keep_mb:g}")
     if cfg.web.listen and not cfg.web.token and not is_local_listen(cfg.web.listen):
         raise ConfigError(f"web.token: required when web.listen ({cfg.web.listen}) is not a "
                           "loopback address")

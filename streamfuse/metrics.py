@@ -116,6 +116,8 @@ recorder_bytes = Counter("streamfuse_recorder_bytes_total", "Bytes written to re
 recorder_messages = Counter("streamfuse_recorder_messages_total", "Messages written to recordings")
 recorder_dropped = Counter("streamfuse_recorder_dropped_total",
                            "Messages the recorder could not write", ["reason"])
+recorder_removed = Counter("streamfuse_recorder_files_removed_total",
+                           "Recordings removed by retention (reason = size, age)", ["reason"])
 
 # ---- web console ---------------------------------------------------------------------
 web_clients = Gauge("streamfuse_web_clients", "Browsers connected to the live console",

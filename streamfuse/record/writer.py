@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import re
 import socket
 import sys
 import threading
@@ -256,6 +257,76 @@ class Rotation:
         return bytes_on_disk >= self.max_bytes or now_ns - opened_ns >= self.max_duration_ns
 
 
+# ----------------------------------------------------------------------------- retention
+
+
+def own_recordings(out: str | Path) -> list[Path]:
+    """The files a recorder writing to ``out`` names (:func:`numbered_path`), from any start:
+    ``DIR/rec-*-NNNN.mcap`` for a directory, ``stem-NNNN.mcap`` beside ``stem.mcap``. Never a
+    symbolic link or another program's file."""
+    out = Path(out)
+    if out.suffix == ".mcap":
+        folder, pattern = out.parent, re.compile(re.escape(out.stem) + r"-\d{4,}\.mcap")
+    else:
+        folder, pattern = out, re.compile(r"rec-(\d{8}T\d{6}Z-)?\d{4,}\.mcap")
+    try:
+        names = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [p for p in names if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """Which finished recordings to remove: the oldest first, until they total at most
+    ``max_bytes`` and none was last written more than ``max_age_s`` ago (0 = no limit)."""
+
+    max_bytes: int
+    max_age_s: float
+
+    def victims(self, files: Sequence[tuple[Path, int, float]],
+                now_s: float) -> list[tuple[Path, str]]:
+        """``files``: ``(path, size, mtime)`` of the finished files; ``(path, reason)`` to
+        remove, oldest first (reason ``age`` or ``size``)."""
+        total = sum(size for _, size, _ in files)
+        out: list[tuple[Path, str]] = []
+        for path, size, mtime in sorted(files, key=lambda f: (f[2], f[0].name)):
+            if self.max_age_s and now_s - mtime > self.max_age_s:
+                out.append((path, "age"))
+            elif self.max_bytes and total > self.max_bytes:
+                out.append((path, "size"))
+            else:
+                break  # newer files are younger still, and the total now fits
+            total -= size
+        return out
+
+
+def apply_retention(out: str | Path, current: Path, retention: Retention) -> int:
+    """Remove what ``retention`` picks among ``out``'s finished recordings (never ``current``,
+    the file being written); the number removed. A file that cannot be removed is logged."""
+    files = []
+    for p in own_recordings(out):
+        if p == current:
+            continue
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # removed meanwhile
+        files.append((p, st.st_size, st.st_mtime))
+    removed = 0
+    for path, reason in retention.victims(files, clock.wall_ns() / clock.NS_PER_S):
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError as e:
+            log.warning("retention: cannot remove %s: %s", path, e.strerror or e)
+            continue
+        removed += 1
+        metrics.recorder_removed.labels(reason).inc()
+        log.info("retention: removed %s (%.1f MB, %s)", path.name, size / 1e6, reason)
+    return removed
+
+
 @dataclasses.dataclass
 class LevelPolicy:
     """Compression that gives way under load: when the write queue holds more than
@@ -359,8 +430,19 @@ def _take(sub: zmq.Socket, inliner: Inliner, q: _Queue, counts: Counter[str]) ->
             counts["queue_full"] += 1
 
 
+def _retention(cfg: Config, out: str) -> Retention | None:
+    """``record.keep_mb`` / ``keep_days``, for the daemon's recorder (``out`` is
+    ``record.path``) only: the file being written is counted at ``max_size_mb``."""
+    rec = cfg.record
+    if not (rec.keep_mb or rec.keep_days) or Path(out).resolve() != Path(rec.path).resolve():
+        return None
+    keep = max(0.0, rec.keep_mb - rec.max_size_mb) if rec.keep_mb else 0.0
+    # keep_mb >= 2 * max_size_mb (config check), so a size limit never becomes "none"
+    return Retention(max_bytes=int(keep * 1024 * 1024), max_age_s=rec.keep_days * 86400.0)
+
+
 class _Recorder:
-    """The writing side: rotation, periodic chunk flushes, metrics."""
+    """The writing side: rotation, retention, periodic chunk flushes, metrics."""
 
     FLUSH_NS = clock.NS_PER_S  # a chunk is finished at least this often (bounds crash loss)
 
@@ -385,6 +467,7 @@ class _Recorder:
         self.counted = (0, 0)
         self.dropped: Counter[str] = Counter()
         self.policy = LevelPolicy(high=QUEUE_BYTES // 8, low=QUEUE_BYTES // 64)
+        self.retention = _retention(cfg, out)
 
     def _open(self, now_ns: int) -> RecordingWriter:
         path = numbered_path(self.out, self.index, stamp=self.stamp)
@@ -398,6 +481,8 @@ class _Recorder:
         self.files.append(path)
         self.opened_ns = self.flushed_ns = now_ns
         log.info("recording to %s", path)
+        if self.retention is not None:
+            apply_retention(self.out, path, self.retention)
         return w
 
     @property
