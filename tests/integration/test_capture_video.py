@@ -31,8 +31,11 @@ class Frames:
         self.inliner = Inliner()
         self.lost = 0
 
-    def pump(self) -> list[Message]:
-        while self.sock.poll(20):
+    def pump(self, max_s: float = 0.25) -> list[Message]:
+        """Take what has arrived, for at most ``max_s``: a 60 fps stream always has a next
+        frame within 20 ms, so waiting for a quiet moment could last minutes."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline and self.sock.poll(20):
             parts = self.inliner.parts(self.sock.recv_multipart())
             if parts is None:
                 self.lost += 1
