@@ -27,9 +27,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.streamfuse-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv (torch is large: a few minutes the first time)" >&2
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[fusion,demo,test]" 2>&1 \
+  # constraints.txt: the versions the tests last passed with (see its header)
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[fusion,demo,test]" 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   .venv/bin/python -c "import streamfuse, torch, torchaudio, zmq, cv2, sounddevice, sklearn, scipy"
   touch "$stamp"
