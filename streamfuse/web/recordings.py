@@ -67,6 +67,10 @@ class Recordings:
                 cached = (key, _describe(p, st.st_size, st.st_mtime_ns))
                 self._cache[p.name] = cached
             out.append(asdict(cached[1]))
+        # only files still there: a daemon that rotates (and removes old files) for months
+        # would otherwise keep every name it ever listed
+        listed = {r["name"] for r in out}
+        self._cache = {n: v for n, v in self._cache.items() if n in listed}
         return out
 
     def path(self, name: str) -> Path | None:

@@ -251,6 +251,18 @@ def test_download_only_files_in_the_recordings_directory(tmp_path: Path) -> None
     assert row["name"] == "a.mcap" and row["error"]  # not MCAP: listed, with why
 
 
+def test_the_recordings_cache_forgets_removed_files(tmp_path: Path) -> None:
+    """Rotation and retention remove files for months: the list's cache keeps only those
+    still there."""
+    r = Recordings(tmp_path)
+    for i in range(50):
+        (tmp_path / f"rec-{i:04d}.mcap").write_bytes(b"x")
+        if i >= 2:
+            (tmp_path / f"rec-{i - 2:04d}.mcap").unlink()
+        assert len(r.list()) == min(i + 1, 2)
+    assert sorted(r._cache) == ["rec-0048.mcap", "rec-0049.mcap"]
+
+
 def test_recordings_list_from_the_reader(tmp_path: Path) -> None:
     from streamfuse.record.writer import RecordingWriter
 
