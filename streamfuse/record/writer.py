@@ -44,6 +44,7 @@ from streamfuse.node import Runtime, polling
 from streamfuse.record import format as fmt
 from streamfuse.record import layout
 from streamfuse.record.mcapfile import McapFile
+from streamfuse.record.reader import recording_parts
 from streamfuse.wire import codec, topics
 from streamfuse.wire.schema import SCHEMA_VERSION, Message
 from streamfuse.wire.sockets import connect_sub, max_message_bytes
@@ -260,20 +261,23 @@ class Rotation:
 # ----------------------------------------------------------------------------- retention
 
 
+_OWN_IN_DIR = re.compile(r"rec-(\d{8}T\d{6}Z-)?\d{4,}\.mcap")  # numbered_path in a directory
+
+
 def own_recordings(out: str | Path) -> list[Path]:
     """The files a recorder writing to ``out`` names (:func:`numbered_path`), from any start:
     ``DIR/rec-*-NNNN.mcap`` for a directory, ``stem-NNNN.mcap`` beside ``stem.mcap``. Never a
     symbolic link or another program's file."""
     out = Path(out)
     if out.suffix == ".mcap":
-        folder, pattern = out.parent, re.compile(re.escape(out.stem) + r"-\d{4,}\.mcap")
+        found = recording_parts(out)
     else:
-        folder, pattern = out, re.compile(r"rec-(\d{8}T\d{6}Z-)?\d{4,}\.mcap")
-    try:
-        names = sorted(folder.iterdir())
-    except OSError:
-        return []
-    return [p for p in names if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+        try:
+            found = [p for p in sorted(out.iterdir()) if _OWN_IN_DIR.fullmatch(p.name)
+                     and p.is_file()]
+        except OSError:
+            return []
+    return [p for p in found if not p.is_symlink()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,10 +317,11 @@ def apply_retention(out: str | Path, current: Path, retention: Retention) -> int
         except OSError:
             continue  # removed meanwhile
         files.append((p, st.st_size, st.st_mtime))
+    sizes = {p: size for p, size, _ in files}
     removed = 0
     for path, reason in retention.victims(files, clock.wall_ns() / clock.NS_PER_S):
+        size = sizes[path]
         try:
-            size = path.stat().st_size
             path.unlink()
         except OSError as e:
             log.warning("retention: cannot remove %s: %s", path, e.strerror or e)
@@ -436,8 +441,8 @@ def _retention(cfg: Config, out: str) -> Retention | None:
     rec = cfg.record
     if not (rec.keep_mb or rec.keep_days) or Path(out).resolve() != Path(rec.path).resolve():
         return None
-    keep = max(0.0, rec.keep_mb - rec.max_size_mb) if rec.keep_mb else 0.0
-    # keep_mb >= 2 * max_size_mb (config check), so a size limit never becomes "none"
+    # keep_mb is 0 or >= 2 * max_size_mb (config check), so the finished files keep a limit
+    keep = rec.keep_mb - rec.max_size_mb if rec.keep_mb else 0.0
     return Retention(max_bytes=int(keep * 1024 * 1024), max_age_s=rec.keep_days * 86400.0)
 
 

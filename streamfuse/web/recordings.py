@@ -52,6 +52,7 @@ class Recordings:
 
     def list(self) -> list[dict[str, Any]]:
         out = []
+        kept: dict[str, tuple[tuple[int, int], Recording]] = {}
         try:
             files = sorted(self.directory.glob("*.mcap"))
         except OSError:
@@ -66,11 +67,11 @@ class Recordings:
             if cached is None or cached[0] != key:
                 cached = (key, _describe(p, st.st_size, st.st_mtime_ns))
                 self._cache[p.name] = cached
+            kept[p.name] = cached
             out.append(asdict(cached[1]))
         # only files still there: a daemon that rotates (and removes old files) for months
         # would otherwise keep every name it ever listed
-        listed = {r["name"] for r in out}
-        self._cache = {n: v for n, v in self._cache.items() if n in listed}
+        self._cache = kept
         return out
 
     def path(self, name: str) -> Path | None:
