@@ -447,12 +447,13 @@ class VideoCapture:
         # A source that delivered frames for STABLE_NS is retried at once; one that failed
         # sooner (it opens, then sends garbage, stalls, or drops the connection after a frame)
         # waits its backoff, like one that cannot be opened, instead of a tight loop.
-        if self.delivered and clock.now_ns() - self.opened_ns >= STABLE_NS:
+        now = clock.now_ns()
+        if self.delivered and now - self.opened_ns >= STABLE_NS:
             self.backoff.reset()
             delay = 0.0
         else:
             delay = self.backoff.next_delay_s()
-        self.retry_at_ns = clock.now_ns() + round(delay * clock.NS_PER_S)
+        self.retry_at_ns = now + round(delay * clock.NS_PER_S)
 
     def _publish(self, pub: StreamPublisher, image: np.ndarray, t_ns: int) -> None:
         cfg = self.cfg
